@@ -1,0 +1,117 @@
+"""The ``dnallm`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+TINY_DIR = Path(".dnallm")
+
+
+def _make_tiny(args) -> None:
+    from dnallm.data.kegg import write_jsonl
+    from dnallm.data.synthetic import planted_records
+    from dnallm.tiny import make_tiny
+
+    paths = make_tiny(args.out / "tiny", seed=args.seed)
+    records = planted_records(args.records, n_classes=args.classes, seed=args.seed)
+    n_val = n_test = len(records) // 10
+    data_dir = args.out / "data" / "planted"
+    write_jsonl(data_dir / "val.jsonl", records[:n_val])
+    write_jsonl(data_dir / "test.jsonl", records[n_val : n_val + n_test])
+    write_jsonl(data_dir / "train.jsonl", records[n_val + n_test :])
+    print(json.dumps({**{k: str(v) for k, v in paths.items()}, "data": str(data_dir)}, indent=2))
+
+
+def _train(args) -> None:
+    from dnallm.config import load_recipe
+    from dnallm.train.finetune import train
+
+    train(load_recipe(args.recipe, args.overrides))
+
+
+def _eval(args) -> None:
+    from dnallm.eval.kegg import evaluate
+
+    metrics = evaluate(args.checkpoint, args.data, args.out, args.overrides)
+    summary = {k: metrics[k] for k in ("n", "accuracy", "macro_precision", "macro_recall", "macro_f1")}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}/metrics.json and {args.out}/predictions.csv")
+
+
+def _split(args) -> None:
+    from dnallm.data.kegg import read_jsonl, split_records, write_jsonl
+
+    splits = split_records(read_jsonl(args.file), seed=args.seed)
+    for name, records in splits.items():
+        write_jsonl(args.out / f"{name}.jsonl", records)
+    print(json.dumps({name: len(r) for name, r in splits.items()}))
+
+
+def _demo(args) -> None:
+    """Tiny checkpoints + planted data -> train on CPU -> evaluate -> print metrics."""
+    ns = argparse.Namespace(out=TINY_DIR, seed=0, records=600, classes=4)
+    _make_tiny(ns)
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "kegg" / "tiny.yaml"
+    if not recipe.is_file():
+        recipe = Path("recipes/kegg/tiny.yaml")
+    _train(argparse.Namespace(recipe=recipe, overrides=args.overrides))
+    from dnallm.config import load_recipe
+
+    run_dir = load_recipe(recipe, args.overrides).output_dir
+    _eval(argparse.Namespace(checkpoint=run_dir, data=TINY_DIR / "data/planted/test.jsonl", out=Path(run_dir) / "eval", overrides=[]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dnallm", description="Fine-tune LLMs that read DNA.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-tiny", help="build tiny Genos-shaped and Qwen3 checkpoints and a planted-signal dataset")
+    p.add_argument("--out", type=Path, default=TINY_DIR)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--records", type=int, default=600)
+    p.add_argument("--classes", type=int, default=4)
+    p.set_defaults(func=_make_tiny)
+
+    p = sub.add_parser("train", help="train from a recipe; key=value overrides any recipe field")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="generate answers for a KEGG-format file and score them")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("split", help="split a KEGG JSONL 8:1:1 into train/val/test, stratified by disease")
+    p.add_argument("file", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=_split)
+
+    p = sub.add_parser("demo", help="tiny end-to-end run on CPU: build, train, evaluate")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The deepspeed launcher appends --local_rank=N; the rank also arrives in LOCAL_RANK.
+    argv = [a for a in argv if not a.startswith("--local_rank")]
+    if "DS_ACCELERATOR" not in os.environ and not _cuda_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,1 @@
+"""Records, DNA windows and chat prompts. Imports nothing from later stages."""

@@ -1,0 +1,112 @@
+"""KEGG variant -> disease records: JSONL in, checked and windowed examples out."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import datasets
+
+from dnallm.data.dna import RecordError, centre_window, check_pair, clean_sequence
+from dnallm.io import atomic_write_text
+
+TEXT_FIELDS = ("question", "answer")
+DNA_FIELDS = ("reference_sequence", "variant_sequence")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Parse a JSONL file; a bad line raises an error naming file and line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            rec["_where"] = f"{path}:{lineno}"
+            records.append(rec)
+    if not records:
+        raise RecordError(f"{path}: empty dataset (no records)")
+    return records
+
+
+def check_record(rec: dict, *, need_dna: bool = True, need_reasoning: bool = False) -> dict:
+    """Validate one raw record; returns it with upper-cased sequences."""
+    where = rec.get("_where", "record")
+    fields = TEXT_FIELDS + (DNA_FIELDS if need_dna else ()) + (("reasoning",) if need_reasoning else ())
+    missing = [f for f in fields if f not in rec or rec[f] is None]
+    if missing:
+        raise RecordError(f"{where}: missing field(s) {', '.join(missing)}")
+    out = dict(rec)
+    for f in TEXT_FIELDS:
+        if not isinstance(rec[f], str) or not rec[f].strip():
+            raise RecordError(f"{where}: field '{f}' must be a non-empty string")
+    out["answer"] = rec["answer"].strip()
+    out["reasoning"] = str(rec.get("reasoning") or "")
+    if need_dna:
+        for f in DNA_FIELDS:
+            out[f] = clean_sequence(rec[f], where=where, field=f)
+        check_pair(out["reference_sequence"], out["variant_sequence"], where=where)
+    return out
+
+
+def load_examples(path: str | Path, dna_window: int, *, need_reasoning: bool = False, need_dna: bool = True) -> datasets.Dataset:
+    """KEGG JSONL -> ``datasets.Dataset`` of checked examples with centred DNA windows.
+
+    Columns: ``question``, ``answer``, ``reasoning``, ``ref_window``, ``var_window``, ``where``.
+    """
+    rows = []
+    for rec in read_jsonl(path):
+        rec = check_record(rec, need_dna=need_dna, need_reasoning=need_reasoning)
+        where = rec["_where"]
+        row = {"question": rec["question"], "answer": rec["answer"], "reasoning": rec["reasoning"], "where": where}
+        if need_dna:
+            row["ref_window"] = centre_window(rec["reference_sequence"], dna_window, where=where, field="reference_sequence")
+            row["var_window"] = centre_window(rec["variant_sequence"], dna_window, where=where, field="variant_sequence")
+        else:
+            row["ref_window"] = row["var_window"] = ""
+        rows.append(row)
+    return datasets.Dataset.from_list(rows)
+
+
+def split_records(records: list[dict], fractions=(0.8, 0.1, 0.1), seed: int = 42) -> dict[str, list[dict]]:
+    """Split records into train/val/test, stratified by ``answer``.
+
+    Each disease contributes ``round(n * fraction)`` records to val and test; a disease with
+    fewer than 3 records cannot be stratified and goes to train whole.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for rec in records:
+        by_label[rec["answer"].strip()].append(rec)
+    rng = random.Random(seed)
+    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        n_val = n_test = 0
+        if len(group) >= 3:
+            n_val = max(1, round(len(group) * fractions[1]))
+            n_test = max(1, round(len(group) * fractions[2]))
+        splits["val"] += group[:n_val]
+        splits["test"] += group[n_val : n_val + n_test]
+        splits["train"] += group[n_val + n_test :]
+    for part in splits.values():
+        rng.shuffle(part)
+    return splits
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Write records (without internal ``_where`` keys) atomically."""
+    lines = [json.dumps({k: v for k, v in r.items() if not k.startswith("_")}) for r in records]
+    atomic_write_text(path, "\n".join(lines) + "\n")

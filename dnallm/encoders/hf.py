@@ -1,0 +1,75 @@
+"""Any Hugging Face DNA model (Genos, masked or causal) as a frozen encoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from dnallm.hub import check_remote_code
+
+
+class DNATokenizer:
+    """The encoder's tokenizer, without special tokens: one position per token.
+
+    Kept apart from the model so prompts can be laid out (placeholder counts) without
+    loading encoder weights.
+    """
+
+    def __init__(self, name_or_path: str, trust_remote_code: bool = False):
+        check_remote_code(name_or_path, trust_remote_code, "encoder.trust_remote_code")
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def n_positions(self, seq: str) -> int:
+        return len(self.tokenizer(seq, add_special_tokens=False)["input_ids"])
+
+    def __call__(self, seqs: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(seqs), add_special_tokens=False)["input_ids"]
+        longest = max(len(e) for e in enc)
+        ids = torch.full((len(enc), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(enc), longest), dtype=torch.bool)
+        for i, e in enumerate(enc):
+            ids[i, : len(e)] = torch.tensor(e, dtype=torch.long)
+            mask[i, : len(e)] = True
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+class DNAEncoder(nn.Module):
+    """Frozen DNA model: ``encode(sequences) -> (embeds, mask)``.
+
+    ``embeds`` is ``(batch, positions, hidden)`` from ``layer`` (-1: last hidden state),
+    ``mask`` is ``(batch, positions)``, True where a position holds a real token.
+    Weights never receive gradients and no autograd graph is kept.
+    """
+
+    def __init__(self, name_or_path: str, *, layer: int = -1, dtype=torch.float32, device: str = "cpu", trust_remote_code: bool = False):
+        super().__init__()
+        self.name_or_path = name_or_path
+        self.layer = layer
+        self.tokenizer = DNATokenizer(name_or_path, trust_remote_code)
+        self.model = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.model.to(device)
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def train(self, mode: bool = True):
+        # Frozen: dropout and MoE router noise stay off whatever the parent module does.
+        return super().train(False)
+
+    @torch.no_grad()
+    def encode(self, sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(sequences)
+        ids = batch["input_ids"].to(self.device)
+        mask = batch["attention_mask"].to(self.device)
+        out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=self.layer != -1)
+        embeds = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
+        return embeds.detach(), mask  # (batch, positions, hidden), (batch, positions)

@@ -1,0 +1,1 @@
+"""Evaluation: generation, answer parsing, metrics."""

@@ -1,0 +1,117 @@
+"""The composite model: a LoRA-tuned causal LM reading projected DNA embeddings.
+
+One module owns where DNA enters the LLM: ``DNAFusionLM.embed`` projects the encoder's
+embeddings and ``masked_scatter``s them into the ``<|dna_pad|>`` positions of the text
+embeddings, sequence after sequence in batch order (sample 0 reference, sample 0 variant,
+sample 1 reference, ...). ``<|dna_start|>``/``<|dna_end|>`` get trainable rows of their own.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, DNA_TOKENS
+from dnallm.fusion.projector import DNAProjector
+from dnallm.hub import check_remote_code
+
+
+class DNAFusionLM(nn.Module):
+    def __init__(self, llm: nn.Module, projector: DNAProjector, token_ids: dict[str, int]):
+        super().__init__()
+        self.llm = llm
+        self.projector = projector
+        self.dna_start_id = token_ids[DNA_START]
+        self.dna_pad_id = token_ids[DNA_PAD]
+        self.dna_end_id = token_ids[DNA_END]
+        table = llm.get_input_embeddings().weight
+        # Rows for <|dna_start|>, <|dna_end|>: start at the mean text embedding, then train.
+        self.dna_boundary = nn.Parameter(table.detach().float().mean(0, keepdim=True).repeat(2, 1))
+
+    def embed(self, input_ids: torch.Tensor, dna_embeds: torch.Tensor | None = None, dna_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings with DNA features in the placeholder slots. (batch, tokens, hidden)"""
+        inputs_embeds = self.llm.get_input_embeddings()(input_ids)
+        slots = input_ids == self.dna_pad_id  # (batch, tokens)
+        n_slots = int(slots.sum())
+        if dna_embeds is None:
+            if n_slots:
+                raise ValueError(f"input has {n_slots} DNA placeholder tokens but no DNA embeddings were given")
+        else:
+            if dna_mask is None:
+                dna_mask = torch.ones(dna_embeds.shape[:2], dtype=torch.bool, device=dna_embeds.device)
+            features, feature_mask = self.projector(dna_embeds, dna_mask)
+            features = features[feature_mask]  # (n_features, hidden), sequence by sequence
+            if features.shape[0] != n_slots:
+                raise ValueError(
+                    f"DNA placeholder tokens and DNA features do not match: tokens: {n_slots}, features: {features.shape[0]}"
+                )
+            inputs_embeds = inputs_embeds.masked_scatter(slots[..., None], features.to(inputs_embeds.dtype))
+        for row, token_id in enumerate((self.dna_start_id, self.dna_end_id)):
+            here = (input_ids == token_id)[..., None]
+            inputs_embeds = torch.where(here, self.dna_boundary[row].to(inputs_embeds.dtype), inputs_embeds)
+        return inputs_embeds
+
+    def forward(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, labels=None):
+        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask)
+        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, use_cache=False)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, **generate_kwargs):
+        """Greedy by default; returns only the new tokens. Expects left-padded prompts."""
+        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask)
+        generate_kwargs.setdefault("do_sample", False)
+        generate_kwargs.setdefault("suppress_tokens", [self.dna_start_id, self.dna_pad_id, self.dna_end_id])
+        return self.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+
+def add_dna_tokens(tokenizer, llm) -> dict[str, int]:
+    """Add the DNA special tokens; grow the embedding table only if it has no spare rows.
+
+    Qwen3 checkpoints keep spare rows past the tokenizer's vocabulary, so usually nothing
+    is resized. New rows are set to the mean row (deterministic): their values never reach
+    the model's input (see ``DNAFusionLM.embed``) and generation suppresses these ids.
+    """
+    tokenizer.add_tokens(list(DNA_TOKENS), special_tokens=True)
+    old_rows = llm.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old_rows:
+        llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)
+        with torch.no_grad():
+            for table in {id(t): t for t in (llm.get_input_embeddings(), llm.get_output_embeddings()) if t is not None}.values():
+                table.weight[old_rows:] = table.weight[:old_rows].mean(0)
+    return {tok: tokenizer.convert_tokens_to_ids(tok) for tok in DNA_TOKENS}
+
+
+def build_fusion_lm(
+    llm_name_or_path: str,
+    dna_hidden: int,
+    *,
+    lora: dict,
+    projector_kind: str = "mlp",
+    pool: int = 1,
+    dtype=torch.float32,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+):
+    """Load the causal LM, add DNA tokens, wrap in LoRA, attach a projector. -> (model, tokenizer)"""
+    check_remote_code(llm_name_or_path, trust_remote_code, "llm.trust_remote_code")
+    tokenizer = AutoTokenizer.from_pretrained(llm_name_or_path, trust_remote_code=trust_remote_code)
+    llm = AutoModelForCausalLM.from_pretrained(llm_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    token_ids = add_dna_tokens(tokenizer, llm)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if gradient_checkpointing:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    llm = get_peft_model(
+        llm,
+        LoraConfig(
+            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+            target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
+        ),
+    )
+    projector = DNAProjector(dna_hidden, llm.get_input_embeddings().weight.shape[1], kind=projector_kind, pool=pool)
+    return DNAFusionLM(llm, projector, token_ids), tokenizer

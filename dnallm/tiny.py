@@ -1,0 +1,140 @@
+"""Tiny checkpoints with the real architectures, built locally and saved like hub models.
+
+- ``genos``: a Genos-shaped MoE encoder (Mixtral-style blocks: 8 experts, top-2 routing,
+  grouped-query attention, RoPE base 5e7) with a character-level DNA tokenizer.
+- ``qwen3``: a ``Qwen3Config`` causal LM with a byte-level BPE tokenizer that carries
+  Qwen's chat special tokens and a Qwen3-style chat template.
+
+Both are written with ``save_pretrained`` (safetensors) and loaded back by the same
+``from_pretrained`` calls that load ``BGI-HangzhouAI/Genos-1.2B`` or ``Qwen/Qwen3-4B``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from dnallm.data.chat import DEFAULT_SYSTEM_PROMPT
+from dnallm.data.synthetic import DISEASES, QUESTION
+from dnallm.io import atomic_directory
+
+DNA_VOCAB = ["<pad>", "<unk>", "<s>", "</s>", "<mask>", "A", "C", "G", "T", "N"]
+
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+QWEN_ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
+
+# Qwen3's template, reduced to what dnallm uses: plain turns, and an empty think block
+# after the assistant header when thinking is disabled.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+_CORPUS = [
+    DEFAULT_SYSTEM_PROMPT,
+    QUESTION,
+    "Given this context, what is the biological effect of this allele, specifically what disease does this contribute to?",
+    "Chromosome Number: Network Definition of the pathway: Genes in the pathway:",
+    "Reference sequence: Variant sequence: Answer:",
+    "Step 1: The substitution at position on chromosome occurs in the gene, which encodes a protein.",
+] + [f"Answer: {d}" for d in DISEASES]
+
+
+def build_dna_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(DNA_VOCAB)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        mask_token="<mask>", model_max_length=1_048_576,
+    )
+
+
+def build_text_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:], model_max_length=131072,
+    )
+    fast.add_tokens(QWEN_ADDED_TOKENS)
+    fast.chat_template = QWEN3_CHAT_TEMPLATE
+    return fast
+
+
+def genos_config(size: str, vocab_size: int) -> MixtralConfig:
+    """Genos shapes (12 layers, 16 heads, 8 KV groups, 8 experts top-2) or a tiny one."""
+    shapes = {
+        "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+        "1.2b": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=8),
+        "10b": dict(hidden_size=4096, intermediate_size=8192, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=8),
+    }[size]
+    return MixtralConfig(
+        vocab_size=vocab_size, num_local_experts=8, num_experts_per_tok=2, rope_theta=5e7,
+        max_position_embeddings=1_048_576, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        tie_word_embeddings=False, **shapes,
+    )
+
+
+def qwen3_config(size: str, vocab_size: int, pad_id: int, eos_id: int) -> Qwen3Config:
+    """Published Qwen3 shapes or a tiny one."""
+    shapes = {
+        "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
+        "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+        "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+        "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+    }[size]
+    return Qwen3Config(
+        vocab_size=vocab_size, max_position_embeddings=40960, rope_theta=1_000_000,
+        pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, **shapes,
+    )
+
+
+def make_tiny_genos(out: str | Path, seed: int = 0) -> Path:
+    tokenizer = build_dna_tokenizer()
+    torch.manual_seed(seed)
+    model = MixtralForCausalLM(genos_config("tiny", len(tokenizer)))
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(out)
+
+
+def make_tiny_qwen3(out: str | Path, seed: int = 0) -> Path:
+    tokenizer = build_text_tokenizer()
+    torch.manual_seed(seed)
+    # No spare rows: adding the DNA tokens later exercises the embedding-resize path.
+    config = qwen3_config("tiny", len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    model = Qwen3ForCausalLM(config)
+    # Frozen, tied, randomly initialised rows of std 0.02 cap the logits near +-1 (the final
+    # RMSNorm fixes the hidden-state scale), so no adapter could make a prediction confident.
+    # Rows of unit scale give a trained model's logit range.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, 1.0)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(out)
+
+
+def make_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    return {"genos": make_tiny_genos(out_dir / "genos", seed), "qwen3": make_tiny_qwen3(out_dir / "qwen3", seed)}

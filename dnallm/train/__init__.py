@@ -1,0 +1,1 @@
+"""Training: recipes, DeepSpeed or plain PyTorch engines, checkpoints."""

@@ -1,0 +1,76 @@
+"""Builders: a recipe in, the encoder / fusion model / processor it names out."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig
+
+from pathlib import Path
+
+import yaml
+
+from dnallm.config import Recipe, apply_overrides, recipe_from_dict
+from dnallm.encoders import DNAEncoder, DNATokenizer
+from dnallm.fusion import build_fusion_lm
+from dnallm.fusion.processor import DNAChatProcessor
+from dnallm.hub import check_remote_code, resolve_dtype
+from dnallm.train.checkpoint import load_trainable, resolve_checkpoint
+
+
+def dna_hidden_size(recipe: Recipe) -> int:
+    """The encoder's hidden size from its config alone (no weights loaded)."""
+    check_remote_code(recipe.encoder.name_or_path, recipe.encoder.trust_remote_code, "encoder.trust_remote_code")
+    config = AutoConfig.from_pretrained(recipe.encoder.name_or_path, trust_remote_code=recipe.encoder.trust_remote_code)
+    return config.hidden_size
+
+
+def build_encoder(recipe: Recipe, device: str) -> DNAEncoder | None:
+    if not recipe.data.use_dna:
+        return None
+    enc = recipe.encoder
+    return DNAEncoder(
+        enc.name_or_path, layer=enc.layer, dtype=resolve_dtype(enc.dtype, device), device=device,
+        trust_remote_code=enc.trust_remote_code,
+    )
+
+
+def build_model(recipe: Recipe, device: str):
+    """-> (DNAFusionLM, text tokenizer). Trainable parts stay fp32; the frozen base takes ``llm.dtype``."""
+    model, tokenizer = build_fusion_lm(
+        recipe.llm.name_or_path,
+        dna_hidden_size(recipe),
+        lora={"r": recipe.lora.r, "alpha": recipe.lora.alpha, "dropout": recipe.lora.dropout, "target_modules": recipe.lora.target_modules},
+        projector_kind=recipe.projector.kind,
+        pool=recipe.projector.pool,
+        dtype=resolve_dtype(recipe.llm.dtype, device),
+        trust_remote_code=recipe.llm.trust_remote_code,
+        gradient_checkpointing=recipe.llm.gradient_checkpointing,
+    )
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model.to(device), tokenizer
+
+
+def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | DNATokenizer | None) -> DNAChatProcessor:
+    dna_tokenizer = encoder.tokenizer if isinstance(encoder, DNAEncoder) else encoder
+    return DNAChatProcessor(
+        tokenizer, dna_tokenizer if recipe.data.use_dna else None, pool=recipe.projector.pool,
+        system_prompt=recipe.data.system_prompt, with_reasoning=recipe.data.with_reasoning,
+    )
+
+
+def load_checkpoint(checkpoint: str | Path, device: str, overrides: list[str] | tuple = ()):
+    """Rebuild encoder + fusion model from a checkpoint's recipe on top of the base models.
+
+    ``overrides`` (``key=value``) can point at moved base models, e.g.
+    ``llm.name_or_path=/models/Qwen3-4B``. -> (recipe, encoder, model, processor)
+    """
+    checkpoint = resolve_checkpoint(checkpoint)
+    recipe = recipe_from_dict(yaml.safe_load((checkpoint / "recipe.yaml").read_text()))
+    apply_overrides(recipe, overrides)
+    encoder = build_encoder(recipe, device)
+    model, tokenizer = build_model(recipe, device)
+    load_trainable(model, checkpoint)
+    model.eval()
+    return recipe, encoder, model, build_processor(recipe, tokenizer, encoder)
+

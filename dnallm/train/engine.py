@@ -1,0 +1,176 @@
+"""One training interface over DeepSpeed ZeRO and plain PyTorch.
+
+Both give ``forward``/``backward``/``step`` with gradient accumulation inside ``step``
+(the optimizer only moves every ``grad_accum`` micro-batches), and both expose the full
+(un-partitioned) fp32 values and Adam moments of every trainable parameter, so that a
+checkpoint is the same safetensors files whatever the ZeRO stage or number of ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) as set by deepspeed, torchrun or accelerate launchers."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def pick_device() -> str:
+    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
+        _, local_rank, _ = distributed_env()
+        torch.cuda.set_device(local_rank)
+        return f"cuda:{local_rank}"
+    return "cpu"
+
+
+def resolve_deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: int, max_grad_norm: float, lr: float, weight_decay: float, device: str) -> dict:
+    """Read a DeepSpeed JSON and fill its ``"auto"`` values from the recipe."""
+    config = json.loads(Path(path).read_text())
+    _, _, world = distributed_env()
+    auto = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch_size * grad_accum * world,
+        "gradient_clipping": max_grad_norm,
+    }
+    for key, value in auto.items():
+        if config.get(key, "auto") == "auto":
+            config[key] = value
+    cuda = device.startswith("cuda")
+    for key, enabled in (("bf16", cuda), ("fp16", False)):
+        section = config.setdefault(key, {"enabled": "auto"})
+        if section.get("enabled") == "auto":
+            section["enabled"] = enabled
+    params = config.get("optimizer", {}).get("params", {})
+    for key, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if params.get(key) == "auto":
+            params[key] = value
+    config.setdefault("zero_allow_untested_optimizer", True)
+    config.setdefault("steps_per_print", 10**9)
+    config.setdefault("wall_clock_breakdown", False)
+    return config
+
+
+class TorchEngine:
+    """Single-process PyTorch: autocast to bf16 on CUDA, fp32 on CPU."""
+
+    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, grad_accum: int, max_grad_norm: float, device: str):
+        self.module = model.to(device)
+        self.optimizer = torch.optim.AdamW(param_groups)
+        self.scheduler = scheduler_fn(self.optimizer)
+        self.grad_accum = grad_accum
+        self.max_grad_norm = max_grad_norm
+        self.device = device
+        self.micro_steps = 0
+        self.rank, self.world_size = 0, 1
+
+    def __call__(self, **batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
+            return self.module(**batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.grad_accum).backward()
+
+    def step(self) -> None:
+        self.micro_steps += 1
+        if self.micro_steps % self.grad_accum:
+            return
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def full_param(self, p: nn.Parameter) -> torch.Tensor:
+        return p.detach().float().cpu()
+
+    def full_moments(self, p: nn.Parameter) -> dict[str, torch.Tensor] | None:
+        state = self.optimizer.state.get(p)
+        if not state:
+            return None
+        return {k: state[k].detach().float().cpu() for k in ("exp_avg", "exp_avg_sq")}
+
+    def load_moments(self, moments: dict[nn.Parameter, dict[str, torch.Tensor]], step: int) -> None:
+        for p, m in moments.items():
+            self.optimizer.state[p] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": m["exp_avg"].to(p.device, p.dtype),
+                "exp_avg_sq": m["exp_avg_sq"].to(p.device, p.dtype),
+            }
+        self.micro_steps = step * self.grad_accum
+        for _ in range(step):
+            self.scheduler.step()
+
+    def barrier(self) -> None:
+        pass
+
+
+class DeepSpeedEngine:
+    """``deepspeed.initialize`` around the fusion model (ZeRO stage from the JSON)."""
+
+    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, config: dict, device: str):
+        import deepspeed
+
+        deepspeed.init_distributed()
+        self._ds_config = copy.deepcopy(config)
+        optimizer = None if "optimizer" in config else torch.optim.AdamW(param_groups)
+        model.to(device)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=param_groups if optimizer is None else None,
+            optimizer=optimizer, lr_scheduler=scheduler_fn, config=config,
+        )
+        self.module = self.engine.module
+        self.device = device
+        self.rank = torch.distributed.get_rank()
+        self.world_size = torch.distributed.get_world_size()
+
+    def __call__(self, **batch):
+        return self.engine(**batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def full_param(self, p: nn.Parameter) -> torch.Tensor:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        return safe_get_full_fp32_param(p).detach().float().cpu()
+
+    def full_moments(self, p: nn.Parameter) -> dict[str, torch.Tensor] | None:
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        out = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
+        if any(v is None for v in out.values()):
+            return None
+        return {k: v.detach().float().cpu() for k, v in out.items()}
+
+    def load_moments(self, moments: dict[nn.Parameter, dict[str, torch.Tensor]], step: int) -> None:
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        for p, m in moments.items():
+            for key, value in m.items():
+                safe_set_full_optimizer_state(p, value, key)
+        inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        for state in inner.state.values():
+            if "step" in state:
+                state["step"] = torch.full_like(state["step"], step) if torch.is_tensor(state["step"]) else step
+        for group in inner.param_groups:
+            if "step" in group:
+                group["step"] = step
+        self.engine.global_steps = step
+        self.engine.micro_steps = step * self.engine.gradient_accumulation_steps()
+        for _ in range(step):
+            self.scheduler.step()
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
