@@ -17,6 +17,16 @@ class RecipeError(ValueError):
     pass
 
 
+class RecipeBase:
+    """Mixin for top-level recipe dataclasses."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(asdict(self), sort_keys=False)
+
+
 @dataclass
 class DataConfig:
     train: str = ""
@@ -83,7 +93,7 @@ class EvalConfig:
 
 
 @dataclass
-class Recipe:
+class Recipe(RecipeBase):
     run_name: str = "kegg"
     output_dir: str = "runs/kegg"
     seed: int = 42
@@ -96,11 +106,6 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 def _all_keys(cls, prefix: str = "") -> list[str]:
@@ -114,8 +119,8 @@ def _all_keys(cls, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown(key: str) -> RecipeError:
-    close = difflib.get_close_matches(key, _all_keys(Recipe), n=3, cutoff=0.5)
+def _unknown(key: str, cls) -> RecipeError:
+    close = difflib.get_close_matches(key, _all_keys(cls), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return RecipeError(f"unknown recipe key '{key}'{hint}")
 
@@ -144,7 +149,7 @@ def _set(obj, dotted: str, value: Any) -> None:
     target = obj
     for i, part in enumerate(parts):
         if not is_dataclass(target) or part not in {f.name for f in fields(target)}:
-            raise _unknown(dotted)
+            raise _unknown(dotted, type(obj))
         if i == len(parts) - 1:
             current = getattr(target, part)
             if is_dataclass(current):
@@ -164,9 +169,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Recipe:
-    """Defaults <- YAML file <- ``key=value`` overrides (values parsed as YAML scalars)."""
-    recipe = Recipe()
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple = (), cls=Recipe):
+    """Defaults <- YAML file <- ``key=value`` overrides (values parsed as YAML scalars).
+
+    ``cls`` is the recipe dataclass (nested dataclasses as sections); KEGG by default.
+    """
+    recipe = cls()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -179,7 +187,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple = (
     return apply_overrides(recipe, overrides)
 
 
-def apply_overrides(recipe: Recipe, overrides: list[str] | tuple) -> Recipe:
+def apply_overrides(recipe, overrides: list[str] | tuple):
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"override {item!r} must look like key=value, e.g. train.lr=2e-4")
@@ -188,8 +196,8 @@ def apply_overrides(recipe: Recipe, overrides: list[str] | tuple) -> Recipe:
     return recipe
 
 
-def recipe_from_dict(tree: dict) -> Recipe:
-    recipe = Recipe()
+def recipe_from_dict(tree: dict, cls=Recipe):
+    recipe = cls()
     for key, value in _flatten(tree).items():
         _set(recipe, key, value)
     return recipe

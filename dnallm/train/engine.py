@@ -146,10 +146,41 @@ class DeepSpeedEngine:
 
         return safe_get_full_fp32_param(p).detach().float().cpu()
 
+    def _inner_optimizer(self):
+        return getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+
+    def _link_moments(self, create: bool = False) -> None:
+        """Make every parameter's view into the partitioned Adam moments valid.
+
+        ZeRO-1/2 link these views once, after the first step of the first param group,
+        when later groups have no state yet; re-linking fixes that. ``create`` allocates
+        zero moments first (Adam creates them lazily on its first step), for resuming.
+        """
+        inner, zero = self._inner_optimizer(), self.engine.optimizer
+        if create:
+            # The flat fp32 partitions Adam steps over: ZeRO-3, ZeRO-1/2, or no ZeRO.
+            flats = getattr(zero, "fp32_partitioned_groups_flat", None) or getattr(zero, "single_partition_of_fp32_groups", None)
+            if flats is None:
+                flats = [p for group in inner.param_groups for p in group["params"]]
+            for flat in flats:
+                if not inner.state[flat]:
+                        inner.state[flat] = {
+                            "step": torch.tensor(0.0),
+                            "exp_avg": torch.zeros_like(flat),
+                            "exp_avg_sq": torch.zeros_like(flat),
+                        }
+        if hasattr(zero, "_hp_optimizer_states_linked"):
+            zero._hp_optimizer_states_linked = False
+            zero._lazy_init_hp_params_optimizer_state()
+
     def full_moments(self, p: nn.Parameter) -> dict[str, torch.Tensor] | None:
         from deepspeed.utils import safe_get_full_optimizer_state
 
-        out = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
+        self._link_moments()
+        try:
+            out = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
+        except ValueError:  # no optimizer step taken yet
+            return None
         if any(v is None for v in out.values()):
             return None
         return {k: v.detach().float().cpu() for k, v in out.items()}
@@ -157,10 +188,11 @@ class DeepSpeedEngine:
     def load_moments(self, moments: dict[nn.Parameter, dict[str, torch.Tensor]], step: int) -> None:
         from deepspeed.utils import safe_set_full_optimizer_state
 
+        self._link_moments(create=True)
         for p, m in moments.items():
             for key, value in m.items():
                 safe_set_full_optimizer_state(p, value, key)
-        inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        inner = self._inner_optimizer()
         for state in inner.state.values():
             if "step" in state:
                 state["step"] = torch.full_like(state["step"], step) if torch.is_tensor(state["step"]) else step
