@@ -57,10 +57,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model, engine, recipe_yaml: 
     values = {n: engine.full_param(p) for n, p in named}
     moments = {}
     for n, p in named:
-        m = engine.full_moments(p)
-        if m is not None:
-            moments[f"{n}::exp_avg"] = m["exp_avg"]
-            moments[f"{n}::exp_avg_sq"] = m["exp_avg_sq"]
+        for key, value in (engine.full_moments(p) or {}).items():
+            moments[f"{n}::{key}"] = value
     path = None
     if engine.rank == 0:
         path = Path(run_dir) / f"checkpoint-{step}"
@@ -108,7 +106,7 @@ def load_trainable(model, checkpoint: str | Path) -> None:
 
 
 def load_moments(model, checkpoint: str | Path) -> dict:
-    """{parameter: {'exp_avg', 'exp_avg_sq'}} for resuming; empty if none were saved."""
+    """{parameter: {state key: tensor}} for resuming; empty if none were saved."""
     path = Path(checkpoint) / "optimizer.safetensors"
     if not path.is_file():
         return {}

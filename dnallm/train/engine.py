@@ -8,7 +8,6 @@ checkpoint is the same safetensors files whatever the ZeRO stage or number of ra
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -61,9 +60,9 @@ def resolve_deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: in
 class TorchEngine:
     """Single-process PyTorch: autocast to bf16 on CUDA, fp32 on CPU."""
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, grad_accum: int, max_grad_norm: float, device: str):
+    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, grad_accum: int, max_grad_norm: float, device: str, optimizer_fn=torch.optim.AdamW):
         self.module = model.to(device)
-        self.optimizer = torch.optim.AdamW(param_groups)
+        self.optimizer = optimizer_fn(param_groups)
         self.scheduler = scheduler_fn(self.optimizer)
         self.grad_accum = grad_accum
         self.max_grad_norm = max_grad_norm
@@ -93,18 +92,17 @@ class TorchEngine:
         return p.detach().float().cpu()
 
     def full_moments(self, p: nn.Parameter) -> dict[str, torch.Tensor] | None:
+        """Every tensor the optimizer keeps for ``p`` (Adam's moments, Adafactor's factors), but the step."""
         state = self.optimizer.state.get(p)
         if not state:
             return None
-        return {k: state[k].detach().float().cpu() for k in ("exp_avg", "exp_avg_sq")}
+        return {k: v.detach().float().cpu() for k, v in state.items() if torch.is_tensor(v) and k != "step"}
 
     def load_moments(self, moments: dict[nn.Parameter, dict[str, torch.Tensor]], step: int) -> None:
         for p, m in moments.items():
-            self.optimizer.state[p] = {
-                "step": torch.tensor(float(step)),
-                "exp_avg": m["exp_avg"].to(p.device, p.dtype),
-                "exp_avg_sq": m["exp_avg_sq"].to(p.device, p.dtype),
-            }
+            state = {k: v.to(p.device, p.dtype) for k, v in m.items()}
+            state["step"] = torch.tensor(float(step))
+            self.optimizer.state[p] = state
         self.micro_steps = step * self.grad_accum
         for _ in range(step):
             self.scheduler.step()
@@ -116,12 +114,13 @@ class TorchEngine:
 class DeepSpeedEngine:
     """``deepspeed.initialize`` around the fusion model (ZeRO stage from the JSON)."""
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, config: dict, device: str):
+    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, config: dict, device: str, optimizer_fn=torch.optim.AdamW):
+        """``optimizer_fn`` builds the optimizer unless the JSON has an ``optimizer`` section
+        (needed for ZeRO-Offload, whose CPU Adam DeepSpeed builds itself)."""
         import deepspeed
 
         deepspeed.init_distributed()
-        self._ds_config = copy.deepcopy(config)
-        optimizer = None if "optimizer" in config else torch.optim.AdamW(param_groups)
+        optimizer = None if "optimizer" in config else optimizer_fn(param_groups)
         model.to(device)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=param_groups if optimizer is None else None,
