@@ -64,8 +64,9 @@ class LoraSection:
 
 @dataclass
 class ProjectorConfig:
-    kind: str = "mlp"  # linear | mlp
+    kind: str = "mlp"  # linear | mlp | conv
     pool: int = 1  # DNA positions per LLM position
+    kernel: int = 9  # conv only: bases each LLM position sees (>= pool)
 
 
 @dataclass

@@ -28,13 +28,37 @@ QUESTION = (
 )
 
 
-def class_motifs(n_classes: int, motif_len: int, seed: int) -> list[str]:
-    """Distinct random motifs, one per class; odd length so the variant sits in the middle."""
-    rng = random.Random(seed * 7919 + n_classes)
-    motifs: set[str] = set()
-    while len(motifs) < n_classes:
-        motifs.add("".join(rng.choice("ACGT") for _ in range(motif_len)))
-    return sorted(motifs)
+def motif_vocabulary(n_motifs: int = 16, motif_len: int = 9, seed: int = 20251) -> list[str]:
+    """A fixed set of distinct random motifs: the recurring elements of the synthetic genome.
+
+    Planted tasks draw their class motifs from it, and the tiny encoder is pre-trained on
+    background sequence sprinkled with it, as a real genomic model has seen real elements.
+    """
+    rng = random.Random(seed)
+    motifs: list[str] = []
+    while len(motifs) < n_motifs:
+        motif = "".join(rng.choice("ACGT") for _ in range(motif_len))
+        if motif not in motifs:
+            motifs.append(motif)
+    return motifs
+
+
+def class_motifs(n_classes: int, motif_len: int = 9) -> list[str]:
+    """One motif per class; odd length so the variant sits in its middle."""
+    vocab = motif_vocabulary(motif_len=motif_len)
+    if n_classes > len(vocab):
+        raise ValueError(f"n_classes={n_classes} exceeds the {len(vocab)} motifs of the vocabulary")
+    return vocab[:n_classes]
+
+
+def background_with_motifs(length: int, rng: random.Random, n_motifs: int, motif_len: int = 9) -> str:
+    """Random sequence with ``n_motifs`` vocabulary motifs at random places (pre-training data)."""
+    seq = [rng.choice("ACGT") for _ in range(length)]
+    vocab = motif_vocabulary(motif_len=motif_len)
+    for _ in range(n_motifs):
+        start = rng.randrange(0, length - motif_len + 1)
+        seq[start : start + motif_len] = rng.choice(vocab)
+    return "".join(seq)
 
 
 def planted_records(n_records: int, n_classes: int = 4, length: int = 4001, motif_len: int = 9, seed: int = 0) -> list[dict]:
@@ -42,7 +66,7 @@ def planted_records(n_records: int, n_classes: int = 4, length: int = 4001, moti
         raise ValueError(f"n_classes={n_classes} exceeds the {len(DISEASES)} built-in disease names")
     if length % 2 == 0 or length < motif_len:
         raise ValueError(f"length must be odd and at least motif_len={motif_len}, got {length}")
-    motifs = class_motifs(n_classes, motif_len, seed)
+    motifs = class_motifs(n_classes, motif_len)
     rng = random.Random(seed)
     centre, half = length // 2, motif_len // 2
     records = []

@@ -93,6 +93,7 @@ def build_fusion_lm(
     lora: dict,
     projector_kind: str = "mlp",
     pool: int = 1,
+    kernel: int = 9,
     dtype=torch.float32,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
@@ -113,5 +114,5 @@ def build_fusion_lm(
             target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
         ),
     )
-    projector = DNAProjector(dna_hidden, llm.get_input_embeddings().weight.shape[1], kind=projector_kind, pool=pool)
+    projector = DNAProjector(dna_hidden, llm.get_input_embeddings().weight.shape[1], kind=projector_kind, pool=pool, kernel=kernel)
     return DNAFusionLM(llm, projector, token_ids), tokenizer

@@ -1,9 +1,12 @@
-"""Map DNA encoder embeddings into the LLM's embedding space."""
+"""Map DNA encoder embeddings into the LLM's embedding space, optionally compressed."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+KINDS = ("linear", "mlp", "conv")
 
 
 def n_pooled(n_positions: int, pool: int) -> int:
@@ -12,35 +15,46 @@ def n_pooled(n_positions: int, pool: int) -> int:
 
 
 class DNAProjector(nn.Module):
-    """Mean-pool ``pool`` consecutive DNA positions, then project (linear or 2-layer MLP).
+    """DNA embeddings (n_seq, positions, dna_hidden) -> LLM embeddings (n_seq, ceil(positions / pool), llm_hidden).
 
-    ``pool=1`` keeps one LLM position per DNA token; ``pool=k`` gives ``ceil(n / k)``.
-    Padding positions (``mask`` False) are left out of each mean.
+    - ``linear`` / ``mlp``: mean of each group of ``pool`` consecutive positions, then a linear
+      layer or a 2-layer MLP applied per position.
+    - ``conv``: a strided 1-D convolution (``kernel >= pool`` bases wide, stride ``pool``) then
+      a linear layer: each LLM position sees a k-mer-sized neighbourhood, as motif detectors do.
+    Padding positions (``mask`` False) contribute nothing; a group is valid if any of its
+    positions is.
     """
 
-    def __init__(self, dna_hidden: int, llm_hidden: int, kind: str = "mlp", pool: int = 1):
+    def __init__(self, dna_hidden: int, llm_hidden: int, kind: str = "mlp", pool: int = 1, kernel: int = 9):
         super().__init__()
-        if kind not in ("linear", "mlp"):
-            raise ValueError(f"projector.kind must be 'linear' or 'mlp', got {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"projector.kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if pool < 1:
             raise ValueError(f"projector.pool must be >= 1, got {pool}")
-        self.pool = pool
+        if kind == "conv" and kernel < pool:
+            raise ValueError(f"projector.kernel ({kernel}) must be >= projector.pool ({pool}) so that no position is skipped")
+        self.kind, self.pool, self.kernel = kind, pool, kernel
         self.norm = nn.LayerNorm(dna_hidden)
         if kind == "linear":
             self.proj = nn.Linear(dna_hidden, llm_hidden)
-        else:
+        elif kind == "mlp":
             self.proj = nn.Sequential(nn.Linear(dna_hidden, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
+        else:
+            self.conv = nn.Conv1d(dna_hidden, llm_hidden, kernel_size=kernel, stride=pool)
+            self.proj = nn.Sequential(nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
 
     def forward(self, dna_embeds: torch.Tensor, dna_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # dna_embeds: (n_seq, positions, dna_hidden); dna_mask: (n_seq, positions)
-        x = dna_embeds.to(self.norm.weight.dtype)
-        if self.pool > 1:
-            n_seq, length, hidden = x.shape
-            pad = n_pooled(length, self.pool) * self.pool - length
-            weight = nn.functional.pad(dna_mask.to(x.dtype), (0, pad))  # (n_seq, padded)
-            x = nn.functional.pad(x, (0, 0, 0, pad)) * weight[..., None]
-            x = x.view(n_seq, -1, self.pool, hidden).sum(2)  # (n_seq, pooled, hidden)
-            count = weight.view(n_seq, -1, self.pool).sum(2)  # (n_seq, pooled)
-            x = x / count.clamp(min=1)[..., None]
-            dna_mask = count > 0
-        return self.proj(self.norm(x)), dna_mask  # (n_seq, pooled, llm_hidden), (n_seq, pooled)
+        # dna_embeds: (n_seq, length, dna_hidden); dna_mask: (n_seq, length)
+        x = self.norm(dna_embeds.to(self.norm.weight.dtype)) * dna_mask[..., None].to(self.norm.weight.dtype)
+        n_seq, length, _ = x.shape
+        n_out = n_pooled(length, self.pool)
+        pad = n_out * self.pool - length
+        group_count = F.pad(dna_mask.to(x.dtype), (0, pad)).view(n_seq, n_out, self.pool).sum(2)  # (n_seq, n_out)
+        if self.kind == "conv":
+            extra = self.kernel - self.pool  # context beyond each stride, split around it
+            x = F.pad(x.transpose(1, 2), (extra // 2, pad + extra - extra // 2))  # (n_seq, dna_hidden, padded)
+            x = self.conv(x).transpose(1, 2)  # (n_seq, n_out, llm_hidden)
+        elif self.pool > 1:
+            x = F.pad(x, (0, 0, 0, pad)).view(n_seq, n_out, self.pool, -1).sum(2)
+            x = x / group_count.clamp(min=1)[..., None]  # (n_seq, n_out, dna_hidden)
+        return self.proj(x), group_count > 0

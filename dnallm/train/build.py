@@ -41,6 +41,7 @@ def build_model(recipe: Recipe, device: str):
         lora={"r": recipe.lora.r, "alpha": recipe.lora.alpha, "dropout": recipe.lora.dropout, "target_modules": recipe.lora.target_modules},
         projector_kind=recipe.projector.kind,
         pool=recipe.projector.pool,
+        kernel=recipe.projector.kernel,
         dtype=resolve_dtype(recipe.llm.dtype, device),
         trust_remote_code=recipe.llm.trust_remote_code,
         gradient_checkpointing=recipe.llm.gradient_checkpointing,

@@ -1,0 +1,50 @@
+import pytest
+
+from dnallm.config import RecipeError, load_recipe, recipe_from_dict
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  lr: 1.0e-4\n  max_steps: 10\nlora:\n  r: 4\n")
+    recipe = load_recipe(path, ["train.lr=2e-4", "lora.target_modules=q_proj,v_proj", "deepspeed=recipes/deepspeed/zero2.json"])
+    assert recipe.train.lr == 2e-4 and recipe.train.max_steps == 10 and recipe.lora.r == 4
+    assert recipe.lora.target_modules == ["q_proj", "v_proj"]
+    assert recipe.deepspeed == "recipes/deepspeed/zero2.json"
+    assert recipe_from_dict(recipe.to_dict()) == recipe
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=1", r"unknown recipe key 'train.lrr'; did you mean train.lr"),
+        ("trian.lr=1", r"unknown recipe key 'trian.lr'; did you mean train.lr"),
+        ("train.epochs=abc", r"recipe key 'train.epochs' expects a number, got 'abc'"),
+        ("data.dna_window=1.5", r"recipe key 'data.dna_window' expects int, got 1.5"),
+        ("llm.trust_remote_code=maybe", r"recipe key 'llm.trust_remote_code' expects true/false"),
+        ("data=3", r"recipe key 'data' is a section"),
+        ("train.lr", r"override 'train.lr' must look like key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(None, [override])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("encoder:\n  name_or_pth: x\n")
+    with pytest.raises(RecipeError, match=r"unknown recipe key 'encoder.name_or_pth'; did you mean encoder.name_or_path"):
+        load_recipe(path)
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).resolve().parent.parent.glob("recipes/kegg/*.yaml"))
+    assert len(recipes) >= 5
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.data.dna_window > 0
+        if path.stem != "tiny":
+            assert recipe.encoder.name_or_path.startswith("BGI-HangzhouAI/Genos-")
+            assert recipe.llm.name_or_path.startswith("Qwen/Qwen3-")
