@@ -18,7 +18,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from dnallm.data.chat import DEFAULT_SYSTEM_PROMPT
-from dnallm.data.synthetic import DISEASES, QUESTION, background_with_motifs
+from dnallm.data.synthetic import DISEASES, QUESTION
 from dnallm.io import atomic_directory
 
 DNA_VOCAB = ["<pad>", "<unk>", "<s>", "</s>", "<mask>", "A", "C", "G", "T", "N"]
@@ -106,37 +106,10 @@ def qwen3_config(size: str, vocab_size: int, pad_id: int, eos_id: int) -> Qwen3C
     )
 
 
-def pretrain_dna_lm(model, tokenizer, *, steps: int, seq_len: int = 256, batch_size: int = 32, lr: float = 3e-3, seed: int = 0) -> list[float]:
-    """Next-base prediction on synthetic genome: random background sprinkled with motifs.
-
-    A randomly initialised encoder gives each position little more than its own base; after
-    this, positions inside a motif carry which motif they are in (they must, to predict the
-    motif's next base), as a pre-trained genomic model's do for real elements. -> losses
-    """
-    import random
-
-    rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        seqs = [background_with_motifs(seq_len, rng, n_motifs=seq_len // 24) for _ in range(batch_size)]
-        ids = torch.tensor([tokenizer(s, add_special_tokens=False)["input_ids"] for s in seqs])
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    model.eval()
-    return losses
-
-
-def make_tiny_genos(out: str | Path, seed: int = 0, pretrain_steps: int = 150) -> Path:
+def make_tiny_genos(out: str | Path, seed: int = 0) -> Path:
     tokenizer = build_dna_tokenizer()
     torch.manual_seed(seed)
     model = MixtralForCausalLM(genos_config("tiny", len(tokenizer)))
-    if pretrain_steps:
-        pretrain_dna_lm(model, tokenizer, steps=pretrain_steps, seed=seed)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -31,8 +31,7 @@ QUESTION = (
 def motif_vocabulary(n_motifs: int = 16, motif_len: int = 9, seed: int = 20251) -> list[str]:
     """A fixed set of distinct random motifs: the recurring elements of the synthetic genome.
 
-    Planted tasks draw their class motifs from it, and the tiny encoder is pre-trained on
-    background sequence sprinkled with it, as a real genomic model has seen real elements.
+    Planted tasks draw their class motifs from it.
     """
     rng = random.Random(seed)
     motifs: list[str] = []
@@ -49,16 +48,6 @@ def class_motifs(n_classes: int, motif_len: int = 9) -> list[str]:
     if n_classes > len(vocab):
         raise ValueError(f"n_classes={n_classes} exceeds the {len(vocab)} motifs of the vocabulary")
     return vocab[:n_classes]
-
-
-def background_with_motifs(length: int, rng: random.Random, n_motifs: int, motif_len: int = 9) -> str:
-    """Random sequence with ``n_motifs`` vocabulary motifs at random places (pre-training data)."""
-    seq = [rng.choice("ACGT") for _ in range(length)]
-    vocab = motif_vocabulary(motif_len=motif_len)
-    for _ in range(n_motifs):
-        start = rng.randrange(0, length - motif_len + 1)
-        seq[start : start + motif_len] = rng.choice(vocab)
-    return "".join(seq)
 
 
 def planted_records(n_records: int, n_classes: int = 4, length: int = 4001, motif_len: int = 9, seed: int = 0) -> list[dict]:
