@@ -107,8 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     if "DS_ACCELERATOR" not in os.environ and not _cuda_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except _user_errors() as e:
+        # Bad input is the user's to fix: one clear line, no traceback (DNALLM_DEBUG=1 shows it).
+        if os.environ.get("DNALLM_DEBUG"):
+            raise
+        print(f"dnallm {args.command}: error: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from dnallm.config import RecipeError
+    from dnallm.data.dna import RecordError
+    from dnallm.hub import RemoteCodeNotAllowed
+
+    return (RecipeError, RecordError, RemoteCodeNotAllowed, FileNotFoundError)
 
 
 def _cuda_available() -> bool:

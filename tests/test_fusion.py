@@ -1,0 +1,114 @@
+"""Where DNA enters the LLM: placeholder layout, scatter order, masks and the loss mask."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, IGNORE_INDEX
+from dnallm.encoders import DNATokenizer
+from dnallm.fusion import build_fusion_lm
+from dnallm.fusion.processor import DNAChatProcessor
+from dnallm.fusion.projector import DNAProjector
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+DNA_HIDDEN = 16
+
+
+def _example(answer="prion disease", ref="ACGTACGTACGTACGTACGTACGT", var="ACGTACGTACGTTCGTACGTACGT"):
+    return {"question": "Which disease?", "answer": answer, "reasoning": "", "ref_window": ref, "var_window": var}
+
+
+@pytest.fixture(scope="module")
+def fusion(tiny_models):
+    torch.manual_seed(0)
+    model, tok = build_fusion_lm(str(tiny_models["qwen3"]), DNA_HIDDEN, lora=LORA, projector_kind="conv", pool=4, kernel=8)
+    processor = DNAChatProcessor(tok, DNATokenizer(str(tiny_models["genos"])), pool=4)
+    return model.eval(), tok, processor
+
+
+def test_one_block_per_sequence_with_pooled_placeholder_count(fusion):
+    _, tok, processor = fusion
+    row = processor(_example(ref="A" * 24, var="C" * 23))  # an indel: 24 and 23 bases
+    ids = row["input_ids"]
+    starts = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids(DNA_START)]
+    ends = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids(DNA_END)]
+    assert len(starts) == len(ends) == 2
+    pad = tok.convert_tokens_to_ids(DNA_PAD)
+    blocks = [ids[s + 1 : e] for s, e in zip(starts, ends)]
+    assert [len(b) for b in blocks] == [6, 6]  # ceil(24 / 4), ceil(23 / 4)
+    assert all(t == pad for b in blocks for t in b)
+    assert ids.count(pad) == 12  # no stray placeholders outside the blocks
+    assert row["dna"] == ["A" * 24, "C" * 23]  # reference before variant
+
+
+def test_loss_only_on_the_answer_and_end_of_turn(fusion):
+    _, tok, processor = fusion
+    row = processor(_example(answer="Parkinson disease"))
+    supervised = [t for t in row["labels"] if t != IGNORE_INDEX]
+    assert tok.decode(supervised) == "Answer: Parkinson disease<|im_end|>"
+    first = row["labels"].index(supervised[0])
+    assert all(t == IGNORE_INDEX for t in row["labels"][:first])
+    assert row["input_ids"][first:] == supervised  # labels align with the reply tokens
+
+
+def test_features_land_in_placeholder_slots_in_batch_order(fusion):
+    model, tok, processor = fusion
+    rows = [processor(_example()), processor(_example(answer="x", ref="G" * 24, var="T" * 16))]
+    batch = processor.collate(rows)
+    # ref0, var0, ref1, var1; var1 is shorter: its tail is padding in the encoder output.
+    lengths = [24, 24, 24, 16]
+    dna_embeds = torch.randn(4, 24, DNA_HIDDEN)
+    dna_mask = torch.arange(24)[None, :] < torch.tensor(lengths)[:, None]
+    with torch.no_grad():
+        embeds = model.embed(batch["input_ids"], dna_embeds, dna_mask)
+        features, valid = model.projector(dna_embeds, dna_mask)
+    assert valid.sum(1).tolist() == [6, 6, 6, 4]
+    slots = batch["input_ids"] == tok.convert_tokens_to_ids(DNA_PAD)
+    assert slots.sum(1).tolist() == [12, 10]
+    torch.testing.assert_close(embeds[slots], features[valid])
+    ids = batch["input_ids"]
+    starts, ends = ids == tok.convert_tokens_to_ids(DNA_START), ids == tok.convert_tokens_to_ids(DNA_END)
+    text = ~(slots | starts | ends)
+    torch.testing.assert_close(embeds[text], model.llm.get_input_embeddings()(ids)[text])
+    assert torch.equal(embeds[starts], model.dna_boundary[0].expand(int(starts.sum()), -1))
+
+
+def test_padding_positions_do_not_change_features():
+    torch.manual_seed(0)
+    for kind in ("linear", "mlp", "conv"):
+        proj = DNAProjector(DNA_HIDDEN, 8, kind=kind, pool=4, kernel=4).eval()
+        x = torch.randn(1, 12, DNA_HIDDEN)
+        mask = torch.tensor([[True] * 8 + [False] * 4])
+        noisy = x.clone()
+        noisy[:, 8:] = 100.0  # garbage in padded positions
+        a, va = proj(x, mask)
+        b, vb = proj(noisy, mask)
+        assert va.tolist() == vb.tolist() == [[True, True, False]]
+        torch.testing.assert_close(a[va], b[vb])
+
+
+def test_placeholder_feature_mismatch_raises_with_counts(fusion):
+    model, _, processor = fusion
+    batch = processor.collate([processor(_example())])  # 12 placeholders
+    with pytest.raises(ValueError, match=r"tokens: 12, features: 8"):
+        model.embed(batch["input_ids"], torch.randn(2, 16, DNA_HIDDEN))
+    with pytest.raises(ValueError, match=r"12 DNA placeholder tokens but no DNA embeddings"):
+        model.embed(batch["input_ids"])
+
+
+def test_left_padding_for_generation_keeps_prompts_right_aligned(fusion):
+    _, tok, processor = fusion
+    rows = [processor(_example(), with_answer=False), processor({**_example(), "question": "Which disease does this variant cause?"}, with_answer=False)]
+    batch = processor.collate(rows, side="left")
+    assert (batch["input_ids"][:, -1] == batch["input_ids"][0, -1]).all()  # both end with the assistant header
+    n_pad = batch["attention_mask"].shape[1] - batch["attention_mask"].sum(1)
+    for i, n in enumerate(n_pad.tolist()):
+        assert batch["attention_mask"][i, :n].sum() == 0 and (batch["input_ids"][i, :n] == tok.pad_token_id).all()
+    assert (batch["labels"] == IGNORE_INDEX).all()
+
+
+def test_text_only_prompts_have_no_dna_blocks(tiny_models):
+    tok = AutoTokenizer.from_pretrained(tiny_models["qwen3"])
+    tok.add_tokens([DNA_START, DNA_PAD, DNA_END], special_tokens=True)
+    row = DNAChatProcessor(tok, None)(_example())
+    assert row["dna"] == [] and tok.convert_tokens_to_ids(DNA_PAD) not in row["input_ids"]

@@ -1,0 +1,130 @@
+"""Tiny end-to-end training on CPU: plain PyTorch and DeepSpeed ZeRO-2 / ZeRO-3."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dnallm.config import load_recipe
+from dnallm.data.kegg import write_jsonl
+from dnallm.data.synthetic import planted_records
+from dnallm.eval.kegg import evaluate
+from dnallm.fusion.processor import dna_inputs
+from dnallm.train.build import build_encoder, build_model, build_processor, load_checkpoint
+from dnallm.train.checkpoint import read_state, save_checkpoint
+from dnallm.train.engine import TorchEngine
+from dnallm.train.finetune import train
+
+from conftest import REPO
+
+N_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("planted")
+    records = planted_records(540, n_classes=N_CLASSES, seed=0)
+    write_jsonl(out / "train.jsonl", records[:480])
+    write_jsonl(out / "test.jsonl", records[480:])
+    return out
+
+
+def _recipe(tmp_path, tiny_models, planted, *extra):
+    return load_recipe(REPO / "recipes/kegg/tiny.yaml", [
+        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
+        f"data.train={planted / 'train.jsonl'}", "data.val=", "train.log_every=10", *extra,
+    ])
+
+
+def _losses(run_dir):
+    return [json.loads(line)["train/loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines() if "train/loss" in line]
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_run_learns_planted_signal(stage, tmp_path, tiny_models, planted, single_process_env):
+    recipe = _recipe(tmp_path, tiny_models, planted, "train.max_steps=300", "train.save_every=0", f"deepspeed={REPO}/recipes/deepspeed/{stage}.json")
+    checkpoint = train(recipe)
+    assert checkpoint.name == "checkpoint-300"
+    losses = _losses(tmp_path / "run")
+    assert losses[-1] < 0.25 * losses[0], losses
+    metrics = evaluate(checkpoint, planted / "test.jsonl", tmp_path / "eval")
+    # four classes: chance is 25 %; the label is only in the DNA
+    assert metrics["accuracy"] >= 0.8, metrics
+    assert (tmp_path / "eval" / "predictions.csv").is_file()
+
+
+def test_checkpoint_holds_only_what_trained(tmp_path, tiny_models, planted, single_process_env):
+    checkpoint = train(_recipe(tmp_path, tiny_models, planted, "train.max_steps=2", "train.save_every=0"))
+    values = load_file(checkpoint / "trainable.safetensors")
+    assert values and all(k.startswith(("projector.", "dna_boundary", "llm.")) and ("lora_" in k or not k.startswith("llm.")) for k in values)
+    base_bytes = sum(p.stat().st_size for p in tiny_models["qwen3"].glob("*.safetensors"))
+    assert (checkpoint / "trainable.safetensors").stat().st_size < base_bytes
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
+    assert read_state(checkpoint)["step"] == 2
+    assert not list(checkpoint.rglob("*.bin")) and not list(checkpoint.rglob("*.pt"))
+
+
+def test_save_then_load_gives_identical_logits(tmp_path, tiny_models, planted):
+    recipe = _recipe(tmp_path, tiny_models, planted)
+    encoder = build_encoder(recipe, "cpu")
+    model, tokenizer = build_model(recipe, "cpu")
+    processor = build_processor(recipe, tokenizer, encoder)
+    torch.manual_seed(1)
+    with torch.no_grad():  # stand-in for training: move every trainable tensor
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), grad_accum=1, max_grad_norm=1.0, device="cpu")
+    checkpoint = save_checkpoint(tmp_path / "run", 7, model, engine, recipe.to_yaml(), {})
+
+    example = {"question": "q", "answer": "a", "reasoning": "", "ref_window": "ACGT" * 8, "var_window": "ACGA" * 8}
+    batch = processor.collate([processor(example)])
+
+    def logits(m, enc):
+        dna = dna_inputs(enc, batch["dna"], 8)
+        with torch.no_grad():
+            return m.eval()(batch["input_ids"], batch["attention_mask"], *dna).logits
+
+    _, encoder2, loaded, _ = load_checkpoint(checkpoint, "cpu")
+    assert torch.equal(logits(model, encoder), logits(loaded, encoder2))
+    fresh, _ = build_model(recipe, "cpu")
+    assert not torch.allclose(logits(fresh, encoder), logits(loaded, encoder2))
+
+
+def test_frozen_encoder_is_unchanged_by_training_steps(tmp_path, tiny_models, planted):
+    from dnallm.data.kegg import load_examples
+    from dnallm.train.finetune import step_batch
+
+    recipe = _recipe(tmp_path, tiny_models, planted)
+    encoder = build_encoder(recipe, "cpu")
+    before = {n: p.clone() for n, p in encoder.named_parameters()}
+    model, tokenizer = build_model(recipe, "cpu")
+    processor = build_processor(recipe, tokenizer, encoder)
+    rows = [processor(ex) for ex in load_examples(planted / "train.jsonl", recipe.data.dna_window).select(range(8))]
+    engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), grad_accum=1, max_grad_norm=1.0, device="cpu")
+    for _ in range(3):
+        loss = step_batch(engine, encoder, processor.collate(rows), "cpu", 8).loss
+        engine.backward(loss)
+        engine.step()
+    for name, p in encoder.named_parameters():
+        assert torch.equal(p, before[name]), name
+        assert p.grad is None and not p.requires_grad
+
+
+@pytest.mark.parametrize("stage", ["", "zero3"])
+def test_resume_after_interruption_continues_from_saved_step(stage, tmp_path, tiny_models, planted, single_process_env):
+    extra = ["train.max_steps=8", "train.save_every=4", "train.log_every=1"] + ([f"deepspeed={REPO}/recipes/deepspeed/{stage}.json"] if stage else [])
+    whole = train(_recipe(tmp_path / "a", tiny_models, planted, *extra))
+
+    crashed = train(_recipe(tmp_path / "b", tiny_models, planted, *extra), stop_after=4)
+    assert crashed.name == "checkpoint-4"
+    # a crash while writing the next checkpoint leaves only a hidden temporary directory
+    (tmp_path / "b" / "run" / ".checkpoint-8.abc.tmp").mkdir()
+    resumed = train(_recipe(tmp_path / "b", tiny_models, planted, *extra, "train.resume_from_checkpoint=auto"))
+    assert resumed.name == "checkpoint-8"
+
+    logged_steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert logged_steps == list(range(1, 9))  # steps 5..8 follow 1..4, none repeated
+    a, b = load_file(whole / "trainable.safetensors"), load_file(resumed / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
