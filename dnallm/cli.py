@@ -51,6 +51,13 @@ def _split(args) -> None:
     print(json.dumps({name: len(r) for name, r in splits.items()}))
 
 
+def _cache_embeddings(args) -> None:
+    from dnallm.config import load_recipe
+    from dnallm.train.embed_cache import cache_embeddings
+
+    print(json.dumps(cache_embeddings(load_recipe(args.recipe, args.overrides), args.data, args.rebuild), indent=2))
+
+
 def _demo(args) -> None:
     """Tiny checkpoints + planted data -> train on CPU -> evaluate -> print metrics."""
     ns = argparse.Namespace(out=TINY_DIR, seed=0, records=600, classes=4)
@@ -94,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=_split)
 
+    p = sub.add_parser("cache-embeddings", help="run the frozen DNA encoder once; training then reads encoder.cache_dir")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. encoder.cache_dir=cache/genos1b")
+    p.add_argument("--data", action="append", default=[], help="another KEGG-format file to cache (e.g. the test split); repeatable")
+    p.add_argument("--rebuild", action="store_true", help="discard a stale cache and build it again")
+    p.set_defaults(func=_cache_embeddings)
+
     p = sub.add_parser("demo", help="tiny end-to-end run on CPU: build, train, evaluate")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_demo)
@@ -123,7 +137,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dnallm.data.dna import RecordError
     from dnallm.hub import RemoteCodeNotAllowed
 
-    return (RecipeError, RecordError, RemoteCodeNotAllowed, FileNotFoundError)
+    from dnallm.encoders.cache import CacheError
+
+    return (RecipeError, RecordError, RemoteCodeNotAllowed, CacheError, FileNotFoundError)
 
 
 def _cuda_available() -> bool:

@@ -44,6 +44,8 @@ class EncoderConfig:
     layer: int = -1
     dtype: str = "auto"
     batch_size: int = 8  # sequences per encoder forward
+    cache_dir: str = ""  # embeddings from `dnallm cache-embeddings`; empty: run the encoder every step
+    cache_dtype: str = "bfloat16"  # float32 | float16 | bfloat16: storage precision of cached embeddings
 
 
 @dataclass

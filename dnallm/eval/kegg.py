@@ -16,6 +16,7 @@ from dnallm.eval.metrics import classification_metrics
 from dnallm.fusion.processor import dna_inputs
 from dnallm.io import atomic_write_text
 from dnallm.train.build import load_checkpoint
+from dnallm.train.embed_cache import require_cached
 from dnallm.train.engine import pick_device
 
 
@@ -40,6 +41,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out_dir: str | Path, over
     device = pick_device()
     recipe, encoder, model, processor = load_checkpoint(checkpoint, device, overrides)
     examples = load_examples(data, recipe.data.dna_window, need_dna=recipe.data.use_dna)
+    require_cached(encoder, data, recipe.data.dna_window)
     texts = generate_answers(
         model, encoder, processor, examples, batch_size=recipe.eval.batch_size,
         max_new_tokens=recipe.eval.max_new_tokens, encoder_batch_size=recipe.encoder.batch_size, device=device,

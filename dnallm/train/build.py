@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from transformers import AutoConfig
-
 from pathlib import Path
 
 import yaml
+from transformers import AutoConfig
 
 from dnallm.config import Recipe, apply_overrides, recipe_from_dict
 from dnallm.encoders import DNAEncoder, DNATokenizer
+from dnallm.encoders.cache import CacheIdentity, CachedEncoder, weights_fingerprint
 from dnallm.fusion import build_fusion_lm
 from dnallm.fusion.processor import DNAChatProcessor
 from dnallm.hub import check_remote_code, resolve_dtype
@@ -23,10 +23,25 @@ def dna_hidden_size(recipe: Recipe) -> int:
     return config.hidden_size
 
 
-def build_encoder(recipe: Recipe, device: str) -> DNAEncoder | None:
+def cache_identity(recipe: Recipe, device: str) -> CacheIdentity:
+    enc = recipe.encoder
+    compute = str(resolve_dtype(enc.dtype, device)).removeprefix("torch.")
+    return CacheIdentity(
+        encoder=enc.name_or_path, weights=weights_fingerprint(enc.name_or_path), layer=enc.layer,
+        dna_window=recipe.data.dna_window, dtype=enc.cache_dtype, compute_dtype=compute,
+    )
+
+
+def build_encoder(recipe: Recipe, device: str, live: bool = False) -> DNAEncoder | CachedEncoder | None:
+    """The recipe's DNA source: cached embeddings when ``encoder.cache_dir`` is set (the
+    encoder's weights are then never loaded), else the live frozen encoder."""
     if not recipe.data.use_dna:
         return None
     enc = recipe.encoder
+    if enc.cache_dir and not live:
+        check_remote_code(enc.name_or_path, enc.trust_remote_code, "encoder.trust_remote_code")
+        tokenizer = DNATokenizer(enc.name_or_path, enc.trust_remote_code)
+        return CachedEncoder(enc.cache_dir, cache_identity(recipe, device), tokenizer, device)
     return DNAEncoder(
         enc.name_or_path, layer=enc.layer, dtype=resolve_dtype(enc.dtype, device), device=device,
         trust_remote_code=enc.trust_remote_code,
@@ -52,8 +67,8 @@ def build_model(recipe: Recipe, device: str):
     return model.to(device), tokenizer
 
 
-def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | DNATokenizer | None) -> DNAChatProcessor:
-    dna_tokenizer = encoder.tokenizer if isinstance(encoder, DNAEncoder) else encoder
+def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncoder | DNATokenizer | None) -> DNAChatProcessor:
+    dna_tokenizer = encoder.tokenizer if isinstance(encoder, (DNAEncoder, CachedEncoder)) else encoder
     return DNAChatProcessor(
         tokenizer, dna_tokenizer if recipe.data.use_dna else None, pool=recipe.projector.pool,
         system_prompt=recipe.data.system_prompt, with_reasoning=recipe.data.with_reasoning,

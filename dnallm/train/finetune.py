@@ -23,6 +23,7 @@ from dnallm.config import Recipe
 from dnallm.data.kegg import load_examples
 from dnallm.fusion.processor import dna_inputs
 from dnallm.train.build import build_encoder, build_model, build_processor
+from dnallm.train.embed_cache import require_cached
 from dnallm.train.checkpoint import list_checkpoints, load_moments, load_trainable, read_state, resolve_checkpoint, save_checkpoint
 from dnallm.train.engine import DeepSpeedEngine, TorchEngine, distributed_env, pick_device, resolve_deepspeed_config
 from dnallm.train.tracking import Tracker
@@ -97,6 +98,9 @@ def train(recipe: Recipe, stop_after: int | None = None) -> Path:
     val_ds = load_examples(recipe.data.val, recipe.data.dna_window, need_reasoning=recipe.data.with_reasoning, need_dna=need_dna) if recipe.data.val else None
 
     encoder = build_encoder(recipe, device)
+    for path in (recipe.data.train, recipe.data.val):
+        if path:
+            require_cached(encoder, path, recipe.data.dna_window)
     model, tokenizer = build_model(recipe, device)
     processor = build_processor(recipe, tokenizer, encoder)
     train_rows = [processor(ex) for ex in tqdm(train_ds, desc="tokenizing train", disable=rank != 0)]

@@ -1,0 +1,213 @@
+"""The frozen encoder's embeddings, computed once and read back from disk.
+
+A frozen encoder gives the same embeddings for a window on every epoch, so running it
+on every training step is wasted work (for Genos-10B about as much as the LLM step).
+``build_cache`` runs it once; ``CachedEncoder`` then stands in for ``DNAEncoder``
+(same ``encode`` / ``tokenizer`` / ``hidden_size``) without loading any encoder weights.
+
+Layout of a cache directory::
+
+    manifest.json            identity (encoder, weights fingerprint, layer, window, dtype),
+                             hidden size, shard list, and whether the cache is complete
+    shard-00000.safetensors  one (positions, hidden) tensor per sequence, named by its key
+
+A sequence's key is a hash of the sequence and the identity, so a stale entry can never
+be read for a different encoder, layer or dtype. Shards are written whole (temporary
+name, then rename) and the manifest after them, so an interrupted run loses at most one
+shard of work and resumes from the shards on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from dnallm.encoders.hf import DNATokenizer
+from dnallm.io import atomic_write_text
+
+FORMAT = 1
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CacheError(RuntimeError):
+    """The cache cannot serve this run: stale, incomplete, or missing."""
+
+
+@dataclass(frozen=True)
+class CacheIdentity:
+    """Everything that changes the embeddings of a window."""
+
+    encoder: str
+    weights: str  # fingerprint of the weight files (see ``weights_fingerprint``)
+    layer: int
+    dna_window: int
+    dtype: str  # storage: float32 | float16 | bfloat16
+    compute_dtype: str  # the encoder's forward precision
+
+
+def weights_fingerprint(name_or_path: str) -> str:
+    """Hash of the encoder's config and weight files, cheap to compute without loading them.
+
+    Hub IDs resolve to their local snapshot (downloading the config if needed). Each
+    ``*.safetensors`` contributes its size, its header (names, shapes, offsets) and three
+    1 MiB samples of its data, so re-trained or converted weights change the fingerprint.
+    """
+    from transformers.utils import cached_file
+
+    config = Path(cached_file(name_or_path, "config.json"))
+    digest = hashlib.sha256(config.read_bytes())
+    for weights in sorted(config.parent.glob("*.safetensors")):
+        size = weights.stat().st_size
+        digest.update(f"{weights.name}:{size}".encode())
+        with open(weights, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            digest.update(f.read(header_len))
+            for offset in (0, size // 2, max(size - (1 << 20), 0)):
+                f.seek(offset)
+                digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def sequence_key(seq: str, identity: CacheIdentity) -> str:
+    payload = json.dumps(asdict(identity), sort_keys=True) + "\n" + seq
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _read_manifest(cache_dir: Path) -> dict | None:
+    path = cache_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_manifest(cache_dir: Path, identity: CacheIdentity, hidden: int, shards: list[str], n: int, complete: bool) -> None:
+    manifest = {"format": FORMAT, "identity": asdict(identity), "hidden_size": hidden, "shards": shards, "n": n, "complete": complete}
+    atomic_write_text(cache_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+
+
+def check_identity(cache_dir: Path, manifest: dict, identity: CacheIdentity) -> None:
+    stored = manifest.get("identity", {})
+    diff = [f"{k}: cached {stored.get(k)!r}, wanted {v!r}" for k, v in asdict(identity).items() if stored.get(k) != v]
+    if manifest.get("format") != FORMAT or diff:
+        raise CacheError(
+            f"embedding cache {cache_dir} is stale ({'; '.join(diff) or 'old format'}); "
+            "rebuild it with `dnallm cache-embeddings RECIPE --rebuild`"
+        )
+
+
+def _shard_keys(path: Path) -> list[str]:
+    with safe_open(path, framework="pt") as f:
+        return list(f.keys())
+
+
+def build_cache(encoder, sequences: list[str], cache_dir: str | Path, identity: CacheIdentity, *,
+                batch_size: int = 8, shard_bytes: int = 512 << 20, rebuild: bool = False) -> dict:
+    """Embed every sequence not yet in the cache; resume from the shards already written.
+
+    ``encoder`` is a ``DNAEncoder``. Returns ``{"cached": n already there, "computed": n new, "total": n}``.
+    """
+    cache_dir = Path(cache_dir)
+    if identity.dtype not in DTYPES:
+        raise ValueError(f"encoder.cache_dtype must be one of {', '.join(DTYPES)}, got {identity.dtype!r}")
+    dtype = DTYPES[identity.dtype]
+    manifest = _read_manifest(cache_dir)
+    if manifest is not None and rebuild:
+        for old in [cache_dir / "manifest.json", *cache_dir.glob("shard-*.safetensors")]:
+            old.unlink()
+        manifest = None
+    if manifest is not None:
+        check_identity(cache_dir, manifest, identity)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    shards = sorted(p.name for p in cache_dir.glob("shard-*.safetensors"))
+    have = {key for name in shards for key in _shard_keys(cache_dir / name)}
+    wanted = {sequence_key(s, identity): s for s in sequences}  # unique windows, first-seen order
+    todo = [(k, s) for k, s in wanted.items() if k not in have]
+    _write_manifest(cache_dir, identity, encoder.hidden_size, shards, len(have), complete=False)
+
+    buffer: dict[str, torch.Tensor] = {}
+    buffered = 0
+
+    def flush() -> None:
+        nonlocal buffer, buffered
+        if not buffer:
+            return
+        name = f"shard-{len(shards):05d}.safetensors"
+        tmp = cache_dir / f".{name}.tmp"
+        save_file(buffer, tmp, metadata={"format": str(FORMAT)})
+        tmp.replace(cache_dir / name)
+        shards.append(name)
+        have.update(buffer)
+        _write_manifest(cache_dir, identity, encoder.hidden_size, shards, len(have), complete=False)
+        buffer, buffered = {}, 0
+
+    bar = tqdm(total=len(todo), desc="caching embeddings", unit="seq")
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        embeds, mask = encoder.encode([s for _, s in chunk])  # (batch, positions, hidden), (batch, positions)
+        for (key, _), e, m in zip(chunk, embeds, mask):
+            buffer[key] = e[m].to(dtype).cpu().contiguous()  # real positions only
+            buffered += buffer[key].numel() * buffer[key].element_size()
+        if buffered >= shard_bytes:
+            flush()
+        bar.update(len(chunk))
+    flush()
+    bar.close()
+    _write_manifest(cache_dir, identity, encoder.hidden_size, shards, len(have), complete=True)
+    return {"cached": len(wanted) - len(todo), "computed": len(todo), "total": len(wanted)}
+
+
+class CachedEncoder:
+    """Reads embeddings from a cache built by ``build_cache``; the encoder is never loaded.
+
+    ``encode(sequences) -> (embeds, mask)`` as ``DNAEncoder.encode``: embeds in the cache
+    dtype on ``device``, padded to the longest sequence.
+    """
+
+    def __init__(self, cache_dir: str | Path, identity: CacheIdentity, tokenizer: DNATokenizer, device: str = "cpu"):
+        self.cache_dir = Path(cache_dir)
+        manifest = _read_manifest(self.cache_dir)
+        if manifest is None:
+            raise CacheError(f"no embedding cache at {self.cache_dir}; build it with `dnallm cache-embeddings RECIPE`")
+        check_identity(self.cache_dir, manifest, identity)
+        if not manifest["complete"]:
+            raise CacheError(
+                f"embedding cache {self.cache_dir} is incomplete ({manifest['n']} sequences; an interrupted run?); "
+                "finish it with `dnallm cache-embeddings RECIPE` (it resumes)"
+            )
+        self.identity, self.tokenizer, self.device = identity, tokenizer, device
+        self.hidden_size = manifest["hidden_size"]
+        self._files = [safe_open(self.cache_dir / name, framework="pt") for name in manifest["shards"]]
+        self._where = {key: f for f in self._files for key in f.keys()}
+
+    def missing(self, sequences) -> list[str]:
+        return [s for s in sequences if sequence_key(s, self.identity) not in self._where]
+
+    def require(self, sequences, what: str) -> None:
+        """Raise unless every sequence of ``what`` (a file name) is cached."""
+        absent = self.missing(sequences)
+        if absent:
+            raise CacheError(
+                f"embedding cache {self.cache_dir} lacks {len(absent)} of {len(sequences)} windows of {what}; "
+                f"add them with `dnallm cache-embeddings RECIPE --data {what}`"
+            )
+
+    def encode(self, sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for seq in sequences:
+            key = sequence_key(seq, self.identity)
+            if key not in self._where:
+                raise CacheError(f"embedding cache {self.cache_dir} has no entry for a {len(seq)}-bp window starting {seq[:20]}...")
+            rows.append(self._where[key].get_tensor(key))  # (positions, hidden), memory-mapped
+        longest = max(r.shape[0] for r in rows)
+        embeds = torch.zeros(len(rows), longest, self.hidden_size, dtype=rows[0].dtype)
+        mask = torch.zeros(len(rows), longest, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            embeds[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = True
+        return embeds.to(self.device, non_blocking=True), mask.to(self.device)

@@ -1,0 +1,40 @@
+"""``dnallm cache-embeddings``: run the recipe's frozen encoder once over its datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dnallm.config import Recipe
+from dnallm.data.kegg import load_examples
+from dnallm.encoders.cache import CachedEncoder, build_cache
+from dnallm.train.build import build_encoder, cache_identity
+from dnallm.train.engine import pick_device
+
+
+def dataset_windows(path: str | Path, dna_window: int) -> list[str]:
+    """Reference and variant windows of every record, in record order."""
+    ds = load_examples(path, dna_window)
+    return [seq for ref, var in zip(ds["ref_window"], ds["var_window"]) for seq in (ref, var)]
+
+
+def require_cached(encoder, path: str | Path, dna_window: int) -> None:
+    """With a cache as DNA source, fail before training if any window of ``path`` is absent."""
+    if isinstance(encoder, CachedEncoder):
+        encoder.require(dataset_windows(path, dna_window), str(path))
+
+
+def cache_embeddings(recipe: Recipe, extra_data: list[str] = (), rebuild: bool = False) -> dict:
+    """Embed the windows of ``data.train``, ``data.val`` and ``extra_data`` into ``encoder.cache_dir``."""
+    if not recipe.encoder.cache_dir:
+        raise ValueError("encoder.cache_dir is empty: set it in the recipe or as encoder.cache_dir=PATH")
+    if not recipe.data.use_dna:
+        raise ValueError("data.use_dna=false: a text-only recipe has no DNA to cache")
+    files = [f for f in (recipe.data.train, recipe.data.val, *extra_data) if f]
+    windows = [seq for f in files for seq in dataset_windows(f, recipe.data.dna_window)]
+    device = pick_device()
+    encoder = build_encoder(recipe, device, live=True)
+    stats = build_cache(
+        encoder, windows, recipe.encoder.cache_dir, cache_identity(recipe, device),
+        batch_size=recipe.encoder.batch_size, rebuild=rebuild,
+    )
+    return {"cache_dir": recipe.encoder.cache_dir, "files": files, **stats}
