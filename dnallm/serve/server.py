@@ -17,6 +17,7 @@ from importlib.resources import files
 
 import anyio
 from fastapi import FastAPI, Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
@@ -84,10 +85,13 @@ class Guard:
 async def read_json(request: Request, limit: int):
     """The body as JSON; 413 past ``limit`` bytes (also without Content-Length), 400 if malformed."""
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+    except ClientDisconnect:
+        raise APIError(400, "client disconnected while sending the body", code="client_disconnected") from None
     try:
         return json.loads(body)
     except json.JSONDecodeError as e:
@@ -120,6 +124,7 @@ class Run:
             # Hold the slot until the worker has really stopped, even while being cancelled.
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.generation.join)
+            self.slots.generated_tokens += len(self.generation.new_tokens)
             if finished:
                 self.slots.completed += 1
             else:

@@ -21,6 +21,7 @@ class Slots:
         self.active = 0
         self.completed = 0
         self.cancelled = 0
+        self.generated_tokens = 0
         self._lock = asyncio.Lock()
 
     def reserve(self) -> "Ticket":
@@ -30,7 +31,10 @@ class Slots:
         return Ticket(self)
 
     def stats(self) -> dict:
-        return {"active": self.active, "waiting": self.waiting, "completed": self.completed, "cancelled": self.cancelled}
+        return {
+            "active": self.active, "waiting": self.waiting, "completed": self.completed, "cancelled": self.cancelled,
+            "generated_tokens": self.generated_tokens,
+        }
 
 
 class Ticket:

@@ -30,7 +30,7 @@ function addTurn(role, text) {
 function showPrediction(prediction) {
   const el = $("prediction");
   el.textContent = prediction || "no 'Answer:' line in the reply";
-  el.className = prediction ? "" : "none";
+  $("prediction-box").className = prediction ? "" : "none";
   $("prediction-box").hidden = false;
 }
 
