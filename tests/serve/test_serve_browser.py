@@ -3,6 +3,8 @@
 Leaves a screenshot of the page answering in tests/artifacts/serve_page.png.
 """
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from dnallm.data.chat import parse_answer
 from dnallm.serve.session import Conversation, Sampling
+from serve_helpers import health, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
@@ -53,7 +56,6 @@ def test_page_streams_the_answer_and_shows_the_disease(page, server, session, te
     page.fill("#variant", rec["variant_sequence"])
     expect(page.locator("#dna-info")).to_have_text("reference 4001 bp, variant 4001 bp")
     page.fill("#max-tokens", str(MAX_TOKENS))
-    page.evaluate(COUNT_UPDATES)
     page.click("#ask")
 
     want = reply(session, rec, [{"role": "user", "content": rec["question"]}])
@@ -62,8 +64,6 @@ def test_page_streams_the_answer_and_shows_the_disease(page, server, session, te
     expect(page.locator("#prediction-box")).to_be_visible()
     expect(page.locator("#prediction")).to_have_text(parse_answer(want) or "no 'Answer:' line in the reply")
     expect(page.locator("#ask")).to_be_enabled()
-    # two turns added, then the reply's text replaced piece by piece as it streamed in
-    assert page.evaluate("window.answerUpdates") >= 4
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
 
@@ -96,3 +96,32 @@ def test_page_fasta_upload_and_errors(page, server, session, test_records, tmp_p
     three.write_text(">a\nACGT\n>b\nACGT\n>c\nACGT\n")
     page.set_input_files("#fasta", str(three))
     expect(page.locator("#error")).to_contain_text("three.fa: expected 2 FASTA records (reference, then variant), found 3")
+
+
+def test_page_streams_a_long_reply_and_stop_frees_the_slot(page, server, session, test_records):
+    from playwright.sync_api import expect
+
+    def ban_end_of_turn(route):
+        # The page has no logit_bias control; adding one here makes a reply that only Stop ends.
+        body = json.loads(route.request.post_data)
+        body["logit_bias"] = {str(session.eos_id): -100}
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/v1/chat/completions", ban_end_of_turn)
+    rec = test_records[2]
+    before = health(server)
+    page.goto(server.url + "/")
+    page.fill("#reference", rec["reference_sequence"])
+    page.fill("#variant", rec["variant_sequence"])
+    page.fill("#max-tokens", "3000")
+    page.evaluate(COUNT_UPDATES)
+    page.click("#ask")
+    answer = page.locator(".turn.assistant").first
+    expect(answer).to_have_text(re.compile(r"[\s\S]{80,}"), timeout=60_000)
+    expect(page.locator("#stop")).to_be_enabled()
+    page.click("#stop")
+    expect(page.locator("#ask")).to_be_enabled()
+    # the reply grew in several steps: two turns added, then its text replaced as pieces arrived
+    assert page.evaluate("window.answerUpdates") >= 4
+    state = wait_for(server, lambda s: s["active"] == 0 and s["cancelled"] == before["cancelled"] + 1, seconds=120)
+    assert 0 < state["generated_tokens"] - before["generated_tokens"] < 3000

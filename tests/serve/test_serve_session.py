@@ -1,20 +1,12 @@
 """The loaded checkpoint: prompts laid out as in training, streamed replies, cancel, terminal chat."""
 
 import io
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import torch
 
 from dnallm.data.chat import DNA_PAD, parse_answer
 from dnallm.data.kegg import load_examples
 from dnallm.eval.kegg import generate_answers
 from dnallm.serve.chat import ChatREPL
 from dnallm.serve.session import Conversation, Sampling
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def conversation(session, rec, turns=None):
@@ -101,16 +93,3 @@ def test_repl_commands_and_multi_turn(session, planted_files, test_records, tmp_
     assert repl.turns == [] and repl.dna is not None  # /reset kept the DNA, dropped the turns
     if parse_answer(expected):
         assert f"[predicted disease: {parse_answer(expected)}]" in text
-
-
-def test_chat_command_line(checkpoint, planted_files, session, test_records):
-    """`dnallm chat` as a user runs it, with questions piped in."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-m", "dnallm", "chat", str(checkpoint), "--jsonl", str(planted_files["test"]), "--record", "2",
-         "--max-new-tokens", "16", "--device", "cpu"],
-        input=test_records[2]["question"] + "\n/quit\n", capture_output=True, text=True, timeout=300, env=env, cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    expected = session.reply(conversation(session, test_records[2]), Sampling(max_new_tokens=16))
-    assert f"model> {expected}\n" in result.stdout
