@@ -135,3 +135,14 @@ def test_queue_limit_then_recovery(server, session, test_records):
     wait_for(server, lambda s: s["active"] == 0 and s["waiting"] == 0)
     status, _, body = request(server, "POST", "/v1/chat/completions", {"model": session.name, "messages": [{"role": "user", "content": tagged(test_records[2])}], "max_tokens": 8})
     assert status == 200 and body["choices"][0]["message"]["content"] == expected_reply(session, test_records[2], 8)
+
+
+def test_disconnect_while_waiting_for_a_full_reply_frees_the_slot(server, session, test_records):
+    before = health(server)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps({**endless(session, test_records[1]), "stream": False}),
+                 headers={"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"})
+    wait_for(server, lambda s: s["active"] == 1)
+    conn.close()
+    state = wait_for(server, lambda s: s["active"] == 0 and s["cancelled"] == before["cancelled"] + 1, seconds=120)
+    assert 0 < state["generated_tokens"] - before["generated_tokens"] < 3000
