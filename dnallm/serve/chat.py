@@ -55,7 +55,11 @@ class ChatREPL:
         if self.session.uses_dna and self.dna is None:
             self.say("No DNA yet: set it with /dna.")
         while True:
-            line = self.read("you> ")
+            try:
+                line = self.read("you> ")
+            except KeyboardInterrupt:  # Ctrl-C at the prompt drops the line; Ctrl-D or /quit leaves
+                self.say()
+                continue
             if line is None:
                 self.say()
                 return

@@ -46,25 +46,36 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _chat(args) -> None:
-    from dnallm.serve.chat import ChatREPL, load_pair
-    from dnallm.serve.inputs import read_sequence_arg
+    from dnallm.data.dna import RecordError
+    from dnallm.serve.chat import ChatREPL
+    from dnallm.serve.inputs import DNAInputError
     from dnallm.serve.session import ModelSession, Sampling
 
-    start = None  # read the DNA files before the (slow) model load, so a typo fails fast
-    if args.fasta:
-        start = load_pair([str(args.fasta)])
-    elif args.jsonl:
-        start = load_pair([str(args.jsonl), str(args.record)])
-    elif args.ref or args.var:
-        if not (args.ref and args.var):
-            sys.exit("give both --ref and --var")
-        start = read_sequence_arg(args.ref), read_sequence_arg(args.var)
-    session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides)
-    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-    repl = ChatREPL(session, sampling, args.max_dna_length)
-    if start:
-        repl.set_dna(*start)
+    try:
+        start = _start_dna(args)  # before the (slow) model load, so that a typo fails fast
+        session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides)
+        sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+        repl = ChatREPL(session, sampling, args.max_dna_length)
+        if start:
+            repl.set_dna(*start)
+    except (DNAInputError, RecordError, OSError) as e:
+        sys.exit(f"dnallm chat: {e}")
     repl.run()
+
+
+def _start_dna(args) -> tuple[str, str] | None:
+    from dnallm.serve.chat import load_pair
+    from dnallm.serve.inputs import read_sequence_arg
+
+    if args.fasta:
+        return load_pair([str(args.fasta)])
+    if args.jsonl:
+        return load_pair([str(args.jsonl), str(args.record)])
+    if args.ref or args.var:
+        if not (args.ref and args.var):
+            sys.exit("dnallm chat: give both --ref and --var")
+        return read_sequence_arg(args.ref), read_sequence_arg(args.var)
+    return None
 
 
 def _serve(args) -> None:

@@ -69,7 +69,10 @@ class Guard:
             if not hmac.compare_digest(presented_key(headers).encode(), self.api_key.encode()):
                 return await self._unauthorized(scope["path"])(scope, receive, send)
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+        if length is not None and not length.isdigit():
+            err = APIError(400, f"Content-Length {length[:40]!r} is not a number", code="invalid_body")
+            return await error_response(err, {"Connection": "close"})(scope, receive, send)
+        if length is not None and int(length) > self.max_body_bytes:
             err = APIError(413, f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes", code="body_too_large")
             return await error_response(err, {"Connection": "close"})(scope, receive, send)
         await self.app(scope, receive, send)
@@ -124,11 +127,7 @@ class Run:
             # Hold the slot until the worker has really stopped, even while being cancelled.
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.generation.join)
-            self.slots.generated_tokens += len(self.generation.new_tokens)
-            if finished:
-                self.slots.completed += 1
-            else:
-                self.slots.cancelled += 1
+            self.slots.count(self.generation)
         self.generation.raise_error()
 
     @property

@@ -21,6 +21,7 @@ class Slots:
         self.active = 0
         self.completed = 0
         self.cancelled = 0
+        self.failed = 0
         self.generated_tokens = 0
         self._lock = asyncio.Lock()
 
@@ -30,10 +31,20 @@ class Slots:
         self.waiting += 1
         return Ticket(self)
 
+    def count(self, generation) -> None:
+        """Tally a generation that has stopped: finished, cancelled (client gone) or failed."""
+        self.generated_tokens += len(generation.new_tokens)
+        if generation.error is not None:
+            self.failed += 1
+        elif generation.cancelled:
+            self.cancelled += 1
+        else:
+            self.completed += 1
+
     def stats(self) -> dict:
         return {
             "active": self.active, "waiting": self.waiting, "completed": self.completed, "cancelled": self.cancelled,
-            "generated_tokens": self.generated_tokens,
+            "failed": self.failed, "generated_tokens": self.generated_tokens,
         }
 
 

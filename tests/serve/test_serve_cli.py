@@ -38,6 +38,16 @@ def test_chat_command_line(checkpoint, planted_files, session, test_records):
     assert f"model> {expected}\n" in result.stdout
 
 
+def test_chat_command_line_names_bad_dna_before_loading(checkpoint, planted_files):
+    result = subprocess.run(
+        [sys.executable, "-m", "dnallm", "chat", str(checkpoint), "--jsonl", str(planted_files["test"]), "--record", "99"],
+        input="", capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO,
+    )
+    assert result.returncode == 1
+    assert f"dnallm chat: {planted_files['test']}: record index 99 out of range (file has 8 records" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
