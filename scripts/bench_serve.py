@@ -44,7 +44,9 @@ def timed_stream(port: int, body: dict) -> tuple[float, float, int]:
     if resp.status != 200:
         raise RuntimeError(f"server answered {resp.status}: {resp.read()[:500]!r}")
     first, chunks = None, 0
-    while line := resp.fp.readline():
+    # Stop at the end-of-stream event: reading on to the end of the socket would wait out
+    # the server's keep-alive timeout.
+    while (line := resp.fp.readline()) and not line.startswith(b"data: [DONE]"):
         if not line.startswith(b"data: {"):
             continue
         choices = json.loads(line[6:])["choices"]
