@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="tiny end-to-end run on CPU: build, train, evaluate")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_demo)
+
+    from dnallm.serve.commands import add_commands as add_serve_commands
+
+    add_serve_commands(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Talk to a trained model: terminal chat, OpenAI-compatible HTTP server, browser page."""

@@ -1,0 +1,104 @@
+"""``dnallm chat`` and ``dnallm serve`` subcommands (registered by ``dnallm.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+API_KEY_ENV = "DNALLM_API_KEY"
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("chat", help="ask a trained model about a variant in the terminal, replies streaming")
+    _common(p)
+    dna = p.add_argument_group("DNA to start with (or set it later with /dna)")
+    dna.add_argument("--fasta", type=Path, help="two FASTA records: reference, then variant")
+    dna.add_argument("--jsonl", type=Path, help="a KEGG-format JSONL file; with --record")
+    dna.add_argument("--record", type=int, default=0, help="record index (0-based) in --jsonl")
+    dna.add_argument("--ref", help="reference: bases, or a one-record FASTA file")
+    dna.add_argument("--var", help="variant: bases, or a one-record FASTA file")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.set_defaults(func=_chat)
+
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server and browser page for a trained model")
+    _common(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this key on every route but /health (default: ${API_KEY_ENV})")
+    p.add_argument("--model-name", help="model id clients send (default: the recipe's run_name)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--max-prompt-tokens", type=int, default=8192)
+    p.add_argument("--max-queue", type=int, default=8, help="requests that may wait while one generates; more get 429")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_serve)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="longest reply (the server's limit and default)")
+    p.add_argument("--max-dna-length", type=int, default=100_000, help="longest sequence accepted, in bp")
+
+
+def _chat(args) -> None:
+    from dnallm.data.dna import RecordError
+    from dnallm.serve.chat import ChatREPL
+    from dnallm.serve.inputs import DNAInputError
+    from dnallm.serve.session import ModelSession, Sampling
+
+    try:
+        start = _start_dna(args)  # before the (slow) model load, so that a typo fails fast
+        session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides)
+        sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+        repl = ChatREPL(session, sampling, args.max_dna_length)
+        if start:
+            repl.set_dna(*start)
+    except (DNAInputError, RecordError, OSError) as e:
+        sys.exit(f"dnallm chat: {e}")
+    repl.run()
+
+
+def _start_dna(args) -> tuple[str, str] | None:
+    from dnallm.serve.chat import load_pair
+    from dnallm.serve.inputs import read_sequence_arg
+
+    if args.fasta:
+        return load_pair([str(args.fasta)])
+    if args.jsonl:
+        return load_pair([str(args.jsonl), str(args.record)])
+    if args.ref or args.var:
+        if not (args.ref and args.var):
+            sys.exit("dnallm chat: give both --ref and --var")
+        return read_sequence_arg(args.ref), read_sequence_arg(args.var)
+    return None
+
+
+def _serve(args) -> None:
+    from dnallm.serve.protocol import Limits
+    from dnallm.serve.server import create_app, run_server
+    from dnallm.serve.session import ModelSession
+
+    if not _is_loopback(args.host) and not args.api_key:
+        print(f"warning: serving on {args.host} without an API key: anyone who can reach it can use the model", file=sys.stderr)
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes, max_dna_length=args.max_dna_length, max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens, max_queue=args.max_queue,
+    )
+    session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides, name=args.model_name)
+    app = create_app(session, limits, api_key=args.api_key)
+    print(f"serving {session.name!r} on http://{args.host}:{args.port}/ (page), /v1/chat/completions (API)", file=sys.stderr)
+    run_server(app, args.host, args.port, limits, log_level=args.log_level)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

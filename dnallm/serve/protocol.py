@@ -1,0 +1,228 @@
+"""The OpenAI chat-completions schema, and how a request becomes a ``Conversation``.
+
+DNA arrives in either of two ways, so that any OpenAI client can send it unchanged:
+
+- tagged blocks in one user message: ``<reference>ACGT...</reference><variant>ACGT...</variant>``;
+- an extra top-level field: ``"dna": {"reference": "...", "variant": "..."}``
+  (``extra_body={"dna": ...}`` in the ``openai`` Python client).
+
+Errors are ``APIError``s, rendered as OpenAI's ``{"error": {message, type, param, code}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dnallm.data.chat import parse_answer
+from dnallm.serve.inputs import DNAInputError, split_tagged
+from dnallm.serve.session import Conversation, ModelSession, Sampling
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 1 << 20
+    max_dna_length: int = 100_000  # bp per sequence, before windowing
+    max_new_tokens: int = 512  # also the default when a request gives no max_tokens
+    max_prompt_tokens: int = 8192
+    max_queue: int = 8  # requests waiting while one generates
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, code: str, param: str | None = None, type_: str = "invalid_request_error", extra: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.type = status, message, code, param, type_
+        self.extra = extra or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code, **self.extra}}
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class DNAField(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reference: str
+    variant: str
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[Message] = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logit_bias: dict[str, float] | None = None
+    dna: DNAField | None = None
+
+
+# Fields a client may send that this server cannot honour: refused rather than ignored.
+UNSUPPORTED = ("tools", "functions", "stop", "logprobs", "top_logprobs", "response_format")
+
+
+def parse_request(body) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise APIError(400, f"request body must be a JSON object, got {type(body).__name__}", code="invalid_body")
+    try:
+        req = ChatRequest.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"])
+        raise APIError(400, f"{param or 'body'}: {err['msg']}", code="invalid_value", param=param or None) from None
+    for name in UNSUPPORTED:
+        if (req.model_extra or {}).get(name):
+            raise APIError(400, f"'{name}' is not supported by this server", code="unsupported_parameter", param=name)
+    if req.n != 1:
+        raise APIError(400, f"n={req.n}: this server returns one choice per request (n=1)", code="unsupported_parameter", param="n")
+    return req
+
+
+def dna_error(e: DNAInputError, status: int = 422) -> APIError:
+    extra = {"position": e.position} if e.position is not None else {}
+    param = f"dna.{e.field}" if e.field else "dna"
+    return APIError(status, str(e), code=e.code, param=param, extra=extra)
+
+
+def _check_reserved(i: int, text: str, reserved: list[str]) -> None:
+    for token in reserved:
+        if token in text:
+            raise APIError(400, f"messages.{i}: contains the reserved token {token!r}", code="reserved_token", param=f"messages.{i}.content")
+
+
+def to_conversation(req: ChatRequest, session: ModelSession, limits: Limits) -> Conversation:
+    """Messages -> system prompt, turns, and the DNA pair with the turn that carries it."""
+    system, turns, found = [], [], []  # found: (turn index, reference, variant)
+    reserved = session.reserved_tokens
+    for i, msg in enumerate(req.messages):
+        text = msg.text()
+        _check_reserved(i, text, reserved)
+        if msg.role in ("system", "developer"):
+            if turns:
+                raise APIError(400, f"messages.{i}: system messages must come before the conversation", code="invalid_value", param=f"messages.{i}.role")
+            system.append(text)
+            continue
+        if msg.role == "user":
+            try:
+                text, ref, var = split_tagged(text)
+            except DNAInputError as e:
+                raise dna_error(e, 400) from None
+            if ref is not None:
+                found.append((len(turns), ref, var))
+        expected = "user" if len(turns) % 2 == 0 else "assistant"
+        if msg.role != expected:
+            raise APIError(400, f"messages.{i}: expected a {expected} message (turns alternate, starting with the user)", code="invalid_value", param=f"messages.{i}.role")
+        turns.append({"role": msg.role, "content": text})
+    if not turns or turns[-1]["role"] != "user":
+        raise APIError(400, "the last message must be from the user", code="invalid_value", param="messages")
+    conv = Conversation(turns, system_prompt="\n\n".join(system) or None)
+    _attach_dna(conv, req, found, session, limits)
+    return conv
+
+
+def _attach_dna(conv: Conversation, req: ChatRequest, found: list, session: ModelSession, limits: Limits) -> None:
+    if len(found) > 1:
+        raise APIError(400, "DNA blocks appear in more than one message; send one reference/variant pair per conversation", code="duplicate_dna", param="messages")
+    if found and req.dna is not None:
+        raise APIError(400, "DNA given both as tagged blocks and in the 'dna' field; use one", code="duplicate_dna", param="dna")
+    if req.dna is not None:
+        found = [(0, req.dna.reference, req.dna.variant)]
+    if not found:
+        if session.uses_dna:
+            raise APIError(
+                422, "this model reads DNA: add <reference>...</reference><variant>...</variant> to a user message, "
+                "or a 'dna': {'reference': ..., 'variant': ...} field", code="dna_required", param="dna",
+            )
+        return
+    if not session.uses_dna:
+        raise APIError(422, "this checkpoint is a text-only baseline and does not read DNA; leave the DNA out", code="dna_not_supported", param="dna")
+    turn, ref, var = found[0]
+    try:
+        conv.dna = session.prepare_dna(ref, var, limits.max_dna_length)
+    except DNAInputError as e:
+        raise dna_error(e) from None
+    conv.dna_turn = turn
+
+
+def to_sampling(req: ChatRequest, session: ModelSession, limits: Limits) -> Sampling:
+    max_new = req.max_completion_tokens or req.max_tokens or limits.max_new_tokens
+    if max_new > limits.max_new_tokens:
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        raise APIError(400, f"{param}={max_new} exceeds this server's limit of {limits.max_new_tokens}", code="max_tokens_exceeded", param=param)
+    return Sampling(
+        max_new_tokens=max_new, temperature=req.temperature or 0.0, top_p=req.top_p or 1.0,
+        logit_bias=_logit_bias(req.logit_bias or {}, len(session.tokenizer)),
+    )
+
+
+def _logit_bias(raw: dict[str, float], vocab_size: int) -> dict[int, float]:
+    bias = {}
+    for key, value in raw.items():
+        if not key.isdigit() or int(key) >= vocab_size:
+            raise APIError(400, f"logit_bias: {key!r} is not a token id below {vocab_size}", code="invalid_value", param="logit_bias")
+        if not -100 <= value <= 100:
+            raise APIError(400, f"logit_bias[{key}]={value} is outside [-100, 100]", code="invalid_value", param="logit_bias")
+        bias[int(key)] = float(value)
+    return bias
+
+
+def check_prompt_length(n_prompt: int, limits: Limits) -> None:
+    if n_prompt > limits.max_prompt_tokens:
+        raise APIError(400, f"the prompt is {n_prompt} tokens, over this server's limit of {limits.max_prompt_tokens}", code="context_length_exceeded", param="messages")
+
+
+class Completion:
+    """Builds the response objects of one request: the whole reply, or its stream of chunks."""
+
+    def __init__(self, model: str):
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+
+    def _head(self, obj: str) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    @staticmethod
+    def usage(n_prompt: int, n_completion: int) -> dict:
+        return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
+
+    def response(self, text: str, finish_reason: str, usage: dict) -> dict:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason, "logprobs": None}
+        # ``prediction``: the disease after the reply's last "Answer:", as ``dnallm eval`` parses it.
+        return {**self._head("chat.completion"), "choices": [choice], "usage": usage, "prediction": parse_answer(text) or None}
+
+    def chunk(self, delta: dict, finish_reason: str | None = None, **extra) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        return sse({**self._head("chat.completion.chunk"), "choices": [choice], **extra})
+
+    def usage_chunk(self, usage: dict) -> str:
+        return sse({**self._head("chat.completion.chunk"), "choices": [], "usage": usage})
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj)}\n\n"

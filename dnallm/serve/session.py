@@ -1,0 +1,214 @@
+"""A trained checkpoint loaded once, answering conversations with streamed text.
+
+The terminal chat and the HTTP server share this: they build a ``Conversation`` (turns,
+an optional DNA pair and the turn that carries it), and ``ModelSession.start`` runs
+``DNAFusionLM.generate`` in a worker thread that feeds a transformers text streamer.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from dnallm.data import chat
+from dnallm.fusion.processor import dna_inputs
+from dnallm.serve.inputs import DNAPair, prepare_pair
+from dnallm.train.build import load_checkpoint
+from dnallm.train.engine import pick_device
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy, as in evaluation
+    top_p: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added logit
+
+
+@dataclass
+class Conversation:
+    """Alternating user/assistant turns ending with a user turn; DNA blocks go into ``dna_turn``."""
+
+    turns: list[dict]
+    dna: DNAPair | None = None
+    dna_turn: int = 0  # index into ``turns`` of the user turn that carries the DNA blocks
+    system_prompt: str | None = None  # None: the prompt the checkpoint was trained with
+
+
+class _StopOnEvent(StoppingCriteria):
+    """Ends generation after the current token once ``event`` is set (cancel, disconnect)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _LogitBias(LogitsProcessor):
+    def __init__(self, bias: dict[int, float]):
+        self.ids = torch.tensor(list(bias), dtype=torch.long)
+        self.values = torch.tensor(list(bias.values()), dtype=torch.float32)
+
+    def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
+        # scores: (batch, vocab)
+        scores = scores.clone()
+        scores[:, self.ids.to(scores.device)] += self.values.to(scores.device, scores.dtype)
+        return scores
+
+
+class Generation:
+    """One ``generate`` call running in a worker thread; its text arrives through the streamer."""
+
+    def __init__(self, run, streamer, max_new_tokens: int, eos_id: int):
+        self.stop_event = threading.Event()
+        self.max_new_tokens = max_new_tokens
+        self.eos_id = eos_id
+        self.new_tokens: list[int] = []
+        self.error: BaseException | None = None
+        self._streamer = streamer
+        self._thread = threading.Thread(target=self._work, args=(run,), name="dnallm-generate", daemon=True)
+        self._thread.start()
+
+    def _work(self, run) -> None:
+        try:
+            self.new_tokens = run(self.stop_event)[0].tolist()
+        except BaseException as e:  # handed to the reader in join(); the thread must not die silently
+            self.error = e
+            self._streamer.end()  # wake the reader; generate() did not get to end the stream
+
+    def cancel(self) -> None:
+        self.stop_event.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop_event.is_set()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"generation failed: {self.error}") from self.error
+
+    @property
+    def finish_reason(self) -> str:
+        """OpenAI's vocabulary: 'length' when cut at max_new_tokens, else 'stop'."""
+        hit_eos = bool(self.new_tokens) and self.new_tokens[-1] == self.eos_id
+        return "length" if len(self.new_tokens) >= self.max_new_tokens and not hit_eos else "stop"
+
+
+class ModelSession:
+    def __init__(self, recipe, encoder, model, processor, device: str, name: str | None = None):
+        self.recipe = recipe
+        self.encoder = encoder
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.device = device
+        self.name = name or recipe.run_name
+        self._dna_cache: dict[DNAPair, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, *, device: str | None = None, overrides=(), name: str | None = None) -> "ModelSession":
+        device = device or pick_device()
+        recipe, encoder, model, processor = load_checkpoint(checkpoint, device, overrides)
+        return cls(recipe, encoder, model, processor, device, name)
+
+    @property
+    def uses_dna(self) -> bool:
+        return self.processor.uses_dna
+
+    @property
+    def window(self) -> int:
+        return self.recipe.data.dna_window
+
+    @property
+    def eos_id(self) -> int:
+        return chat.end_of_turn_id(self.tokenizer)
+
+    @property
+    def reserved_tokens(self) -> list[str]:
+        """Special tokens a user must not type: they would forge turns or DNA slots."""
+        return sorted(set(self.tokenizer.all_special_tokens) | set(chat.DNA_TOKENS))
+
+    def prepare_dna(self, reference: str, variant: str, max_length: int) -> DNAPair:
+        return prepare_pair(reference, variant, window=self.window, max_length=max_length)
+
+    def prompt_ids(self, conv: Conversation) -> list[int]:
+        """Chat-template token ids, with one ``<|dna_pad|>`` per projected DNA position."""
+        messages = [{"role": "system", "content": conv.system_prompt or self.processor.system_prompt}]
+        for i, turn in enumerate(conv.turns):
+            content = turn["content"]
+            if conv.dna is not None and i == conv.dna_turn:
+                n_ref, n_var = (self.processor.n_placeholders(s) for s in (conv.dna.reference, conv.dna.variant))
+                content = chat.user_message(content, n_ref, n_var)
+            messages.append({"role": turn["role"], "content": content})
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, enable_thinking=False, return_dict=False
+        )
+        return list(ids)
+
+    def _dna_features(self, dna: DNAPair | None):
+        if dna is None:
+            return None, None
+        if dna not in self._dna_cache:
+            # A conversation re-sends the same pair every turn: keep the last few encodings.
+            if len(self._dna_cache) >= 4:
+                self._dna_cache.pop(next(iter(self._dna_cache)))
+            self._dna_cache[dna] = dna_inputs(self.encoder, [dna.reference, dna.variant], self.recipe.encoder.batch_size)
+        return self._dna_cache[dna]  # (2, positions, hidden), (2, positions)
+
+    def start(self, conv: Conversation, sampling: Sampling, streamer) -> Generation:
+        """Start generating in a worker thread; ``streamer`` (sync or async) receives the text."""
+        input_ids = torch.tensor([self.prompt_ids(conv)], device=self.device)  # (1, tokens)
+        kwargs = dict(
+            max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.eos_id, streamer=streamer,
+        )
+        if sampling.temperature > 0:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+        if sampling.logit_bias:
+            kwargs["logits_processor"] = LogitsProcessorList([_LogitBias(sampling.logit_bias)])
+
+        def run(stop_event: threading.Event) -> torch.Tensor:
+            # Autocast state is per thread: set it here, in the worker.
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
+                dna_embeds, dna_mask = self._dna_features(conv.dna)
+                return self.model.generate(
+                    input_ids, torch.ones_like(input_ids), dna_embeds, dna_mask,
+                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]), **kwargs,
+                )  # (1, new_tokens)
+
+        return Generation(run, streamer, sampling.max_new_tokens, self.eos_id)
+
+    def text_streamer(self, timeout: float | None = None) -> TextIteratorStreamer:
+        return TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
+
+    def stream(self, conv: Conversation, sampling: Sampling) -> Iterator[str]:
+        """Text pieces as they are generated (blocking). Closing the iterator cancels."""
+        streamer = self.text_streamer()
+        generation = self.start(conv, sampling, streamer)
+        finished = False
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+            finished = True
+        finally:
+            if not finished:
+                generation.cancel()
+            generation.join()
+        generation.raise_error()
+
+    def reply(self, conv: Conversation, sampling: Sampling) -> str:
+        return "".join(self.stream(conv, sampling))
