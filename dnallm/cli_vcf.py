@@ -1,4 +1,4 @@
-"""``dnallm windows``: from a VCF and a reference FASTA to KEGG-format records."""
+"""``dnallm windows`` and ``dnallm annotate``: from a VCF and a reference FASTA to answers."""
 
 from __future__ import annotations
 
@@ -34,16 +34,29 @@ def _windows(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _annotate(args) -> None:
+    from dnallm.eval.annotate import annotate
+
+    summary = annotate(
+        args.checkpoint, args.vcf, args.fasta, args.out, tsv=args.tsv, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, contig_names=args.contig_names, strict=args.strict, gtf=args.gtf,
+        question_template=args.question_template, max_n_fraction=args.max_n_fraction, edge=args.edge,
+        overrides=args.overrides, stop_after=args.stop_after,
+    )
+    print(json.dumps(summary, indent=2))
+
+
 def _reporting_input_errors(func, command: str):
     """Bad inputs end the command with their message, not a traceback."""
 
     def run(args) -> None:
         from dnallm.data.dna import RecordError
         from dnallm.data.vcf import InputError
+        from dnallm.eval.progress import ProgressMismatch
 
         try:
             func(args)
-        except (InputError, RecordError, FileNotFoundError) as e:
+        except (InputError, RecordError, ProgressMismatch, FileNotFoundError) as e:
             raise SystemExit(f"dnallm {command}: error: {e}") from None
 
     return run
@@ -58,3 +71,16 @@ def add_commands(sub) -> None:
                         "training's data.dna_window then cuts both sequences to one length")
     p.add_argument("--answer", help="answer field of every record (default: 'unknown')")
     p.set_defaults(func=_reporting_input_errors(_windows, "windows"))
+
+    p = sub.add_parser("annotate", help="a checkpoint's answer for every variant of a VCF, as INFO fields and a TSV")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
+    _add_variant_options(p)
+    p.add_argument("--out", type=Path, required=True, help="annotated VCF to write (.vcf or .vcf.gz)")
+    p.add_argument("--tsv", type=Path, help="one row per ALT allele (default: OUT with .tsv in place of .vcf or .vcf.gz)")
+    p.add_argument("--batch-size", type=int, default=0, help="alleles per generation batch (default: the recipe's eval.batch_size)")
+    p.add_argument("--max-new-tokens", type=int, default=0, help="default: the recipe's eval.max_new_tokens")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="(testing) stop after computing N batches, as a crash would; rerun without it to resume")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe overrides, right after CHECKPOINT, e.g. llm.name_or_path=/models/Qwen3-4B")
+    p.set_defaults(func=_reporting_input_errors(_annotate, "annotate"))

@@ -271,3 +271,19 @@ def test_cli_prints_a_summary_and_reports_bad_input(genome, tmp_path, capsys):
     assert summary["written"] == 8 and (tmp_path / "variants.skipped.tsv").is_file()
     with pytest.raises(SystemExit, match=r"dnallm windows: error: .*record 6 \(chr1:200\): REF does not match"):
         main(["windows", "--vcf", str(vcf), "--fasta", str(fasta), "--out", str(out), "--strict"])
+
+
+def test_position_past_the_contig_end_is_a_ref_mismatch(genome, tmp_path):
+    seqs, _ = genome
+    rows = [cases(seqs)["snv"], ("chrM", 70, "v_past", "A", ["G"])]  # chrM is 60 bp
+    summary, _ = run_windows(genome, tmp_path, rows=rows)
+    assert summary["skipped"] == {"ref_mismatch": 1}
+    detail = skipped_rows(tmp_path / "out.skipped.tsv")["v_past/G"]["detail"]
+    assert detail == "VCF REF 'A', FASTA '' at chrM:70 (runs past the end of chrM, 60 bp)"
+
+
+def test_annotation_of_another_assembly_is_refused(genome, tmp_path):
+    path = tmp_path / "genes.gtf"
+    path.write_text('scaffold_7\ttest\tgene\t1\t90\t.\t+\t.\tgene_name "X";\n')
+    with pytest.raises(ValueError, match=r"genes\.gtf: none of its chromosomes \(scaffold_7\) is in .*ref\.fa"):
+        run_windows(genome, tmp_path, gtf=path)

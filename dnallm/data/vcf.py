@@ -279,8 +279,8 @@ class VariantReader:
         if contig not in self.fasta_contigs:
             return self._missing_contig(where, rec.chrom, contig)
         length = self.fasta.get_reference_length(contig)
-        end = rec.pos - 1 + len(ref)
-        found = self.fasta.fetch(contig, rec.pos - 1, min(end, length)).upper()
+        start, end = rec.pos - 1, rec.pos - 1 + len(ref)
+        found = self.fasta.fetch(contig, start, min(end, length)).upper() if start < length else ""
         if found == ref:
             return "", ""
         beyond = f" (runs past the end of {contig}, {length:,} bp)" if end > length else ""
