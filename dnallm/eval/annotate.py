@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -78,14 +79,17 @@ class BatchRunner:
         return [Prediction(label, probability, reply) for _, _, label, probability, reply in rows]
 
 
-def run_fingerprint(checkpoint: Path, vcf, fasta, gtf, recipe, options: dict) -> dict:
-    """What must not change between a run and its resumption."""
+def run_fingerprint(checkpoint: Path, vcf, fasta, gtf, options: dict) -> dict:
+    """What must not change between a run and its resumption (known before any model loads)."""
+    def described(path):
+        return [str(Path(path).resolve()), Path(path).stat().st_size] if path else None
+
     return {
         "checkpoint": str(checkpoint.resolve()),
+        "checkpoint_sha256": [file_sha256(checkpoint / name) for name in ("recipe.yaml", "trainable.safetensors")],
         "vcf_sha256": file_sha256(vcf),
-        "fasta": [str(Path(fasta).resolve()), Path(fasta).stat().st_size],
-        "gtf": [str(Path(gtf).resolve()), Path(gtf).stat().st_size] if gtf else None,
-        "dna_window": recipe.data.dna_window,
+        "fasta": described(fasta),
+        "gtf": described(gtf),
         **options,
     }
 
@@ -108,36 +112,37 @@ def annotate(
     reference = open_fasta(fasta)
     genes = load_genes(gtf, reference, fasta)
     checkpoint = resolve_checkpoint(checkpoint)
-    device = pick_device()
-    recipe, encoder, model, processor = load_checkpoint(checkpoint, device, overrides)
-    batch_size = batch_size or recipe.eval.batch_size
-    max_new_tokens = max_new_tokens or recipe.eval.max_new_tokens
-    opts = WindowOptions(crop=recipe.data.dna_window, edge=edge, max_n_fraction=max_n_fraction)
     options = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, contig_names=contig_names, strict=strict,
                    question_template=question_template, max_n_fraction=max_n_fraction, edge=edge, overrides=list(overrides))
-    log = ProgressLog(progress, run_fingerprint(checkpoint, vcf, fasta, gtf, recipe, options))
+    log = ProgressLog(progress, run_fingerprint(checkpoint, vcf, fasta, gtf, options))
+    done = log.load()  # a resumption with other inputs fails here, before the models load
 
-    def predict(examples: list[dict]) -> list[Prediction]:
-        return predict_batch(model, encoder, processor, examples, max_new_tokens=max_new_tokens,
-                             encoder_batch_size=recipe.encoder.batch_size, device=device)
-
-    runner = BatchRunner(predict, log, log.load(), batch_size, stop_after)
+    device = pick_device()
+    recipe, encoder, model, processor = load_checkpoint(checkpoint, device, overrides)
+    predict = partial(predict_batch, model, encoder, processor, max_new_tokens=max_new_tokens or recipe.eval.max_new_tokens,
+                      encoder_batch_size=recipe.encoder.batch_size, device=device)
+    runner = BatchRunner(predict, log, done, batch_size or recipe.eval.batch_size, stop_after)
+    opts = WindowOptions(crop=recipe.data.dna_window, edge=edge, max_n_fraction=max_n_fraction)
     reader = VariantReader(vcf, reference, fasta, contig_names=contig_names, strict=strict)
-    results, stopped = [], False
     alleles = prepared_alleles(reader, opts, genes=genes, question_template=question_template, require_shared_flanks=False)
-    for allele, pair, gene, question in tqdm(alleles, total=count_alleles(vcf), desc="annotating", unit="allele"):
-        results.append(AlleleResult(allele, gene, pair.padded if pair else None))
-        if pair and runner.add(results[-1], {"question": question, "ref_window": pair.reference, "var_window": pair.variant}):
-            stopped = True
-            break
-    else:
-        stopped = runner.flush()
+    results, stopped = run_batches(alleles, runner, total=count_alleles(vcf))
+
     summary = {"batches_computed": runner.computed, "batches_resumed": runner.reused, "progress": str(progress)}
     if stopped:
         return {**summary, "stopped": True}
     written = write_outputs(results, vcf, out, tsv, reader, note=f"checkpoint={checkpoint} dna_window={opts.crop}")
     log.remove()
     return {**summary, **written, "progress": None}
+
+
+def run_batches(alleles, runner: BatchRunner, total: int) -> tuple[list[AlleleResult], bool]:
+    """One result per allele in file order; True when the runner asked to stop early."""
+    results = []
+    for allele, pair, gene, question in tqdm(alleles, total=total, desc="annotating", unit="allele"):
+        results.append(AlleleResult(allele, gene, pair.padded if pair else None))
+        if pair and runner.add(results[-1], {"question": question, "ref_window": pair.reference, "var_window": pair.variant}):
+            return results, True
+    return results, runner.flush()
 
 
 def write_outputs(results: list[AlleleResult], vcf, out: Path, tsv: Path, reader: VariantReader, *, note: str) -> dict:

@@ -31,30 +31,36 @@ class ProgressLog:
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from disk
 
     def load(self) -> dict[int, list]:
-        """Finished batches by index; creates the log when there is none yet."""
-        if not self.path.is_file():
+        """Finished batches by index. A log without any (none yet, or only the fingerprint
+        of a run that stopped before its first batch) is started afresh."""
+        found, batches = self._read()
+        if not batches:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._write_line({"fingerprint": self.fingerprint}, mode="w")
             return {}
+        self._check_fingerprint(found)
+        return batches
+
+    def _read(self) -> tuple[dict, dict[int, list]]:
+        """(fingerprint, batches) on disk; drops a last line that a crash cut short."""
+        if not self.path.is_file():
+            return {}, {}
         data = self.path.read_bytes()
-        batches: dict[int, list] = {}
-        offset = 0
+        fingerprint, batches, offset = {}, {}, 0
         for number, line in enumerate(data.splitlines(keepends=True), start=1):
             entry = self._parse(line)
             if entry is None:
                 if offset + len(line) < len(data):
-                    raise ValueError(f"{self.path}:{number}: corrupt line in the middle of the progress file; delete the file to start over")
-                with self.path.open("r+b") as f:  # the write a crash interrupted
+                    raise ProgressMismatch(f"{self.path}:{number}: corrupt line in the middle of the progress file; delete it to start over")
+                with self.path.open("r+b") as f:
                     f.truncate(offset)
                 break
             if number == 1:
-                self._check_fingerprint(entry)
+                fingerprint = entry.get("fingerprint", {})
             else:
                 batches[entry["batch"]] = entry["rows"]
             offset += len(line)
-        if offset == 0:  # not even the fingerprint line was complete
-            self._write_line({"fingerprint": self.fingerprint}, mode="w")
-        return batches
+        return fingerprint, batches
 
     def append(self, batch: int, rows: list) -> None:
         self._write_line({"batch": batch, "rows": rows})
@@ -77,8 +83,7 @@ class ProgressLog:
         except json.JSONDecodeError:
             return None
 
-    def _check_fingerprint(self, entry: dict) -> None:
-        found = entry.get("fingerprint", {})
+    def _check_fingerprint(self, found: dict) -> None:
         differ = sorted(k for k in set(found) | set(self.fingerprint) if found.get(k) != self.fingerprint.get(k))
         if differ:
             details = "; ".join(f"{k}: {found.get(k)!r} then, {self.fingerprint.get(k)!r} now" for k in differ)
