@@ -287,3 +287,11 @@ def test_annotation_of_another_assembly_is_refused(genome, tmp_path):
     path.write_text('scaffold_7\ttest\tgene\t1\t90\t.\t+\t.\tgene_name "X";\n')
     with pytest.raises(ValueError, match=r"genes\.gtf: none of its chromosomes \(scaffold_7\) is in .*ref\.fa"):
         run_windows(genome, tmp_path, gtf=path)
+
+
+def test_unparsable_record_is_named(genome, tmp_path):
+    seqs, fasta = genome
+    vcf = write_vcf(tmp_path / "in.vcf", [cases(seqs)["snv"], cases(seqs)["insertion"]])
+    vcf.write_text(vcf.read_text().replace("\t80\t", "\teighty\t"))
+    with pytest.raises(InputError, match=r"in\.vcf: record 2 cannot be read"):
+        vcf_to_kegg(vcf, fasta, tmp_path / "out.jsonl")

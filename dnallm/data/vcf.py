@@ -210,6 +210,23 @@ def classify_alt(ref: str, alt: str) -> tuple[str, str]:
     return "", ""
 
 
+def read_records(vcf: pysam.VariantFile, path: Path) -> Iterator[tuple[int, pysam.VariantRecord]]:
+    """(1-based record number, record); a record htslib cannot parse raises an error naming it."""
+    records, number = iter(vcf), 0
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            return
+        except (ValueError, OSError) as e:
+            raise InputError(
+                f"{path}: record {number + 1} cannot be read ({e}); a record needs 8 or more tab-separated "
+                f"columns and an integer POS (bcftools view {path} > /dev/null shows htslib's reason)"
+            ) from None
+        number += 1
+        yield number, rec
+
+
 class VariantReader:
     """Stream the alleles of ``vcf_path``, each checked against ``fasta``.
 
@@ -230,15 +247,15 @@ class VariantReader:
         self.counts: Counter = Counter()
         self.unsorted = ""
         self.missing_contigs: Counter = Counter()
-        self._order: list[str] = []
+        self._seen: set[str] = set()  # contigs met so far, to notice a return to one
         self._last = ("", 0)
 
     def __iter__(self) -> Iterator[Allele]:
         self.counts.clear()
         self.missing_contigs.clear()
-        self.unsorted, self._order, self._last = "", [], ("", 0)
+        self.unsorted, self._seen, self._last = "", set(), ("", 0)
         with quiet_htslib(), open_vcf(self.vcf_path) as vcf:
-            for number, rec in enumerate(vcf, start=1):
+            for number, rec in read_records(vcf, self.vcf_path):
                 self.counts["records"] += 1
                 self._track_order(number, rec)
                 for allele in self._alleles(number, rec):
@@ -251,9 +268,9 @@ class VariantReader:
     def _track_order(self, number: int, rec) -> None:
         last_chrom, last_pos = self._last
         if rec.chrom != last_chrom:
-            if rec.chrom in self._order and not self.unsorted:
+            if rec.chrom in self._seen and not self.unsorted:
                 self.unsorted = f"record {number} ({rec.chrom}:{rec.pos}) returns to {rec.chrom} after {last_chrom}"
-            self._order.append(rec.chrom)
+            self._seen.add(rec.chrom)
         elif rec.pos < last_pos and not self.unsorted:
             self.unsorted = f"record {number} ({rec.chrom}:{rec.pos}) comes after {last_chrom}:{last_pos}"
         self._last = (rec.chrom, rec.pos)
