@@ -295,3 +295,15 @@ def test_unparsable_record_is_named(genome, tmp_path):
     vcf.write_text(vcf.read_text().replace("\t80\t", "\teighty\t"))
     with pytest.raises(InputError, match=r"in\.vcf: record 2 cannot be read"):
         vcf_to_kegg(vcf, fasta, tmp_path / "out.jsonl")
+
+
+def test_iupac_codes_in_the_reference_become_n(tmp_path):
+    fasta = write_fasta(tmp_path / "ref.fa", {"chr1": "ACGTA" * 4 + "R" + "CGTAC" * 4})  # R at position 21
+    vcf = write_vcf(tmp_path / "in.vcf", [("chr1", 21, "v_iupac", "R", ["G"]), ("chr1", 25, "v_near", "A", ["T"])])
+    summary = vcf_to_kegg(vcf, fasta, tmp_path / "out.jsonl", opts=WindowOptions(flank=5))
+    got = by_id(tmp_path / "out.jsonl")
+    assert summary["written"] == 2
+    assert got["v_iupac/G"]["reference_sequence"] == "ACGTA" + "N" + "CGTAC"
+    assert got["v_iupac/G"]["variant_sequence"] == "ACGTA" + "G" + "CGTAC"
+    assert got["v_near/T"]["reference_sequence"] == "ANCGT" + "A" + "CCGTA"
+    load_examples(tmp_path / "out.jsonl", dna_window=5)

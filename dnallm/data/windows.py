@@ -105,7 +105,8 @@ def allele_pair(fasta, allele: Allele, opts: WindowOptions) -> SequencePair:
     flank = opts.flank_needed
     left, pad_left, _ = fetch_padded(fasta, allele.contig, start - flank, start)
     right, _, pad_right = fetch_padded(fasta, allele.contig, start + len(ref_bases), start + len(ref_bases) + flank)
-    reference, variant = left + ref_bases + right, left + alt_bases + right
+    # REF matched the FASTA, so it may hold the same IUPAC codes: N, as in the flanks.
+    reference, variant = left + _NOT_ACGT.sub("N", ref_bases) + right, left + alt_bases + right
     if not opts.crop:
         return SequencePair(reference, variant, pad_left + pad_right)
     reference, ref_pad = _crop(reference, pad_left, pad_right, opts.crop)

@@ -3,8 +3,8 @@
 Alleles are read in file order and cut into the model's ``dna_window`` around each
 allele: the same windows ``dnallm windows`` followed by ``dnallm eval`` would give.
 Batch k is always the k-th group of ``batch_size`` usable alleles, so a resumed run
-computes the remaining batches exactly as an uninterrupted run would (same padding,
-same numbers) and the outputs are byte-identical.
+computes the remaining batches exactly as an uninterrupted run would (same padding, same
+numbers with deterministic kernels, as on CPU) and writes byte-identical outputs.
 
 Each finished batch is appended to ``<OUT>.progress.jsonl`` before the next one starts.
 Only when every batch is done are the outputs written, each atomically: the annotated
