@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from dnallm import cli_vcf
+
 TINY_DIR = Path(".dnallm")
 
 
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dnallm.serve.commands import add_commands as add_serve_commands
 
     add_serve_commands(sub)
+    cli_vcf.add_commands(sub)
     return parser
 
 

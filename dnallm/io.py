@@ -48,3 +48,27 @@ def atomic_directory(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w"):
+    """Open a temporary sibling of ``path`` for streaming writes; renamed to ``path`` on success.
+
+    For outputs too large to build in memory first (``atomic_write_text``); ``mode`` is
+    ``"w"`` (text, UTF-8) or ``"wb"``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the output a new file's usual permissions
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,74 @@
+"""Greedy answers with the probability the model gave to the label it wrote."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from dnallm.data.chat import parse_answer
+from dnallm.fusion.processor import dna_inputs
+
+# The same pattern as ``dnallm.data.chat.parse_answer``: the label starts after the last
+# match's 'Answer:' and its spaces.
+_ANSWER = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
+
+
+@dataclass
+class Prediction:
+    label: str  # parsed as ``parse_answer`` does; '' when the reply has no 'Answer:' line
+    probability: float | None  # of the tokens after 'Answer:', end of turn included; None without a label
+    reply: str
+
+
+def label_start(tokenizer, tokens: list[int]) -> int | None:
+    """Index of the first token whose text reaches past the last 'Answer:' marker."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    matches = list(_ANSWER.finditer(text))
+    if not matches:
+        return None
+    start = matches[-1].start(1)
+    for k in range(len(tokens)):
+        if len(tokenizer.decode(tokens[: k + 1], skip_special_tokens=True)) > start:
+            return k
+    return None
+
+
+def reply_length(tokens: list[int], eos_id: int) -> int:
+    """Tokens up to and including the first end of turn (the rest is padding)."""
+    return tokens.index(eos_id) + 1 if eos_id in tokens else len(tokens)
+
+
+def prediction(tokenizer, tokens: list[int], token_logp: list[float]) -> Prediction:
+    n = reply_length(tokens, tokenizer.eos_token_id)
+    tokens, token_logp = tokens[:n], token_logp[:n]
+    reply = tokenizer.decode(tokens, skip_special_tokens=True)
+    label = parse_answer(reply)
+    start = label_start(tokenizer, tokens) if label else None
+    probability = math.exp(sum(token_logp[start:])) if start is not None else None
+    return Prediction(label, probability, reply)
+
+
+@torch.no_grad()
+def predict_batch(model, encoder, processor, examples: list[dict], *, max_new_tokens: int, encoder_batch_size: int, device: str) -> list[Prediction]:
+    """Greedy replies for ``examples`` (``question``, ``ref_window``, ``var_window``) as one batch.
+
+    The probability is read from the scores the decoder chose each token from, so it is
+    the model's own probability of writing exactly this label (and then stopping).
+    """
+    tokenizer = processor.tokenizer
+    batch = processor.collate([processor(ex, with_answer=False) for ex in examples], side="left")
+    dna_embeds, dna_mask = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else (None, None)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+        out = model.generate(
+            batch["input_ids"].to(device), batch["attention_mask"].to(device), dna_embeds, dna_mask,
+            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            output_scores=True, return_dict_in_generate=True,
+        )
+    tokens = out.sequences  # (batch, new_tokens): generation from embeddings returns only new tokens
+    token_logp = torch.stack(
+        [step.float().log_softmax(-1).gather(-1, tokens[:, i : i + 1]).squeeze(-1) for i, step in enumerate(out.scores)], 1
+    )  # (batch, new_tokens)
+    return [prediction(tokenizer, t.tolist(), lp.tolist()) for t, lp in zip(tokens, token_logp)]
