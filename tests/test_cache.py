@@ -1,5 +1,7 @@
 """Embedding cache: hit, miss, stale, interrupted-and-resumed; cached = live at k = 1."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from dnallm.train.build import build_encoder, build_model, build_processor, cach
 from dnallm.train.embed_cache import cache_embeddings, dataset_windows
 from dnallm.train.finetune import train
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
 """The command line: bad input ends with one clear line and exit status 2, nothing written."""
 
+from pathlib import Path
+
 import json
 import subprocess
 import sys
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _dnallm(*args, cwd):

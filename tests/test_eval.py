@@ -1,5 +1,7 @@
 """Answer parsing, metrics, and ``evaluate`` on real KEGG records with a tiny checkpoint."""
 
+from pathlib import Path
+
 import csv
 import json
 
@@ -13,7 +15,7 @@ from dnallm.eval.kegg import evaluate
 from dnallm.eval.metrics import classification_metrics
 from dnallm.train.finetune import train
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("text, label", [

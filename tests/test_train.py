@@ -1,5 +1,7 @@
 """Tiny end-to-end training on CPU: plain PyTorch and DeepSpeed ZeRO-2 / ZeRO-3."""
 
+from pathlib import Path
+
 import json
 
 import pytest
@@ -16,7 +18,7 @@ from dnallm.train.checkpoint import read_state, save_checkpoint
 from dnallm.train.engine import TorchEngine
 from dnallm.train.finetune import train
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 N_CLASSES = 4
 

@@ -43,12 +43,16 @@ class DNAEncoder(nn.Module):
     Weights never receive gradients and no autograd graph is kept.
     """
 
-    def __init__(self, name_or_path: str, *, layer: int = -1, dtype=torch.float32, device: str = "cpu", trust_remote_code: bool = False):
+    def __init__(self, name_or_path: str, *, layer: int = -1, dtype=torch.float32, device: str = "cpu", trust_remote_code: bool = False, model: nn.Module | None = None):
+        """``model``: an already built model to wrap instead of loading weights (benchmarks
+        of published shapes from their configs); the tokenizer still comes from ``name_or_path``."""
         super().__init__()
         self.name_or_path = name_or_path
         self.layer = layer
         self.tokenizer = DNATokenizer(name_or_path, trust_remote_code)
-        self.model = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        if model is None:
+            model = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.model = model
         self.model.to(device)
         self.model.requires_grad_(False)
         self.model.eval()

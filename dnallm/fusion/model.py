@@ -97,11 +97,17 @@ def build_fusion_lm(
     dtype=torch.float32,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
+    llm: nn.Module | None = None,
 ):
-    """Load the causal LM, add DNA tokens, wrap in LoRA, attach a projector. -> (model, tokenizer)"""
+    """Load the causal LM, add DNA tokens, wrap in LoRA, attach a projector. -> (model, tokenizer)
+
+    ``llm``: an already built causal LM to wrap instead of loading weights (benchmarks of
+    published shapes from their configs); the tokenizer still comes from ``llm_name_or_path``.
+    """
     check_remote_code(llm_name_or_path, trust_remote_code, "llm.trust_remote_code")
     tokenizer = AutoTokenizer.from_pretrained(llm_name_or_path, trust_remote_code=trust_remote_code)
-    llm = AutoModelForCausalLM.from_pretrained(llm_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    if llm is None:
+        llm = AutoModelForCausalLM.from_pretrained(llm_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
     token_ids = add_dna_tokens(tokenizer, llm)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

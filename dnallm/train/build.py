@@ -48,11 +48,15 @@ def build_encoder(recipe: Recipe, device: str, live: bool = False) -> DNAEncoder
     )
 
 
-def build_model(recipe: Recipe, device: str):
-    """-> (DNAFusionLM, text tokenizer). Trainable parts stay fp32; the frozen base takes ``llm.dtype``."""
+def build_model(recipe: Recipe, device: str, llm=None, dna_hidden: int | None = None):
+    """-> (DNAFusionLM, text tokenizer). Trainable parts stay fp32; the frozen base takes ``llm.dtype``.
+
+    ``llm`` / ``dna_hidden``: a causal LM already built and the encoder's hidden size
+    (benchmarks of published shapes from their configs, without weights on disk).
+    """
     model, tokenizer = build_fusion_lm(
         recipe.llm.name_or_path,
-        dna_hidden_size(recipe),
+        dna_hidden or dna_hidden_size(recipe),
         lora={"r": recipe.lora.r, "alpha": recipe.lora.alpha, "dropout": recipe.lora.dropout, "target_modules": recipe.lora.target_modules},
         projector_kind=recipe.projector.kind,
         pool=recipe.projector.pool,
@@ -60,6 +64,7 @@ def build_model(recipe: Recipe, device: str):
         dtype=resolve_dtype(recipe.llm.dtype, device),
         trust_remote_code=recipe.llm.trust_remote_code,
         gradient_checkpointing=recipe.llm.gradient_checkpointing,
+        llm=llm,
     )
     for p in model.parameters():
         if p.requires_grad:

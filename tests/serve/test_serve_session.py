@@ -5,6 +5,7 @@ import io
 from dnallm.data.chat import DNA_PAD, parse_answer
 from dnallm.data.kegg import load_examples
 from dnallm.eval.kegg import generate_answers
+from dnallm.fusion.projector import n_pooled
 from dnallm.serve.chat import ChatREPL
 from dnallm.serve.session import Conversation, Sampling
 
@@ -42,7 +43,7 @@ def test_multi_turn_prompt_keeps_history_and_one_dna_pair(session, test_records)
     ids = session.prompt_ids(conv)
     text = session.tokenizer.decode(ids)
     n_pad = sum(session.processor.n_placeholders(s) for s in (conv.dna.reference, conv.dna.variant))
-    assert ids.count(session.tokenizer.convert_tokens_to_ids(DNA_PAD)) == n_pad == 2 * session.window
+    assert ids.count(session.tokenizer.convert_tokens_to_ids(DNA_PAD)) == n_pad == 2 * n_pooled(session.window, session.processor.pool)
     assert text.index("<|dna_start|>") < text.index("Answer: melanoma") < text.index("Why that disease?")
     assert session.reply(conv, Sampling(max_new_tokens=8)) is not None
 
