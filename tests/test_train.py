@@ -130,3 +130,25 @@ def test_resume_after_interruption_continues_from_saved_step(stage, tmp_path, ti
     assert logged_steps == list(range(1, 9))  # steps 5..8 follow 1..4, none repeated
     a, b = load_file(whole / "trainable.safetensors"), load_file(resumed / "trainable.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_under_the_deepspeed_launcher(tmp_path, tiny_models, planted):
+    """Every rank must take part in validation and checkpoints; only rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    args = [
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29655", "--module", "dnallm", "train",
+        str(REPO / "recipes/kegg/tiny.yaml"), f"deepspeed={REPO}/recipes/deepspeed/zero3.json", f"output_dir={tmp_path / 'run'}",
+        f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
+        f"data.train={planted / 'train.jsonl'}", f"data.val={planted / 'test.jsonl'}", "train.max_steps=4", "train.save_every=2", "train.log_every=1",
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    history = read_state(run / "checkpoint-4")["history"]
+    assert [h["step"] for h in history if "val_loss" in h] == [2, 4]
+    assert [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines() if "train/loss" in line] == [1, 2, 3, 4]

@@ -21,6 +21,20 @@ def distributed_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def single_process_defaults() -> None:
+    """Without a launcher (``dnallm train`` with a DeepSpeed config on one device), describe
+    a one-process group; otherwise DeepSpeed would look for MPI."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as sock:  # a free port on this machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        os.environ.setdefault(key, value)
+
+
 def pick_device() -> str:
     if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
         _, local_rank, _ = distributed_env()
@@ -119,6 +133,7 @@ class DeepSpeedEngine:
         (needed for ZeRO-Offload, whose CPU Adam DeepSpeed builds itself)."""
         import deepspeed
 
+        single_process_defaults()
         deepspeed.init_distributed()
         optimizer = None if "optimizer" in config else optimizer_fn(param_groups)
         model.to(device)

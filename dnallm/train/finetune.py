@@ -150,7 +150,7 @@ def train(recipe: Recipe, stop_after: int | None = None) -> Path:
     total_micro = total_steps * t.grad_accum
     micro = start_step * t.grad_accum
     epoch, skip = divmod(micro, len(loader))
-    step, last_saved, losses = start_step, None, []
+    step, last_saved, saved_step, losses = start_step, None, None, []
     engine.module.train()
     bar = tqdm(total=total_steps, initial=start_step, desc="training", disable=rank != 0)
     tick, samples = time.perf_counter(), 0
@@ -177,7 +177,7 @@ def train(recipe: Recipe, stop_after: int | None = None) -> Path:
                     history.append({"step": step, "loss": metrics["train/loss"]})
                     losses, samples, tick = [], 0, time.perf_counter()
                 if t.save_every and step % t.save_every == 0:
-                    last_saved = checkpoint(step, epoch)
+                    last_saved, saved_step = checkpoint(step, epoch), step
                 if stop_after is not None and step - start_step >= stop_after:
                     break
             if micro >= total_micro:
@@ -187,7 +187,8 @@ def train(recipe: Recipe, stop_after: int | None = None) -> Path:
     bar.close()
 
     # ---- final checkpoint ----------------------------------------------------------------
-    if last_saved is None or not last_saved.name.endswith(f"-{step}"):
+    # Decided on the step, not the path: only rank 0 gets a path, and every rank must take part.
+    if saved_step != step:
         last_saved = checkpoint(step, epoch)
     tracker.close()
     if rank == 0:
