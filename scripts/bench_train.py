@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -163,7 +164,7 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
         if isinstance(dna_source, DNAEncoder):
             enc_tokens = len(rows[0]["ref_window"]) + len(rows[0]["var_window"])  # one token per base
             out["encoder_flops_per_sample"] = 2 * active_encoder_params(dna_source.model) * enc_tokens
-    print(f"[{name}] {json.dumps(out)}", flush=True)
+    print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
     return out
 
 
