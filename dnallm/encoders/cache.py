@@ -26,11 +26,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dnallm.encoders.hf import DNATokenizer
-from dnallm.io import atomic_write_text
+from dnallm.io import atomic_write_text, save_tensors
 
 FORMAT = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -138,9 +137,7 @@ def build_cache(encoder, sequences: list[str], cache_dir: str | Path, identity: 
         if not buffer:
             return
         name = f"shard-{len(shards):05d}.safetensors"
-        tmp = cache_dir / f".{name}.tmp"
-        save_file(buffer, tmp, metadata={"format": str(FORMAT)})
-        tmp.replace(cache_dir / name)
+        save_tensors(buffer, cache_dir / name, metadata={"format": str(FORMAT)})
         shards.append(name)
         have.update(buffer)
         _write_manifest(cache_dir, identity, encoder.hidden_size, shards, len(have), complete=False)

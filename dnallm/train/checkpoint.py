@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from dnallm.io import atomic_directory
+from dnallm.io import atomic_directory, save_tensors
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -64,9 +64,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model, engine, recipe_yaml: 
         path = Path(run_dir) / f"checkpoint-{step}"
         with atomic_directory(path) as tmp:
             (tmp / "recipe.yaml").write_text(recipe_yaml)
-            save_file({n: v.contiguous() for n, v in values.items()}, tmp / "trainable.safetensors")
+            save_tensors({n: v.contiguous() for n, v in values.items()}, tmp / "trainable.safetensors")
             if moments:
-                save_file({n: v.contiguous() for n, v in moments.items()}, tmp / "optimizer.safetensors")
+                save_tensors({n: v.contiguous() for n, v in moments.items()}, tmp / "optimizer.safetensors")
             _save_adapter(model, values, tmp / "adapter")
             (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
         if keep_last > 0:
@@ -83,7 +83,7 @@ def _save_adapter(model, values: dict[str, torch.Tensor], out: Path) -> None:
     peft_state = get_peft_model_state_dict(model.llm, state_dict=lora, save_embedding_layers=False)
     out.mkdir()
     model.llm.peft_config["default"].save_pretrained(out)
-    save_file({k: v.contiguous() for k, v in peft_state.items()}, out / "adapter_model.safetensors")
+    save_tensors({k: v.contiguous() for k, v in peft_state.items()}, out / "adapter_model.safetensors")
 
 
 def load_trainable(model, checkpoint: str | Path) -> None:
