@@ -12,6 +12,7 @@ steps; prints JSON with each run's test accuracy and the difference in points.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -46,7 +47,8 @@ def main() -> None:
             recipe = load_recipe(args.recipe, overrides)
             if recipe.encoder.cache_dir:
                 cache_embeddings(recipe, [str(args.test)])
-            metrics = evaluate(train(recipe), args.test, f"{tmp}/{name}/eval")
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the report
+                metrics = evaluate(train(recipe), args.test, f"{tmp}/{name}/eval")
             report["runs"][name] = {"k": recipe.projector.pool, "cache": bool(recipe.encoder.cache_dir),
                                     "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
             print(f"[{name}] {json.dumps(report['runs'][name])}", file=sys.stderr, flush=True)
