@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from dnallm import cli_tracks
+
 TINY_DIR = Path(".dnallm")
 
 
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="tiny end-to-end run on CPU: build, train, evaluate")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_demo)
+    cli_tracks.add_commands(sub)
     return parser
 
 
