@@ -6,6 +6,8 @@
 - gene: coverage summed over each gene's exons (union over transcripts), then log1p;
   ``+`` tracks score ``+`` genes, ``-`` tracks ``-`` genes, unstranded tracks all genes.
   Only genes lying wholly inside the evaluated regions count.
+- predicted_over_observed: total predicted over total observed coverage (1: right scale);
+  Pearson alone cannot see a prediction that is right in shape but too low everywhere.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class CoverageMetrics:
         self.genes = GeneSums(inside, len(tracks))
         self.n_genes_outside = len(genes) - len(inside)
         self.missing = np.zeros(len(tracks), dtype=np.int64)
+        self.totals = np.zeros((2, len(tracks)))  # summed predicted, observed: is the scale right, not only the shape?
         self.n_bases = 0
 
     def add(self, region: Region, start: int, pred: np.ndarray, obs: np.ndarray, n_missing: np.ndarray) -> None:
@@ -98,6 +101,7 @@ class CoverageMetrics:
                 self.binned.merge(_log1p_pearson(p, o))
         self.genes.add(region.chrom, start, pred, obs)
         self.missing += n_missing
+        self.totals += [pred.sum(axis=0, dtype=np.float64), obs.sum(axis=0, dtype=np.float64)]
         self.n_bases += len(pred)
 
     def _gene_level(self, i: int, track: Track) -> tuple[float | None, int]:
@@ -116,6 +120,11 @@ class CoverageMetrics:
             entry = {"cell_type": t.cell_type, "strand": t.strand, "pearson_log1p_base": _r(base[i])}
             if self.binned is not None:
                 entry[f"pearson_log1p_bin{self.bin_size}"] = _r(binned[i])
-            entry.update({"pearson_log1p_gene": gene_r, "n_genes": n_genes, "bases_without_value": int(self.missing[i])})
+            pred_total, obs_total = self.totals[:, i]
+            entry.update({
+                "pearson_log1p_gene": gene_r, "n_genes": n_genes,
+                "predicted_over_observed": float(pred_total / obs_total) if obs_total > 0 else None,
+                "bases_without_value": int(self.missing[i]),
+            })
             per_track[t.name] = entry
         return {"n_bases": self.n_bases, "bin_size": self.bin_size, "genes_outside_regions": self.n_genes_outside, "tracks": per_track}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dnallm.data.files import usual_file_mode
 from dnallm.data.genes import Gene
 from dnallm.data.genome import Region
 from dnallm.data.tracks import Track
@@ -70,8 +71,9 @@ def plot_tracks(region: Region, observed: np.ndarray, predicted: np.ndarray, tra
         ax.fill_between(pos + x0, obs[:, 0], color="0.6", lw=0, label="observed")
         ax.plot(pos + x0, pred[:, 0], color="tab:orange", lw=0.9, label="predicted")
         r = _log1p_r(predicted[:, i], observed[:, i])
+        score = f"log1p r = {r:.3f}" if np.isfinite(r) else "log1p r: n/a (observed is flat here)"
         ax.set_ylabel(f"{t.name}\n({t.cell_type} {t.strand})", rotation=0, ha="right", va="center", fontsize=8)
-        ax.text(0.995, 0.92, f"log1p r = {r:.3f}", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+        ax.text(0.995, 0.92, score, transform=ax.transAxes, ha="right", va="top", fontsize=8)
         ax.spines[["top", "right"]].set_visible(False)
     axes[0].legend(loc="upper left", fontsize=8, frameon=False, ncol=2)
     _draw_genes(axes[-1], genes, region)
@@ -85,6 +87,7 @@ def plot_tracks(region: Region, observed: np.ndarray, predicted: np.ndarray, tra
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=120)
+        os.chmod(tmp, usual_file_mode())
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
