@@ -150,3 +150,19 @@ def test_deepspeed_configs_with_their_own_optimizer_are_refused(tiny_models, cov
     recipe = tiny_recipe(tiny_models, coverage_data, tmp_path, f"deepspeed={REPO / 'recipes/deepspeed/zero3_offload.json'}")
     with pytest.raises(ValueError, match="builds its own optimizer \\(AdamW\\); the coverage recipe trains with Adafactor"):
         build_engine(recipe, build_model(recipe, 4), total_steps=10, grad_accum=1, device="cpu")
+
+
+@pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
+def test_deepspeed_zero_trains_with_adafactor_and_saves_whole_weights(tiny_models, coverage_data, tmp_path, single_process_env, config):
+    common = ("train.max_steps=3", "train.micro_batch_size=4", "train.global_batch_size=8", "data.window=256", "data.overlap=128",
+              "eval.max_val_windows=8", "train.log_every=1", f"deepspeed={REPO / 'recipes/deepspeed' / config}")
+    checkpoint = train(tiny_recipe(tiny_models, coverage_data, tmp_path, *common))
+    state = read_state(checkpoint)
+    assert state["step"] == 3 and all(np.isfinite(e["loss"]) for e in state["history"] if "loss" in e)
+    assert not (checkpoint / "optimizer.safetensors").exists()  # ZeRO keeps Adafactor state partitioned: weights only
+    _, model, _, _, _ = load_coverage_checkpoint(checkpoint)
+    from safetensors.torch import load_file
+
+    saved = load_file(checkpoint / "model.safetensors")
+    assert saved["trunk.embed_tokens.weight"].shape == (10, 64)  # gathered, not a ZeRO-3 partition
+    assert not torch.equal(saved["head.track_scale"], torch.ones(4))  # the head was trained
