@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from dnallm import cli_vcf
+from dnallm import cli_tracks, cli_vcf
 
 TINY_DIR = Path(".dnallm")
 
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_commands(sub)
     cli_vcf.add_commands(sub)
+    cli_tracks.add_commands(sub)
     return parser
 
 

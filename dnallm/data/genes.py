@@ -34,7 +34,7 @@ def parse_attributes(text: str) -> dict[str, str]:
     return dict(_GTF_ATTR.findall(text))
 
 
-def _open_text(path: Path):
+def open_text(path: Path):
     with path.open("rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
     return gzip.open(path, "rt", encoding="utf-8") if gzipped else path.open(encoding="utf-8")
@@ -66,7 +66,7 @@ class GeneIndex:
         if not path.is_file():
             raise FileNotFoundError(f"gene annotation not found: {path}")
         genes: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for lineno, line in enumerate(f, start=1):
                 if line.startswith("##FASTA"):
                     break

@@ -1,0 +1,139 @@
+"""A trainable DNA trunk (Genos) with a convolutional head: per-base coverage for each track.
+
+    input_ids (B, L) -> trunk -> hidden (B, L, H)
+      -> Conv1d H->256, BatchNorm, GELU, dropout
+      -> Conv1d 256->64, BatchNorm, GELU, dropout
+      -> Conv1d 64->T,  BatchNorm
+      -> * per-track scale -> Softplus -> (B, L, T) >= 0
+
+One output per token, so the trunk's tokenizer must give one token per base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from dnallm.data.coverage import base_lookup
+from dnallm.hub import check_remote_code
+
+BASES = "ACGTN"
+
+
+class ConvBlock(nn.Sequential):
+    """Conv1d over positions -> BatchNorm -> (GELU -> dropout); 'same' padding keeps the length."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, dropout: float, last: bool = False):
+        layers = [nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.BatchNorm1d(c_out)]
+        if not last:
+            layers += [nn.GELU(), nn.Dropout(dropout)]
+        super().__init__(*layers)
+
+
+class CoverageHead(nn.Module):
+    """(B, L, H) hidden states -> (B, L, T) non-negative coverage in the transformed space."""
+
+    def __init__(self, hidden_size: int, n_tracks: int, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"head kernel_size must be odd to keep positions aligned, got {kernel_size}")
+        sizes = [hidden_size, *channels]
+        blocks = [ConvBlock(a, b, kernel_size, dropout) for a, b in zip(sizes, sizes[1:])]
+        self.blocks = nn.Sequential(*blocks, ConvBlock(sizes[-1], n_tracks, kernel_size, dropout, last=True))
+        self.track_scale = nn.Parameter(torch.ones(n_tracks))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)  # padding must not leak into the convolutions
+        x = self.blocks(hidden.transpose(1, 2))  # (B, T, L)
+        return nn.functional.softplus(x.transpose(1, 2) * self.track_scale)  # (B, L, T)
+
+
+@dataclass
+class CoverageOutput:
+    pred: torch.Tensor  # (B, L, T), transformed space
+    loss: torch.Tensor | None = None
+
+
+class CoverageModel(nn.Module):
+    """Trunk + head, trained end to end; ``loss`` is the MSE on transformed targets over real positions."""
+
+    def __init__(self, trunk: nn.Module, head: CoverageHead):
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+    @classmethod
+    def from_config(cls, config, n_tracks: int, *, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1, trust_remote_code: bool = False):
+        """Random trunk weights of ``config``'s shape (benchmarks, or before loading a checkpoint)."""
+        trunk = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        return cls(trunk, CoverageHead(config.hidden_size, n_tracks, channels, kernel_size, dropout))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, n_tracks: int, *, trust_remote_code: bool = False, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1):
+        """Pre-trained trunk (fp32 master weights for full fine-tuning) and a fresh head."""
+        check_remote_code(name_or_path, trust_remote_code, "encoder.trust_remote_code")
+        trunk = AutoModel.from_pretrained(name_or_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        return cls(trunk, CoverageHead(trunk.config.hidden_size, n_tracks, channels, kernel_size, dropout))
+
+    @property
+    def n_tracks(self) -> int:
+        return self.head.track_scale.numel()
+
+    def enable_gradient_checkpointing(self) -> None:
+        # Non-reentrant: works with inputs that need no grad and under ZeRO-3.
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.trunk, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            self.trunk.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.trunk.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.trunk.config.use_cache = False
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> CoverageOutput:
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        hidden = self.trunk(input_ids=input_ids, attention_mask=mask.long(), use_cache=False).last_hidden_state  # (B, L, H)
+        pred = self.head(hidden, mask).float()  # (B, L, T)
+        loss = None
+        if targets is not None:
+            weight = mask.unsqueeze(-1).float()  # (B, L, 1)
+            loss = ((pred - targets.float()) ** 2 * weight).sum() / (weight.sum() * pred.shape[-1]).clamp(min=1)
+        return CoverageOutput(pred, loss)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    check_remote_code(name_or_path, trust_remote_code, "encoder.trust_remote_code")
+    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+
+
+def base_token_ids(tokenizer) -> np.ndarray:
+    """ASCII -> token id table for A, C, G, T, N, checked against the tokenizer itself.
+
+    The head predicts one value per token; a tokenizer that merges bases (k-mers, BPE)
+    cannot give per-base coverage and is refused here.
+    """
+    probe = "ACGTNNTGCAAACCGGTT"
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    if len(ids) != len(probe):
+        raise ValueError(f"the encoder tokenizer turns {len(probe)} bases into {len(ids)} tokens; per-base coverage needs one token per base")
+    token_ids = {}
+    for base, token_id in zip(probe, ids):
+        if token_ids.setdefault(base, token_id) != token_id:
+            raise ValueError(f"the encoder tokenizer maps base {base} to different tokens by context; per-base coverage needs a fixed token per base")
+    unk = tokenizer.unk_token_id
+    missing = [b for b in BASES if token_ids.get(b) is None or (token_ids[b] == unk and unk is not None)]
+    if missing:
+        raise ValueError(f"the encoder tokenizer has no token for base(s) {', '.join(missing)}")
+    return base_lookup({b: token_ids[b] for b in BASES})
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def trunk_config(name_or_path: str, trust_remote_code: bool = False):
+    check_remote_code(name_or_path, trust_remote_code, "encoder.trust_remote_code")
+    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
