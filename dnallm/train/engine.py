@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,6 +20,14 @@ from torch import nn
 def distributed_env() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) as set by deepspeed, torchrun or accelerate launchers."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def fast_forward(scheduler, steps: int) -> None:
+    """Bring a fresh schedule to ``steps`` on resume (no optimizer step in between, on purpose)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+        for _ in range(steps):
+            scheduler.step()
 
 
 def single_process_defaults() -> None:
@@ -118,8 +127,7 @@ class TorchEngine:
             state["step"] = torch.tensor(float(step))
             self.optimizer.state[p] = state
         self.micro_steps = step * self.grad_accum
-        for _ in range(step):
-            self.scheduler.step()
+        fast_forward(self.scheduler, step)
 
     def barrier(self) -> None:
         pass
@@ -215,8 +223,7 @@ class DeepSpeedEngine:
                 group["step"] = step
         self.engine.global_steps = step
         self.engine.micro_steps = step * self.engine.gradient_accumulation_steps()
-        for _ in range(step):
-            self.scheduler.step()
+        fast_forward(self.scheduler, step)
 
     def barrier(self) -> None:
         torch.distributed.barrier()
