@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dnallm.data.dna import RecordError, centre_window, check_pair, clean_sequence
+from dnallm.data.dna import RecordError, check_pair, clean_sequence
 from dnallm.data.kegg import load_examples, read_jsonl, split_records, write_jsonl
 from dnallm.data.synthetic import planted_records
 

@@ -29,26 +29,37 @@ from dnallm.io import atomic_directory, save_tensors
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
+def list_checkpoints(run_dir: str | Path, marker: str = "trainable.safetensors") -> list[Path]:
+    """Complete ``checkpoint-<step>`` directories (holding ``marker``) of a run, oldest first."""
     run_dir = Path(run_dir)
     found = []
     if run_dir.is_dir():
         for p in run_dir.iterdir():
             m = CHECKPOINT_RE.match(p.name)
-            if m and (p / "trainable.safetensors").is_file():
+            if m and (p / marker).is_file():
                 found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, marker: str = "trainable.safetensors") -> Path:
     """A checkpoint directory, or the latest complete one inside a run directory."""
     path = Path(path)
-    if (path / "trainable.safetensors").is_file():
+    if (path / marker).is_file():
         return path
-    found = list_checkpoints(path)
+    found = list_checkpoints(path, marker)
     if not found:
-        raise FileNotFoundError(f"no checkpoint found at {path} (expected trainable.safetensors or checkpoint-*/ inside)")
+        raise FileNotFoundError(f"no checkpoint found at {path} (expected {marker} or checkpoint-*/ inside)")
     return found[-1]
+
+
+def find_resume_checkpoint(wanted: str, run_dir: str | Path, marker: str = "trainable.safetensors") -> Path | None:
+    """``train.resume_from_checkpoint``: '' (start afresh), 'auto' (latest in ``run_dir``, if any) or a path."""
+    if not wanted:
+        return None
+    if wanted == "auto":
+        found = list_checkpoints(run_dir, marker)
+        return found[-1] if found else None
+    return resolve_checkpoint(wanted, marker)
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, engine, recipe_yaml: str, state: dict, keep_last: int = 0) -> Path | None:

@@ -22,9 +22,8 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.optimization import Adafactor
 
 from dnallm.encoders.coverage import CoverageModel, base_token_ids, load_tokenizer, pad_token_id
-from dnallm.train.coverage_checkpoint import (
-    list_checkpoints, load_moments, load_weights, read_state, resolve_checkpoint, save_checkpoint, target_transform,
-)
+from dnallm.train.checkpoint import find_resume_checkpoint
+from dnallm.train.coverage_checkpoint import WEIGHTS, load_moments, load_weights, read_state, save_checkpoint, target_transform
 from dnallm.train.coverage_config import CoverageRecipe
 from dnallm.train.coverage_data import build_datasets, open_sources
 from dnallm.train.coverage_validation import validate
@@ -115,16 +114,6 @@ def restore_progress(engine, checkpoint: Path, step: int) -> None:
         engine.scheduler.step()
 
 
-def find_resume_checkpoint(recipe: CoverageRecipe) -> Path | None:
-    wanted = recipe.train.resume_from_checkpoint
-    if not wanted:
-        return None
-    if wanted == "auto":
-        found = list_checkpoints(recipe.output_dir)
-        return found[-1] if found else None
-    return resolve_checkpoint(wanted)
-
-
 def train(recipe: CoverageRecipe, stop_after: int | None = None) -> Path:
     """Train and return the last checkpoint. ``stop_after`` ends the run after that many
     optimizer steps of this process, as a crash would (used to test resumption)."""
@@ -144,7 +133,7 @@ def train(recipe: CoverageRecipe, stop_after: int | None = None) -> Path:
     )
     model = build_model(recipe, len(tracks))
 
-    resume = find_resume_checkpoint(recipe)
+    resume = find_resume_checkpoint(recipe.train.resume_from_checkpoint, recipe.output_dir, WEIGHTS)
     start_step = read_state(resume)["step"] if resume else 0
     if resume:
         load_weights(model, resume)

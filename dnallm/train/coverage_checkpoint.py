@@ -17,7 +17,6 @@ this directory: the trunk is rebuilt from ``trunk/config.json`` and filled from
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -31,32 +30,19 @@ from dnallm.data.transform import TargetTransform
 from dnallm.encoders.coverage import CoverageModel, load_tokenizer
 from dnallm.io import atomic_directory, save_tensors
 from dnallm.train.coverage_config import CoverageRecipe
+from dnallm.train import checkpoint as kegg_checkpoint
 from dnallm.train.engine import TorchEngine
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 WEIGHTS = "model.safetensors"
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    run_dir = Path(run_dir)
-    found = []
-    if run_dir.is_dir():
-        for p in run_dir.iterdir():
-            m = CHECKPOINT_RE.match(p.name)
-            if m and (p / WEIGHTS).is_file():
-                found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    return kegg_checkpoint.list_checkpoints(run_dir, WEIGHTS)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or the latest complete one inside a run directory."""
-    path = Path(path)
-    if (path / WEIGHTS).is_file():
-        return path
-    found = list_checkpoints(path)
-    if not found:
-        raise FileNotFoundError(f"no coverage checkpoint at {path} (expected {WEIGHTS} or checkpoint-*/ inside)")
-    return found[-1]
+    """A coverage checkpoint directory, or the latest complete one inside a run directory."""
+    return kegg_checkpoint.resolve_checkpoint(path, WEIGHTS)
 
 
 def full_state(model: torch.nn.Module, engine) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from dnallm.data.kegg import load_examples
 from dnallm.fusion.processor import dna_inputs
 from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.embed_cache import require_cached
-from dnallm.train.checkpoint import list_checkpoints, load_moments, load_trainable, read_state, resolve_checkpoint, save_checkpoint
+from dnallm.train.checkpoint import find_resume_checkpoint, load_moments, load_trainable, read_state, save_checkpoint
 from dnallm.train.engine import DeepSpeedEngine, TorchEngine, distributed_env, pick_device, resolve_deepspeed_config
 from dnallm.train.tracking import Tracker
 
@@ -33,16 +33,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def find_resume_checkpoint(recipe: Recipe) -> Path | None:
-    wanted = recipe.train.resume_from_checkpoint
-    if not wanted:
-        return None
-    if wanted == "auto":
-        found = list_checkpoints(recipe.output_dir)
-        return found[-1] if found else None
-    return resolve_checkpoint(wanted)
 
 
 def param_groups(model, recipe: Recipe) -> list[dict]:
@@ -106,7 +96,7 @@ def train(recipe: Recipe, stop_after: int | None = None) -> Path:
     train_rows = [processor(ex) for ex in tqdm(train_ds, desc="tokenizing train", disable=rank != 0)]
     val_rows = [processor(ex) for ex in tqdm(val_ds, desc="tokenizing val", disable=rank != 0)] if val_ds else []
 
-    resume = find_resume_checkpoint(recipe)
+    resume = find_resume_checkpoint(recipe.train.resume_from_checkpoint, recipe.output_dir)
     start_step = read_state(resume)["step"] if resume else 0
     if resume:
         load_trainable(model, resume)
