@@ -47,7 +47,7 @@ def plot_confusion(truth: list[str], pred: list[str], path: str | Path, title: s
     side = max(5.0, 0.32 * n + 3.0)
     fig, ax = plt.subplots(figsize=(side + 1.5, side))
     image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
-    font = max(5, min(10, int(220 / max(n, 1))))
+    font = max(6, min(10, int(260 / max(n, 1))))
     ax.set_xticks(range(len(cols)), [_short(c) for c in cols], rotation=90, fontsize=font)
     ax.set_yticks(range(n), [f"{_short(r)} ({counts[i].sum()})" for i, r in enumerate(rows)], fontsize=font)
     ax.set_xlabel("predicted")
