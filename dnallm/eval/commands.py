@@ -13,8 +13,10 @@ def print_eval(metrics: dict, out_dir: Path) -> None:
     from dnallm.eval.table import metrics_summary
 
     print(metrics_summary(metrics))
-    if metrics["labels_unseen_in_training"]:
-        print(f"labels not in the training set (scored as their own classes): {', '.join(metrics['labels_unseen_in_training'])}")
+    unseen = metrics["labels_unseen_in_training"]
+    if unseen:
+        shown = ", ".join(unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
+        print(f"{len(unseen)} ground-truth labels never seen in training (scored as their own classes): {shown}")
     if metrics["no_answer"]:
         print(f"{metrics['no_answer']} replies had no 'Answer:' (counted wrong)")
     print(f"wrote {out_dir}/metrics.json, predictions.csv, confusion.png")
