@@ -164,3 +164,14 @@ def test_cli_eval_without_dna_names_the_record(tiny_checkpoint, tmp_path, capsys
     err = capsys.readouterr().err
     assert "bad.jsonl:2" in err and "reference_sequence" in err and "data.use_dna=false" in err
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("models=dna+text,vision", "unknown model(s) vision in models"),
+    ("test=", "no test file: set test=PATH"),
+])
+def test_cli_baselines_rejects_bad_settings_before_training(tmp_path, capsys, override, message):
+    code = main(["baselines", str(REPO / "recipes/baselines/planted_tiny.yaml"), f"output_dir={tmp_path / 'run'}", override])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
