@@ -38,10 +38,9 @@ def _train(args) -> None:
 def _eval(args) -> None:
     from dnallm.eval.kegg import evaluate
 
-    metrics = evaluate(args.checkpoint, args.data, args.out, args.overrides)
-    summary = {k: metrics[k] for k in ("n", "accuracy", "macro_precision", "macro_recall", "macro_f1")}
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}/metrics.json and {args.out}/predictions.csv")
+    from dnallm.eval.commands import print_eval
+
+    print_eval(evaluate(args.checkpoint, args.data, args.out, args.overrides), args.out)
 
 
 def _split(args) -> None:
@@ -92,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="generate answers for a KEGG-format file and score them")
     p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path, action="append", required=True, help="a KEGG JSONL file; repeat to score several together (val + test)")
+    p.add_argument("--out", type=Path, required=True, help="directory for metrics.json, predictions.csv, confusion.png")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
     p.set_defaults(func=_eval)
 
@@ -114,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_demo)
 
+    from dnallm.eval.commands import add_commands as add_eval_commands
     from dnallm.serve.commands import add_commands as add_serve_commands
 
+    add_eval_commands(sub)
     add_serve_commands(sub)
     cli_vcf.add_commands(sub)
     cli_tracks.add_commands(sub)

@@ -9,6 +9,7 @@ the variant sequence.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 DISEASES = (
@@ -77,3 +78,96 @@ def planted_records(n_records: int, n_classes: int = 4, length: int = 4001, moti
         )
     rng.shuffle(records)
     return records
+
+
+# ---- planted-signal generator with a choice of signal ---------------------------------------
+
+MORE_DISEASES = (
+    "long qt syndrome", "cystic fibrosis", "hereditary breast and ovarian cancer", "fanconi anemia",
+    "maturity onset diabetes of the young", "dilated cardiomyopathy", "hypertrophic cardiomyopathy",
+    "retinitis pigmentosa", "lynch syndrome", "marfan syndrome", "phenylketonuria", "gaucher disease",
+    "tay-sachs disease", "familial hypercholesterolemia", "hemophilia a", "duchenne muscular dystrophy",
+    "charcot-marie-tooth disease", "noonan syndrome", "tuberous sclerosis", "neurofibromatosis type 1",
+    "wilson disease", "hereditary hemochromatosis", "epilepsy", "acute myeloid leukemia",
+)
+ALL_DISEASES = DISEASES + MORE_DISEASES
+
+SIGNALS = {
+    "motif": "the variant completes a class motif centred on it (the reference lacks it)",
+    "flank": "a class motif sits immediately upstream of a random variant, in both sequences",
+    "kmer": "the 5-mer centred on the variant is one of the class's k-mers; the reference centre base differs",
+}
+
+UNINFORMATIVE_PROMPT = "What disease does this variant contribute to?"
+
+
+def disease_names(n_classes: int) -> list[str]:
+    if n_classes > len(ALL_DISEASES):
+        raise ValueError(f"n_classes={n_classes} exceeds the {len(ALL_DISEASES)} built-in disease names")
+    return list(ALL_DISEASES[:n_classes])
+
+
+def _class_kmers(n_classes: int, k: int, per_class: int, seed: int) -> list[list[str]]:
+    """``per_class`` distinct k-mers for each class, no k-mer shared between classes."""
+    all_kmers = ["".join(p) for p in itertools.product("ACGT", repeat=k)]
+    if n_classes * per_class > len(all_kmers):
+        raise ValueError(f"{n_classes} classes x {per_class} {k}-mers exceed the {len(all_kmers)} {k}-mers")
+    random.Random(seed).shuffle(all_kmers)
+    return [all_kmers[c * per_class : (c + 1) * per_class] for c in range(n_classes)]
+
+
+def _plant(seq: list[str], start: int, element: str) -> None:
+    seq[start : start + len(element)] = element
+
+
+def planted_signal_records(
+    n_records: int, n_classes: int = 4, length: int = 4001, seed: int = 0, signal: str = "motif",
+    motif_len: int = 9, question: str = QUESTION,
+) -> list[dict]:
+    """KEGG-format records whose disease is a deterministic function of the DNA near the variant.
+
+    Random background, variant at the centre, classes balanced, ``question`` the same for all.
+    ``signal`` picks the rule (see ``SIGNALS``); ``motif`` with the default question gives
+    exactly ``planted_records``.
+    """
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}")
+    if length % 2 == 0 or length < 2 * motif_len + 1:
+        raise ValueError(f"length must be odd and at least 2*motif_len+1={2 * motif_len + 1}, got {length}")
+    names = disease_names(n_classes)
+    if signal == "motif" and n_classes <= len(DISEASES):
+        records = planted_records(n_records, n_classes, length, motif_len, seed)
+        return [{**r, "question": question} for r in records]
+    rng = random.Random(seed)
+    motifs = motif_vocabulary(n_motifs=n_classes, motif_len=motif_len, seed=20251 + n_classes)
+    kmers = _class_kmers(n_classes, 5, per_class=max(1, min(4, 1024 // n_classes)), seed=seed) if signal == "kmer" else None
+    centre = length // 2
+    records = []
+    for i in range(n_records):
+        label = i % n_classes
+        seq = [rng.choice("ACGT") for _ in range(length)]
+        if signal == "flank":
+            _plant(seq, centre - motif_len, motifs[label])  # ends one base before the variant
+        elif signal == "kmer":
+            _plant(seq, centre - 2, rng.choice(kmers[label]))
+        else:
+            _plant(seq, centre - motif_len // 2, motifs[label])
+        variant = "".join(seq)
+        ref_base = rng.choice([b for b in "ACGT" if b != variant[centre]])
+        reference = variant[:centre] + ref_base + variant[centre + 1 :]
+        records.append({
+            "question": question, "answer": names[label],
+            "reasoning": f"Planted signal '{signal}' for class {label}.",
+            "reference_sequence": reference, "variant_sequence": variant,
+        })
+    rng.shuffle(records)
+    return records
+
+
+def hard_records(records: list[dict], prompt: str = UNINFORMATIVE_PROMPT) -> list[dict]:
+    """The same records with every question replaced by one short fixed ``prompt``.
+
+    KEGG questions name the pathway and its genes, which often give the disease away; with
+    the question stripped, only the sequences can tell the records apart.
+    """
+    return [{**r, "question": prompt} for r in records]

@@ -29,3 +29,21 @@ def classification_metrics(truth: list[str], pred: list[str]) -> dict:
             for label, pi, ri, fi, si in zip(labels, p, r, f, support)
         },
     }
+
+
+OTHER = "(other / none)"
+
+
+def confusion_counts(truth: list[str], pred: list[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """Counts of (true class, predicted class).
+
+    Rows: ground-truth classes (sorted). Columns: the same classes, then one ``OTHER``
+    column for every prediction outside them (no answer, or an answer no record has).
+    -> (row labels, column labels, counts (n_rows, n_rows + 1))
+    """
+    labels = sorted(set(truth))
+    index = {label: i for i, label in enumerate(labels)}
+    counts = np.zeros((len(labels), len(labels) + 1), dtype=np.int64)
+    for t, p in zip(truth, pred):
+        counts[index[t], index.get(p, len(labels))] += 1
+    return labels, labels + [OTHER], counts

@@ -1,0 +1,139 @@
+"""Three models, one dataset, one harness: how many points does the DNA add?
+
+- ``dna+text``: the fusion model (frozen encoder -> projector -> LoRA LLM), as trained by ``dnallm train``;
+- ``text-only``: the same LLM + LoRA trained on the question alone (``data.use_dna=false``);
+- ``dna-only``: the frozen encoder + a classifier head over pooled ref / variant embeddings.
+
+All three are scored by the same code (``dnallm.eval.kegg.score``) on the same test file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dnallm.config import Recipe, RecipeError, recipe_from_dict
+from dnallm.data.kegg import load_examples
+from dnallm.eval.dna_only import DNAHeadConfig, fit_dna_only, load_head, pooled_pair_features, predict
+from dnallm.eval.kegg import evaluate, load_eval_examples, score, write_outputs
+from dnallm.eval.labels import LabelSet
+from dnallm.eval.plots import plot_comparison
+from dnallm.eval.table import markdown_table, text_table
+from dnallm.io import atomic_write_text
+from dnallm.train.build import build_encoder
+from dnallm.train.engine import pick_device
+from dnallm.train.finetune import train
+
+MODELS = ("dna+text", "text-only", "dna-only")
+RUN_DIRS = {"dna+text": "dna_text", "text-only": "text_only", "dna-only": "dna_only"}
+
+
+@dataclass
+class BaselinesRecipe(Recipe):
+    """A KEGG recipe plus the test file, which models to run, and the DNA-only head's settings."""
+
+    test: str = ""  # one KEGG JSONL, or several joined by commas (e.g. val + test)
+    models: list = field(default_factory=lambda: list(MODELS))
+    dna_head: DNAHeadConfig = field(default_factory=DNAHeadConfig)
+
+
+def kegg_recipe(recipe: BaselinesRecipe, run_dir: Path, use_dna: bool) -> Recipe:
+    """The plain KEGG recipe that ``dnallm train`` runs for one of the LLM models."""
+    tree = {k: v for k, v in asdict(recipe).items() if k not in ("test", "models", "dna_head")}
+    plain = recipe_from_dict(tree)
+    plain.output_dir = str(run_dir)
+    plain.run_name = f"{recipe.run_name}-{run_dir.name}"
+    plain.data.use_dna = use_dna
+    return plain
+
+
+def run_llm(recipe: BaselinesRecipe, name: str, out_dir: Path) -> dict:
+    run_dir = out_dir / RUN_DIRS[name]
+    tick = time.perf_counter()
+    checkpoint = train(kegg_recipe(recipe, run_dir, use_dna=name == "dna+text"))
+    train_s = time.perf_counter() - tick
+    metrics = evaluate(checkpoint, eval_files(recipe), run_dir / "eval")
+    return {**metrics, "train_seconds": train_s}
+
+
+def run_dna_only(recipe: BaselinesRecipe, out_dir: Path) -> dict:
+    run_dir = out_dir / RUN_DIRS["dna-only"]
+    device = pick_device()
+    encoder = build_encoder(kegg_recipe(recipe, run_dir, use_dna=True), device)
+    window, batch = recipe.data.dna_window, recipe.encoder.batch_size
+    tick = time.perf_counter()
+    fit = fit_dna_only(encoder, load_examples(recipe.data.train, window), recipe.dna_head,
+                       encoder_batch_size=batch, seed=recipe.seed, out_dir=run_dir / "head")
+    train_s = time.perf_counter() - tick
+    head, meta = load_head(run_dir / "head")
+    test = load_eval_examples(eval_files(recipe), window, need_dna=True)
+    pred_labels = predict(head.to("cpu"), pooled_pair_features(encoder, test, batch), meta["labels"])
+    texts = [f"Answer: {p}" for p in pred_labels]  # same parsing path as the LLMs' replies
+    truth, pred, scores = score(list(test["answer"]), texts, LabelSet(meta["labels"]), recipe.data.train)
+    metrics = {"checkpoint": str(run_dir / "head"), "data": eval_files(recipe), "uses_dna": True, **scores, "fit": fit}
+    write_outputs(run_dir / "eval", metrics, truth, pred, texts, title="dna-only")
+    return {**metrics, "train_seconds": train_s}
+
+
+def eval_files(recipe: BaselinesRecipe) -> list[str]:
+    files = [p.strip() for p in recipe.test.split(",") if p.strip()]
+    if not files:
+        raise RecipeError("no test file: set test=PATH (several: test=val.jsonl,test.jsonl)")
+    return files
+
+
+def majority_share(answers: list[str]) -> float:
+    """Accuracy of always answering the most common test label: the bar a model must beat."""
+    labels = LabelSet(answers)
+    counts = Counter(labels.canonical(a) for a in answers)
+    return max(counts.values()) / len(answers)
+
+
+def comparison_rows(results: dict[str, dict], chance: float) -> list[dict]:
+    rows = []
+    for name, m in results.items():
+        rows.append({
+            "model": name, "dna": name != "text-only", "text": name != "dna-only", "n": m["n"],
+            "accuracy": m["accuracy"], "macro_precision": m["macro_precision"], "macro_recall": m["macro_recall"],
+            "macro_f1": m["macro_f1"], "train_seconds": round(m["train_seconds"], 1), "chance": chance,
+        })
+    return rows
+
+
+def write_comparison(out_dir: Path, rows: list[dict], title: str) -> str:
+    """``comparison.md``, ``comparison.json``, ``comparison.png``; returns the terminal table."""
+    header = ["model", "DNA", "text", "n", "accuracy", "macro P", "macro R", "macro F1", "train s"]
+    cells = [[r["model"], "yes" if r["dna"] else "no", "yes" if r["text"] else "no", r["n"], r["accuracy"],
+              r["macro_precision"], r["macro_recall"], r["macro_f1"], f'{r["train_seconds"]:.1f}'] for r in rows]
+    by_name = {r["model"]: r for r in rows}
+    gain = ""
+    if "dna+text" in by_name and "text-only" in by_name:
+        points = 100 * (by_name["dna+text"]["accuracy"] - by_name["text-only"]["accuracy"])
+        gain = f"DNA adds {points:+.1f} accuracy points over text alone."
+    chance = rows[0]["chance"] if rows else 0.0
+    note = f"Chance (always the most common test label): {chance:.3f}. {gain}".strip()
+    markdown = f"# {title}\n\n{markdown_table(header, cells)}\n\n{note}\n"
+    atomic_write_text(out_dir / "comparison.md", markdown)
+    summary = {"title": title, "chance": chance, "rows": rows}
+    atomic_write_text(out_dir / "comparison.json", json.dumps(summary, indent=2) + "\n")
+    plot_comparison(rows, out_dir / "comparison.png", title=title)
+    return f"{text_table(header, cells)}\n{note}"
+
+
+def run_baselines(recipe: BaselinesRecipe) -> dict:
+    """Train and score each model in ``recipe.models``; write the comparison to ``output_dir``."""
+    unknown = [m for m in recipe.models if m not in MODELS]
+    if unknown:
+        raise RecipeError(f"unknown model(s) {', '.join(unknown)} in models; choose from {', '.join(MODELS)}")
+    out_dir = Path(recipe.output_dir)
+    files = eval_files(recipe)
+    chance = majority_share(list(load_eval_examples(files, recipe.data.dna_window, need_dna=False)["answer"]))
+    results = {}
+    for name in recipe.models:
+        results[name] = run_dna_only(recipe, out_dir) if name == "dna-only" else run_llm(recipe, name, out_dir)
+    rows = comparison_rows(results, chance)
+    table = write_comparison(out_dir, rows, title=f"{recipe.run_name} on {', '.join(Path(f).name for f in files)}")
+    return {"rows": rows, "chance": chance, "table": table, "results": results}

@@ -1,0 +1,72 @@
+"""Subcommands of this stage: ``eval``'s printer, ``baselines``, ``planted``, ``hard-kegg``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dnallm.data.kegg import read_jsonl, write_jsonl
+from dnallm.data.synthetic import SIGNALS, UNINFORMATIVE_PROMPT, hard_records, planted_signal_records
+
+
+def print_eval(metrics: dict, out_dir: Path) -> None:
+    from dnallm.eval.table import metrics_summary
+
+    print(metrics_summary(metrics))
+    unseen = metrics["labels_unseen_in_training"]
+    if unseen:
+        shown = ", ".join(unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
+        print(f"{len(unseen)} ground-truth labels never seen in training (scored as their own classes): {shown}")
+    if metrics["no_answer"]:
+        print(f"{metrics['no_answer']} replies had no 'Answer:' (counted wrong)")
+    print(f"wrote {out_dir}/metrics.json, predictions.csv, confusion.png")
+
+
+def _baselines(args) -> None:
+    from dnallm.config import load_recipe
+    from dnallm.eval.baselines import BaselinesRecipe, run_baselines
+
+    recipe = load_recipe(args.recipe, args.overrides, cls=BaselinesRecipe)
+    result = run_baselines(recipe)
+    print(result["table"])
+    print(f"wrote {recipe.output_dir}/comparison.md, comparison.json, comparison.png")
+
+
+def _planted(args) -> None:
+    records = planted_signal_records(args.records, n_classes=args.classes, length=args.length, seed=args.seed, signal=args.signal)
+    n_val = n_test = round(len(records) * args.holdout)
+    splits = {"val": records[:n_val], "test": records[n_val : n_val + n_test], "train": records[n_val + n_test :]}
+    for name, part in splits.items():
+        if part:
+            write_jsonl(args.out / f"{name}.jsonl", part)
+    print(json.dumps({"out": str(args.out), "signal": args.signal, **{k: len(v) for k, v in splits.items()}}))
+
+
+def _hard_kegg(args) -> None:
+    records = read_jsonl(args.file)
+    write_jsonl(args.out, hard_records(records, args.prompt))
+    print(json.dumps({"out": str(args.out), "records": len(records), "prompt": args.prompt}))
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("baselines", help="train and score dna+text, text-only and dna-only models on one dataset; write a comparison")
+    p.add_argument("recipe", type=Path, help="a KEGG recipe (extra keys: test, models, dna_head.*)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. test=data/test.jsonl output_dir=runs/baselines")
+    p.set_defaults(func=_baselines)
+
+    p = sub.add_parser("planted", help="write KEGG-format train/val/test JSONL whose label is planted in the DNA")
+    p.add_argument("--out", type=Path, required=True, help="directory for train.jsonl, val.jsonl, test.jsonl")
+    p.add_argument("--records", type=int, default=600)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--length", type=int, default=4001, help="bp per sequence (odd; the variant is the middle base)")
+    p.add_argument("--signal", choices=sorted(SIGNALS), default="motif",
+                   help="; ".join(f"{k}: {v}" for k, v in SIGNALS.items()))
+    p.add_argument("--holdout", type=float, default=0.1, help="fraction of records for each of val and test")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_planted)
+
+    p = sub.add_parser("hard-kegg", help="copy a KEGG JSONL with every question replaced by one short fixed prompt")
+    p.add_argument("file", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--prompt", default=UNINFORMATIVE_PROMPT)
+    p.set_defaults(func=_hard_kegg)

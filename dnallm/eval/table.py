@@ -1,0 +1,44 @@
+"""Plain-text tables for the terminal and markdown tables for reports."""
+
+from __future__ import annotations
+
+
+def text_table(header: list[str], rows: list[list], align: str | None = None) -> str:
+    """Columns padded to the widest cell; ``align`` one of 'l'/'r' per column (default: text left, numbers right)."""
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    align = align or "".join("r" if rows and isinstance(rows[0][i], (int, float)) else "l" for i in range(len(header)))
+
+    def line(values):
+        return "  ".join(v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(values, widths, align)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def metrics_summary(metrics: dict, max_classes: int = 12) -> str:
+    """Overall scores, then per-class rows by support (the largest ``max_classes``)."""
+    overall = text_table(
+        ["n", "accuracy", "macro_P", "macro_R", "macro_F1"],
+        [[metrics["n"], metrics["accuracy"], metrics["macro_precision"], metrics["macro_recall"], metrics["macro_f1"]]],
+    )
+    per_class = sorted(metrics["per_class"].items(), key=lambda kv: (-kv[1]["support"], kv[0]))
+    rows = [[_short(label), c["support"], c["precision"], c["recall"], c["f1"]] for label, c in per_class[:max_classes]]
+    table = text_table(["class", "support", "P", "R", "F1"], rows)
+    more = f"\n... {len(per_class) - max_classes} more classes in metrics.json" if len(per_class) > max_classes else ""
+    return f"{overall}\n\n{table}{more}"
+
+
+def _short(label: str, width: int = 40) -> str:
+    return label if len(label) <= width else label[: width - 1] + "~"
