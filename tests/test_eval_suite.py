@@ -1,5 +1,7 @@
 """Label matching, scoring of bad replies, confusion outputs, planted-signal data, CLI commands."""
 
+from pathlib import Path
+
 import csv
 import json
 
@@ -16,7 +18,7 @@ from dnallm.eval.labels import LabelSet
 from dnallm.eval.metrics import OTHER, confusion_counts
 from dnallm.train.finetune import train
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 LABELS = LabelSet(["Parkinson's disease", "Prion disease", "Huntington disease"])
 

@@ -1,6 +1,8 @@
 """The DNA reaches the answer: on a task whose label lives only in the DNA, the fusion model
 learns it and the same LLM without DNA stays at chance. All three baselines, one harness."""
 
+from pathlib import Path
+
 import json
 
 import pytest
@@ -10,7 +12,7 @@ from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_signal_records
 from dnallm.eval.baselines import BaselinesRecipe, run_baselines
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 N_CLASSES = 4
 

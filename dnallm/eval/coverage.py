@@ -10,7 +10,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from dnallm.data.gene_models import Gene, read_genes
 from dnallm.data.genome import Genome, Region, TrackDataError
@@ -18,7 +17,7 @@ from dnallm.data.tracks import CoverageReader, Track, read_track_sheet
 from dnallm.data.regions import parse_region, read_bed
 from dnallm.eval.coverage_metrics import CoverageMetrics
 from dnallm.eval.coverage_plot import plot_tracks
-from dnallm.eval.coverage_predict import Predictor, merge_regions, open_writers, prediction_manifest, resolve_regions
+from dnallm.eval.coverage_predict import Predictor, merge_regions, resolve_regions, write_predictions
 from dnallm.io import atomic_write_text
 
 
@@ -74,25 +73,12 @@ def evaluate_tracks(
     mode, batch = stitch_mode or recipe.eval.stitch, batch_size or recipe.eval.batch_size
 
     out_dir = Path(out_dir)
-    writers = open_writers(out_dir / "predictions", predictor.tracks, genome.sizes)
-    try:
-        bar = tqdm(total=sum(len(r) for r in todo), desc="evaluating", unit="bp", unit_scale=True)
-        for region in todo:
-            for start, pred in predictor.region(genome, region, stitch_mode=mode, batch_size=batch):
-                obs, n_missing = reader.read(Region(region.chrom, start, start + len(pred)))
-                metrics.add(region, start, pred, obs, n_missing)
-                for i, w in enumerate(writers):
-                    w.add(region.chrom, start, pred[:, i])
-                bar.update(len(pred))
-        bar.close()
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
-    for w in writers:
-        w.close()
-    manifest = prediction_manifest(predictor, genome, todo, mode)
-    atomic_write_text(out_dir / "predictions" / "prediction.json", json.dumps(manifest, indent=2) + "\n")
+
+    def score(region: Region, start: int, pred) -> None:
+        obs, n_missing = reader.read(Region(region.chrom, start, start + len(pred)))
+        metrics.add(region, start, pred, obs, n_missing)
+
+    write_predictions(predictor, genome, todo, mode, batch, out_dir / "predictions", visit=score, desc="evaluating")
 
     result = {"checkpoint": str(predictor.checkpoint), "regions": [str(r) for r in todo], "stitch": mode, **metrics.result()}
     atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")

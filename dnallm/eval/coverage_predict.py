@@ -97,12 +97,22 @@ def predict_tracks(checkpoint, out_dir, *, regions=(), chroms=(), fasta: str | N
     genome = Genome(fasta or recipe.data.fasta)
     todo = resolve_regions(genome, regions, chroms)
     mode, batch = stitch_mode or recipe.eval.stitch, batch_size or recipe.eval.batch_size
-    out_dir = Path(out_dir)
+    return write_predictions(predictor, genome, todo, mode, batch, Path(out_dir))
+
+
+def write_predictions(predictor, genome, todo, mode: str, batch: int, out_dir: Path, visit=None, desc: str = "predicting") -> dict:
+    """Stitched predictions over ``todo`` into ``<out_dir>/<track>.bw`` plus ``prediction.json``.
+
+    ``visit(region, start, values)`` sees each stitched block (values: (bases, tracks)), e.g.
+    to score it against observed coverage while it is in memory. No bigWig is left half-written.
+    """
     writers = open_writers(out_dir, predictor.tracks, genome.sizes)
     try:
-        bar = tqdm(total=sum(len(r) for r in todo), desc="predicting", unit="bp", unit_scale=True)
+        bar = tqdm(total=sum(len(r) for r in todo), desc=desc, unit="bp", unit_scale=True)
         for region in todo:
             for start, values in predictor.region(genome, region, stitch_mode=mode, batch_size=batch):
+                if visit is not None:
+                    visit(region, start, values)
                 for i, w in enumerate(writers):
                     w.add(region.chrom, start, values[:, i])
                 bar.update(len(values))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from dnallm.train.coverage_checkpoint import WEIGHTS, load_moments, load_weights
 from dnallm.train.coverage_config import CoverageRecipe
 from dnallm.train.coverage_data import build_datasets, open_sources
 from dnallm.train.coverage_validation import validate
-from dnallm.train.engine import DeepSpeedEngine, TorchEngine, distributed_env, pick_device, resolve_deepspeed_config
+from dnallm.train.engine import DeepSpeedEngine, TorchEngine, distributed_env, fast_forward, pick_device, resolve_deepspeed_config
 from dnallm.train.tracking import Tracker
 
 
@@ -104,14 +103,11 @@ def restore_progress(engine, checkpoint: Path, step: int) -> None:
     estimates start afresh (they settle within a few steps).
     """
     if isinstance(engine, TorchEngine):
-        with warnings.catch_warnings():  # replaying the schedule steps it before any optimizer step, on purpose
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-            engine.load_moments(load_moments(engine.module, checkpoint), step)
+        engine.load_moments(load_moments(engine.module, checkpoint), step)
         return
     engine.engine.global_steps = step
     engine.engine.micro_steps = step * engine.engine.gradient_accumulation_steps()
-    for _ in range(step):
-        engine.scheduler.step()
+    fast_forward(engine.scheduler, step)
 
 
 def train(recipe: CoverageRecipe, stop_after: int | None = None) -> Path:
