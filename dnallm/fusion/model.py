@@ -8,6 +8,8 @@ sample 1 reference, ...). ``<|dna_start|>``/``<|dna_end|>`` get trainable rows o
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
@@ -113,12 +115,12 @@ def build_fusion_lm(
         tokenizer.pad_token = tokenizer.eos_token
     if gradient_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    llm = get_peft_model(
-        llm,
-        LoraConfig(
-            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-            target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
-        ),
+    config = LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
     )
+    with warnings.catch_warnings():  # peft still asks under the attribute's old name
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        llm = get_peft_model(llm, config)
     projector = DNAProjector(dna_hidden, llm.get_input_embeddings().weight.shape[1], kind=projector_kind, pool=pool, kernel=kernel)
     return DNAFusionLM(llm, projector, token_ids), tokenizer
