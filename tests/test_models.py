@@ -72,3 +72,17 @@ def test_dna_tokens_added_and_embeddings_resized(tiny_models):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "dna_boundary" in trainable and any("lora_A" in n for n in trainable) and any(n.startswith("projector.") for n in trainable)
     assert not any("embed_tokens" in n for n in trainable)
+
+
+def test_encoder_checkpoint_missing_weights_is_an_error(tiny_models, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_models["genos"], broken)
+    weights = next(broken.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith("layers.0.self_attn.q_proj.weight"))
+    del tensors[name]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks or mis-shapes weights the encoder needs: .*layers\.0\.self_attn\.q_proj\.weight"):
+        DNAEncoder(str(broken))

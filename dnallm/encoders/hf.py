@@ -5,8 +5,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from dnallm.hub import check_remote_code
+
+
+def load_backbone(name_or_path: str, dtype, trust_remote_code: bool) -> nn.Module:
+    """The model's trunk (``AutoModel``) from a checkpoint that may carry a task head.
+
+    A causal-LM checkpoint's ``lm_head`` is expected to be left out, so transformers' load
+    report is kept quiet; weights the trunk needs but the checkpoint lacks would stay
+    randomly initialised, so they are an error.
+    """
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info["missing_keys"]) + sorted(k for k, *_ in info["mismatched_keys"])
+    if missing:
+        raise ValueError(f"{name_or_path}: the checkpoint lacks or mis-shapes weights the encoder needs: {', '.join(missing[:5])}"
+                         + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
+    return model
 
 
 class DNATokenizer:
@@ -51,7 +72,7 @@ class DNAEncoder(nn.Module):
         self.layer = layer
         self.tokenizer = DNATokenizer(name_or_path, trust_remote_code)
         if model is None:
-            model = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+            model = load_backbone(name_or_path, dtype, trust_remote_code)
         self.model = model
         self.model.to(device)
         self.model.requires_grad_(False)
