@@ -37,3 +37,11 @@ def resolve_dtype(name: str, device: str):
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
     return dtype
+
+
+def enable_activation_checkpointing(model, **kwargs) -> None:
+    """Recompute activations in the backward pass (transformers' new name, or the old one)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

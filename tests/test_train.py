@@ -152,3 +152,23 @@ def test_two_processes_under_the_deepspeed_launcher(tmp_path, tiny_models, plant
     history = read_state(run / "checkpoint-4")["history"]
     assert [h["step"] for h in history if "val_loss" in h] == [2, 4]
     assert [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines() if "train/loss" in line] == [1, 2, 3, 4]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_models, planted):
+    from dnallm.data.kegg import load_examples
+
+    grads = []
+    for flag in ("false", "true"):
+        recipe = _recipe(tmp_path, tiny_models, planted, f"llm.gradient_checkpointing={flag}")
+        encoder = build_encoder(recipe, "cpu")
+        torch.manual_seed(0)
+        model, tokenizer = build_model(recipe, "cpu")
+        processor = build_processor(recipe, tokenizer, encoder)
+        batch = processor.collate([processor(ex) for ex in load_examples(planted / "train.jsonl", recipe.data.dna_window).select(range(4))])
+        model.train()
+        loss = model(batch["input_ids"], batch["attention_mask"], *dna_inputs(encoder, batch["dna"], 8), labels=batch["labels"]).loss
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        assert model.llm.base_model.model.model.gradient_checkpointing == (flag == "true")
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from dnallm.data.coverage import base_lookup
-from dnallm.hub import check_remote_code
+from dnallm.hub import check_remote_code, enable_activation_checkpointing
 
 BASES = "ACGTN"
 
@@ -86,11 +86,7 @@ class CoverageModel(nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         # Non-reentrant: works with inputs that need no grad and under ZeRO-3.
-        kwargs = {"use_reentrant": False}
-        if hasattr(self.trunk, "activation_checkpointing_enable"):  # the name since transformers 5.x
-            self.trunk.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            self.trunk.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_activation_checkpointing(self.trunk, use_reentrant=False)
         self.trunk.config.use_cache = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> CoverageOutput:

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, DNA_TOKENS
 from dnallm.fusion.projector import DNAProjector
-from dnallm.hub import check_remote_code
+from dnallm.hub import check_remote_code, enable_activation_checkpointing
 
 
 class DNAFusionLM(nn.Module):
@@ -114,7 +114,7 @@ def build_fusion_lm(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if gradient_checkpointing:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(llm, use_reentrant=False)
     config = LoraConfig(
         r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
         target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
