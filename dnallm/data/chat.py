@@ -39,12 +39,13 @@ def answer_text(answer: str, reasoning: str = "") -> str:
     return f"{reasoning}\n\nAnswer: {answer}" if reasoning else f"Answer: {answer}"
 
 
-_ANSWER = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
+# The label: text after an "Answer:" marker (the last one counts), case-insensitive.
+ANSWER_PATTERN = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
 
 
 def parse_answer(text: str) -> str:
     """The label after the last 'Answer:' in ``text`` (lower-cased, trimmed); '' if none."""
-    matches = _ANSWER.findall(text)
+    matches = ANSWER_PATTERN.findall(text)
     if not matches:
         return ""
     label = matches[-1].strip().splitlines()[0] if matches[-1].strip() else ""

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
 
-from dnallm.data.chat import parse_answer
+from dnallm.data.chat import ANSWER_PATTERN, parse_answer
 from dnallm.fusion.processor import dna_inputs
-
-# The same pattern as ``dnallm.data.chat.parse_answer``: the label starts after the last
-# match's 'Answer:' and its spaces.
-_ANSWER = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
-
 
 @dataclass
 class Prediction:
@@ -26,7 +20,7 @@ class Prediction:
 def label_start(tokenizer, tokens: list[int]) -> int | None:
     """Index of the first token whose text reaches past the last 'Answer:' marker."""
     text = tokenizer.decode(tokens, skip_special_tokens=True)
-    matches = list(_ANSWER.finditer(text))
+    matches = list(ANSWER_PATTERN.finditer(text))  # the label starts after the last marker's spaces
     if not matches:
         return None
     start = matches[-1].start(1)
