@@ -22,14 +22,14 @@ def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | Non
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, _new_file_mode())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def _new_file_mode() -> int:
+def new_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
@@ -72,7 +72,7 @@ def atomic_open(path: str | Path, mode: str = "w"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give the output a new file's usual permissions
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; give the output a new file's usual permissions
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -81,3 +81,16 @@ def atomic_open(path: str | Path, mode: str = "w"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
+    """A matplotlib figure written whole (PNG unless ``format`` says otherwise), then closed."""
+    import matplotlib.pyplot as plt
+
+    savefig_kwargs.setdefault("format", Path(path).suffix.lstrip(".") or "png")
+    savefig_kwargs.setdefault("dpi", 120)
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, **savefig_kwargs)
+    finally:
+        plt.close(fig)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dnallm.cli import main
-from dnallm.data.files import usual_file_mode
+from dnallm.io import new_file_mode
 from dnallm.data.genome import Genome, Region, TrackDataError
 from dnallm.data.synthetic_tracks import write_synthetic_tracks
 from dnallm.eval.coverage import evaluate_tracks
@@ -82,7 +82,7 @@ def test_predicted_bigwigs_round_trip(trained, coverage_data, tmp_path):
     expected = np.concatenate([v for _, v in predictor.region(genome, Region("chr5", 2000, 9000))])
     for i, track in enumerate(predictor.tracks):
         path = tmp_path / f"{track.name}.bw"
-        assert path.stat().st_mode & 0o777 == usual_file_mode()  # readable like any new file, not mkstemp's 0600
+        assert path.stat().st_mode & 0o777 == new_file_mode()  # readable like any new file, not mkstemp's 0600
         bw = pyBigWig.open(str(path))
         assert bw.chroms() == genome.sizes
         np.testing.assert_array_equal(bw.values("chr5", 2000, 9000, numpy=True), expected[:, i])

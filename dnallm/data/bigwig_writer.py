@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnallm.data.files import usual_file_mode
+from dnallm.io import new_file_mode
 from dnallm.data.genome import TrackDataError
 
 
@@ -52,7 +52,7 @@ class BigWigWriter:
 
     def close(self) -> Path:
         self._bw.close()
-        os.chmod(self._tmp, usual_file_mode())
+        os.chmod(self._tmp, new_file_mode())
         os.replace(self._tmp, self.path)
         return self.path
 

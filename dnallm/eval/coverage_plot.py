@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from dnallm.data.files import usual_file_mode
 from dnallm.data.gene_models import Gene
 from dnallm.data.genome import Region
 from dnallm.data.tracks import Track
+from dnallm.io import save_figure
 
 MAX_POINTS = 4000  # longer regions are averaged into this many points
 
@@ -82,16 +80,5 @@ def plot_tracks(region: Region, observed: np.ndarray, predicted: np.ndarray, tra
     fig.suptitle(title or f"{region}: observed vs predicted coverage", fontsize=10)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.chmod(tmp, usual_file_mode())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
+    save_figure(fig, out)
     return out

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -13,22 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dnallm.eval.metrics import confusion_counts  # noqa: E402
-
-
-def save_figure(fig, path: str | Path) -> None:
-    """Write ``fig`` under a temporary name, then rename: never a half-written image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
+from dnallm.io import save_figure  # noqa: E402
 
 
 def _short(label: str, width: int = 32) -> str:
@@ -59,7 +42,7 @@ def plot_confusion(truth: list[str], pred: list[str], path: str | Path, title: s
     accuracy = np.trace(counts[:, :n]) / max(counts.sum(), 1)
     ax.set_title(f"{title + ': ' if title else ''}accuracy {accuracy:.3f} on {counts.sum()} records")
     fig.colorbar(image, ax=ax, fraction=0.03, label="fraction of the true class")
-    save_figure(fig, path)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> None:
@@ -78,4 +61,4 @@ def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> None
     ax.set_ylabel("score on the test set")
     ax.set_title(title or "baselines")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    save_figure(fig, path)
+    save_figure(fig, path, bbox_inches="tight")

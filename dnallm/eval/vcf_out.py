@@ -12,7 +12,7 @@ import pysam
 
 from dnallm.data.vcf import Allele, open_vcf, quiet_htslib
 from dnallm.eval.answers import Prediction
-from dnallm.io import atomic_open
+from dnallm.io import atomic_open, save_figure
 
 INFO_FIELDS = {
     "DNALLM_LABEL": ("A", "String", "Label the dnallm model answered for each ALT allele, percent-encoded as in VCF 4.3 (space %20, comma %2C, semicolon %3B, equals %3D, colon %3A, percent %25)"),
@@ -169,6 +169,4 @@ def write_summary_plot(results: list[AlleleResult], path: str | Path, top: int =
     right.set_ylabel("ALT alleles")
     right.set_title("Model confidence")
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path, format="png", metadata={"Software": None})
