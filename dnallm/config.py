@@ -69,6 +69,10 @@ class ProjectorConfig:
     kind: str = "mlp"  # linear | mlp | conv
     pool: int = 1  # DNA positions per LLM position
     kernel: int = 9  # conv only: bases each LLM position sees (>= pool)
+    # Variant summary after the two blocks (dnallm/fusion/summary.py): none | pooled | centre | pooled+centre.
+    # "none" is the published layout (two DNA blocks only).
+    summary: str = "pooled+centre"
+    summary_tokens: int = 1  # LLM positions the summary takes
 
 
 @dataclass
@@ -92,7 +96,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 8
-    max_new_tokens: int = 64
+    max_new_tokens: int = 0  # 0: the longest training reply (reasoning, answer, end of turn) + 32
 
 
 @dataclass

@@ -12,7 +12,9 @@ from dnallm.cli import main
 from dnallm.config import load_recipe
 from dnallm.data.dna import RecordError
 from dnallm.data.kegg import read_jsonl, write_jsonl
-from dnallm.data.synthetic import DISEASES, QUESTION, SIGNALS, hard_records, planted_records, planted_signal_records
+from dnallm.data.synthetic import (
+    DISEASES, FIXED_CLASSES, QUESTION, SIGNALS, SUBSTITUTIONS, hard_records, planted_records, planted_signal_records,
+)
 from dnallm.eval.kegg import load_eval_examples, score, write_outputs
 from dnallm.eval.labels import LabelSet
 from dnallm.eval.metrics import OTHER, confusion_counts
@@ -76,7 +78,8 @@ def test_planted_signal_motif_matches_planted_records():
 
 @pytest.mark.parametrize("signal", sorted(SIGNALS))
 def test_planted_signal_is_a_function_of_the_dna_near_the_variant(signal):
-    records = planted_signal_records(300, n_classes=12, length=4001, seed=1, signal=signal)
+    n_classes = FIXED_CLASSES.get(signal, 12)
+    records = planted_signal_records(300, n_classes=n_classes, length=4001, seed=1, signal=signal)
     assert {r["question"] for r in records} == {QUESTION}
     assert all(len(r["variant_sequence"]) == 4001 for r in records)
     centre = 2000
@@ -91,10 +94,29 @@ def test_planted_signal_is_a_function_of_the_dna_near_the_variant(signal):
     counts = {}
     for r in records:
         counts[r["answer"]] = counts.get(r["answer"], 0) + 1
-    assert len(counts) == 12 and set(counts.values()) == {25}
+    assert len(counts) == n_classes and set(counts.values()) == {300 // n_classes}
     # The background is random: flanks differ between records of one class.
     same_class = [r for r in records if r["answer"] == records[0]["answer"]]
     assert len({r["variant_sequence"][:100] for r in same_class}) == len(same_class)
+
+
+def test_single_base_signals_centre_and_substitution_class():
+    centre = 2000
+    for r in planted_signal_records(200, n_classes=4, seed=2, signal="centre"):
+        assert DISEASES["ACGT".index(r["variant_sequence"][centre])] == r["answer"]
+    records = planted_signal_records(600, n_classes=6, seed=2, signal="substitution")
+    fold = str.maketrans("ACGT", "TGCA")
+    seen = {}
+    for r in records:
+        ref, alt = r["reference_sequence"][centre], r["variant_sequence"][centre]
+        if ref in "AG":  # read from the other strand: pyrimidine reference
+            ref, alt = ref.translate(fold), alt.translate(fold)
+        assert DISEASES[SUBSTITUTIONS.index(f"{ref}>{alt}")] == r["answer"]
+        seen.setdefault(("ref", r["reference_sequence"][centre]), set()).add(r["answer"])
+        seen.setdefault(("alt", r["variant_sequence"][centre]), set()).add(r["answer"])
+    # All 12 ordered substitutions occur, and either base alone leaves three classes open (1/3 at best).
+    assert len({(r["reference_sequence"][centre], r["variant_sequence"][centre]) for r in records}) == 12
+    assert {len(labels) for labels in seen.values()} == {3}
 
 
 def test_planted_signal_rejects_bad_parameters():
@@ -102,6 +124,8 @@ def test_planted_signal_rejects_bad_parameters():
         planted_signal_records(10, signal="colour")
     with pytest.raises(ValueError, match="n_classes=99"):
         planted_signal_records(10, n_classes=99, signal="flank")
+    with pytest.raises(ValueError, match="'substitution' has exactly 6 classes"):
+        planted_signal_records(10, n_classes=4, signal="substitution")
 
 
 def test_cli_planted_and_hard_kegg(tmp_path, capsys):
@@ -156,6 +180,32 @@ def test_cli_eval_on_real_kegg_val_and_test_writes_four_outputs(tiny_checkpoint,
         rows = list(csv.DictReader(f))
     assert len(rows) == 290 and list(rows[0]) == ["ground_truth", "pred_label", "generated_text", "correct"]
     assert (out / "confusion.png").stat().st_size > 10_000
+
+
+def test_cli_eval_counts_and_warns_about_replies_cut_at_max_new_tokens(tiny_checkpoint, tmp_path, capsys):
+    write_jsonl(tmp_path / "test.jsonl", planted_records(6, n_classes=4, seed=9, length=101))
+    out = tmp_path / "cut"
+    assert main(["eval", str(tiny_checkpoint), "eval.max_new_tokens=2", "--data", str(tmp_path / "test.jsonl"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["truncated"] == 6 and metrics["max_new_tokens"] == 2 and metrics["max_new_tokens_from"] == "eval.max_new_tokens"
+    assert "truncated" in printed.splitlines()[0]
+    assert "warning: 6 of 6 replies reached max_new_tokens=2" in printed and "eval.max_new_tokens=" in printed
+
+
+def test_eval_sizes_max_new_tokens_from_the_longest_training_reply(tiny_checkpoint, tmp_path):
+    from transformers import AutoTokenizer
+
+    from dnallm.eval.kegg import evaluate
+
+    write_jsonl(tmp_path / "test.jsonl", planted_records(4, n_classes=4, seed=9, length=101))
+    metrics = evaluate(tiny_checkpoint, tmp_path / "test.jsonl", tmp_path / "auto")
+    recipe = load_recipe(tiny_checkpoint / "recipe.yaml")
+    assert recipe.eval.max_new_tokens == 0  # unset in the tiny recipe
+    tok = AutoTokenizer.from_pretrained(recipe.llm.name_or_path)
+    longest = max(len(tok(f"Answer: {r['answer']}")["input_ids"]) for r in read_jsonl(recipe.data.train))
+    assert metrics["max_new_tokens"] == longest + 1 + 32  # + end of turn + margin
+    assert metrics["max_new_tokens_from"] == f"the longest reply in {recipe.data.train}"
 
 
 def test_cli_eval_without_dna_names_the_record(tiny_checkpoint, tmp_path, capsys):

@@ -112,3 +112,62 @@ def test_text_only_prompts_have_no_dna_blocks(tiny_models):
     tok.add_tokens([DNA_START, DNA_PAD, DNA_END], special_tokens=True)
     row = DNAChatProcessor(tok, None)(_example())
     assert row["dna"] == [] and tok.convert_tokens_to_ids(DNA_PAD) not in row["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def fusion_with_summary(tiny_models):
+    torch.manual_seed(0)
+    model, tok = build_fusion_lm(str(tiny_models["qwen3"]), DNA_HIDDEN, lora=LORA, projector_kind="conv", pool=4, kernel=8,
+                                 summary="pooled+centre", summary_tokens=2)
+    processor = DNAChatProcessor(tok, DNATokenizer(str(tiny_models["genos"])), pool=4, summary_tokens=2)
+    return model.eval(), tok, processor
+
+
+def test_variant_summary_block_follows_the_two_sequence_blocks(fusion_with_summary):
+    _, tok, processor = fusion_with_summary
+    ids = processor(_example(ref="A" * 24, var="C" * 23))["input_ids"]
+    starts = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids(DNA_START)]
+    ends = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids(DNA_END)]
+    assert [e - s - 1 for s, e in zip(starts, ends)] == [6, 6, 2]  # reference, variant, summary
+    assert ids.count(tok.convert_tokens_to_ids(DNA_PAD)) == 14
+    assert "Variant summary:" in tok.decode(ids[ends[1] : starts[2]])
+
+
+def test_summary_features_land_after_each_samples_blocks(fusion_with_summary):
+    model, tok, processor = fusion_with_summary
+    rows = [processor(_example()), processor(_example(answer="x", ref="G" * 24, var="T" * 16))]
+    batch = processor.collate(rows)
+    lengths = [24, 24, 24, 16]
+    dna_embeds = torch.randn(4, 24, DNA_HIDDEN)
+    dna_mask = torch.arange(24)[None, :] < torch.tensor(lengths)[:, None]
+    with torch.no_grad():
+        embeds = model.embed(batch["input_ids"], dna_embeds, dna_mask)
+        blocks, valid = model.projector(dna_embeds, dna_mask)
+        summary = model.summary(dna_embeds, dna_mask)  # (2 pairs, 2 tokens, hidden)
+    slots = batch["input_ids"] == tok.convert_tokens_to_ids(DNA_PAD)
+    assert slots.sum(1).tolist() == [14, 12]
+    expected = torch.cat([blocks[0][valid[0]], blocks[1][valid[1]], summary[0], blocks[2][valid[2]], blocks[3][valid[3]], summary[1]])
+    torch.testing.assert_close(embeds[slots], expected)
+
+
+def test_summary_sees_one_base_at_the_centre_of_a_long_window():
+    from dnallm.fusion.summary import VariantSummary, centre_positions
+
+    torch.manual_seed(0)
+    ref = torch.randn(1, 1001, DNA_HIDDEN)
+    var = ref.clone()
+    var[0, 500] += 1.0  # one changed position: the variant at the window's centre
+    mask = torch.ones(2, 1001, dtype=torch.bool)
+    pair = torch.cat([ref, var])
+    torch.testing.assert_close(centre_positions(pair, mask), pair[:, 500])
+    summary = VariantSummary(DNA_HIDDEN, 8, kind="centre").eval()
+    unchanged = summary(torch.cat([ref, ref]), mask)
+    changed = summary(pair, mask)
+    # Seen at full strength at the centre; pooled over 1,001 positions it is a thousandth as large.
+    pooled = VariantSummary(DNA_HIDDEN, 8, kind="pooled").eval()
+    assert (changed - unchanged).norm() > 10 * (pooled(pair, mask) - pooled(torch.cat([ref, ref]), mask)).norm()
+    # Padding after a shorter (indel) window moves its centre with it.
+    short = torch.arange(1001)[None, :] < torch.tensor([[1001], [999]])
+    assert centre_positions(pair, short)[1].equal(pair[1, 499])
+    with pytest.raises(ValueError, match="pairs, got 3 sequences"):
+        summary(torch.randn(3, 10, DNA_HIDDEN), torch.ones(3, 10, dtype=torch.bool))

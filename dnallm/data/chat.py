@@ -1,8 +1,9 @@
 """Chat prompts with DNA placeholder blocks, tokenized with the loss on the answer only.
 
 The user turn carries one ``<|dna_start|><|dna_pad|>...<|dna_end|>`` block per sequence
-(reference first, then variant); each ``<|dna_pad|>`` is later replaced by one projected
-DNA embedding (see ``dnallm.fusion``).
+(reference first, then variant), then, for models with a variant summary, a short block of
+summary positions; each ``<|dna_pad|>`` is later replaced by one projected DNA embedding
+(see ``dnallm.fusion``).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ def dna_block(n_positions: int) -> str:
     return DNA_START + DNA_PAD * n_positions + DNA_END
 
 
-def user_message(question: str, n_ref: int, n_var: int) -> str:
-    """The user turn: both DNA blocks, then the question. ``n_*=0`` gives a text-only turn."""
+def user_message(question: str, n_ref: int, n_var: int, n_summary: int = 0) -> str:
+    """The user turn: both DNA blocks, the variant summary block if any, then the question.
+    ``n_ref = n_var = 0`` gives a text-only turn."""
     if n_ref == 0 and n_var == 0:
         return question
-    return f"Reference sequence: {dna_block(n_ref)}\nVariant sequence: {dna_block(n_var)}\n\n{question}"
+    summary = f"\nVariant summary: {dna_block(n_summary)}" if n_summary else ""
+    return f"Reference sequence: {dna_block(n_ref)}\nVariant sequence: {dna_block(n_var)}{summary}\n\n{question}"
 
 
 def answer_text(answer: str, reasoning: str = "") -> str:

@@ -96,7 +96,16 @@ SIGNALS = {
     "motif": "the variant completes a class motif centred on it (the reference lacks it)",
     "flank": "a class motif sits immediately upstream of a random variant, in both sequences",
     "kmer": "the 5-mer centred on the variant is one of the class's k-mers; the reference centre base differs",
+    "centre": "the variant's centre base (4 classes); the reference centre base is another, random one",
+    "substitution": "the substitution ref>alt folded to a pyrimidine reference: C>A C>G C>T T>A T>C T>G "
+                    "(6 classes; ref and alt both random, so one sequence alone caps accuracy at 1/3)",
 }
+# Signals whose class count is fixed by the rule itself.
+FIXED_CLASSES = {"centre": 4, "substitution": 6}
+BASES = "ACGT"
+COMPLEMENT = str.maketrans("ACGT", "TGCA")
+# The six single-base substitution classes, pyrimidine reference first (as in mutational signatures).
+SUBSTITUTIONS = ("C>A", "C>G", "C>T", "T>A", "T>C", "T>G")
 
 UNINFORMATIVE_PROMPT = "What disease does this variant contribute to?"
 
@@ -132,6 +141,8 @@ def planted_signal_records(
     """
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}")
+    if signal in FIXED_CLASSES and n_classes != FIXED_CLASSES[signal]:
+        raise ValueError(f"signal {signal!r} has exactly {FIXED_CLASSES[signal]} classes, got n_classes={n_classes}")
     if length % 2 == 0 or length < 2 * motif_len + 1:
         raise ValueError(f"length must be odd and at least 2*motif_len+1={2 * motif_len + 1}, got {length}")
     names = disease_names(n_classes)
@@ -146,14 +157,18 @@ def planted_signal_records(
     for i in range(n_records):
         label = i % n_classes
         seq = [rng.choice("ACGT") for _ in range(length)]
-        if signal == "flank":
+        if signal in FIXED_CLASSES:
+            ref_base, alt_base = _centre_pair(signal, label, rng)
+            seq[centre] = alt_base
+        elif signal == "flank":
             _plant(seq, centre - motif_len, motifs[label])  # ends one base before the variant
         elif signal == "kmer":
             _plant(seq, centre - 2, rng.choice(kmers[label]))
         else:
             _plant(seq, centre - motif_len // 2, motifs[label])
         variant = "".join(seq)
-        ref_base = rng.choice([b for b in "ACGT" if b != variant[centre]])
+        if signal not in FIXED_CLASSES:
+            ref_base = rng.choice([b for b in "ACGT" if b != variant[centre]])
         reference = variant[:centre] + ref_base + variant[centre + 1 :]
         records.append({
             "question": question, "answer": names[label],
@@ -162,6 +177,17 @@ def planted_signal_records(
         })
     rng.shuffle(records)
     return records
+
+
+def _centre_pair(signal: str, label: int, rng: random.Random) -> tuple[str, str]:
+    """(reference base, variant base) at the centre for the fixed-class signals."""
+    if signal == "centre":  # class = the variant's base
+        alt = BASES[label]
+        return rng.choice([b for b in BASES if b != alt]), alt
+    ref, alt = SUBSTITUTIONS[label].split(">")
+    if rng.random() < 0.5:  # the same substitution read from the other strand: purine reference
+        ref, alt = ref.translate(COMPLEMENT), alt.translate(COMPLEMENT)
+    return ref, alt
 
 
 def hard_records(records: list[dict], prompt: str = UNINFORMATIVE_PROMPT) -> list[dict]:

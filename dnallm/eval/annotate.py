@@ -25,6 +25,7 @@ from dnallm.data.vcf import InputError, VariantReader, count_alleles, open_fasta
 from dnallm.data.vcf_to_kegg import load_genes, prepared_alleles
 from dnallm.data.windows import WindowOptions, check_question_template
 from dnallm.eval.answers import Prediction, predict_batch
+from dnallm.eval.kegg import max_new_tokens_for
 from dnallm.eval.progress import ProgressLog, ProgressMismatch, file_sha256
 from dnallm.eval.vcf_out import AlleleResult, write_annotated_vcf, write_summary_plot, write_tsv
 from dnallm.train.build import load_checkpoint
@@ -119,7 +120,8 @@ def annotate(
 
     device = pick_device()
     recipe, encoder, model, processor = load_checkpoint(checkpoint, device, overrides)
-    predict = partial(predict_batch, model, encoder, processor, max_new_tokens=max_new_tokens or recipe.eval.max_new_tokens,
+    max_new_tokens = max_new_tokens or max_new_tokens_for(recipe, processor.tokenizer)[0]
+    predict = partial(predict_batch, model, encoder, processor, max_new_tokens=max_new_tokens,
                       encoder_batch_size=recipe.encoder.batch_size, device=device)
     runner = BatchRunner(predict, log, done, batch_size or recipe.eval.batch_size, stop_after)
     opts = WindowOptions(crop=recipe.data.dna_window, edge=edge, max_n_fraction=max_n_fraction)

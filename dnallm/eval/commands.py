@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from dnallm.data.kegg import read_jsonl, write_jsonl
-from dnallm.data.synthetic import SIGNALS, UNINFORMATIVE_PROMPT, hard_records, planted_signal_records
+from dnallm.data.synthetic import FIXED_CLASSES, SIGNALS, UNINFORMATIVE_PROMPT, hard_records, planted_signal_records
 
 
 def print_eval(metrics: dict, out_dir: Path) -> None:
@@ -19,7 +19,15 @@ def print_eval(metrics: dict, out_dir: Path) -> None:
         print(f"{len(unseen)} ground-truth labels never seen in training (scored as their own classes): {shown}")
     if metrics["no_answer"]:
         print(f"{metrics['no_answer']} replies had no 'Answer:' (counted wrong)")
+    if metrics.get("truncated"):
+        print(truncation_warning(metrics))
     print(f"wrote {out_dir}/metrics.json, predictions.csv, confusion.png")
+
+
+def truncation_warning(metrics: dict) -> str:
+    return (f"warning: {metrics['truncated']} of {metrics['n']} replies reached max_new_tokens={metrics['max_new_tokens']} "
+            f"({metrics['max_new_tokens_from']}) without ending their turn and may be cut inside the label; "
+            "raise eval.max_new_tokens (e.g. eval.max_new_tokens=1024), or set it to 0 to size it from the training replies")
 
 
 def _baselines(args) -> None:
@@ -29,11 +37,20 @@ def _baselines(args) -> None:
     recipe = load_recipe(args.recipe, args.overrides, cls=BaselinesRecipe)
     result = run_baselines(recipe)
     print(result["table"])
+    for name, metrics in result["results"].items():
+        if metrics.get("truncated"):
+            print(f"{name}: {truncation_warning(metrics)}")
     print(f"wrote {recipe.output_dir}/comparison.md, comparison.json, comparison.png")
 
 
 def _planted(args) -> None:
-    records = planted_signal_records(args.records, n_classes=args.classes, length=args.length, seed=args.seed, signal=args.signal)
+    from dnallm.config import RecipeError
+
+    n_classes = args.classes or FIXED_CLASSES.get(args.signal, 4)
+    try:
+        records = planted_signal_records(args.records, n_classes=n_classes, length=args.length, seed=args.seed, signal=args.signal)
+    except ValueError as e:  # a class count or length the signal cannot take: one line
+        raise RecipeError(str(e)) from None
     n_val = n_test = round(len(records) * args.holdout)
     splits = {"val": records[:n_val], "test": records[n_val : n_val + n_test], "train": records[n_val + n_test :]}
     for name, part in splits.items():
@@ -57,7 +74,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("planted", help="write KEGG-format train/val/test JSONL whose label is planted in the DNA")
     p.add_argument("--out", type=Path, required=True, help="directory for train.jsonl, val.jsonl, test.jsonl")
     p.add_argument("--records", type=int, default=600)
-    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--classes", type=int, default=0,
+                   help="class count (default 4; centre has 4 and substitution 6 by their rule)")
     p.add_argument("--length", type=int, default=4001, help="bp per sequence (odd; the variant is the middle base)")
     p.add_argument("--signal", choices=sorted(SIGNALS), default="motif",
                    help="; ".join(f"{k}: {v}" for k, v in SIGNALS.items()))

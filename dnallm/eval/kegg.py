@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dnallm.data.dna import RecordError
-from dnallm.data.kegg import DNA_FIELDS, load_examples
+from dnallm.data import chat
+from dnallm.data.kegg import DNA_FIELDS, load_examples, read_jsonl
 from dnallm.eval.labels import LabelSet
 from dnallm.eval.metrics import classification_metrics
 from dnallm.eval.plots import plot_confusion
@@ -24,16 +25,19 @@ from dnallm.train.engine import pick_device
 
 
 @torch.no_grad()
-def generate_answers(model, encoder, processor, examples, *, batch_size: int, max_new_tokens: int, encoder_batch_size: int, device: str) -> list[str]:
-    """Greedy replies, in the order of ``examples``.
+def generate_replies(model, encoder, processor, examples, *, batch_size: int, max_new_tokens: int, encoder_batch_size: int, device: str) -> tuple[list[str], list[bool]]:
+    """Greedy replies in the order of ``examples``, and whether each was cut at ``max_new_tokens``.
 
-    Prompts are batched by length (KEGG questions range from a line to a page), so that
-    little of each batch is padding; the replies are put back in input order.
+    Generation stops at the end of the assistant turn, as training taught. Prompts are batched
+    by length (KEGG questions range from a line to a page), so that little of each batch is
+    padding; the replies are put back in input order.
     """
     tokenizer = processor.tokenizer
+    end_of_turn = chat.end_of_turn_id(tokenizer)
     rows = [processor(ex, with_answer=False) for ex in examples]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     texts: list[str] = [""] * len(rows)
+    truncated: list[bool] = [False] * len(rows)
     for start in tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch"):
         chunk = order[start : start + batch_size]
         batch = processor.collate([rows[i] for i in chunk], side="left")
@@ -41,11 +45,45 @@ def generate_answers(model, encoder, processor, examples, *, batch_size: int, ma
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             new_tokens = model.generate(
                 batch["input_ids"].to(device), batch["attention_mask"].to(device), dna_embeds, dna_mask,
-                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=end_of_turn,
             )
-        for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+        for i, tokens, text in zip(chunk, new_tokens.tolist(), tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
             texts[i] = text
-    return texts
+            truncated[i] = end_of_turn not in tokens and len(tokens) >= max_new_tokens
+    return texts, truncated
+
+
+def generate_answers(model, encoder, processor, examples, **kwargs) -> list[str]:
+    """Greedy replies in the order of ``examples`` (see ``generate_replies``)."""
+    return generate_replies(model, encoder, processor, examples, **kwargs)[0]
+
+
+def reply_token_budget(tokenizer, examples, with_reasoning: bool, margin: int = 32) -> int:
+    """New tokens enough for the longest reply in ``examples`` (reasoning when trained with it,
+    ``Answer: <label>``, end of turn) plus ``margin``: the default of ``eval.max_new_tokens``."""
+    longest = 0
+    for ex in examples:
+        reply = chat.answer_text(ex["answer"], (ex.get("reasoning") or "") if with_reasoning else "")
+        longest = max(longest, len(tokenizer(reply, add_special_tokens=False)["input_ids"]) + 1)
+    return longest + margin
+
+
+FALLBACK_MAX_NEW_TOKENS = 256
+
+
+def max_new_tokens_for(recipe, tokenizer, examples=()) -> tuple[int, str]:
+    """``eval.max_new_tokens`` when the recipe sets it (> 0), else the budget of the longest
+    training reply (of ``examples`` when the training file is gone). -> (tokens, where from)"""
+    if recipe.eval.max_new_tokens > 0:
+        return recipe.eval.max_new_tokens, "eval.max_new_tokens"
+    train_file = Path(recipe.data.train) if recipe.data.train else None
+    if train_file and train_file.is_file():
+        examples, source = read_jsonl(train_file), f"the longest reply in {train_file}"
+    elif len(examples):
+        source = "the longest reply in the eval data (training file not found)"
+    else:
+        return FALLBACK_MAX_NEW_TOKENS, "default (no training file to size replies from)"
+    return reply_token_budget(tokenizer, examples, recipe.data.with_reasoning), source
 
 
 def as_paths(data) -> list[Path]:
@@ -110,12 +148,14 @@ def evaluate(checkpoint: str | Path, data, out_dir: str | Path, overrides: list[
     examples = load_eval_examples(data, recipe.data.dna_window, need_dna=recipe.data.use_dna)
     for path in as_paths(data):
         require_cached(encoder, path, recipe.data.dna_window)
-    texts = generate_answers(
+    max_new_tokens, budget_source = max_new_tokens_for(recipe, processor.tokenizer, examples)
+    texts, truncated = generate_replies(
         model, encoder, processor, examples, batch_size=recipe.eval.batch_size,
-        max_new_tokens=recipe.eval.max_new_tokens, encoder_batch_size=recipe.encoder.batch_size, device=device,
+        max_new_tokens=max_new_tokens, encoder_batch_size=recipe.encoder.batch_size, device=device,
     )
     labels, source = training_label_set(recipe, examples)
     truth, pred, scores = score(list(examples["answer"]), texts, labels, source)
-    metrics = {"checkpoint": str(checkpoint), "data": [str(p) for p in as_paths(data)], "uses_dna": recipe.data.use_dna, **scores}
+    metrics = {"checkpoint": str(checkpoint), "data": [str(p) for p in as_paths(data)], "uses_dna": recipe.data.use_dna, **scores,
+               "truncated": sum(truncated), "max_new_tokens": max_new_tokens, "max_new_tokens_from": budget_source}
     write_outputs(out_dir, metrics, truth, pred, texts, title=recipe.run_name)
     return metrics

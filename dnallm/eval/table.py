@@ -30,8 +30,9 @@ def _fmt(value) -> str:
 def metrics_summary(metrics: dict, max_classes: int = 12) -> str:
     """Overall scores, then per-class rows by support (the largest ``max_classes``)."""
     overall = text_table(
-        ["n", "accuracy", "macro_P", "macro_R", "macro_F1"],
-        [[metrics["n"], metrics["accuracy"], metrics["macro_precision"], metrics["macro_recall"], metrics["macro_f1"]]],
+        ["n", "accuracy", "macro_P", "macro_R", "macro_F1", "no_answer", "truncated"],
+        [[metrics["n"], metrics["accuracy"], metrics["macro_precision"], metrics["macro_recall"], metrics["macro_f1"],
+          metrics.get("no_answer", 0), metrics.get("truncated", 0)]],
     )
     per_class = sorted(metrics["per_class"].items(), key=lambda kv: (-kv[1]["support"], kv[0]))
     rows = [[_short(label), c["support"], c["precision"], c["recall"], c["f1"]] for label, c in per_class[:max_classes]]

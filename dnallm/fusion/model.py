@@ -2,8 +2,9 @@
 
 One module owns where DNA enters the LLM: ``DNAFusionLM.embed`` projects the encoder's
 embeddings and ``masked_scatter``s them into the ``<|dna_pad|>`` positions of the text
-embeddings, sequence after sequence in batch order (sample 0 reference, sample 0 variant,
-sample 1 reference, ...). ``<|dna_start|>``/``<|dna_end|>`` get trainable rows of their own.
+embeddings, in prompt order: sample 0 reference block, sample 0 variant block, sample 0
+variant summary (when the model has one, see ``dnallm.fusion.summary``), sample 1 reference
+block, ... ``<|dna_start|>``/``<|dna_end|>`` get trainable rows of their own.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, DNA_TOKENS
 from dnallm.fusion.projector import DNAProjector
+from dnallm.fusion.summary import VariantSummary
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
 
 
 class DNAFusionLM(nn.Module):
-    def __init__(self, llm: nn.Module, projector: DNAProjector, token_ids: dict[str, int]):
+    def __init__(self, llm: nn.Module, projector: DNAProjector, token_ids: dict[str, int], summary: VariantSummary | None = None):
         super().__init__()
         self.llm = llm
         self.projector = projector
+        self.summary = summary
         self.dna_start_id = token_ids[DNA_START]
         self.dna_pad_id = token_ids[DNA_PAD]
         self.dna_end_id = token_ids[DNA_END]
@@ -43,8 +46,13 @@ class DNAFusionLM(nn.Module):
         else:
             if dna_mask is None:
                 dna_mask = torch.ones(dna_embeds.shape[:2], dtype=torch.bool, device=dna_embeds.device)
-            features, feature_mask = self.projector(dna_embeds, dna_mask)
-            features = features[feature_mask]  # (n_features, hidden), sequence by sequence
+            features, feature_mask = self.projector(dna_embeds, dna_mask)  # (n_seq, n_out, hidden), (n_seq, n_out)
+            if self.summary is not None:  # per sample: reference block, variant block, summary
+                summary = self.summary(dna_embeds, dna_mask)  # (n_pairs, n_summary, hidden)
+                n_pairs = summary.shape[0]
+                features = torch.cat([features.reshape(n_pairs, -1, features.shape[-1]), summary.to(features.dtype)], 1)
+                feature_mask = torch.cat([feature_mask.reshape(n_pairs, -1), feature_mask.new_ones(summary.shape[:2])], 1)
+            features = features[feature_mask]  # (n_features, hidden), in prompt order
             if features.shape[0] != n_slots:
                 raise ValueError(
                     f"DNA placeholder tokens and DNA features do not match: tokens: {n_slots}, features: {features.shape[0]}"
@@ -96,6 +104,8 @@ def build_fusion_lm(
     projector_kind: str = "mlp",
     pool: int = 1,
     kernel: int = 9,
+    summary: str = "none",
+    summary_tokens: int = 1,
     dtype=torch.float32,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
@@ -103,6 +113,7 @@ def build_fusion_lm(
 ):
     """Load the causal LM, add DNA tokens, wrap in LoRA, attach a projector. -> (model, tokenizer)
 
+    ``summary``: the variant-summary view (``none``: the two DNA blocks only).
     ``llm``: an already built causal LM to wrap instead of loading weights (benchmarks of
     published shapes from their configs); the tokenizer still comes from ``llm_name_or_path``.
     """
@@ -122,5 +133,7 @@ def build_fusion_lm(
     with warnings.catch_warnings():  # peft still asks under the attribute's old name
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         llm = get_peft_model(llm, config)
-    projector = DNAProjector(dna_hidden, llm.get_input_embeddings().weight.shape[1], kind=projector_kind, pool=pool, kernel=kernel)
-    return DNAFusionLM(llm, projector, token_ids), tokenizer
+    llm_hidden = llm.get_input_embeddings().weight.shape[1]
+    projector = DNAProjector(dna_hidden, llm_hidden, kind=projector_kind, pool=pool, kernel=kernel)
+    variant_summary = None if summary == "none" else VariantSummary(dna_hidden, llm_hidden, kind=summary, n_tokens=summary_tokens)
+    return DNAFusionLM(llm, projector, token_ids, variant_summary), tokenizer

@@ -14,11 +14,14 @@ from dnallm.fusion.projector import n_pooled
 
 
 class DNAChatProcessor:
-    def __init__(self, tokenizer, dna_tokenizer=None, *, pool: int = 1, system_prompt: str = chat.DEFAULT_SYSTEM_PROMPT, with_reasoning: bool = False):
-        """``dna_tokenizer=None`` gives text-only prompts (the no-DNA baseline)."""
+    def __init__(self, tokenizer, dna_tokenizer=None, *, pool: int = 1, summary_tokens: int = 0,
+                 system_prompt: str = chat.DEFAULT_SYSTEM_PROMPT, with_reasoning: bool = False):
+        """``dna_tokenizer=None`` gives text-only prompts (the no-DNA baseline);
+        ``summary_tokens``: positions of the model's variant summary (0: none)."""
         self.tokenizer = tokenizer
         self.dna_tokenizer = dna_tokenizer
         self.pool = pool
+        self.summary_tokens = summary_tokens
         self.system_prompt = system_prompt
         self.with_reasoning = with_reasoning
 
@@ -29,14 +32,16 @@ class DNAChatProcessor:
     def n_placeholders(self, seq: str) -> int:
         return n_pooled(self.dna_tokenizer.n_positions(seq), self.pool)
 
+    def user_turn(self, question: str, reference: str | None = None, variant: str | None = None) -> str:
+        """The user message for ``question`` about a (reference, variant) pair (none: text only)."""
+        if reference is None:
+            return chat.user_message(question, 0, 0)
+        return chat.user_message(question, self.n_placeholders(reference), self.n_placeholders(variant), self.summary_tokens)
+
     def __call__(self, example: dict, with_answer: bool = True) -> dict:
         """Dataset row (``question``, ``answer``, ``reasoning``, ``ref_window``, ``var_window``) -> features."""
-        if self.uses_dna:
-            dna = [example["ref_window"], example["var_window"]]
-            user = chat.user_message(example["question"], *(self.n_placeholders(s) for s in dna))
-        else:
-            dna = []
-            user = chat.user_message(example["question"], 0, 0)
+        dna = [example["ref_window"], example["var_window"]] if self.uses_dna else []
+        user = self.user_turn(example["question"], *dna)
         reply = None
         if with_answer:
             reply = chat.answer_text(example["answer"], example.get("reasoning", "") if self.with_reasoning else "")

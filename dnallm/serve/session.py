@@ -150,8 +150,7 @@ class ModelSession:
         for i, turn in enumerate(conv.turns):
             content = turn["content"]
             if conv.dna is not None and i == conv.dna_turn:
-                n_ref, n_var = (self.processor.n_placeholders(s) for s in (conv.dna.reference, conv.dna.variant))
-                content = chat.user_message(content, n_ref, n_var)
+                content = self.processor.user_turn(content, conv.dna.reference, conv.dna.variant)
             messages.append({"role": turn["role"], "content": content})
         ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, enable_thinking=False, return_dict=False

@@ -61,6 +61,8 @@ def build_model(recipe: Recipe, device: str, llm=None, dna_hidden: int | None = 
         projector_kind=recipe.projector.kind,
         pool=recipe.projector.pool,
         kernel=recipe.projector.kernel,
+        summary=recipe.projector.summary,
+        summary_tokens=recipe.projector.summary_tokens,
         dtype=resolve_dtype(recipe.llm.dtype, device),
         trust_remote_code=recipe.llm.trust_remote_code,
         gradient_checkpointing=recipe.llm.gradient_checkpointing,
@@ -76,6 +78,7 @@ def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncod
     dna_tokenizer = encoder.tokenizer if isinstance(encoder, (DNAEncoder, CachedEncoder)) else encoder
     return DNAChatProcessor(
         tokenizer, dna_tokenizer if recipe.data.use_dna else None, pool=recipe.projector.pool,
+        summary_tokens=0 if recipe.projector.summary == "none" else recipe.projector.summary_tokens,
         system_prompt=recipe.data.system_prompt, with_reasoning=recipe.data.with_reasoning,
     )
 
