@@ -73,6 +73,7 @@ class ProjectorConfig:
     # "none" is the published layout (two DNA blocks only).
     summary: str = "pooled+centre"
     summary_tokens: int = 1  # LLM positions the summary takes
+    summary_context: int = 9  # centre view: bases around the variant it reads (odd)
 
 
 @dataclass

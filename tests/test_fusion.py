@@ -159,15 +159,21 @@ def test_summary_sees_one_base_at_the_centre_of_a_long_window():
     var[0, 500] += 1.0  # one changed position: the variant at the window's centre
     mask = torch.ones(2, 1001, dtype=torch.bool)
     pair = torch.cat([ref, var])
-    torch.testing.assert_close(centre_positions(pair, mask), pair[:, 500])
-    summary = VariantSummary(DNA_HIDDEN, 8, kind="centre").eval()
+    torch.testing.assert_close(centre_positions(pair, mask, 5), pair[:, 498:503])
+    summary = VariantSummary(DNA_HIDDEN, 8, kind="centre", context=5).eval()
     unchanged = summary(torch.cat([ref, ref]), mask)
     changed = summary(pair, mask)
     # Seen at full strength at the centre; pooled over 1,001 positions it is a thousandth as large.
     pooled = VariantSummary(DNA_HIDDEN, 8, kind="pooled").eval()
     assert (changed - unchanged).norm() > 10 * (pooled(pair, mask) - pooled(torch.cat([ref, ref]), mask)).norm()
-    # Padding after a shorter (indel) window moves its centre with it.
+    # Padding after a shorter (indel) window moves its centre with it; past a short
+    # sequence's ends the context is zeros, not padding.
     short = torch.arange(1001)[None, :] < torch.tensor([[1001], [999]])
-    assert centre_positions(pair, short)[1].equal(pair[1, 499])
+    torch.testing.assert_close(centre_positions(pair, short, 3)[1], pair[1, 498:501])
+    edge = centre_positions(pair[:, :4], torch.ones(2, 4, dtype=torch.bool), 7)  # 4 positions, 7 wanted
+    torch.testing.assert_close(edge[:, 1:5], pair[:, :4])
+    assert edge[:, 0].abs().sum() == 0 and edge[:, 5:].abs().sum() == 0
     with pytest.raises(ValueError, match="pairs, got 3 sequences"):
         summary(torch.randn(3, 10, DNA_HIDDEN), torch.ones(3, 10, dtype=torch.bool))
+    with pytest.raises(ValueError, match="summary_context must be odd"):
+        VariantSummary(DNA_HIDDEN, 8, context=4)

@@ -106,6 +106,7 @@ def build_fusion_lm(
     kernel: int = 9,
     summary: str = "none",
     summary_tokens: int = 1,
+    summary_context: int = 9,
     dtype=torch.float32,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
@@ -135,5 +136,6 @@ def build_fusion_lm(
         llm = get_peft_model(llm, config)
     llm_hidden = llm.get_input_embeddings().weight.shape[1]
     projector = DNAProjector(dna_hidden, llm_hidden, kind=projector_kind, pool=pool, kernel=kernel)
-    variant_summary = None if summary == "none" else VariantSummary(dna_hidden, llm_hidden, kind=summary, n_tokens=summary_tokens)
+    variant_summary = None if summary == "none" else VariantSummary(
+        dna_hidden, llm_hidden, kind=summary, n_tokens=summary_tokens, context=summary_context)
     return DNAFusionLM(llm, projector, token_ids, variant_summary), tokenizer

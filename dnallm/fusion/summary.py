@@ -9,10 +9,12 @@ that view: features of the pair, projected to ``n_tokens`` positions after the t
 Views (``kind``, joined with ``+``):
 - ``pooled``: the masked mean of each window, as the DNA-only head sees it. Works for any
   pair of windows, aligned or not (indels are centred per allele, so they are not).
-- ``centre``: the encoder's position at the centre of each window, where the variant sits
-  (windows are centred on the allele): a single changed base is at full strength there,
-  not diluted by the window's length.
-Each view contributes reference, variant and variant - reference.
+- ``centre``: the encoder's positions at the centre of each window, where the variant sits
+  (windows are centred on the allele), ``context`` of them: a single changed base is at
+  full strength there, not diluted by the window's length, and its sequence context (the
+  neighbouring bases that decide, say, a CpG site or a splice motif) comes with it.
+Each view contributes reference, variant and variant - reference; the centre view does so
+position by position, each position projected to a small width before the MLP.
 """
 
 from __future__ import annotations
@@ -26,36 +28,53 @@ VIEWS = ("pooled", "centre")
 SUMMARY_KINDS = ("none", "pooled", "centre", "pooled+centre")
 
 
-def centre_positions(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(n_seq, positions, hidden), (n_seq, positions) -> (n_seq, hidden): the middle valid position.
+def centre_positions(embeds: torch.Tensor, mask: torch.Tensor, width: int = 1) -> torch.Tensor:
+    """(n_seq, positions, hidden), (n_seq, positions) -> (n_seq, width, hidden): the ``width``
+    valid positions around the middle one, zeros past either end of a short sequence.
 
     Valid positions come first (the encoder pads on the right), so the middle of ``count``
     valid positions is ``count // 2``: base ``window // 2`` for one token per base, the token
     covering it for k-mer tokens, and the token nearest it for BPE.
     """
-    middle = (mask.sum(1) // 2).clamp(max=embeds.shape[1] - 1)  # (n_seq,)
-    return embeds[torch.arange(embeds.shape[0], device=embeds.device), middle]
+    count = mask.sum(1, keepdim=True)  # (n_seq, 1)
+    index = count // 2 + torch.arange(width, device=embeds.device) - width // 2  # (n_seq, width)
+    inside = (index >= 0) & (index < count)
+    index = index.clamp(0, embeds.shape[1] - 1)
+    picked = embeds.gather(1, index[..., None].expand(-1, -1, embeds.shape[-1]))
+    return picked * inside[..., None].to(picked.dtype)
 
 
 class VariantSummary(nn.Module):
     """DNA embeddings of pairs (2 * n_pairs, positions, dna_hidden), reference then variant
     -> summary embeddings (n_pairs, n_tokens, llm_hidden)."""
 
-    def __init__(self, dna_hidden: int, llm_hidden: int, kind: str = "pooled+centre", n_tokens: int = 1):
+    def __init__(self, dna_hidden: int, llm_hidden: int, kind: str = "pooled+centre", n_tokens: int = 1, context: int = 9):
+        """``context``: encoder positions the centre view reads (odd: the centre and its flanks)."""
         super().__init__()
         if kind not in SUMMARY_KINDS or kind == "none":
             raise ValueError(f"projector.summary must be one of {', '.join(SUMMARY_KINDS)}, got {kind!r}")
         if n_tokens < 1:
             raise ValueError(f"projector.summary_tokens must be >= 1, got {n_tokens}")
+        if context < 1 or context % 2 == 0:
+            raise ValueError(f"projector.summary_context must be odd and >= 1 (the centre and equal flanks), got {context}")
         self.views = tuple(kind.split("+"))
-        self.n_tokens, self.llm_hidden = n_tokens, llm_hidden
+        self.n_tokens, self.llm_hidden, self.context = n_tokens, llm_hidden, context
         self.norm = nn.LayerNorm(dna_hidden)
-        features = 3 * dna_hidden * len(self.views)
+        features = 0
+        if "pooled" in self.views:
+            features += 3 * dna_hidden
+        if "centre" in self.views:
+            # Each centre position's (reference, variant, difference) to a small width, then
+            # side by side: the MLP sees which base sits where, as a k-mer detector does.
+            per_position = min(llm_hidden, 256)
+            self.centre_proj = nn.Sequential(nn.LayerNorm(3 * dna_hidden), nn.Linear(3 * dna_hidden, per_position), nn.GELU())
+            features += context * per_position
+        hidden = max(llm_hidden, 256)  # at least as wide as the DNA-only head's
         self.mlp = nn.Sequential(
             nn.LayerNorm(features),
-            nn.Linear(features, llm_hidden),
+            nn.Linear(features, hidden),
             nn.GELU(),
-            nn.Linear(llm_hidden, n_tokens * llm_hidden),
+            nn.Linear(hidden, n_tokens * llm_hidden),
         )
 
     def forward(self, dna_embeds: torch.Tensor, dna_mask: torch.Tensor) -> torch.Tensor:
@@ -67,6 +86,7 @@ class VariantSummary(nn.Module):
         if "pooled" in self.views:
             parts.append(pair_features(masked_mean(ref, ref_mask), masked_mean(var, var_mask)))
         if "centre" in self.views:
-            parts.append(pair_features(centre_positions(ref, ref_mask), centre_positions(var, var_mask)))
+            centre = pair_features(centre_positions(ref, ref_mask, self.context), centre_positions(var, var_mask, self.context))
+            parts.append(self.centre_proj(centre).flatten(1))  # (n_pairs, context * per_position)
         out = self.mlp(torch.cat(parts, dim=-1))  # (n_pairs, n_tokens * llm_hidden)
         return out.view(-1, self.n_tokens, self.llm_hidden)

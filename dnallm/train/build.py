@@ -63,6 +63,7 @@ def build_model(recipe: Recipe, device: str, llm=None, dna_hidden: int | None = 
         kernel=recipe.projector.kernel,
         summary=recipe.projector.summary,
         summary_tokens=recipe.projector.summary_tokens,
+        summary_context=recipe.projector.summary_context,
         dtype=resolve_dtype(recipe.llm.dtype, device),
         trust_remote_code=recipe.llm.trust_remote_code,
         gradient_checkpointing=recipe.llm.gradient_checkpointing,
