@@ -29,8 +29,9 @@ from dnallm.hub import CheckpointError, check_remote_code, remote_code_hint
 RECIPE_KEY = "encoder.trust_remote_code"
 
 # A fixed pseudo-random DNA sequence: measures bases per token and the output width. Its
-# length is a multiple of every k up to 6, so a k-mer tokenizer gives exactly k.
-PROBE = "".join(random.Random(0).choice("ACGT") for _ in range(6000))
+# length is a multiple of every k up to 6 (a k-mer tokenizer gives exactly k) and stays
+# within a 512-token model limit.
+PROBE = "".join(random.Random(0).choice("ACGT") for _ in range(480))
 
 # Task classes whose base model is the trunk, for checkpoints whose own code has no AutoModel.
 _TASK_CLASSES = ("AutoModelForMaskedLM", "AutoModelForCausalLM")
@@ -88,7 +89,11 @@ class DNATokenizer:
         check_remote_code(name_or_path, trust_remote_code, RECIPE_KEY)
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.bases_per_token = max(1, round(len(PROBE) / self.n_positions(PROBE)))
+        probe = self.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+        if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in probe:
+            raise CheckpointError(f"{name_or_path}: its tokenizer turns plain DNA (A/C/G/T) into unknown tokens; "
+                                  "it is not a tokenizer of raw DNA sequence")
+        self.bases_per_token = max(1, round(len(PROBE) / len(probe)))
 
     def n_positions(self, seq: str) -> int:
         return len(self.tokenizer(seq, add_special_tokens=False)["input_ids"])
