@@ -64,6 +64,15 @@ def test_checkpoint_with_its_own_layers_names_the_recipe_key(families):
         DNAEncoder(str(families["hyenadna"].path))
 
 
+def test_command_line_names_the_recipe_key_in_one_line(families, tiny_models, data, tmp_path, capsys):
+    code = main(["train", str(REPO / "recipes/kegg/tiny.yaml"), f"encoder.name_or_path={families['dnabert2'].path}",
+                 f"llm.name_or_path={tiny_models['qwen3']}", f"data.train={data / 'train.jsonl'}", "data.val=",
+                 f"output_dir={tmp_path / 'run'}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not transformers' progress bars
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("dnallm train: error: ")
+    assert "encoder.trust_remote_code=true" in errors[0]
+
+
 def test_own_code_without_an_automodel_entry_loads_the_task_class_trunk(families, tmp_path):
     # Nucleotide Transformer v2's layout: auto_map names only task classes.
     import shutil
