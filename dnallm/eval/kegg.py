@@ -11,6 +11,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
+from dnallm.data.chat import end_of_turn_id
 from dnallm.data.dna import RecordError
 from dnallm.data.kegg import DNA_FIELDS, load_examples
 from dnallm.eval.labels import LabelSet
@@ -41,7 +42,7 @@ def generate_answers(model, encoder, processor, examples, *, batch_size: int, ma
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             new_tokens = model.generate(
                 batch["input_ids"].to(device), batch["attention_mask"].to(device), dna_embeds, dna_mask,
-                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=end_of_turn_id(tokenizer),
             )
         for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
             texts[i] = text
