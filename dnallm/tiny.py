@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from dnallm.data.chat import DEFAULT_SYSTEM_PROMPT
 from dnallm.data.synthetic import DISEASES, QUESTION
@@ -122,11 +122,20 @@ def make_tiny_genos(out: str | Path, seed: int = 0) -> Path:
     return Path(out)
 
 
-def make_tiny_qwen3(out: str | Path, seed: int = 0) -> Path:
-    tokenizer = build_text_tokenizer()
+# Embedding rows of every published Qwen3: the 151,669 tokens plus spare rows.
+QWEN3_VOCAB = 151_936
+
+
+def make_tiny_qwen3(out: str | Path, seed: int = 0, tokenizer: str | Path | None = None) -> Path:
+    """``tokenizer``: a folder with Qwen3's own tokenizer; the model then gets Qwen3's
+    ``QWEN3_VOCAB`` rows (the DNA tokens fit in the spare ones). Without it, a small BPE
+    tokenizer and no spare rows, so adding the DNA tokens exercises the embedding resize."""
+    if tokenizer is None:
+        tokenizer, vocab_size = build_text_tokenizer(), None
+    else:
+        tokenizer, vocab_size = AutoTokenizer.from_pretrained(tokenizer), QWEN3_VOCAB
     torch.manual_seed(seed)
-    # No spare rows: adding the DNA tokens later exercises the embedding-resize path.
-    config = qwen3_config("tiny", len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    config = qwen3_config("tiny", vocab_size or len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     model = Qwen3ForCausalLM(config)
     # Frozen, tied, randomly initialised rows of std 0.02 cap the logits near +-1 (the final
     # RMSNorm fixes the hidden-state scale), so no adapter could make a prediction confident.
