@@ -148,3 +148,11 @@ def test_train_eval_cache_and_train_from_cache(families, tiny_models, data, tmp_
     assert main(["train", recipe, *common, *cache, f"output_dir={tmp_path / 'cached'}"]) == 0
     live, cached = _losses(tmp_path / "live"), _losses(tmp_path / "cached")
     assert len(live) == 3 and cached == pytest.approx(live, rel=1e-4)
+
+
+def test_genos_stand_in_has_the_padded_vocabulary(families):
+    from dnallm.tiny import genos_config
+
+    encoder = _encoder(families["genos"])
+    assert len(encoder.tokenizer.tokenizer) == 10 and encoder.model.get_input_embeddings().weight.shape[0] == 128
+    assert (genos_config("1.2b").vocab_size, genos_config("10b").vocab_size) == (128, 256)
