@@ -144,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from dnallm.config import RecipeError
     from dnallm.data.dna import RecordError
-    from dnallm.hub import RemoteCodeNotAllowed
+    from dnallm.hub import CheckpointError, RemoteCodeNotAllowed
 
     from dnallm.encoders.cache import CacheError
 
-    return (RecipeError, RecordError, RemoteCodeNotAllowed, CacheError, FileNotFoundError)
+    return (RecipeError, RecordError, RemoteCodeNotAllowed, CheckpointError, CacheError, FileNotFoundError)
 
 
 def _cuda_available() -> bool:

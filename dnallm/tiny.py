@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from dnallm.data.chat import DEFAULT_SYSTEM_PROMPT
 from dnallm.data.synthetic import DISEASES, QUESTION
@@ -78,15 +78,21 @@ def build_text_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     return fast
 
 
-def genos_config(size: str, vocab_size: int) -> MixtralConfig:
-    """Genos shapes (12 layers, 16 heads, 8 KV groups, 8 experts top-2) or a tiny one."""
+# Genos's embedding tables are padded past its handful of DNA tokens: 128 rows for
+# Genos-1.2B, 256 for Genos-10B (the model cards); the tiny stand-in pads like 1.2B.
+GENOS_VOCAB = {"tiny": 128, "1.2b": 128, "10b": 256}
+
+
+def genos_config(size: str, vocab_size: int | None = None) -> MixtralConfig:
+    """Genos shapes (12 layers, 16 heads, 8 KV groups, 8 experts top-2) or a tiny one;
+    ``vocab_size`` defaults to the padded size of that shape."""
     shapes = {
         "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
         "1.2b": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=8),
         "10b": dict(hidden_size=4096, intermediate_size=8192, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=8),
     }[size]
     return MixtralConfig(
-        vocab_size=vocab_size, num_local_experts=8, num_experts_per_tok=2, rope_theta=5e7,
+        vocab_size=vocab_size or GENOS_VOCAB[size], num_local_experts=8, num_experts_per_tok=2, rope_theta=5e7,
         max_position_embeddings=1_048_576, pad_token_id=0, bos_token_id=2, eos_token_id=3,
         tie_word_embeddings=False, **shapes,
     )
@@ -109,18 +115,27 @@ def qwen3_config(size: str, vocab_size: int, pad_id: int, eos_id: int) -> Qwen3C
 def make_tiny_genos(out: str | Path, seed: int = 0) -> Path:
     tokenizer = build_dna_tokenizer()
     torch.manual_seed(seed)
-    model = MixtralForCausalLM(genos_config("tiny", len(tokenizer)))
+    model = MixtralForCausalLM(genos_config("tiny"))
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return Path(out)
 
 
-def make_tiny_qwen3(out: str | Path, seed: int = 0) -> Path:
-    tokenizer = build_text_tokenizer()
+# Embedding rows of every published Qwen3: the 151,669 tokens plus spare rows.
+QWEN3_VOCAB = 151_936
+
+
+def make_tiny_qwen3(out: str | Path, seed: int = 0, tokenizer: str | Path | None = None) -> Path:
+    """``tokenizer``: a folder with Qwen3's own tokenizer; the model then gets Qwen3's
+    ``QWEN3_VOCAB`` rows (the DNA tokens fit in the spare ones). Without it, a small BPE
+    tokenizer and no spare rows, so adding the DNA tokens exercises the embedding resize."""
+    if tokenizer is None:
+        tokenizer, vocab_size = build_text_tokenizer(), None
+    else:
+        tokenizer, vocab_size = AutoTokenizer.from_pretrained(tokenizer), QWEN3_VOCAB
     torch.manual_seed(seed)
-    # No spare rows: adding the DNA tokens later exercises the embedding-resize path.
-    config = qwen3_config("tiny", len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    config = qwen3_config("tiny", vocab_size or len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     model = Qwen3ForCausalLM(config)
     # Frozen, tied, randomly initialised rows of std 0.02 cap the logits near +-1 (the final
     # RMSNorm fixes the hidden-state scale), so no adapter could make a prediction confident.

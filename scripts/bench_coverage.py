@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
         paths = write_synthetic_tracks(tmp, n_chroms=1, chrom_length=length, seed=recipe.seed)
         genome, tracks = Genome(paths["fasta"]), read_track_sheet(paths["tracks"])
         transform = target_transform(recipe, tracks)
-        model = CoverageModel.from_config(genos_config(args.shape, len(tokenizer)), len(tracks), channels=recipe.head.channels,
+        model = CoverageModel.from_config(genos_config(args.shape), len(tracks), channels=recipe.head.channels,
                                           kernel_size=recipe.head.kernel_size, dropout=recipe.head.dropout)
         if recipe.encoder.gradient_checkpointing:
             model.enable_gradient_checkpointing()

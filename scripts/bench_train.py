@@ -88,7 +88,7 @@ def random_models(recipe, shape: str, device: str, tmp: Path):
     text_tok.save_pretrained(tmp / "qwen3")
     dtype = resolve_dtype("auto", device)
     with torch.device(device):
-        enc_model = AutoModel.from_config(genos_config(enc_size, len(dna_tok)), dtype=dtype)
+        enc_model = AutoModel.from_config(genos_config(enc_size), dtype=dtype)
         llm = AutoModelForCausalLM.from_config(qwen3_config(llm_size, 151_936, text_tok.pad_token_id, text_tok.eos_token_id), dtype=dtype)
     recipe.encoder.name_or_path, recipe.llm.name_or_path = str(tmp / "genos"), str(tmp / "qwen3")
     encoder = DNAEncoder(str(tmp / "genos"), layer=recipe.encoder.layer, device=device, model=enc_model.eval().requires_grad_(False))
@@ -186,7 +186,7 @@ def main() -> None:
             write_jsonl(data, planted_records(64, n_classes=4, seed=0))
         rows = list(load_examples(data, recipe.data.dna_window))
         recipe.projector.pool = 1
-        model, tokenizer = build_model(recipe, device, llm=llm, dna_hidden=encoder.hidden_size)
+        model, tokenizer = build_model(recipe, device, encoder, llm=llm)
         # One cache for (b) and (c): the frozen encoder's output does not depend on k.
         identity = CacheIdentity(encoder=recipe.encoder.name_or_path, weights="bench", layer=recipe.encoder.layer,
                                  dna_window=recipe.data.dna_window, dtype=recipe.encoder.cache_dtype,

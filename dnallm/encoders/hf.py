@@ -1,33 +1,81 @@
-"""Any Hugging Face DNA model (Genos, masked or causal) as a frozen encoder."""
+"""Any Hugging Face DNA model (Genos, masked or causal, own code or not) as a frozen encoder.
+
+The same three rules hold for every family, whatever its architecture or output type:
+
+- **Trunk only**: the model's base class (``AutoModel``, or the ``AutoModel`` entry of its own
+  code's ``auto_map``), built without a pooler where its constructor offers
+  ``add_pooling_layer``; when its own code names only task classes (masked or causal LM), the
+  base model inside that class. Heads in the checkpoint are left out.
+- **Hidden states**: the first output (``last_hidden_state``, or element 0 of a tuple) for
+  ``layer=-1``; ``hidden_states[layer]`` otherwise.
+- **Width**: read from the hidden states of a forward pass, never from a config key
+  (``hidden_size``, ``d_model``, ...).
+"""
 
 from __future__ import annotations
 
+import inspect
+import random
+
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
-from dnallm.hub import check_remote_code
+from dnallm.hub import CheckpointError, check_remote_code, remote_code_hint
+
+RECIPE_KEY = "encoder.trust_remote_code"
+
+# A fixed pseudo-random DNA sequence: measures bases per token and the output width. Its
+# length is a multiple of every k up to 6 (a k-mer tokenizer gives exactly k) and stays
+# within a 512-token model limit.
+PROBE = "".join(random.Random(0).choice("ACGT") for _ in range(480))
+
+# Task classes whose base model is the trunk, for checkpoints whose own code has no AutoModel.
+_TASK_CLASSES = ("AutoModelForMaskedLM", "AutoModelForCausalLM")
+
+
+def _trunk_class(config, name_or_path: str, trust_remote_code: bool) -> tuple[type, bool]:
+    """-> (class to load, whether its ``base_model`` is the trunk)."""
+    auto_map = getattr(config, "auto_map", None) or {}
+    if trust_remote_code and auto_map:
+        for key in ("AutoModel", *_TASK_CLASSES):
+            if key in auto_map:
+                return get_class_from_dynamic_module(auto_map[key], name_or_path), key != "AutoModel"
+        raise CheckpointError(f"{name_or_path}: its auto_map names no AutoModel, masked-LM or causal-LM class ({sorted(auto_map)})")
+    try:
+        return MODEL_MAPPING[type(config)], False
+    except KeyError:
+        raise CheckpointError(f"{name_or_path}: transformers has no base model for model_type={config.model_type!r}") from None
 
 
 def load_backbone(name_or_path: str, dtype, trust_remote_code: bool) -> nn.Module:
-    """The model's trunk (``AutoModel``) from a checkpoint that may carry a task head.
+    """The model's trunk, without the task heads or pooler a checkpoint may carry.
 
-    A causal-LM checkpoint's ``lm_head`` is expected to be left out, so transformers' load
-    report is kept quiet; weights the trunk needs but the checkpoint lacks would stay
-    randomly initialised, so they are an error.
+    Heads in the checkpoint are expected to be left out, so transformers' load report is
+    kept quiet; weights the trunk needs but the checkpoint lacks would stay randomly
+    initialised, so they are an error.
     """
+    check_remote_code(name_or_path, trust_remote_code, RECIPE_KEY)
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    model_class, take_base = _trunk_class(config, name_or_path, trust_remote_code)
+    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True)
+        model, info = model_class.from_pretrained(name_or_path, config=config, dtype=dtype, output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info["missing_keys"]) + sorted(k for k, *_ in info["mismatched_keys"])
+    if take_base:  # only the trunk inside the task class has to be complete
+        missing = [k for k in missing if k.startswith(model_class.base_model_prefix + ".")]
     if missing:
-        raise ValueError(f"{name_or_path}: the checkpoint lacks or mis-shapes weights the encoder needs: {', '.join(missing[:5])}"
-                         + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
-    return model
+        listed = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+        hint = "" if trust_remote_code else remote_code_hint(name_or_path, RECIPE_KEY)
+        raise CheckpointError(f"{name_or_path}: the checkpoint lacks or mis-shapes weights the encoder needs: {listed}" + (f"; {hint}" if hint else ""))
+    return model.base_model if take_base else model
 
 
 class DNATokenizer:
@@ -38,12 +86,26 @@ class DNATokenizer:
     """
 
     def __init__(self, name_or_path: str, trust_remote_code: bool = False):
-        check_remote_code(name_or_path, trust_remote_code, "encoder.trust_remote_code")
+        check_remote_code(name_or_path, trust_remote_code, RECIPE_KEY)
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        probe = self.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+        if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in probe:
+            raise CheckpointError(f"{name_or_path}: its tokenizer turns plain DNA (A/C/G/T) into unknown tokens; "
+                                  "it is not a tokenizer of raw DNA sequence")
+        self.bases_per_token = max(1, round(len(PROBE) / len(probe)))
 
     def n_positions(self, seq: str) -> int:
         return len(self.tokenizer(seq, add_special_tokens=False)["input_ids"])
+
+    def to_tokens(self, n_bases: int) -> int:
+        """``n_bases`` as a count of encoder positions (at least 1).
+
+        ``bases_per_token`` is measured once on ``PROBE``: 1 for one token per base, k for
+        a k-mer tokenizer, the mean token length for BPE (on random sequence; real genomic
+        sequence, richer in repeats, gives somewhat longer tokens).
+        """
+        return max(1, round(n_bases / self.bases_per_token))
 
     def __call__(self, seqs: list[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(list(seqs), add_special_tokens=False)["input_ids"]
@@ -77,10 +139,9 @@ class DNAEncoder(nn.Module):
         self.model.to(device)
         self.model.requires_grad_(False)
         self.model.eval()
-
-    @property
-    def hidden_size(self) -> int:
-        return self.model.config.hidden_size
+        # Models that take no attention mask (HyenaDNA, Caduceus) never see padding: see ``encode``.
+        self.takes_mask = "attention_mask" in inspect.signature(self.model.forward).parameters
+        self.hidden_size = self.encode([PROBE[:64]])[0].shape[-1]
 
     @property
     def device(self) -> torch.device:
@@ -90,11 +151,35 @@ class DNAEncoder(nn.Module):
         # Frozen: dropout and MoE router noise stay off whatever the parent module does.
         return super().train(False)
 
+    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(batch, positions) ids -> (batch, positions, hidden) from ``self.layer``."""
+        kwargs = {"attention_mask": mask.long()} if mask is not None else {}
+        if self.layer != -1:
+            kwargs["output_hidden_states"] = True
+        out = self.model(input_ids=ids, **kwargs)
+        if self.layer == -1:
+            return out[0]  # last_hidden_state of a ModelOutput, or the first element of a tuple
+        per_layer = out.get("hidden_states") if isinstance(out, dict) else None
+        if per_layer is None:
+            raise CheckpointError(f"{self.name_or_path}: the model returns no per-layer hidden states, so "
+                                  f"encoder.layer={self.layer} cannot be read; use encoder.layer=-1")
+        return per_layer[self.layer]
+
     @torch.no_grad()
     def encode(self, sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenizer(sequences)
         ids = batch["input_ids"].to(self.device)
         mask = batch["attention_mask"].to(self.device)
-        out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=self.layer != -1)
-        embeds = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
-        return embeds.detach(), mask  # (batch, positions, hidden), (batch, positions)
+        if self.takes_mask:
+            return self.hidden_states(ids, mask).detach(), mask  # (batch, positions, hidden), (batch, positions)
+        # Without a mask, padding would reach real positions (a bidirectional model reads
+        # right to left too): run sequences of one token count together, unpadded.
+        lengths = mask.sum(1)
+        embeds = None
+        for n in lengths.unique().tolist():
+            rows = (lengths == n).nonzero().squeeze(1)
+            part = self.hidden_states(ids[rows, :n], None)  # (rows, n, hidden)
+            if embeds is None:
+                embeds = part.new_zeros(len(ids), ids.shape[1], part.shape[-1])
+            embeds[rows, :n] = part
+        return embeds.detach(), mask

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dnallm.data.chat import ANSWER_PATTERN, parse_answer
+from dnallm.data.chat import ANSWER_PATTERN, end_of_turn_id, parse_answer
 from dnallm.fusion.processor import dna_inputs
 
 @dataclass
@@ -36,7 +36,7 @@ def reply_length(tokens: list[int], eos_id: int) -> int:
 
 
 def prediction(tokenizer, tokens: list[int], token_logp: list[float]) -> Prediction:
-    n = reply_length(tokens, tokenizer.eos_token_id)
+    n = reply_length(tokens, end_of_turn_id(tokenizer))
     tokens, token_logp = tokens[:n], token_logp[:n]
     reply = tokenizer.decode(tokens, skip_special_tokens=True)
     label = parse_answer(reply)
@@ -58,7 +58,7 @@ def predict_batch(model, encoder, processor, examples: list[dict], *, max_new_to
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
         out = model.generate(
             batch["input_ids"].to(device), batch["attention_mask"].to(device), dna_embeds, dna_mask,
-            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=end_of_turn_id(tokenizer),
             output_scores=True, return_dict_in_generate=True,
         )
     tokens = out.sequences  # (batch, new_tokens): generation from embeddings returns only new tokens

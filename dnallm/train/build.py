@@ -5,22 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from transformers import AutoConfig
-
 from dnallm.config import Recipe, apply_overrides, recipe_from_dict
 from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.cache import CacheIdentity, CachedEncoder, weights_fingerprint
 from dnallm.fusion import build_fusion_lm
 from dnallm.fusion.processor import DNAChatProcessor
-from dnallm.hub import check_remote_code, resolve_dtype
+from dnallm.hub import resolve_dtype
 from dnallm.train.checkpoint import load_trainable, resolve_checkpoint
 
 
-def dna_hidden_size(recipe: Recipe) -> int:
-    """The encoder's hidden size from its config alone (no weights loaded)."""
-    check_remote_code(recipe.encoder.name_or_path, recipe.encoder.trust_remote_code, "encoder.trust_remote_code")
-    config = AutoConfig.from_pretrained(recipe.encoder.name_or_path, trust_remote_code=recipe.encoder.trust_remote_code)
-    return config.hidden_size
+def projector_positions(recipe: Recipe, dna_tokenizer: DNATokenizer | None) -> tuple[int, int, int]:
+    """``projector.pool``, ``projector.kernel`` and ``projector.summary_context`` (bases) as
+    encoder positions: the one place where bases become tokens (``DNATokenizer.to_tokens``:
+    k bases per k-mer token, the measured mean for BPE, at least 1; the summary context
+    stays odd, centre plus equal flanks). A text-only recipe has no encoder: (1, 1, 1)."""
+    if dna_tokenizer is None:
+        return 1, 1, 1
+    pool = dna_tokenizer.to_tokens(recipe.projector.pool)
+    context = dna_tokenizer.to_tokens(recipe.projector.summary_context) | 1
+    return pool, max(pool, dna_tokenizer.to_tokens(recipe.projector.kernel)), context
 
 
 def cache_identity(recipe: Recipe, device: str) -> CacheIdentity:
@@ -39,7 +42,6 @@ def build_encoder(recipe: Recipe, device: str, live: bool = False) -> DNAEncoder
         return None
     enc = recipe.encoder
     if enc.cache_dir and not live:
-        check_remote_code(enc.name_or_path, enc.trust_remote_code, "encoder.trust_remote_code")
         tokenizer = DNATokenizer(enc.name_or_path, enc.trust_remote_code)
         return CachedEncoder(enc.cache_dir, cache_identity(recipe, device), tokenizer, device)
     return DNAEncoder(
@@ -48,22 +50,25 @@ def build_encoder(recipe: Recipe, device: str, live: bool = False) -> DNAEncoder
     )
 
 
-def build_model(recipe: Recipe, device: str, llm=None, dna_hidden: int | None = None):
+def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder | None, llm=None):
     """-> (DNAFusionLM, text tokenizer). Trainable parts stay fp32; the frozen base takes ``llm.dtype``.
 
-    ``llm`` / ``dna_hidden``: a causal LM already built and the encoder's hidden size
-    (benchmarks of published shapes from their configs, without weights on disk).
+    ``encoder``: the recipe's DNA source (``build_encoder``); its output width and tokens
+    shape the projector. ``None`` for a text-only recipe, whose projector is never used.
+    ``llm``: a causal LM already built (benchmarks of published shapes from their configs,
+    without weights on disk).
     """
+    pool, kernel, context = projector_positions(recipe, encoder.tokenizer if encoder is not None else None)
     model, tokenizer = build_fusion_lm(
         recipe.llm.name_or_path,
-        dna_hidden or dna_hidden_size(recipe),
+        encoder.hidden_size if encoder is not None else 1,
         lora={"r": recipe.lora.r, "alpha": recipe.lora.alpha, "dropout": recipe.lora.dropout, "target_modules": recipe.lora.target_modules},
         projector_kind=recipe.projector.kind,
-        pool=recipe.projector.pool,
-        kernel=recipe.projector.kernel,
+        pool=pool,
+        kernel=kernel,
         summary=recipe.projector.summary,
         summary_tokens=recipe.projector.summary_tokens,
-        summary_context=recipe.projector.summary_context,
+        summary_context=context,
         dtype=resolve_dtype(recipe.llm.dtype, device),
         trust_remote_code=recipe.llm.trust_remote_code,
         gradient_checkpointing=recipe.llm.gradient_checkpointing,
@@ -77,8 +82,9 @@ def build_model(recipe: Recipe, device: str, llm=None, dna_hidden: int | None = 
 
 def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncoder | DNATokenizer | None) -> DNAChatProcessor:
     dna_tokenizer = encoder.tokenizer if isinstance(encoder, (DNAEncoder, CachedEncoder)) else encoder
+    dna_tokenizer = dna_tokenizer if recipe.data.use_dna else None
     return DNAChatProcessor(
-        tokenizer, dna_tokenizer if recipe.data.use_dna else None, pool=recipe.projector.pool,
+        tokenizer, dna_tokenizer, pool=projector_positions(recipe, dna_tokenizer)[0],
         summary_tokens=0 if recipe.projector.summary == "none" else recipe.projector.summary_tokens,
         system_prompt=recipe.data.system_prompt, with_reasoning=recipe.data.with_reasoning,
     )
@@ -94,7 +100,7 @@ def load_checkpoint(checkpoint: str | Path, device: str, overrides: list[str] | 
     recipe = recipe_from_dict(yaml.safe_load((checkpoint / "recipe.yaml").read_text()))
     apply_overrides(recipe, overrides)
     encoder = build_encoder(recipe, device)
-    model, tokenizer = build_model(recipe, device)
+    model, tokenizer = build_model(recipe, device, encoder)
     load_trainable(model, checkpoint)
     model.eval()
     return recipe, encoder, model, build_processor(recipe, tokenizer, encoder)

@@ -91,7 +91,7 @@ def train(recipe: Recipe, stop_after: int | None = None) -> Path:
     for path in (recipe.data.train, recipe.data.val):
         if path:
             require_cached(encoder, path, recipe.data.dna_window)
-    model, tokenizer = build_model(recipe, device)
+    model, tokenizer = build_model(recipe, device, encoder)
     processor = build_processor(recipe, tokenizer, encoder)
     train_rows = [processor(ex) for ex in tqdm(train_ds, desc="tokenizing train", disable=rank != 0)]
     val_rows = [processor(ex) for ex in tqdm(val_ds, desc="tokenizing val", disable=rank != 0)] if val_ds else []

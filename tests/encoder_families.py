@@ -1,0 +1,141 @@
+"""Tiny checkpoints of each supported encoder family, saved as the hub ships them.
+
+Each uses the family's real config class and tokenizer type; families that ship their own
+code get a folder with its ``configuration_*.py`` / ``modeling_*.py`` (ours, see
+``remote_code/``) and an ``auto_map``, loaded with ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+from transformers import BertConfig, BertForMaskedLM, BertTokenizer, EsmConfig, EsmForMaskedLM, EsmTokenizer, PreTrainedTokenizerFast
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+from dnallm.tiny import make_tiny_genos
+
+REMOTE_CODE = Path(__file__).resolve().parent / "remote_code"
+BASES = "ACGTN"
+
+
+@dataclass(frozen=True)
+class Family:
+    path: Path
+    trust_remote_code: bool
+    width: int  # the trunk's output width, which no config key of every family names
+    bases_per_token: int
+
+
+def char_tokenizer(specials: list[str], pad: str, unk: str) -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(specials + list(BASES))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, unk_token=unk, model_max_length=1 << 20)
+
+
+def nucleotide_transformer(out: Path) -> Family:
+    """EsmForMaskedLM + EsmTokenizer over non-overlapping 6-mers (single bases for a remainder)."""
+    vocab = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
+    vocab += ["".join(k) for k in itertools.product("ATCG", repeat=6)] + list("ATCGN")
+    out.mkdir(parents=True)
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = EsmTokenizer(str(out / "vocab.txt"), model_max_length=1000)
+    (out / "vocab.txt").unlink()
+    config = EsmConfig(vocab_size=len(vocab), hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                       max_position_embeddings=1002, pad_token_id=1, mask_token_id=2, position_embedding_type="absolute",
+                       token_dropout=False, emb_layer_norm_before=False)
+    torch.manual_seed(0)
+    EsmForMaskedLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return Family(out, False, 48, 6)
+
+
+def bert(out: Path) -> Family:
+    """BertForMaskedLM + a character-level tokenizer (one token per base)."""
+    tokenizer = char_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], "[PAD]", "[UNK]")
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=56, num_hidden_layers=2, num_attention_heads=4, intermediate_size=112)
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return Family(out, False, 56, 1)
+
+
+def wordpiece_bert(out: Path) -> Path:
+    """BertForMaskedLM + BertTokenizer over single bases: WordPiece reads a window as one word
+    and gives a single [UNK] for any word over 100 characters."""
+    bert(out)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BASES, *(f"##{b}" for b in BASES)]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (out / name).unlink(missing_ok=True)
+    BertTokenizer(str(out / "vocab.txt"), do_lower_case=False).save_pretrained(out)
+    return out
+
+
+def _remote(out: Path, package: str, config_class: str, model_class: str, auto_map: dict, **config_kwargs):
+    """Save a model of our own remote code the way ``save_pretrained`` would ship it."""
+    out.mkdir(parents=True)
+    for source in (REMOTE_CODE / package).glob("*.py"):
+        shutil.copy(source, out / source.name)
+    config = get_class_from_dynamic_module(config_class, str(out))(**config_kwargs)
+    config.auto_map = auto_map
+    torch.manual_seed(0)
+    model = get_class_from_dynamic_module(model_class, str(out))(config)
+    model.save_pretrained(out)
+    return model
+
+
+def dnabert2(out: Path) -> Family:
+    """DNABERT-2's interface: ``model_type: bert`` with its own layers, tuple outputs, BPE over DNA."""
+    rng = random.Random(1)
+    corpus = ["".join(rng.choice("ACGT") for _ in range(200)) for _ in range(200)]
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=96, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"],
+                                                         initial_alphabet=list(BASES), show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                        pad_token="[PAD]", mask_token="[MASK]", model_max_length=512)
+    auto_map = {"AutoConfig": "configuration_dnabert.DNABertConfig", "AutoModel": "modeling_dnabert.DNABertModel",
+                "AutoModelForMaskedLM": "modeling_dnabert.DNABertForMaskedLM"}
+    _remote(out, "dnabert", auto_map["AutoConfig"], auto_map["AutoModelForMaskedLM"], auto_map, vocab_size=len(tokenizer),
+            hidden_size=72, num_hidden_layers=2, num_attention_heads=4, intermediate_size=144, pad_token_id=tokenizer.pad_token_id)
+    tokenizer.save_pretrained(out)
+    return Family(out, True, 72, 2)  # BPE merges learned on random sequence: about 2 bases per token
+
+
+def hyenadna(out: Path) -> Family:
+    """HyenaDNA's interface: ``d_model``, causal, no attention mask, weights as ``pytorch_model.bin``."""
+    auto_map = {"AutoConfig": "configuration_dnaconv.DNAConvConfig", "AutoModel": "modeling_dnaconv.DNAConvModel",
+                "AutoModelForCausalLM": "modeling_dnaconv.DNAConvForCausalLM"}
+    tokenizer = char_tokenizer(["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"], "[PAD]", "[UNK]")
+    model = _remote(out, "dnaconv", auto_map["AutoConfig"], auto_map["AutoModelForCausalLM"], auto_map,
+                    vocab_size=len(tokenizer), d_model=40, n_layer=2, bidirectional=False)
+    for weights in out.glob("*.safetensors"):
+        weights.unlink()
+    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    tokenizer.save_pretrained(out)
+    return Family(out, True, 40, 1)
+
+
+def caduceus(out: Path) -> Family:
+    """Caduceus's interface: ``d_model``, bidirectional, no attention mask."""
+    auto_map = {"AutoConfig": "configuration_dnaconv.DNAConvConfig", "AutoModel": "modeling_dnaconv.DNAConvModel",
+                "AutoModelForMaskedLM": "modeling_dnaconv.DNAConvForMaskedLM"}
+    tokenizer = char_tokenizer(["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"], "[PAD]", "[UNK]")
+    _remote(out, "dnaconv", auto_map["AutoConfig"], auto_map["AutoModelForMaskedLM"], auto_map,
+            vocab_size=len(tokenizer), d_model=24, n_layer=2, bidirectional=True)
+    tokenizer.save_pretrained(out)
+    return Family(out, True, 24, 1)
+
+
+def genos(out: Path) -> Family:
+    return Family(make_tiny_genos(out), False, 64, 1)
+
+
+BUILDERS = {"genos": genos, "nucleotide_transformer": nucleotide_transformer, "bert": bert, "dnabert2": dnabert2,
+            "hyenadna": hyenadna, "caduceus": caduceus}

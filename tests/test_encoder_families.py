@@ -1,0 +1,158 @@
+"""Every supported encoder family, from tiny checkpoints saved as the hub ships them:
+loading the trunk, hidden states, width, bases per token, and the command line end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnallm.cli import main
+from dnallm.config import load_recipe
+from dnallm.data.kegg import write_jsonl
+from dnallm.data.synthetic import planted_records
+from dnallm.encoders import DNAEncoder, DNATokenizer
+from dnallm.fusion.projector import n_pooled
+from dnallm.hub import CheckpointError, RemoteCodeNotAllowed
+from dnallm.train.build import build_encoder, build_model, build_processor
+from encoder_families import BUILDERS, wordpiece_bert
+
+REPO = Path(__file__).resolve().parent.parent
+FAMILIES = sorted(BUILDERS)
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    out = tmp_path_factory.mktemp("families")
+    return {name: build(out / name) for name, build in BUILDERS.items()}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("family-data")
+    records = planted_records(24, n_classes=4, seed=3)
+    write_jsonl(out / "train.jsonl", records[:16])
+    write_jsonl(out / "test.jsonl", records[16:])
+    return out
+
+
+def _encoder(family, **kwargs):
+    return DNAEncoder(str(family.path), trust_remote_code=family.trust_remote_code, **kwargs)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_trunk_width_tokens_and_padding(families, name):
+    family = families[name]
+    encoder = _encoder(family)
+    assert encoder.hidden_size == family.width
+    assert encoder.tokenizer.bases_per_token == family.bases_per_token
+    assert getattr(encoder.model, "pooler", None) is None  # masked-LM checkpoints carry none
+    long, short = "ACGTTGCAAGGCTTACGATCGGATCCATGCAA" * 2, "TTGACCGTAGCATG"
+    embeds, mask = encoder.encode([long, short])
+    alone, _ = encoder.encode([short])
+    n = int(mask[1].sum())
+    assert n == encoder.tokenizer.n_positions(short) and not mask[1, n:].any()
+    # Padding never reaches real positions, whether or not the model takes an attention mask.
+    torch.testing.assert_close(embeds[1, :n], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_with_its_own_layers_names_the_recipe_key(families):
+    # model_type 'bert' is transformers' own, but the weights fit only the checkpoint's code.
+    with pytest.raises(CheckpointError, match=r"ships its own modelling code .*set encoder\.trust_remote_code=true"):
+        DNAEncoder(str(families["dnabert2"].path))
+    with pytest.raises(RemoteCodeNotAllowed, match=r"model_type='dnaconv'.*encoder\.trust_remote_code=true"):
+        DNAEncoder(str(families["hyenadna"].path))
+
+
+def test_command_line_names_the_recipe_key_in_one_line(families, tiny_models, data, tmp_path, capsys):
+    code = main(["train", str(REPO / "recipes/kegg/tiny.yaml"), f"encoder.name_or_path={families['dnabert2'].path}",
+                 f"llm.name_or_path={tiny_models['qwen3']}", f"data.train={data / 'train.jsonl'}", "data.val=",
+                 f"output_dir={tmp_path / 'run'}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not transformers' progress bars
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("dnallm train: error: ")
+    assert "encoder.trust_remote_code=true" in errors[0]
+
+
+def test_own_code_without_an_automodel_entry_loads_the_task_class_trunk(families, tmp_path):
+    # Nucleotide Transformer v2's layout: auto_map names only task classes.
+    import shutil
+
+    source = families["caduceus"]
+    copy = tmp_path / "no-automodel"
+    shutil.copytree(source.path, copy)
+    config = json.loads((copy / "config.json").read_text())
+    del config["auto_map"]["AutoModel"]
+    (copy / "config.json").write_text(json.dumps(config))
+    seq = ["ACGTTGCAAGGCTTACGATCGG"]
+    reference = _encoder(source).encode(seq)[0]
+    trunk = DNAEncoder(str(copy), trust_remote_code=True)
+    assert type(trunk.model).__name__ == "DNAConvModel"
+    assert torch.equal(trunk.encode(seq)[0], reference)
+
+
+def test_layer_choice_needs_per_layer_hidden_states(families):
+    hyena = families["hyenadna"]
+    assert not torch.allclose(_encoder(hyena, layer=1).encode(["ACGTACGTAC"])[0], _encoder(hyena).encode(["ACGTACGTAC"])[0])
+    with pytest.raises(CheckpointError, match=r"no per-layer hidden states.*encoder\.layer=1.*encoder\.layer=-1"):
+        _encoder(families["dnabert2"], layer=1)
+
+
+def test_wordpiece_tokenizer_that_loses_dna_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="turns plain DNA .* into unknown tokens"):
+        DNATokenizer(str(wordpiece_bert(tmp_path / "wordpiece")))
+
+
+@pytest.mark.parametrize("name, pool, kernel, want", [
+    ("nucleotide_transformer", 12, 24, (2, 4)),  # 6 bases per token
+    ("nucleotide_transformer", 4, 9, (1, 2)),  # rounded, never below one token
+    ("genos", 8, 16, (8, 16)),  # one token per base
+    ("dnabert2", 8, 16, (4, 8)),  # measured mean: 2 bases per token
+])
+def test_pool_and_kernel_are_bases(families, tiny_models, tmp_path, name, pool, kernel, want):
+    family = families[name]
+    recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [
+        f"encoder.name_or_path={family.path}", f"encoder.trust_remote_code={str(family.trust_remote_code).lower()}",
+        f"llm.name_or_path={tiny_models['qwen3']}", "projector.kind=conv", f"projector.pool={pool}", f"projector.kernel={kernel}",
+    ])
+    encoder = build_encoder(recipe, "cpu")
+    model, tokenizer = build_model(recipe, "cpu", encoder)
+    processor = build_processor(recipe, tokenizer, encoder)
+    assert (model.projector.pool, model.projector.kernel) == want and processor.pool == want[0]
+    window = "ACGTTGCAAGGCTTACGATCGGATCCATGCAAGT"
+    # Placeholders follow the real token count, and match the features the projector makes.
+    assert processor.n_placeholders(window) == n_pooled(encoder.tokenizer.n_positions(window), want[0])
+    features, valid = model.projector(*encoder.encode([window]))
+    assert int(valid.sum()) == processor.n_placeholders(window)
+
+
+def _losses(run: Path) -> list[float]:
+    return [row["train/loss"] for row in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if "train/loss" in row]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_train_eval_cache_and_train_from_cache(families, tiny_models, data, tmp_path, single_process_env, name):
+    family = families[name]
+    common = [
+        f"encoder.name_or_path={family.path}", f"encoder.trust_remote_code={str(family.trust_remote_code).lower()}",
+        f"llm.name_or_path={tiny_models['qwen3']}", f"data.train={data / 'train.jsonl'}", "data.val=",
+        "train.max_steps=3", "train.log_every=1", "train.save_every=0", "train.micro_batch_size=4", "encoder.cache_dtype=float32",
+        "eval.max_new_tokens=4",
+    ]
+    recipe = str(REPO / "recipes/kegg/tiny.yaml")
+    assert main(["train", recipe, *common, f"output_dir={tmp_path / 'live'}"]) == 0
+    assert main(["eval", str(tmp_path / "live"), "--data", str(data / "test.jsonl"), "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 8
+    cache = [f"encoder.cache_dir={tmp_path / 'cache'}"]
+    assert main(["cache-embeddings", recipe, *common, *cache, "--data", str(data / "test.jsonl")]) == 0
+    assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["hidden_size"] == family.width
+    assert main(["train", recipe, *common, *cache, f"output_dir={tmp_path / 'cached'}"]) == 0
+    live, cached = _losses(tmp_path / "live"), _losses(tmp_path / "cached")
+    assert len(live) == 3 and cached == pytest.approx(live, rel=1e-4)
+
+
+def test_genos_stand_in_has_the_padded_vocabulary(families):
+    from dnallm.tiny import genos_config
+
+    encoder = _encoder(families["genos"])
+    assert len(encoder.tokenizer.tokenizer) == 10 and encoder.model.get_input_embeddings().weight.shape[0] == 128
+    assert (genos_config("1.2b").vocab_size, genos_config("10b").vocab_size) == (128, 256)
