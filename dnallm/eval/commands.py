@@ -26,13 +26,19 @@ def _baselines(args) -> None:
     from dnallm.config import load_recipe
     from dnallm.eval.baselines import BaselinesRecipe, run_baselines
 
+    from dnallm.hub import locate_models
+
     recipe = load_recipe(args.recipe, args.overrides, cls=BaselinesRecipe)
+    locate_models(recipe)
     result = run_baselines(recipe)
     print(result["table"])
     print(f"wrote {recipe.output_dir}/comparison.md, comparison.json, comparison.png")
 
 
 def _planted(args) -> None:
+    from dnallm.io import check_outputs
+
+    check_outputs(dirs=[args.out])
     records = planted_signal_records(args.records, n_classes=args.classes, length=args.length, seed=args.seed, signal=args.signal)
     n_val = n_test = round(len(records) * args.holdout)
     splits = {"val": records[:n_val], "test": records[n_val : n_val + n_test], "train": records[n_val + n_test :]}
@@ -43,6 +49,9 @@ def _planted(args) -> None:
 
 
 def _hard_kegg(args) -> None:
+    from dnallm.io import check_outputs
+
+    check_outputs([args.out], inputs=[args.file])
     records = read_jsonl(args.file)
     write_jsonl(args.out, hard_records(records, args.prompt))
     print(json.dumps({"out": str(args.out), "records": len(records), "prompt": args.prompt}))
