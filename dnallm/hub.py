@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from transformers import PretrainedConfig
@@ -47,7 +48,7 @@ def locate_model(name_or_path: str, key: str, relative_to: str | Path | None = N
             return str(candidate.resolve())
     if not _looks_like_path(name_or_path):
         return name_or_path
-    looked = " or ".join(str(c.absolute()) for c in candidates)
+    looked = " or ".join(os.path.abspath(c) for c in candidates)
     raise ModelNotFound(f"{key}={name_or_path!r}: no such model folder (looked for {looked}); "
                         f"pass {key}=PATH (or a hub ID) on the command line")
 
