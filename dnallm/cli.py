@@ -16,8 +16,10 @@ TINY_DIR = Path(".dnallm")
 def _make_tiny(args) -> None:
     from dnallm.data.kegg import write_jsonl
     from dnallm.data.synthetic import planted_records
+    from dnallm.io import check_outputs
     from dnallm.tiny import make_tiny
 
+    check_outputs(dirs=[args.out])
     paths = make_tiny(args.out / "tiny", seed=args.seed)
     records = planted_records(args.records, n_classes=args.classes, seed=args.seed)
     n_val = n_test = len(records) // 10
@@ -30,9 +32,12 @@ def _make_tiny(args) -> None:
 
 def _train(args) -> None:
     from dnallm.config import load_recipe
+    from dnallm.hub import locate_models
     from dnallm.train.finetune import train
 
-    train(load_recipe(args.recipe, args.overrides))
+    recipe = load_recipe(args.recipe, args.overrides)
+    locate_models(recipe)  # checkpoints then name the base models by absolute path
+    train(recipe)
 
 
 def _eval(args) -> None:
@@ -45,7 +50,9 @@ def _eval(args) -> None:
 
 def _split(args) -> None:
     from dnallm.data.kegg import read_jsonl, split_records, write_jsonl
+    from dnallm.io import check_outputs
 
+    check_outputs([args.out / f"{name}.jsonl" for name in ("train", "val", "test")], dirs=[args.out], inputs=[args.file])
     splits = split_records(read_jsonl(args.file), seed=args.seed)
     for name, records in splits.items():
         write_jsonl(args.out / f"{name}.jsonl", records)
@@ -54,9 +61,12 @@ def _split(args) -> None:
 
 def _cache_embeddings(args) -> None:
     from dnallm.config import load_recipe
+    from dnallm.hub import locate_models
     from dnallm.train.embed_cache import cache_embeddings
 
-    print(json.dumps(cache_embeddings(load_recipe(args.recipe, args.overrides), args.data, args.rebuild), indent=2))
+    recipe = load_recipe(args.recipe, args.overrides)
+    locate_models(recipe)
+    print(json.dumps(cache_embeddings(recipe, args.data, args.rebuild), indent=2))
 
 
 def _demo(args) -> None:
@@ -142,13 +152,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that name a bad input (KEGG and coverage data, VCFs, recipes, output paths)."""
     from dnallm.config import RecipeError
     from dnallm.data.dna import RecordError
-    from dnallm.hub import CheckpointError, RemoteCodeNotAllowed
-
+    from dnallm.data.genome import TrackDataError
+    from dnallm.data.vcf import InputError
     from dnallm.encoders.cache import CacheError
+    from dnallm.eval.progress import ProgressMismatch
+    from dnallm.hub import CheckpointError, RemoteCodeNotAllowed
+    from dnallm.io import OutputPathError
 
-    return (RecipeError, RecordError, RemoteCodeNotAllowed, CheckpointError, CacheError, FileNotFoundError)
+    return (RecipeError, RecordError, TrackDataError, InputError, ProgressMismatch, OutputPathError,
+            RemoteCodeNotAllowed, CheckpointError, CacheError, FileNotFoundError)
 
 
 def _cuda_available() -> bool:

@@ -19,10 +19,13 @@ def _make_tiny_tracks(args) -> None:
 
 
 def _train_tracks(args) -> None:
+    from dnallm.hub import locate_models
     from dnallm.train.coverage import train
     from dnallm.train.coverage_config import load_coverage_recipe
 
-    train(load_coverage_recipe(args.recipe, args.overrides))
+    recipe = load_coverage_recipe(args.recipe, args.overrides)
+    locate_models(recipe)
+    train(recipe)
 
 
 def _split_list(text: str | None) -> list[str]:

@@ -46,22 +46,6 @@ def _annotate(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
-def _reporting_input_errors(func, command: str):
-    """Bad inputs end the command with their message, not a traceback."""
-
-    def run(args) -> None:
-        from dnallm.data.dna import RecordError
-        from dnallm.data.vcf import InputError
-        from dnallm.eval.progress import ProgressMismatch
-
-        try:
-            func(args)
-        except (InputError, RecordError, ProgressMismatch, FileNotFoundError) as e:
-            raise SystemExit(f"dnallm {command}: error: {e}") from None
-
-    return run
-
-
 def add_commands(sub) -> None:
     p = sub.add_parser("windows", help="VCF + reference FASTA -> KEGG-format JSONL of reference/variant sequences")
     _add_variant_options(p)
@@ -70,7 +54,7 @@ def add_commands(sub) -> None:
                    help="reference bases each side of the allele (KEGG layout, default 2000); "
                         "training's data.dna_window then cuts both sequences to one length")
     p.add_argument("--answer", help="answer field of every record (default: 'unknown')")
-    p.set_defaults(func=_reporting_input_errors(_windows, "windows"))
+    p.set_defaults(func=_windows)
 
     p = sub.add_parser("annotate", help="a checkpoint's answer for every variant of a VCF, as INFO fields and a TSV")
     p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
@@ -83,4 +67,4 @@ def add_commands(sub) -> None:
                    help="(testing) stop after computing N batches, as a crash would; rerun without it to resume")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="recipe overrides, right after CHECKPOINT, e.g. llm.name_or_path=/models/Qwen3-4B")
-    p.set_defaults(func=_reporting_input_errors(_annotate, "annotate"))
+    p.set_defaults(func=_annotate)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -18,11 +21,61 @@ def _own_code(config_dict: dict) -> str:
     return f"ships its own modelling code (model_type={config_dict.get('model_type')!r}, auto_map={sorted(config_dict['auto_map'])})"
 
 
+class ModelNotFound(FileNotFoundError):
+    """A recipe's base model is neither a local folder nor a loadable hub ID."""
+
+
+MODEL_SECTIONS = ("encoder", "llm")  # recipe sections whose ``name_or_path`` names a base model
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub IDs are 'name' or 'namespace/name'; anything else can only be a folder.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def locate_models(recipe, relative_to: str | Path | None = None) -> None:
+    """Pin each base model of ``recipe`` (``encoder`` / ``llm`` ``.name_or_path``) to where it is.
+
+    A local folder becomes an absolute path, found as given (relative to the working
+    folder) or else relative to ``relative_to`` (a checkpoint), so a saved recipe works from
+    any folder; a hub ID stays an ID. A path that exists nowhere raises ``ModelNotFound``
+    naming the recipe key, the places looked in and the override that fixes it.
+    """
+    for section in MODEL_SECTIONS:
+        part = getattr(recipe, section, None)
+        if part is None or not getattr(part, "name_or_path", ""):
+            continue
+        part.name_or_path = locate_model(part.name_or_path, f"{section}.name_or_path", relative_to)
+
+
+def locate_model(name_or_path: str, key: str, relative_to: str | Path | None = None) -> str:
+    path = Path(name_or_path).expanduser()
+    candidates = [path] if path.is_absolute() else [path, *([Path(relative_to) / path] if relative_to else [])]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    if not _looks_like_path(name_or_path):
+        return name_or_path
+    looked = " or ".join(os.path.abspath(c) for c in candidates)
+    raise ModelNotFound(f"{key}={name_or_path!r}: no such model folder (looked for {looked}); "
+                        f"pass {key}=PATH (or a hub ID) on the command line")
+
+
 def check_remote_code(name_or_path: str, trust_remote_code: bool, recipe_key: str) -> None:
-    """Fail before loading when a checkpoint needs its own Python code and the recipe does not allow it."""
+    """Fail before loading when a checkpoint needs its own Python code and the recipe does not allow it.
+
+    The model's config is read here first, so a model that cannot be found is reported here,
+    naming its recipe key (the section of ``recipe_key``).
+    """
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(name_or_path)
+    except (OSError, ValueError) as e:
+        key = f"{recipe_key.rsplit('.', 1)[0]}.name_or_path"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotFound(f"{key}={name_or_path!r}: cannot load this model ({reason}); "
+                            f"pass {key}=PATH (a local folder or a hub ID) on the command line") from None
     if trust_remote_code:
         return
-    config_dict, _ = PretrainedConfig.get_config_dict(name_or_path)
     model_type = config_dict.get("model_type")
     if "auto_map" in config_dict and model_type not in CONFIG_MAPPING:
         raise RemoteCodeNotAllowed(

@@ -1,4 +1,4 @@
-"""Atomic file and directory writes: a reader never sees a half-written file."""
+"""File writes: atomic (a reader never sees a half-written file), and checked before any work."""
 
 from __future__ import annotations
 
@@ -7,6 +7,61 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+class OutputPathError(ValueError):
+    """An output that would overwrite one of the command's inputs, or that cannot be created."""
+
+
+def check_outputs(files=(), *, dirs=(), inputs=()) -> None:
+    """Refuse, before any work, outputs that name an input or cannot be written.
+
+    ``files`` and ``dirs`` are the paths a command will write, ``inputs`` those it reads
+    (``None`` entries are ignored). Paths are compared after resolving relative parts and
+    links, so ``--out ./x.vcf`` or a link to ``x.vcf`` is the input ``x.vcf``.
+    """
+    files, dirs = [Path(p) for p in files if p], [Path(p) for p in dirs if p]
+    inputs = [Path(p) for p in inputs if p]
+    outputs = [*dirs, *files]
+    for i, out in enumerate(outputs):
+        for src in inputs:
+            if _same_path(out, src):
+                raise OutputPathError(f"output {out} is the input {src}{_resolved_note(out, src)}; write the output to another path")
+        for other in outputs[:i]:
+            if _same_path(out, other):
+                raise OutputPathError(f"outputs {other} and {out} are the same file{_resolved_note(out, other)}; give them different paths")
+    for d in dirs:
+        if d.exists() and not d.is_dir():
+            raise OutputPathError(f"output folder {d} is an existing file; name a folder (or a new path)")
+    for f in files:
+        if f.is_dir():
+            raise OutputPathError(f"output {f} is an existing folder; name a file")
+    for out in outputs:
+        _check_creatable(out)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def _resolved_note(a: Path, b: Path) -> str:
+    return "" if a == b else f" (both are {b.resolve()})"
+
+
+def _check_creatable(path: Path) -> None:
+    """The nearest existing folder at or above ``path`` is a folder we may write in."""
+    ancestor = path if path.is_dir() else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputPathError(f"cannot create {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot create {path}: folder {ancestor} is not writable")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

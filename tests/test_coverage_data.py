@@ -175,6 +175,17 @@ def test_split_holds_out_chromosomes_and_regions():
         split_windows(sizes, chroms=["chr1"], window=1000, stride=500, val_chroms=["chr2"], test_chroms=["chr2"])
 
 
+def test_no_training_window_shares_a_base_with_a_widened_held_out_window():
+    sizes = {"chr1": 10_000}
+    short_val, short_test = Region("chr1", 4000, 4500), Region("chr1", 7100, 7200)  # shorter than the window
+    splits = split_windows(sizes, chroms=["chr1"], window=1000, stride=500, val_regions=[short_val], test_regions=[short_test])
+    held = splits["val"] + splits["test"]
+    assert [len(w) for w in held] == [1000, 1000] and held[0].start < short_val.start
+    leaks = [(t, h) for t in splits["train"] for h in held if t.overlaps(h)]
+    assert not leaks
+    assert splits["train"]  # the rest of the chromosome still trains
+
+
 def test_n_fraction_matches_a_direct_count(synthetic):
     genome = Genome(synthetic["fasta"])
     windows = [w for c in genome.sizes for w in tile(Region(c, 0, genome.sizes[c]), 1024, 512)] + [Region("chr2", 5999, 7001)]

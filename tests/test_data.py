@@ -81,6 +81,24 @@ def test_malformed_json_names_line(tmp_path):
         read_jsonl(path)
 
 
+def test_line_cut_short_is_reported_at_its_real_column(tmp_path):
+    cut = '{"question": "q",'  # 17 characters: the parser runs out of line at column 18
+    path = _write(tmp_path, [json.dumps(_record()), cut])
+    with pytest.raises(RecordError, match=r"data.jsonl:2: malformed JSON \(.* at column 18\)"):
+        read_jsonl(path)
+    path.write_text('{"question": "q", "answer" 5}\r\n')  # Windows line end; the colon is missing at column 28
+    with pytest.raises(RecordError, match=r"data.jsonl:1: malformed JSON \(Expecting ':' delimiter at column 28\)"):
+        read_jsonl(path)
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes("\ufeff".encode() + (json.dumps(_record()) + "\n").encode() + (json.dumps(_record(answer="glioma")) + "\n").encode())
+    records = read_jsonl(path)
+    assert [r["answer"] for r in records] == ["melanoma", "glioma"]
+    assert load_examples(path, 1024)[0]["question"] == "What disease?"
+
+
 def test_missing_field_names_line_and_field(tmp_path):
     rec = _record()
     del rec["answer"]

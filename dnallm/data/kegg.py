@@ -17,17 +17,18 @@ DNA_FIELDS = ("reference_sequence", "variant_sequence")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Parse a JSONL file; a bad line raises an error naming file and line number."""
+    """Parse a JSONL file (UTF-8, a byte-order mark allowed); a bad line raises an error naming file, line and column."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                # Without its line end, a line cut short is reported at its end, not at column 1 of a next line.
+                rec = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise RecordError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(rec, dict):

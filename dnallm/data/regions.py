@@ -82,8 +82,9 @@ def split_windows(
 ) -> dict[str, list[Region]]:
     """Train / val / test windows: held-out chromosomes and regions, the rest for training.
 
-    A training window overlapping a held-out region is dropped, so no held-out base is
-    ever a training target. Held-out regions shorter than a window are widened to one.
+    Held-out regions shorter than a window are widened to one, and a training window
+    overlapping a (widened) held-out region is dropped, so no base a held-out window
+    holds is ever a training target.
     """
     unknown = [c for c in [*chroms, *val_chroms, *test_chroms] if c not in sizes]
     if unknown:
@@ -92,7 +93,7 @@ def split_windows(
     if both:
         raise TrackDataError(f"chromosomes {sorted(both)} are both validation and test chromosomes")
     held_out = set(val_chroms) | set(test_chroms)
-    held_regions = [*val_regions, *test_regions]
+    held_regions = [widen(r, window, sizes[r.chrom]) for r in [*val_regions, *test_regions]]
 
     def held(chrom_list, regions) -> list[Region]:
         out = [w for c in chrom_list for w in tile(Region(c, 0, sizes[c]), window, stride)]

@@ -28,6 +28,7 @@ SKIP_REASONS = {
     "breakend": "breakend ALT (e.g. G]chr2:321]) describing a rearrangement",
     "invalid_alt": "ALT holds characters other than A, C, G, T, N",
     "same_as_ref": "ALT equals REF",
+    "position_zero": "POS 0, which VCF allows for a telomere: there is no reference base to centre a window on",
     "missing_contig": "the contig is not in the reference FASTA",
     "ref_mismatch": "REF differs from the reference FASTA at that position",
     "chromosome_end": "the window runs past a chromosome end (edge=skip)",
@@ -170,6 +171,11 @@ def read_contig_map(path: Path) -> dict[str, str]:
     return mapping
 
 
+def contig_map_file(spec: str) -> Path | None:
+    """The two-column map file that ``--contig-names`` names, if it names one."""
+    return None if spec in CONTIG_NAMINGS else Path(spec)
+
+
 def contig_namer(spec: str) -> Callable[[str], str]:
     """VCF contig name -> FASTA contig name: 'exact', 'add-chr' (1 -> chr1, MT -> chrM),
     'strip-chr' (chr1 -> 1, chrM -> MT), or a two-column file (unlisted names kept)."""
@@ -293,6 +299,8 @@ class VariantReader:
     def _check_locus(self, number: int, rec, ref: str, contig: str) -> tuple[str, str]:
         """('', '') when the contig exists and REF matches it; else a skip reason (or raise)."""
         where = f"{self.vcf_path}: record {number} ({rec.chrom}:{rec.pos})"
+        if rec.pos < 1:
+            return "position_zero", f"POS {rec.pos} (telomere) on {rec.chrom}"
         if contig not in self.fasta_contigs:
             return self._missing_contig(where, rec.chrom, contig)
         length = self.fasta.get_reference_length(contig)

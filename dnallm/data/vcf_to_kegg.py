@@ -11,12 +11,14 @@ from tqdm.auto import tqdm
 
 from dnallm.data.dna import RecordError, check_pair
 from dnallm.data.genes import GeneIndex
-from dnallm.data.vcf import SKIPPED_REPORT_HEADER, Allele, InputError, VariantReader, open_fasta, skipped_report_line
+from dnallm.data.vcf import (
+    SKIPPED_REPORT_HEADER, Allele, InputError, VariantReader, contig_map_file, open_fasta, skipped_report_line,
+)
 from dnallm.data.windows import (
     DEFAULT_ANSWER, SequencePair, WindowOptions, allele_pair, check_question_template, gene_position,
     kegg_record, render_question, screen_pair,
 )
-from dnallm.io import atomic_open
+from dnallm.io import atomic_open, check_outputs
 
 
 def prepared_alleles(
@@ -68,6 +70,8 @@ def vcf_to_kegg(
     allele, with its reason, to ``<out>.skipped.tsv``. Both are written atomically.
     Returns a summary (counts by skip reason, first out-of-order record, paths)."""
     out = Path(out)
+    report = skipped_report_path(out)
+    check_outputs([out, report], inputs=[vcf, fasta, gtf, contig_map_file(contig_names)])
     if opts.crop:
         raise ValueError("files for the KEGG loader hold uncropped sequences (crop=0); its dna_window does the cropping")
     if question_template is not None:
@@ -78,7 +82,6 @@ def vcf_to_kegg(
     genes = load_genes(gtf, reference, fasta)
     reader = VariantReader(vcf, reference, fasta, contig_names=contig_names, strict=strict)
     skipped: Counter = Counter()
-    report = skipped_report_path(out)
     written, first_skips = 0, []
     with atomic_open(out) as records, atomic_open(report) as skips:
         skips.write(SKIPPED_REPORT_HEADER)

@@ -21,13 +21,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dnallm.data.vcf import InputError, VariantReader, count_alleles, open_fasta
+from dnallm.data.vcf import InputError, VariantReader, contig_map_file, count_alleles, open_fasta
 from dnallm.data.vcf_to_kegg import load_genes, prepared_alleles
 from dnallm.data.windows import WindowOptions, check_question_template
 from dnallm.eval.answers import Prediction, predict_batch
 from dnallm.eval.kegg import max_new_tokens_for
 from dnallm.eval.progress import ProgressLog, ProgressMismatch, file_sha256
 from dnallm.eval.vcf_out import AlleleResult, write_annotated_vcf, write_summary_plot, write_tsv
+from dnallm.io import check_outputs
 from dnallm.train.build import load_checkpoint
 from dnallm.train.checkpoint import resolve_checkpoint
 from dnallm.train.engine import pick_device
@@ -108,6 +109,7 @@ def annotate(
     progress log is kept and no output is written (used to test resumption).
     """
     out, tsv, progress = output_paths(out, tsv)
+    check_outputs([out, f"{out}.tbi", tsv, tsv.with_suffix(".png"), progress], inputs=[vcf, fasta, gtf, contig_map_file(contig_names)])
     if question_template is not None:
         check_question_template(question_template)
     reference = open_fasta(fasta)

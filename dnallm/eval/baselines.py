@@ -18,11 +18,11 @@ from pathlib import Path
 from dnallm.config import Recipe, RecipeError, recipe_from_dict
 from dnallm.data.kegg import load_examples
 from dnallm.eval.dna_only import DNAHeadConfig, fit_dna_only, load_head, pooled_pair_features, predict
-from dnallm.eval.kegg import evaluate, load_eval_examples, score, write_outputs
+from dnallm.eval.kegg import OUTPUT_FILES, evaluate, load_eval_examples, score, write_outputs
 from dnallm.eval.labels import LabelSet
 from dnallm.eval.plots import plot_comparison
 from dnallm.eval.table import markdown_table, text_table
-from dnallm.io import atomic_write_text
+from dnallm.io import atomic_write_text, check_outputs
 from dnallm.train.build import build_encoder
 from dnallm.train.engine import pick_device
 from dnallm.train.finetune import train
@@ -130,6 +130,11 @@ def run_baselines(recipe: BaselinesRecipe) -> dict:
         raise RecipeError(f"unknown model(s) {', '.join(unknown)} in models; choose from {', '.join(MODELS)}")
     out_dir = Path(recipe.output_dir)
     files = eval_files(recipe)
+    run_dirs = [out_dir / RUN_DIRS[name] for name in recipe.models]
+    check_outputs(
+        [out_dir / f"comparison.{ext}" for ext in ("md", "json", "png")] + [d / "eval" / f for d in run_dirs for f in OUTPUT_FILES],
+        dirs=[out_dir, *run_dirs], inputs=[recipe.data.train, recipe.data.val, *files],
+    )
     chance = majority_share(list(load_eval_examples(files, recipe.data.dna_window, need_dna=False)["answer"]))
     results = {}
     for name in recipe.models:

@@ -34,7 +34,10 @@ def _baselines(args) -> None:
     from dnallm.config import load_recipe
     from dnallm.eval.baselines import BaselinesRecipe, run_baselines
 
+    from dnallm.hub import locate_models
+
     recipe = load_recipe(args.recipe, args.overrides, cls=BaselinesRecipe)
+    locate_models(recipe)
     result = run_baselines(recipe)
     print(result["table"])
     for name, metrics in result["results"].items():
@@ -45,7 +48,9 @@ def _baselines(args) -> None:
 
 def _planted(args) -> None:
     from dnallm.config import RecipeError
+    from dnallm.io import check_outputs
 
+    check_outputs(dirs=[args.out])
     n_classes = args.classes or FIXED_CLASSES.get(args.signal, 4)
     try:
         records = planted_signal_records(args.records, n_classes=n_classes, length=args.length, seed=args.seed, signal=args.signal)
@@ -60,6 +65,9 @@ def _planted(args) -> None:
 
 
 def _hard_kegg(args) -> None:
+    from dnallm.io import check_outputs
+
+    check_outputs([args.out], inputs=[args.file])
     records = read_jsonl(args.file)
     write_jsonl(args.out, hard_records(records, args.prompt))
     print(json.dumps({"out": str(args.out), "records": len(records), "prompt": args.prompt}))

@@ -17,8 +17,9 @@ from dnallm.data.tracks import CoverageReader, Track, read_track_sheet
 from dnallm.data.regions import parse_region, read_bed
 from dnallm.eval.coverage_metrics import CoverageMetrics
 from dnallm.eval.coverage_plot import plot_tracks
-from dnallm.eval.coverage_predict import Predictor, merge_regions, resolve_regions, write_predictions
-from dnallm.io import atomic_write_text
+from dnallm.eval.coverage_predict import Predictor, merge_regions, prediction_files, resolve_regions, write_predictions
+from dnallm.io import atomic_write_text, check_outputs
+from dnallm.train.coverage_checkpoint import read_recipe, read_tracks, resolve_checkpoint
 
 
 def observed_tracks(sheet: str | Path, expected: list[Track]) -> list[Track]:
@@ -35,7 +36,7 @@ def test_regions(recipe, genome: Genome) -> list[Region]:
     regions = [Region(c, 0, genome.sizes[c]) for c in d.test_chroms if c in genome.sizes]
     regions += read_bed(d.test_regions, genome.sizes) if d.test_regions else []
     if not regions:
-        raise ValueError("no regions to evaluate: give --region / --chroms, or set data.test_chroms / data.test_regions in the recipe")
+        raise TrackDataError("no regions to evaluate: give --region / --chroms, or set data.test_chroms / data.test_regions in the recipe")
     return merge_regions(regions, {c: i for i, c in enumerate(genome.sizes)})
 
 
@@ -62,17 +63,26 @@ def evaluate_tracks(
     checkpoint, out_dir, *, regions=(), chroms=(), gtf: str | None = None, gtf_contigs: str = "same", observed: str | None = None,
     fasta: str | None = None, plot_region: str | None = None, stitch_mode: str | None = None, batch_size: int | None = None, overrides=(),
 ) -> dict:
-    predictor = Predictor(checkpoint, overrides=overrides)
-    recipe = predictor.recipe
-    genome = Genome(fasta or recipe.data.fasta)
-    todo = resolve_regions(genome, regions, chroms) if (regions or chroms) else test_regions(recipe, genome)
-    reader = CoverageReader(observed_tracks(observed or recipe.data.tracks, predictor.tracks), recipe.data.bigwig_contigs)
-    reader.check(genome, sorted({r.chrom for r in todo}), strict=recipe.data.strict_contigs)
+    checkpoint, out_dir = resolve_checkpoint(checkpoint), Path(out_dir)
+    recipe, tracks = read_recipe(checkpoint, overrides), read_tracks(checkpoint)
+    fasta = fasta or recipe.data.fasta
+    sheet = observed or recipe.data.tracks
+    observed_list = observed_tracks(sheet, tracks)
+    check_outputs(
+        [out_dir / "metrics.json", out_dir / "plot.png", *prediction_files(out_dir / "predictions", tracks)],
+        dirs=[out_dir, out_dir / "predictions"], inputs=[fasta, gtf, sheet, *(t.file for t in [*observed_list, *tracks])],
+    )
     genes = read_genes(gtf, gtf_contigs) if gtf else []
+    predictor = Predictor(checkpoint, overrides=overrides)
+    genome = Genome(fasta)
+    todo = resolve_regions(genome, regions, chroms) if (regions or chroms) else test_regions(recipe, genome)
+    reader = CoverageReader(observed_list, recipe.data.bigwig_contigs)
+    reader.check(genome, sorted({r.chrom for r in todo}), strict=recipe.data.strict_contigs)
+    shown = parse_region(plot_region, genome.sizes) if plot_region else None
+    if shown and not any(r.chrom == shown.chrom and r.start <= shown.start and shown.end <= r.end for r in todo):
+        raise TrackDataError(f"plot region {shown} is not inside the evaluated regions ({', '.join(map(str, todo))})")
     metrics = CoverageMetrics(predictor.tracks, genes, todo, recipe.eval.bin_size)
     mode, batch = stitch_mode or recipe.eval.stitch, batch_size or recipe.eval.batch_size
-
-    out_dir = Path(out_dir)
 
     def score(region: Region, start: int, pred) -> None:
         obs, n_missing = reader.read(Region(region.chrom, start, start + len(pred)))
@@ -82,10 +92,8 @@ def evaluate_tracks(
 
     result = {"checkpoint": str(predictor.checkpoint), "regions": [str(r) for r in todo], "stitch": mode, **metrics.result()}
     atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-    shown = parse_region(plot_region, genome.sizes) if plot_region else auto_plot_region(metrics, todo, genome.sizes)
+    shown = shown or auto_plot_region(metrics, todo, genome.sizes)
     predicted = [replace(t, file=str(out_dir / "predictions" / f"{t.name}.bw")) for t in predictor.tracks]
-    if not any(r.chrom == shown.chrom and r.start <= shown.start and shown.end <= r.end for r in todo):
-        raise ValueError(f"plot region {shown} is not inside the evaluated regions ({', '.join(map(str, todo))})")
     result["plot"] = str(plot_from_bigwigs(shown, predicted, reader, genes, out_dir / "plot.png"))
     return result
 
@@ -99,8 +107,11 @@ def plot_prediction(pred_dir, region: str, out, *, gtf: str | None = None, gtf_c
     manifest = json.loads(manifest_path.read_text())
     predicted = [Track(**{k: v for k, v in t.items() if k != "prediction"}) for t in manifest["tracks"]]
     predicted = [replace(t, file=str(pred_dir / f"{t.name}.bw")) for t in predicted]
+    sheet = observed or manifest["observed_tracks"]
+    observed_list = observed_tracks(sheet, predicted)
+    check_outputs([out], inputs=[manifest_path, manifest["fasta"], gtf, sheet, *(t.file for t in [*predicted, *observed_list])])
     genome = Genome(manifest["fasta"])
     shown = parse_region(region, genome.sizes)
-    reader = CoverageReader(observed_tracks(observed or manifest["observed_tracks"], predicted), manifest["bigwig_contigs"])
+    reader = CoverageReader(observed_list, manifest["bigwig_contigs"])
     genes = read_genes(gtf, gtf_contigs) if gtf else []
     return plot_from_bigwigs(shown, predicted, reader, genes, Path(out))

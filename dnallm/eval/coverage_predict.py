@@ -11,12 +11,12 @@ import torch
 from tqdm.auto import tqdm
 
 from dnallm.data.bigwig_writer import BigWigWriter
-from dnallm.data.genome import Genome, Region
+from dnallm.data.genome import Genome, Region, TrackDataError
 from dnallm.data.regions import parse_region
 from dnallm.encoders.coverage import base_token_ids, pad_token_id
 from dnallm.eval.coverage_stitch import plan_windows, stitch
-from dnallm.io import atomic_write_text
-from dnallm.train.coverage_checkpoint import load_coverage_checkpoint, resolve_checkpoint
+from dnallm.io import atomic_write_text, check_outputs
+from dnallm.train.coverage_checkpoint import load_coverage_checkpoint, read_recipe, read_tracks, resolve_checkpoint
 from dnallm.train.engine import pick_device
 
 
@@ -82,7 +82,7 @@ def merge_regions(regions: list[Region], order: dict[str, int]) -> list[Region]:
 def resolve_regions(genome: Genome, regions: list[str] = (), chroms: list[str] = ()) -> list[Region]:
     parsed = [parse_region(r, genome.sizes) for r in regions] + [parse_region(c, genome.sizes) for c in chroms]
     if not parsed:
-        raise ValueError("nothing to predict: give --region chrom:start-end and/or --chroms chr1,chr2")
+        raise TrackDataError("nothing to predict: give --region chrom:start-end and/or --chroms chr1,chr2")
     return merge_regions(parsed, {c: i for i, c in enumerate(genome.sizes)})
 
 
@@ -90,11 +90,20 @@ def open_writers(out_dir: Path, tracks, sizes: dict[str, int]) -> list[BigWigWri
     return [BigWigWriter(out_dir / f"{t.name}.bw", sizes) for t in tracks]
 
 
+def prediction_files(out_dir: str | Path, tracks) -> list[Path]:
+    """What ``write_predictions`` writes: one bigWig per track and ``prediction.json``."""
+    return [Path(out_dir) / f"{t.name}.bw" for t in tracks] + [Path(out_dir) / "prediction.json"]
+
+
 def predict_tracks(checkpoint, out_dir, *, regions=(), chroms=(), fasta: str | None = None, stitch_mode: str | None = None, batch_size: int | None = None, overrides=()) -> dict:
     """Predict, stitch and write ``<out_dir>/<track>.bw`` plus ``prediction.json``."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    tracks, fasta = read_tracks(checkpoint), fasta or read_recipe(checkpoint, overrides).data.fasta
+    # The training bigWigs too: a prediction must never replace the coverage it was trained on.
+    check_outputs(prediction_files(out_dir, tracks), dirs=[out_dir], inputs=[fasta, *(t.file for t in tracks)])
     predictor = Predictor(checkpoint, overrides=overrides)
     recipe = predictor.recipe
-    genome = Genome(fasta or recipe.data.fasta)
+    genome = Genome(fasta)
     todo = resolve_regions(genome, regions, chroms)
     mode, batch = stitch_mode or recipe.eval.stitch, batch_size or recipe.eval.batch_size
     return write_predictions(predictor, genome, todo, mode, batch, Path(out_dir))

@@ -18,7 +18,7 @@ from dnallm.eval.labels import LabelSet
 from dnallm.eval.metrics import classification_metrics
 from dnallm.eval.plots import plot_confusion
 from dnallm.fusion.processor import dna_inputs
-from dnallm.io import atomic_write_text
+from dnallm.io import atomic_write_text, check_outputs
 from dnallm.train.build import load_checkpoint
 from dnallm.train.embed_cache import require_cached
 from dnallm.train.engine import pick_device
@@ -128,6 +128,9 @@ def score(answers: list[str], texts: list[str], labels: LabelSet, label_source: 
     return truth, pred, metrics
 
 
+OUTPUT_FILES = ("metrics.json", "predictions.csv", "confusion.png")
+
+
 def write_outputs(out_dir: str | Path, metrics: dict, truth: list[str], pred: list[str], texts: list[str], title: str = "") -> None:
     """``metrics.json``, ``predictions.csv`` and ``confusion.png`` in ``out_dir``, each written whole."""
     out_dir = Path(out_dir)
@@ -143,6 +146,7 @@ def write_outputs(out_dir: str | Path, metrics: dict, truth: list[str], pred: li
 
 def evaluate(checkpoint: str | Path, data, out_dir: str | Path, overrides: list[str] | tuple = ()) -> dict:
     """Generate, parse and score answers for ``data`` (one path or several, merged)."""
+    check_outputs([Path(out_dir) / name for name in OUTPUT_FILES], dirs=[out_dir], inputs=as_paths(data))
     device = pick_device()
     recipe, encoder, model, processor = load_checkpoint(checkpoint, device, overrides)
     examples = load_eval_examples(data, recipe.data.dna_window, need_dna=recipe.data.use_dna)

@@ -29,16 +29,17 @@ class ProgressLog:
     def __init__(self, path: str | Path, fingerprint: dict):
         self.path = Path(path)
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from disk
+        self._started = False  # True once the file holds this run's fingerprint
 
     def load(self) -> dict[int, list]:
         """Finished batches by index. A log without any (none yet, or only the fingerprint
-        of a run that stopped before its first batch) is started afresh."""
+        of a run that stopped before its first batch) is started afresh with the first
+        batch, so a run that fails before finishing one leaves no file behind."""
         found, batches = self._read()
         if not batches:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_line({"fingerprint": self.fingerprint}, mode="w")
             return {}
         self._check_fingerprint(found)
+        self._started = True
         return batches
 
     def _read(self) -> tuple[dict, dict[int, list]]:
@@ -63,6 +64,10 @@ class ProgressLog:
         return fingerprint, batches
 
     def append(self, batch: int, rows: list) -> None:
+        if not self._started:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_line({"fingerprint": self.fingerprint}, mode="w")
+            self._started = True
         self._write_line({"batch": batch, "rows": rows})
 
     def remove(self) -> None:

@@ -10,7 +10,7 @@ from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.cache import CacheIdentity, CachedEncoder, weights_fingerprint
 from dnallm.fusion import build_fusion_lm
 from dnallm.fusion.processor import DNAChatProcessor
-from dnallm.hub import resolve_dtype
+from dnallm.hub import locate_models, resolve_dtype
 from dnallm.train.checkpoint import load_trainable, resolve_checkpoint
 
 
@@ -99,6 +99,7 @@ def load_checkpoint(checkpoint: str | Path, device: str, overrides: list[str] | 
     checkpoint = resolve_checkpoint(checkpoint)
     recipe = recipe_from_dict(yaml.safe_load((checkpoint / "recipe.yaml").read_text()))
     apply_overrides(recipe, overrides)
+    locate_models(recipe, relative_to=checkpoint)
     encoder = build_encoder(recipe, device)
     model, tokenizer = build_model(recipe, device, encoder)
     load_trainable(model, checkpoint)

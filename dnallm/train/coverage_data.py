@@ -42,7 +42,7 @@ def used_chroms(recipe: CoverageRecipe, genome: Genome) -> list[str]:
 def stride(recipe: CoverageRecipe) -> int:
     d = recipe.data
     if not 0 <= d.overlap < d.window:
-        raise ValueError(f"data.overlap={d.overlap} must be >= 0 and smaller than data.window={d.window}")
+        raise TrackDataError(f"data.overlap={d.overlap} must be >= 0 and smaller than data.window={d.window}")
     return d.window - d.overlap
 
 

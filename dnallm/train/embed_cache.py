@@ -7,6 +7,7 @@ from pathlib import Path
 from dnallm.config import Recipe
 from dnallm.data.kegg import load_examples
 from dnallm.encoders.cache import CachedEncoder, build_cache
+from dnallm.io import check_outputs
 from dnallm.train.build import build_encoder, cache_identity
 from dnallm.train.engine import pick_device
 
@@ -30,6 +31,7 @@ def cache_embeddings(recipe: Recipe, extra_data: list[str] = (), rebuild: bool =
     if not recipe.data.use_dna:
         raise ValueError("data.use_dna=false: a text-only recipe has no DNA to cache")
     files = [f for f in (recipe.data.train, recipe.data.val, *extra_data) if f]
+    check_outputs(dirs=[recipe.encoder.cache_dir], inputs=files)
     windows = [seq for f in files for seq in dataset_windows(f, recipe.data.dna_window)]
     device = pick_device()
     encoder = build_encoder(recipe, device, live=True)
