@@ -52,6 +52,23 @@ def _split(args) -> None:
     print(json.dumps({name: len(r) for name, r in splits.items()}))
 
 
+def _data(args) -> None:
+    from dnallm.data.sources import prepare_dataset
+
+    summary = prepare_dataset(args.name, args.out, local=args.source, dna_window=args.dna_window, seed=args.seed,
+                              drop_invalid=args.drop_invalid, overwrite=args.overwrite)
+    labels = summary["labels"]
+    shown = ", ".join(f"{k} {v}" for k, v in list(labels.items())[:6]) + (f" and {len(labels) - 6} more" if len(labels) > 6 else "")
+    print(f"{summary['source']} ({summary['splits']}): " + ", ".join(f"{k} {v}" for k, v in summary["records"].items()))
+    print(f"{len(labels)} labels: {shown}")
+    ref, var = summary["reference_bp"], summary["variant_bp"]
+    print(f"reference {ref['min']}-{ref['max']} bp (median {ref['median']}), variant {var['min']}-{var['max']} bp "
+          f"(median {var['median']}), {summary['unequal_lengths']} pairs of unequal length")
+    if summary["dropped"]:
+        print(f"{summary['dropped']} records left out (--drop-invalid), e.g. {summary['dropped_examples'][0]}")
+    print(f"wrote {args.out}/train.jsonl, val.jsonl, test.jsonl, summary.json")
+
+
 def _cache_embeddings(args) -> None:
     from dnallm.config import load_recipe
     from dnallm.train.embed_cache import cache_embeddings
@@ -102,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=_split)
 
+    from dnallm.data.sources import SOURCES
+
+    p = sub.add_parser("data", help="fetch a published dataset (hub ID or local copy), clean and check it, write train/val/test JSONL")
+    p.add_argument("name", choices=sorted(SOURCES), help="; ".join(f"{k}: {v.hub_id}" for k, v in SOURCES.items()))
+    p.add_argument("--out", type=Path, required=True, help="directory for train.jsonl, val.jsonl, test.jsonl, summary.json")
+    p.add_argument("--from", dest="source", type=Path, help="a local copy: a save_to_disk folder or a folder in the hub's layout")
+    p.add_argument("--dna-window", type=int, default=1024, help="every sequence must hold this many bp (the recipes' data.dna_window)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the stratified split, when the source has none")
+    p.add_argument("--drop-invalid", action="store_true", help="leave out records that fail the checks (counted) instead of stopping")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
+    p.set_defaults(func=_data)
+
     p = sub.add_parser("cache-embeddings", help="run the frozen DNA encoder once; training then reads encoder.cache_dir")
     p.add_argument("recipe", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. encoder.cache_dir=cache/genos1b")
@@ -146,9 +175,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dnallm.data.dna import RecordError
     from dnallm.hub import RemoteCodeNotAllowed
 
+    from dnallm.data.sources import SourceError
     from dnallm.encoders.cache import CacheError
 
-    return (RecipeError, RecordError, RemoteCodeNotAllowed, CacheError, FileNotFoundError)
+    return (RecipeError, RecordError, RemoteCodeNotAllowed, CacheError, SourceError, FileNotFoundError)
 
 
 def _cuda_available() -> bool:

@@ -95,9 +95,9 @@ def split_records(records: list[dict], fractions=(0.8, 0.1, 0.1), seed: int = 42
         group = by_label[label]
         rng.shuffle(group)
         n_val = n_test = 0
-        if len(group) >= 3:
-            n_val = max(1, round(len(group) * fractions[1]))
-            n_test = max(1, round(len(group) * fractions[2]))
+        if len(group) >= 3:  # a non-zero fraction gives each such disease at least one record
+            n_val = max(1, round(len(group) * fractions[1])) if fractions[1] else 0
+            n_test = max(1, round(len(group) * fractions[2])) if fractions[2] else 0
         splits["val"] += group[:n_val]
         splits["test"] += group[n_val : n_val + n_test]
         splits["train"] += group[n_val + n_test :]
