@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from dnallm.data.kegg import read_jsonl, write_jsonl
-from dnallm.data.synthetic import SIGNALS, UNINFORMATIVE_PROMPT, hard_records, planted_signal_records
+from dnallm.data.synthetic import QUESTION, SIGNALS, UNINFORMATIVE_PROMPT, VARIANT_EFFECT_QUESTION, hard_records, planted_signal_records
 
 
 def print_eval(metrics: dict, out_dir: Path) -> None:
@@ -33,7 +33,10 @@ def _baselines(args) -> None:
 
 
 def _planted(args) -> None:
-    records = planted_signal_records(args.records, n_classes=args.classes, length=args.length, seed=args.seed, signal=args.signal)
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    question = args.question or (VARIANT_EFFECT_QUESTION if labels else QUESTION)
+    records = planted_signal_records(args.records, n_classes=len(labels) if labels else args.classes, length=args.length,
+                                     seed=args.seed, signal=args.signal, labels=labels, question=question)
     n_val = n_test = round(len(records) * args.holdout)
     splits = {"val": records[:n_val], "test": records[n_val : n_val + n_test], "train": records[n_val + n_test :]}
     for name, part in splits.items():
@@ -61,6 +64,8 @@ def add_commands(sub) -> None:
     p.add_argument("--length", type=int, default=4001, help="bp per sequence (odd; the variant is the middle base)")
     p.add_argument("--signal", choices=sorted(SIGNALS), default="motif",
                    help="; ".join(f"{k}: {v}" for k, v in SIGNALS.items()))
+    p.add_argument("--labels", help="class names instead of diseases, comma-separated, e.g. benign,pathogenic (sets --classes)")
+    p.add_argument("--question", help="the question of every record (default: the disease question, or with --labels a variant-effect one)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of records for each of val and test")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_planted)
