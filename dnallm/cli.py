@@ -69,6 +69,17 @@ def _data(args) -> None:
     print(f"wrote {args.out}/train.jsonl, val.jsonl, test.jsonl, summary.json")
 
 
+def _embed(args) -> None:
+    from dnallm.api import embed, read_sequences, save_embeddings
+
+    save_embeddings(args.out, None)  # a bad suffix fails before the model loads
+    names, sequences = read_sequences(args.input, field=args.field)
+    vectors = embed(args.model, sequences, layer=args.layer, pool=args.pool, batch_size=args.batch_size, device=args.device,
+                    trust_remote_code=args.trust_remote_code, progress=True)
+    save_embeddings(args.out, vectors, names, {"model": str(args.model), "layer": str(args.layer), "pool": args.pool})
+    print(json.dumps({"out": str(args.out), "sequences": len(names), "shape": list(vectors.shape)}))
+
+
 def _cache_embeddings(args) -> None:
     from dnallm.config import load_recipe
     from dnallm.train.embed_cache import cache_embeddings
@@ -138,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="discard a stale cache and build it again")
     p.set_defaults(func=_cache_embeddings)
 
+    p = sub.add_parser("embed", help="frozen-encoder embeddings of the sequences of a FASTA or JSONL file (safetensors or npy)")
+    p.add_argument("input", type=Path, help="FASTA (one embedding per record) or JSONL (one per line, see --field)")
+    p.add_argument("--out", type=Path, required=True, help="FILE.safetensors (embeddings + record names) or FILE.npy (embeddings)")
+    p.add_argument("--model", default="BGI-HangzhouAI/Genos-1.2B", help="Hugging Face ID or folder of the DNA model")
+    p.add_argument("--layer", type=int, default=-1, help="hidden layer (-1: last)")
+    p.add_argument("--pool", choices=["mean", "max", "last"], default="mean", help="over positions")
+    p.add_argument("--field", default="sequence", help="JSONL field holding the sequence, e.g. variant_sequence")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
+    p.add_argument("--trust-remote-code", action="store_true", help="run modelling code shipped with the model (Genos needs it)")
+    p.set_defaults(func=_embed)
+
     p = sub.add_parser("demo", help="tiny end-to-end run on CPU: build, train, evaluate")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_demo)
@@ -176,9 +199,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dnallm.hub import RemoteCodeNotAllowed
 
     from dnallm.data.sources import SourceError
+    from dnallm.data.vcf import InputError
     from dnallm.encoders.cache import CacheError
+    from dnallm.serve.inputs import DNAInputError
 
-    return (RecipeError, RecordError, RemoteCodeNotAllowed, CacheError, SourceError, FileNotFoundError)
+    return (RecipeError, RecordError, RemoteCodeNotAllowed, CacheError, SourceError, InputError, DNAInputError, FileNotFoundError)
 
 
 def _cuda_available() -> bool:
