@@ -63,9 +63,9 @@ SOURCES = {
 
 def offline_message(source: Source, reason: str) -> str:
     return (
-        f"cannot reach the Hugging Face hub for {source.hub_id} ({reason}); HF_HUB_OFFLINE=1 forbids the hub "
-        f"by design. Fetch a copy where the hub is reachable (huggingface-cli download {source.hub_id} "
-        f"--repo-type dataset --local-dir {source.name}-hub, or datasets' save_to_disk) and pass it: "
+        f"cannot reach the Hugging Face hub for {source.hub_id} ({reason}). Fetch a copy where the hub is "
+        f"reachable (huggingface-cli download {source.hub_id} --repo-type dataset --local-dir {source.name}-hub, "
+        f"or datasets' save_to_disk) and pass it: "
         f"dnallm data {source.name} --from {source.name}-hub --out DIR"
     )
 
@@ -89,12 +89,8 @@ def load_source(source: Source, local: str | Path | None = None):
         raise SourceError(offline_message(source, "HF_HUB_OFFLINE is set"))
     try:
         return datasets.load_dataset(source.hub_id)
-    except (ConnectionError, TimeoutError) as e:
-        raise SourceError(offline_message(source, type(e).__name__)) from None
-    except OSError as e:
-        if isinstance(e, FileNotFoundError) and "doesn't exist" in str(e):
-            raise
-        raise SourceError(offline_message(source, type(e).__name__)) from None
+    except (ConnectionError, TimeoutError) as e:  # what datasets raises when the hub cannot be reached
+        raise SourceError(offline_message(source, f"{type(e).__name__}: {e}; HF_HUB_OFFLINE=1 skips the attempt")) from None
 
 
 def source_splits(loaded) -> dict[str, list[dict]]:
