@@ -40,18 +40,21 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-def check_record(rec: dict, *, need_dna: bool = True, need_reasoning: bool = False) -> dict:
-    """Validate one raw record; returns it with upper-cased sequences."""
+def check_record(rec: dict, *, need_dna: bool = True, need_reasoning: bool = False, need_answer: bool = True) -> dict:
+    """Validate one raw record; returns it with upper-cased sequences.
+
+    ``need_answer=False``: a record to predict, whose answer may be absent ('' then)."""
     where = rec.get("_where", "record")
-    fields = TEXT_FIELDS + (DNA_FIELDS if need_dna else ()) + (("reasoning",) if need_reasoning else ())
+    text_fields = TEXT_FIELDS if need_answer else ("question",)
+    fields = text_fields + (DNA_FIELDS if need_dna else ()) + (("reasoning",) if need_reasoning else ())
     missing = [f for f in fields if f not in rec or rec[f] is None]
     if missing:
         raise RecordError(f"{where}: missing field(s) {', '.join(missing)}")
     out = dict(rec)
-    for f in TEXT_FIELDS:
+    for f in text_fields:
         if not isinstance(rec[f], str) or not rec[f].strip():
             raise RecordError(f"{where}: field '{f}' must be a non-empty string")
-    out["answer"] = rec["answer"].strip()
+    out["answer"] = str(rec.get("answer") or "").strip()
     out["reasoning"] = str(rec.get("reasoning") or "")
     if need_dna:
         for f in DNA_FIELDS:
@@ -65,9 +68,15 @@ def load_examples(path: str | Path, dna_window: int, *, need_reasoning: bool = F
 
     Columns: ``question``, ``answer``, ``reasoning``, ``ref_window``, ``var_window``, ``where``.
     """
+    return examples_from_records(read_jsonl(path), dna_window, need_reasoning=need_reasoning, need_dna=need_dna)
+
+
+def examples_from_records(records: list[dict], dna_window: int, *, need_reasoning: bool = False, need_dna: bool = True, need_answer: bool = True) -> datasets.Dataset:
+    """KEGG-format records (dicts) -> checked examples, as ``load_examples``; a record
+    without ``_where`` is named by its index. ``need_answer=False``: records to predict."""
     rows = []
-    for rec in read_jsonl(path):
-        rec = check_record(rec, need_dna=need_dna, need_reasoning=need_reasoning)
+    for i, rec in enumerate(records):
+        rec = check_record({"_where": f"record {i}", **rec}, need_dna=need_dna, need_reasoning=need_reasoning, need_answer=need_answer)
         where = rec["_where"]
         row = {"question": rec["question"], "answer": rec["answer"], "reasoning": rec["reasoning"], "where": where}
         if need_dna:
@@ -96,9 +105,9 @@ def split_records(records: list[dict], fractions=(0.8, 0.1, 0.1), seed: int = 42
         group = by_label[label]
         rng.shuffle(group)
         n_val = n_test = 0
-        if len(group) >= 3:
-            n_val = max(1, round(len(group) * fractions[1]))
-            n_test = max(1, round(len(group) * fractions[2]))
+        if len(group) >= 3:  # a non-zero fraction gives each such disease at least one record
+            n_val = max(1, round(len(group) * fractions[1])) if fractions[1] else 0
+            n_test = max(1, round(len(group) * fractions[2])) if fractions[2] else 0
         splits["val"] += group[:n_val]
         splits["test"] += group[n_val : n_val + n_test]
         splits["train"] += group[n_val + n_test :]

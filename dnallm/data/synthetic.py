@@ -108,6 +108,7 @@ COMPLEMENT = str.maketrans("ACGT", "TGCA")
 SUBSTITUTIONS = ("C>A", "C>G", "C>T", "T>A", "T>C", "T>G")
 
 UNINFORMATIVE_PROMPT = "What disease does this variant contribute to?"
+VARIANT_EFFECT_QUESTION = "Given the reference and variant sequences, is this variant pathogenic or benign?"
 
 
 def disease_names(n_classes: int) -> list[str]:
@@ -131,13 +132,14 @@ def _plant(seq: list[str], start: int, element: str) -> None:
 
 def planted_signal_records(
     n_records: int, n_classes: int = 4, length: int = 4001, seed: int = 0, signal: str = "motif",
-    motif_len: int = 9, question: str = QUESTION,
+    motif_len: int = 9, question: str = QUESTION, labels: list[str] | None = None,
 ) -> list[dict]:
     """KEGG-format records whose disease is a deterministic function of the DNA near the variant.
 
     Random background, variant at the centre, classes balanced, ``question`` the same for all.
     ``signal`` picks the rule (see ``SIGNALS``); ``motif`` with the default question gives
-    exactly ``planted_records``.
+    exactly ``planted_records``. ``labels`` names the classes instead of built-in diseases
+    (e.g. ``["benign", "pathogenic"]`` for a variant-effect task).
     """
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; choose one of {', '.join(SIGNALS)}")
@@ -145,10 +147,12 @@ def planted_signal_records(
         raise ValueError(f"signal {signal!r} has exactly {FIXED_CLASSES[signal]} classes, got n_classes={n_classes}")
     if length % 2 == 0 or length < 2 * motif_len + 1:
         raise ValueError(f"length must be odd and at least 2*motif_len+1={2 * motif_len + 1}, got {length}")
-    names = disease_names(n_classes)
+    if labels is not None and len(labels) != n_classes:
+        raise ValueError(f"{len(labels)} labels given for n_classes={n_classes}")
+    names = list(labels) if labels is not None else disease_names(n_classes)
     if signal == "motif" and n_classes <= len(DISEASES):
         records = planted_records(n_records, n_classes, length, motif_len, seed)
-        return [{**r, "question": question} for r in records]
+        return [{**r, "question": question, "answer": names[DISEASES.index(r["answer"])]} for r in records]
     rng = random.Random(seed)
     motifs = motif_vocabulary(n_motifs=n_classes, motif_len=motif_len, seed=20251 + n_classes)
     kmers = _class_kmers(n_classes, 5, per_class=max(1, min(4, 1024 // n_classes)), seed=seed) if signal == "kmer" else None

@@ -98,16 +98,24 @@ def comparison_rows(results: dict[str, dict], chance: float) -> list[dict]:
         rows.append({
             "model": name, "dna": name != "text-only", "text": name != "dna-only", "n": m["n"],
             "accuracy": m["accuracy"], "macro_precision": m["macro_precision"], "macro_recall": m["macro_recall"],
-            "macro_f1": m["macro_f1"], "truncated": m.get("truncated", 0), "train_seconds": round(m["train_seconds"], 1), "chance": chance,
+            "macro_f1": m["macro_f1"], "macro_f1_truth_labels": m["macro"]["truth_labels_zero_division_0"]["f1"],
+            "truncated": m.get("truncated", 0), "train_seconds": round(m["train_seconds"], 1), "chance": chance,
         })
+        if "binary" in m:
+            rows[-1].update(positive_label=m["binary"]["positive_label"], positive_f1=m["binary"]["f1"])
     return rows
 
 
 def write_comparison(out_dir: Path, rows: list[dict], title: str) -> str:
     """``comparison.md``, ``comparison.json``, ``comparison.png``; returns the terminal table."""
-    header = ["model", "DNA", "text", "n", "accuracy", "macro P", "macro R", "macro F1", "truncated", "train s"]
-    cells = [[r["model"], "yes" if r["dna"] else "no", "yes" if r["text"] else "no", r["n"], r["accuracy"],
-              r["macro_precision"], r["macro_recall"], r["macro_f1"], r["truncated"], f'{r["train_seconds"]:.1f}'] for r in rows]
+    binary = bool(rows) and all("positive_f1" in r for r in rows)
+    header = ["model", "DNA", "text", "n", "accuracy"] + ([f'F1 {rows[0]["positive_label"]}'] if binary else []) + [
+        "macro P", "macro R", "macro F1", "macro F1 (truth labels)", "truncated", "train s"]
+    cells = [[r["model"], "yes" if r["dna"] else "no", "yes" if r["text"] else "no", r["n"], r["accuracy"]]
+             + ([r["positive_f1"]] if binary else [])
+             + [r["macro_precision"], r["macro_recall"], r["macro_f1"], r["macro_f1_truth_labels"], r["truncated"],
+                f'{r["train_seconds"]:.1f}']
+             for r in rows]
     by_name = {r["model"]: r for r in rows}
     gain = ""
     if "dna+text" in by_name and "text-only" in by_name:

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 from dnallm.data.kegg import read_jsonl, write_jsonl
-from dnallm.data.synthetic import FIXED_CLASSES, SIGNALS, UNINFORMATIVE_PROMPT, hard_records, planted_signal_records
+from dnallm.data.synthetic import (
+    FIXED_CLASSES, QUESTION, SIGNALS, UNINFORMATIVE_PROMPT, VARIANT_EFFECT_QUESTION, hard_records, planted_signal_records,
+)
 
 
 def print_eval(metrics: dict, out_dir: Path) -> None:
@@ -51,9 +53,12 @@ def _planted(args) -> None:
     from dnallm.io import check_outputs
 
     check_outputs(dirs=[args.out])
-    n_classes = args.classes or FIXED_CLASSES.get(args.signal, 4)
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    question = args.question or (VARIANT_EFFECT_QUESTION if labels else QUESTION)
+    n_classes = len(labels) if labels else args.classes or FIXED_CLASSES.get(args.signal, 4)
     try:
-        records = planted_signal_records(args.records, n_classes=n_classes, length=args.length, seed=args.seed, signal=args.signal)
+        records = planted_signal_records(args.records, n_classes=n_classes, length=args.length,
+                                         seed=args.seed, signal=args.signal, labels=labels, question=question)
     except ValueError as e:  # a class count or length the signal cannot take: one line
         raise RecipeError(str(e)) from None
     n_val = n_test = round(len(records) * args.holdout)
@@ -87,6 +92,8 @@ def add_commands(sub) -> None:
     p.add_argument("--length", type=int, default=4001, help="bp per sequence (odd; the variant is the middle base)")
     p.add_argument("--signal", choices=sorted(SIGNALS), default="motif",
                    help="; ".join(f"{k}: {v}" for k, v in SIGNALS.items()))
+    p.add_argument("--labels", help="class names instead of diseases, comma-separated, e.g. benign,pathogenic (sets --classes)")
+    p.add_argument("--question", help="the question of every record (default: the disease question, or with --labels a variant-effect one)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of records for each of val and test")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_planted)

@@ -120,7 +120,7 @@ def score(answers: list[str], texts: list[str], labels: LabelSet, label_source: 
     """
     truth = [labels.canonical(a) for a in answers]
     pred = [labels.predicted_label(t) for t in texts]
-    metrics = classification_metrics(truth, pred)
+    metrics = classification_metrics(truth, pred, training_labels=labels.labels)
     metrics["no_answer"] = sum(1 for p in pred if not p)
     metrics["labels_unseen_in_training"] = sorted({t for t in truth if t not in labels})
     metrics["n_training_labels"] = len(labels)

@@ -28,17 +28,24 @@ def _fmt(value) -> str:
 
 
 def metrics_summary(metrics: dict, max_classes: int = 12) -> str:
-    """Overall scores, then per-class rows by support (the largest ``max_classes``)."""
-    overall = text_table(
-        ["n", "accuracy", "macro_P", "macro_R", "macro_F1", "no_answer", "truncated"],
-        [[metrics["n"], metrics["accuracy"], metrics["macro_precision"], metrics["macro_recall"], metrics["macro_f1"],
-          metrics.get("no_answer", 0), metrics.get("truncated", 0)]],
+    """Overall scores, both macro conventions, the positive class of a two-label task, then
+    per-class rows by support (the largest ``max_classes``)."""
+    overall = text_table(["n", "accuracy", "no_answer", "truncated"],
+                         [[metrics["n"], metrics["accuracy"], metrics.get("no_answer", 0), metrics.get("truncated", 0)]])
+    over = {"training": "all training labels", "truth": "labels in the ground truth"}
+    macro = text_table(
+        ["macro over", "labels", "zero_division", "macro_P", "macro_R", "macro_F1"],
+        [[over[k.split("_")[0]], m["labels"], m["zero_division"], m["precision"], m["recall"], m["f1"]] for k, m in metrics["macro"].items()],
     )
+    parts = [overall, macro]
+    if "binary" in metrics:
+        b = metrics["binary"]
+        parts.append(text_table(["positive class", "support", "P", "R", "F1"], [[b["positive_label"], b["support"], b["precision"], b["recall"], b["f1"]]]))
     per_class = sorted(metrics["per_class"].items(), key=lambda kv: (-kv[1]["support"], kv[0]))
     rows = [[_short(label), c["support"], c["precision"], c["recall"], c["f1"]] for label, c in per_class[:max_classes]]
-    table = text_table(["class", "support", "P", "R", "F1"], rows)
+    parts.append(text_table(["class", "support", "P", "R", "F1"], rows))
     more = f"\n... {len(per_class) - max_classes} more classes in metrics.json" if len(per_class) > max_classes else ""
-    return f"{overall}\n\n{table}{more}"
+    return "\n\n".join(parts) + more
 
 
 def _short(label: str, width: int = 40) -> str:
