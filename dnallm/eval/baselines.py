@@ -22,6 +22,7 @@ from dnallm.eval.kegg import OUTPUT_FILES, evaluate, load_eval_examples, score, 
 from dnallm.eval.labels import LabelSet
 from dnallm.eval.plots import plot_comparison
 from dnallm.eval.table import markdown_table, text_table
+from dnallm.hub import locate_models
 from dnallm.io import atomic_write_text, check_outputs
 from dnallm.train.build import build_encoder
 from dnallm.train.engine import pick_device
@@ -143,6 +144,7 @@ def run_baselines(recipe: BaselinesRecipe) -> dict:
         [out_dir / f"comparison.{ext}" for ext in ("md", "json", "png")] + [d / "eval" / f for d in run_dirs for f in OUTPUT_FILES],
         dirs=[out_dir, *run_dirs], inputs=[recipe.data.train, recipe.data.val, *files],
     )
+    locate_models(recipe)  # the runs' checkpoints then name the base models by absolute path
     chance = majority_share(list(load_eval_examples(files, recipe.data.dna_window, need_dna=False)["answer"]))
     results = {}
     for name in recipe.models:

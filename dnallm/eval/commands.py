@@ -36,10 +36,7 @@ def _baselines(args) -> None:
     from dnallm.config import load_recipe
     from dnallm.eval.baselines import BaselinesRecipe, run_baselines
 
-    from dnallm.hub import locate_models
-
     recipe = load_recipe(args.recipe, args.overrides, cls=BaselinesRecipe)
-    locate_models(recipe)
     result = run_baselines(recipe)
     print(result["table"])
     for name, metrics in result["results"].items():
