@@ -72,7 +72,7 @@ class ProjectorConfig:
     # Variant summary after the two blocks (dnallm/fusion/summary.py): none | pooled | centre | pooled+centre.
     # "none" is the published layout (two DNA blocks only).
     summary: str = "pooled+centre"
-    summary_tokens: int = 1  # LLM positions the summary takes
+    summary_tokens: int = 4  # LLM positions the summary takes (more positions, more of the attention)
     summary_context: int = 9  # centre view: bases around the variant it reads (odd)
 
 

@@ -3,7 +3,8 @@
 For each planted signal this writes a dataset (``dnallm planted``), trains and scores the
 text-only LLM and the DNA-only head once (neither depends on the fusion design), then the
 fusion model for every design and compression factor k, all through ``dnallm baselines``
-with the tiny planted recipe. Prints one JSON document; writes ``grid.md`` and ``grid.json``.
+with the tiny planted recipe. Prints one JSON document; writes ``grid.md`` and ``grid.json``. Runs already in ``--out``
+are read back, not repeated: a stopped grid goes on where it stopped.
 
     dnallm make-tiny
     python scripts/fidelity_grid.py --out runs/fidelity-grid
@@ -49,6 +50,11 @@ def write_signal_data(out: Path, signal: str, records: int, n_test: int, seed: i
 
 
 def run(recipe_path: Path, out_dir: Path, data: Path, models: list[str], overrides: list[str]) -> dict[str, float]:
+    """Accuracy per model; a run whose comparison is already in ``out_dir`` is read, not repeated,
+    so an interrupted grid goes on where it stopped."""
+    done = out_dir / "comparison.json"
+    if done.is_file():
+        return {row["model"]: row["accuracy"] for row in json.loads(done.read_text())["rows"]}
     recipe = load_recipe(recipe_path, [
         f"output_dir={out_dir}", f"data.train={data / 'train.jsonl'}", f"test={data / 'test.jsonl'}",
         f"models={','.join(models)}", *overrides,

@@ -13,8 +13,8 @@ Views (``kind``, joined with ``+``):
   (windows are centred on the allele), ``context`` of them: a single changed base is at
   full strength there, not diluted by the window's length, and its sequence context (the
   neighbouring bases that decide, say, a CpG site or a splice motif) comes with it.
-Each view contributes reference, variant and variant - reference; the centre view does so
-position by position, each position projected to a small width before the MLP.
+Each view contributes reference, variant and variant - reference: the centre position itself
+at full width, its flanks position by position, each projected to a small width, before the MLP.
 """
 
 from __future__ import annotations
@@ -64,11 +64,13 @@ class VariantSummary(nn.Module):
         if "pooled" in self.views:
             features += 3 * dna_hidden
         if "centre" in self.views:
-            # Each centre position's (reference, variant, difference) to a small width, then
-            # side by side: the MLP sees which base sits where, as a k-mer detector does.
-            per_position = min(llm_hidden, 256)
-            self.centre_proj = nn.Sequential(nn.LayerNorm(3 * dna_hidden), nn.Linear(3 * dna_hidden, per_position), nn.GELU())
-            features += context * per_position
+            features += 3 * dna_hidden  # the variant's own position, as the pooled view sees a window
+            if context > 1:
+                # Each context position's (reference, variant, difference) to a small width, then
+                # side by side: the MLP sees which base sits where, as a k-mer detector does.
+                per_position = min(llm_hidden, 256)
+                self.context_proj = nn.Sequential(nn.LayerNorm(3 * dna_hidden), nn.Linear(3 * dna_hidden, per_position), nn.GELU())
+                features += context * per_position
         hidden = max(llm_hidden, 256)  # at least as wide as the DNA-only head's
         self.mlp = nn.Sequential(
             nn.LayerNorm(features),
@@ -87,6 +89,8 @@ class VariantSummary(nn.Module):
             parts.append(pair_features(masked_mean(ref, ref_mask), masked_mean(var, var_mask)))
         if "centre" in self.views:
             centre = pair_features(centre_positions(ref, ref_mask, self.context), centre_positions(var, var_mask, self.context))
-            parts.append(self.centre_proj(centre).flatten(1))  # (n_pairs, context * per_position)
+            parts.append(centre[:, self.context // 2])  # (n_pairs, 3 * dna_hidden)
+            if self.context > 1:
+                parts.append(self.context_proj(centre).flatten(1))  # (n_pairs, context * per_position)
         out = self.mlp(torch.cat(parts, dim=-1))  # (n_pairs, n_tokens * llm_hidden)
         return out.view(-1, self.n_tokens, self.llm_hidden)
