@@ -14,7 +14,7 @@ from dnallm.data.dna import RecordError
 from dnallm.data.kegg import read_jsonl, write_jsonl
 from dnallm.data.synthetic import DISEASES, QUESTION, SIGNALS, hard_records, planted_records, planted_signal_records
 from dnallm.eval.kegg import load_eval_examples, score, write_outputs
-from dnallm.eval.labels import LabelSet
+from dnallm.data.labels import LabelSet
 from dnallm.eval.metrics import OTHER, confusion_counts
 from dnallm.train.finetune import train
 
