@@ -1,6 +1,6 @@
 """GRPO against more fine-tuning for the same wall time, on the planted task, printed as JSON.
 
-1. Tiny models and planted KEGG-format data (480 train, 60 test records, 4 classes).
+1. Tiny models and planted KEGG-format data as `dnallm make-tiny` writes them (480 train, 60 test, 4 classes).
 2. Fine-tune with recipes/kegg/tiny.yaml, stopped after --sft-steps of its 300 (under-trained).
 3. From that checkpoint: (a) `dnallm grpo` with recipes/grpo/tiny.yaml (+ overrides), timed;
    (b) the fine-tuning run continued on its own schedule for as many steps as fit in (a)'s
@@ -42,16 +42,16 @@ def timed(fn, *args, **kwargs):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="working directory (models, data, runs)")
-    parser.add_argument("--sft-steps", type=int, default=120, help="fine-tuning steps before stopping early (of 300)")
+    parser.add_argument("--sft-steps", type=int, default=160, help="fine-tuning steps before stopping early (of 300)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="for the GRPO recipe, e.g. train.max_steps=40")
     args = parser.parse_args()
 
     out = args.out
     models = make_tiny(out / "tiny", seed=args.seed)
-    records = planted_records(540, n_classes=4, seed=args.seed)
-    write_jsonl(out / "data/train.jsonl", records[:480])
-    write_jsonl(out / "data/test.jsonl", records[480:])
+    records = planted_records(600, n_classes=4, seed=args.seed)  # the split of `dnallm make-tiny`
+    write_jsonl(out / "data/test.jsonl", records[60:120])
+    write_jsonl(out / "data/train.jsonl", records[120:])
     test = out / "data/test.jsonl"
     common = [f"encoder.name_or_path={models['genos']}", f"llm.name_or_path={models['qwen3']}",
               f"data.train={out / 'data/train.jsonl'}", "data.val=", "train.save_every=0", "train.keep_last=0"]

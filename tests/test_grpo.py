@@ -25,15 +25,17 @@ from dnallm.train.policy import group_advantages, policy_loss, reference_logps, 
 from dnallm.train.rewards import Reply, Rewards
 
 REPO = Path(__file__).resolve().parent.parent
+STOP_SFT_AFTER = 160
 LABELS = LabelSet(["parkinson's disease", "alzheimer's disease", "prion disease"])
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
+    """The planted data of `dnallm make-tiny` (the split recipes/grpo/tiny.yaml was tuned on)."""
     out = tmp_path_factory.mktemp("planted")
-    records = planted_records(540, n_classes=4, seed=0)
-    write_jsonl(out / "train.jsonl", records[:480])
-    write_jsonl(out / "test.jsonl", records[480:])
+    records = planted_records(600, n_classes=4, seed=0)
+    write_jsonl(out / "test.jsonl", records[60:120])
+    write_jsonl(out / "train.jsonl", records[120:])
     return out
 
 
@@ -44,14 +46,11 @@ def _paths(tiny_models, planted, out):
 
 @pytest.fixture(scope="module")
 def under_trained(tmp_path_factory, tiny_models, planted):
-    """The tiny fine-tuning recipe stopped early: it answers in format, but well short of
-    the ~98 % its full 300 steps reach on this test set."""
+    """The tiny fine-tuning recipe stopped after 160 of its 300 steps: it answers in format,
+    but right on only about half the test set, where the full run reaches ~98 %."""
     out = tmp_path_factory.mktemp("sft") / "run"
     recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [*_paths(tiny_models, planted, out), "train.save_every=0"])
     return train(recipe, stop_after=STOP_SFT_AFTER)
-
-
-STOP_SFT_AFTER = 120
 
 
 def _grpo_recipe(tiny_models, planted, init, out, *extra):
@@ -184,7 +183,7 @@ def test_grpo_raises_planted_test_accuracy(tiny_models, planted, under_trained, 
     before = evaluate(under_trained, planted / "test.jsonl", tmp_path / "eval_before")["accuracy"]
     checkpoint = grpo(_grpo_recipe(tiny_models, planted, under_trained, tmp_path / "run"))
     after = evaluate(checkpoint, planted / "test.jsonl", tmp_path / "eval_after")["accuracy"]
-    assert before <= 0.75, before  # under-trained: the full recipe reaches ~0.98 here
+    assert before <= 0.6, before  # under-trained: the full recipe reaches ~0.98 here
     assert after - before >= 0.15, (before, after)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert {"grpo/reward", "grpo/sampled_accuracy", "grpo/kl", "grpo/reply_length"} <= log[-1].keys()

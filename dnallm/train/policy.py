@@ -51,6 +51,7 @@ def sample_replies(model, encoder, processor, examples: list[dict], *, group_siz
     with autocast(device):
         replies = model.generate(
             prompt_ids, prompt_mask, dna_embeds, dna_mask, do_sample=True, temperature=temperature, top_p=top_p,
+            top_k=0,  # no top-k cut (transformers' default keeps 50): sample from what the recipe says
             num_return_sequences=group_size, max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )  # (B*G, T): only the new tokens
