@@ -18,7 +18,7 @@ from dnallm.data.labels import LabelSet
 from dnallm.data.synthetic import planted_records
 from dnallm.eval.kegg import evaluate
 from dnallm.train.build import build_encoder, build_model, build_processor
-from dnallm.train.checkpoint import rng_state, set_rng_state
+from dnallm.train.checkpoint import load_trainable, rng_state, set_rng_state
 from dnallm.train.finetune import train
 from dnallm.train.grpo import grpo
 from dnallm.train.policy import group_advantages, policy_loss, reference_logps, reply_logps, sample_replies
@@ -144,6 +144,7 @@ def test_sampled_groups_and_their_log_probabilities(tiny_models, planted, under_
     recipe = _grpo_recipe(tiny_models, planted, under_trained, tmp_path / "run")
     encoder = build_encoder(recipe, "cpu")
     model, tokenizer = build_model(recipe, "cpu")
+    load_trainable(model, under_trained)
     processor = build_processor(recipe, tokenizer, encoder)
     examples = list(load_examples(planted / "train.jsonl", recipe.data.dna_window))[:2]
     torch.manual_seed(0)
@@ -224,3 +225,14 @@ def test_grpo_command_rejects_a_checkpoint_of_another_model_shape(tiny_models, p
     assert "error: grpo.init_from:" in err and "lora.r=8" in err and "lora.r=4" in err
     assert main(args[:2] + ["grpo.init_from="]) == 2
     assert "grpo.init_from is empty" in capsys.readouterr().err
+
+
+def test_each_batch_of_replies_serves_updates_per_batch_steps(tiny_models, planted, under_trained, tmp_path):
+    extra = ["train.max_steps=4", "train.save_every=0", "train.micro_batch_size=2", "grpo.group_size=4", "grpo.max_new_tokens=8",
+             "grpo.updates_per_batch=2", "grpo.kl_beta=0", "train.lr=1e-2"]
+    checkpoint = grpo(_grpo_recipe(tiny_models, planted, under_trained, tmp_path / "run", *extra))
+    assert checkpoint.name == "checkpoint-4"
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [2, 4]  # two batches of replies, two optimizer steps each
+    # the second pass over a batch meets a moved policy: some ratios leave the clip range
+    assert all(entry["grpo/clip_fraction"] > 0 for entry in log) and "grpo/kl" not in log[0]
