@@ -4,7 +4,8 @@
 2. Fine-tune with recipes/kegg/tiny.yaml, stopped after --sft-steps of its 300 (under-trained).
 3. From that checkpoint: (a) `dnallm grpo` with recipes/grpo/tiny.yaml (+ overrides), timed;
    (b) the fine-tuning run continued on its own schedule for as many steps as fit in (a)'s
-   wall time (its step time measured first by a short calibration run).
+   wall time (its step time measured first by a short calibration run), or to the end of
+   that schedule if it comes first (then (b) used less time than (a)).
 4. `dnallm eval` on the same test set for the start, (a) and (b).
 
   python scripts/bench_grpo.py --out /tmp/bench_grpo
@@ -82,8 +83,9 @@ def main() -> None:
         "grpo": {"checkpoint": str(grpo_ckpt), "steps": read_state(grpo_ckpt)["step"], "wall_s": grpo_wall, "cpu_s": grpo_cpu,
                  "test_accuracy": grpo_acc, "gain_points": round(100 * (grpo_acc - before), 1),
                  "prompts_per_step": recipe.train.micro_batch_size * recipe.train.grad_accum, "group_size": recipe.grpo.group_size},
-        "sft_more": {"checkpoint": str(more_ckpt), "steps": n_more, "wall_s": more_wall, "cpu_s": more_cpu,
-                     "test_accuracy": more_acc, "gain_points": round(100 * (more_acc - before), 1)},
+        "sft_more": {"checkpoint": str(more_ckpt), "steps": read_state(more_ckpt)["step"] - args.sft_steps, "steps_fitting_grpo_wall": n_more,
+                     "ended_with_its_schedule": read_state(more_ckpt)["step"] == cal_recipe.train.max_steps,
+                     "wall_s": more_wall, "cpu_s": more_cpu, "test_accuracy": more_acc, "gain_points": round(100 * (more_acc - before), 1)},
         "test_records": 60,
     }, indent=2))
 
