@@ -236,3 +236,16 @@ def test_each_batch_of_replies_serves_updates_per_batch_steps(tiny_models, plant
     assert [entry["step"] for entry in log] == [2, 4]  # two batches of replies, two optimizer steps each
     # the second pass over a batch meets a moved policy: some ratios leave the clip range
     assert all(entry["grpo/clip_fraction"] > 0 for entry in log) and "grpo/kl" not in log[0]
+
+
+@pytest.mark.parametrize("size", ["4b", "1.7b"])
+def test_kegg_grpo_recipes_continue_their_fine_tuning_recipe(size):
+    from dnallm.train.grpo import MODEL_KEYS
+
+    sft = load_recipe(REPO / f"recipes/kegg/genos1b_qwen3_{size}.yaml")
+    rl = load_recipe(REPO / f"recipes/kegg/grpo_genos1b_qwen3_{size}.yaml", cls=GRPORecipe)
+    assert rl.grpo.init_from == sft.output_dir and rl.output_dir != sft.output_dir
+    theirs, ours = sft.to_dict(), rl.to_dict()
+    for key in (*MODEL_KEYS, "encoder.name_or_path", "llm.name_or_path", "data.train", "data.with_reasoning"):
+        section, name = key.split(".")
+        assert theirs[section][name] == ours[section][name], key
