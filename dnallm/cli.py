@@ -40,6 +40,13 @@ def _train(args) -> None:
     train(recipe)
 
 
+def _grpo(args) -> None:
+    from dnallm.config import GRPORecipe, load_recipe
+    from dnallm.train.grpo import grpo
+
+    grpo(load_recipe(args.recipe, args.overrides, cls=GRPORecipe))
+
+
 def _eval(args) -> None:
     from dnallm.eval.kegg import evaluate
 
@@ -126,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("grpo", help="reinforce a fine-tuned checkpoint (grpo.init_from) with GRPO; key=value overrides any recipe field")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. grpo.init_from=runs/kegg-tiny grpo.group_size=8")
+    p.set_defaults(func=_grpo)
 
     p = sub.add_parser("eval", help="generate answers for a KEGG-format file and score them")
     p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")

@@ -115,6 +115,36 @@ class Recipe(RecipeBase):
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+@dataclass
+class GRPOConfig:
+    init_from: str = ""  # the fine-tuned checkpoint (or its run directory: the latest) to start from
+    group_size: int = 8  # replies sampled per prompt (G)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    rewards: list = field(default_factory=lambda: ["correct_label", "answer_format"])  # names or module:function
+    reward_weights: list = field(default_factory=list)  # one per reward; empty: all 1.0
+    length_target: int = 0  # the `length` reward: replies up to this many tokens score 1
+    scale_rewards: bool = True  # divide advantages by the group's reward std (False: Dr. GRPO)
+    clip_eps: float = 0.2  # ratio clipped to [1 - clip_eps, 1 + clip_eps_high]
+    clip_eps_high: float = 0.0  # 0: clip_eps
+    kl_beta: float = 0.02  # weight of the KL penalty to the reference policy; 0: no reference forward
+    updates_per_batch: int = 1  # optimizer steps on each batch of sampled replies
+
+
+@dataclass
+class GRPORecipe(Recipe):
+    """A KEGG recipe plus the reinforcement stage's section; model sections must match ``grpo.init_from``."""
+
+    run_name: str = "kegg-grpo"
+    output_dir: str = "runs/kegg-grpo"
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+
+def kegg_recipe_class(tree: dict):
+    """The recipe class a saved KEGG ``recipe.yaml`` was written from."""
+    return GRPORecipe if "grpo" in tree else Recipe
+
 
 def _all_keys(cls, prefix: str = "") -> list[str]:
     keys = []

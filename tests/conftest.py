@@ -52,12 +52,13 @@ def shared_kegg() -> Path:
     return SHARED_KEGG
 
 
-_port = [29700]
-
-
 @pytest.fixture
 def single_process_env(monkeypatch):
-    """Environment of a one-process launch, with a fresh port per test."""
-    _port[0] += 1
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port[0]), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+    """Environment of a one-process launch, on a port free at the time (other test runs may share the machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(key, value)

@@ -1,6 +1,7 @@
 import pytest
+import yaml
 
-from dnallm.config import RecipeError, load_recipe, recipe_from_dict
+from dnallm.config import RecipeError, kegg_recipe_class, load_recipe, recipe_from_dict
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -43,7 +44,7 @@ def test_shipped_recipes_load():
     recipes = sorted(Path(__file__).resolve().parent.parent.glob("recipes/kegg/*.yaml"))
     assert len(recipes) >= 5
     for path in recipes:
-        recipe = load_recipe(path)
+        recipe = load_recipe(path, cls=kegg_recipe_class(yaml.safe_load(path.read_text())))  # GRPO recipes add a grpo section
         assert recipe.data.dna_window > 0
         if path.stem != "tiny":
             assert recipe.llm.name_or_path.startswith("Qwen/Qwen3-")

@@ -16,7 +16,7 @@ from dnallm.data.synthetic import (
     DISEASES, FIXED_CLASSES, QUESTION, SIGNALS, SUBSTITUTIONS, hard_records, planted_records, planted_signal_records,
 )
 from dnallm.eval.kegg import load_eval_examples, score, write_outputs
-from dnallm.eval.labels import LabelSet
+from dnallm.data.labels import LabelSet
 from dnallm.eval.metrics import OTHER, confusion_counts
 from dnallm.train.finetune import train
 

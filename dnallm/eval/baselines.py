@@ -18,8 +18,8 @@ from pathlib import Path
 from dnallm.config import Recipe, RecipeError, recipe_from_dict
 from dnallm.data.kegg import load_examples
 from dnallm.eval.dna_only import DNAHeadConfig, fit_dna_only, load_head, pooled_pair_features, predict
+from dnallm.data.labels import LabelSet
 from dnallm.eval.kegg import OUTPUT_FILES, evaluate, load_eval_examples, score, write_outputs
-from dnallm.eval.labels import LabelSet
 from dnallm.eval.plots import plot_comparison
 from dnallm.eval.table import markdown_table, text_table
 from dnallm.hub import locate_models

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from dnallm.encoders import DNAEncoder
-from dnallm.eval.labels import LabelSet
+from dnallm.data.labels import LabelSet
 from dnallm.fusion.classifier import PooledPairClassifier, masked_mean, pair_features
 from dnallm.io import atomic_directory
 

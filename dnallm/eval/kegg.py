@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from dnallm.data.dna import RecordError
 from dnallm.data import chat
 from dnallm.data.kegg import DNA_FIELDS, load_examples, read_jsonl
-from dnallm.eval.labels import LabelSet
+from dnallm.data.labels import LabelSet
 from dnallm.eval.metrics import classification_metrics
 from dnallm.eval.plots import plot_confusion
 from dnallm.fusion.processor import dna_inputs

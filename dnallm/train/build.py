@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from dnallm.config import Recipe, apply_overrides, recipe_from_dict
+from dnallm.config import Recipe, apply_overrides, kegg_recipe_class, recipe_from_dict
 from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.cache import CacheIdentity, CachedEncoder, weights_fingerprint
 from dnallm.fusion import build_fusion_lm
@@ -97,7 +97,8 @@ def load_checkpoint(checkpoint: str | Path, device: str, overrides: list[str] | 
     ``llm.name_or_path=/models/Qwen3-4B``. -> (recipe, encoder, model, processor)
     """
     checkpoint = resolve_checkpoint(checkpoint)
-    recipe = recipe_from_dict(yaml.safe_load((checkpoint / "recipe.yaml").read_text()))
+    tree = yaml.safe_load((checkpoint / "recipe.yaml").read_text())
+    recipe = recipe_from_dict(tree, cls=kegg_recipe_class(tree))
     apply_overrides(recipe, overrides)
     locate_models(recipe, relative_to=checkpoint)
     encoder = build_encoder(recipe, device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -129,6 +130,10 @@ class TorchEngine:
         self.micro_steps = step * self.grad_accum
         fast_forward(self.scheduler, step)
 
+    def whole_weights(self):
+        """Context in which the module's weights are whole on every rank (for generation)."""
+        return nullcontext()
+
     def barrier(self) -> None:
         pass
 
@@ -224,6 +229,16 @@ class DeepSpeedEngine:
         self.engine.global_steps = step
         self.engine.micro_steps = step * self.engine.gradient_accumulation_steps()
         fast_forward(self.scheduler, step)
+
+    def whole_weights(self):
+        """Context in which the module's weights are whole on every rank. Under ZeRO-3 this
+        gathers them once, so that generation (token by token, and through ``embed``, which
+        ``forward`` hooks do not see) does not gather each layer again for every token."""
+        if self.engine.zero_optimization_stage() != 3:
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.module.parameters()))
 
     def barrier(self) -> None:
         torch.distributed.barrier()

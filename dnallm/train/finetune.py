@@ -47,6 +47,27 @@ def param_groups(model, recipe: Recipe) -> list[dict]:
     ]
 
 
+def build_engine(model, recipe: Recipe, total_steps: int, device: str):
+    """The recipe's engine (DeepSpeed when ``deepspeed`` names a config, else plain PyTorch)
+    with AdamW over ``param_groups`` and a cosine schedule with warm-up over ``total_steps``."""
+    t = recipe.train
+    warmup = round(t.warmup_ratio * total_steps)
+
+    def scheduler_fn(optimizer):
+        return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+
+    groups = param_groups(model, recipe)
+    if recipe.deepspeed:
+        ds_config = resolve_deepspeed_config(
+            recipe.deepspeed, micro_batch_size=t.micro_batch_size, grad_accum=t.grad_accum,
+            max_grad_norm=t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay, device=device,
+        )
+        return DeepSpeedEngine(model, groups, scheduler_fn, config=ds_config, device=device)
+    if distributed_env()[2] > 1:
+        raise RuntimeError("multi-process training needs a DeepSpeed config: add deepspeed=recipes/deepspeed/zero2.json")
+    return TorchEngine(model, groups, scheduler_fn, grad_accum=t.grad_accum, max_grad_norm=t.max_grad_norm, device=device)
+
+
 def step_batch(engine, encoder, batch: dict, device: str, encoder_batch_size: int):
     """One micro-batch forward: frozen encoder (no graph), then the fusion model."""
     dna_embeds, dna_mask = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else (None, None)
@@ -104,22 +125,8 @@ def train(recipe: Recipe, stop_after: int | None = None) -> Path:
     sampler = DistributedSampler(train_rows, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed)
     loader = DataLoader(train_rows, batch_size=t.micro_batch_size, sampler=sampler, collate_fn=processor.collate)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * len(loader) / t.grad_accum)
-    warmup = round(t.warmup_ratio * total_steps)
 
-    def scheduler_fn(optimizer):
-        return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-
-    groups = param_groups(model, recipe)
-    if recipe.deepspeed:
-        ds_config = resolve_deepspeed_config(
-            recipe.deepspeed, micro_batch_size=t.micro_batch_size, grad_accum=t.grad_accum,
-            max_grad_norm=t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay, device=device,
-        )
-        engine = DeepSpeedEngine(model, groups, scheduler_fn, config=ds_config, device=device)
-    else:
-        if world > 1:
-            raise RuntimeError("multi-process training needs a DeepSpeed config: add deepspeed=recipes/deepspeed/zero2.json")
-        engine = TorchEngine(model, groups, scheduler_fn, grad_accum=t.grad_accum, max_grad_norm=t.max_grad_norm, device=device)
+    engine = build_engine(model, recipe, total_steps, device)
     if resume:
         engine.load_moments(load_moments(engine.module, resume), start_step)
 

@@ -1,0 +1,118 @@
+"""The pieces of GRPO: sample a group of replies per prompt, score them against each other,
+and the clipped policy-gradient loss with a KL penalty to the reference policy.
+
+The reference policy is the same model with its LoRA adapters switched off (peft's
+``disable_adapter``), so no second copy of the LLM is kept in memory.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from dnallm.fusion.processor import dna_inputs
+
+
+@dataclass
+class Rollout:
+    """G sampled replies for each of B prompts, rows ordered prompt by prompt (B*G rows)."""
+
+    input_ids: torch.Tensor  # (B*G, P+T) left-padded prompt, then the reply
+    attention_mask: torch.Tensor  # (B*G, P+T)
+    reply_mask: torch.Tensor  # (B*G, T) 1 on reply tokens up to and including the end of turn
+    dna_embeds: torch.Tensor | None  # (B*G*k, L, H) each prompt's k sequences, repeated for its G replies
+    dna_mask: torch.Tensor | None  # (B*G*k, L)
+    texts: list[str]
+    finished: list[bool]  # ended the turn within max_new_tokens
+
+    @property
+    def reply_ids(self) -> torch.Tensor:
+        return self.input_ids[:, -self.reply_mask.shape[1] :]
+
+
+def autocast(device: str):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+
+
+@torch.no_grad()
+def sample_replies(model, encoder, processor, examples: list[dict], *, group_size: int, temperature: float, top_p: float,
+                   max_new_tokens: int, encoder_batch_size: int, device: str) -> Rollout:
+    """Sample ``group_size`` replies per example with the KV cache.
+
+    The frozen encoder runs once per prompt (or its embeddings come from the cache);
+    generation repeats the prompt's embeddings for the G replies.
+    """
+    tokenizer = processor.tokenizer
+    batch = processor.collate([processor(ex, with_answer=False) for ex in examples], side="left")
+    dna_embeds, dna_mask = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else (None, None)
+    prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    with autocast(device):
+        replies = model.generate(
+            prompt_ids, prompt_mask, dna_embeds, dna_mask, do_sample=True, temperature=temperature, top_p=top_p,
+            top_k=0,  # no top-k cut (transformers' default keeps 50): sample from what the recipe says
+            num_return_sequences=group_size, max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )  # (B*G, T): only the new tokens
+    is_end = replies == tokenizer.eos_token_id
+    reply_mask = (is_end.cumsum(1) - is_end.long()) == 0  # up to and including the first end of turn
+    texts = [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(replies, reply_mask)]
+    if dna_embeds is not None:
+        k = len(batch["dna"]) // len(examples)  # sequences per prompt
+        dna_embeds = dna_embeds.unflatten(0, (len(examples), k)).repeat_interleave(group_size, 0).flatten(0, 1)
+        dna_mask = dna_mask.unflatten(0, (len(examples), k)).repeat_interleave(group_size, 0).flatten(0, 1)
+    return Rollout(
+        input_ids=torch.cat([prompt_ids.repeat_interleave(group_size, 0), replies], 1),
+        attention_mask=torch.cat([prompt_mask.repeat_interleave(group_size, 0), reply_mask.long()], 1),
+        reply_mask=reply_mask.float(),
+        dna_embeds=dna_embeds, dna_mask=dna_mask, texts=texts, finished=is_end.any(1).tolist(),
+    )
+
+
+def reply_logps(forward, rollout: Rollout) -> torch.Tensor:
+    """Log-probability of each reply token under ``forward`` (the engine, or the model). (B*G, T)"""
+    logits = forward(
+        input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+        dna_embeds=rollout.dna_embeds, dna_mask=rollout.dna_mask,
+    ).logits
+    n_reply = rollout.reply_mask.shape[1]
+    logits = logits[:, -n_reply - 1 : -1]  # position t predicts token t + 1
+    ids = rollout.reply_ids
+    # row by row: a (B*G, T, vocab) fp32 copy would be the largest tensor of the step
+    return torch.stack([row.float().log_softmax(-1).gather(-1, i[:, None]).squeeze(-1) for row, i in zip(logits, ids)])
+
+
+@torch.no_grad()
+def reference_logps(model, rollout: Rollout) -> torch.Tensor:
+    """Reply log-probabilities under the reference policy: the model with its LoRA switched off."""
+    with model.llm.disable_adapter():
+        return reply_logps(model, rollout)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
+    """Each reply's reward against its group's mean (and std): (B*G,) -> (B*G,)."""
+    groups = rewards.view(-1, group_size)
+    centred = groups - groups.mean(1, keepdim=True)
+    if scale:
+        centred = centred / (groups.std(1, keepdim=True) + 1e-4)
+    return centred.flatten()
+
+
+def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, reply_mask: torch.Tensor, *,
+                clip_low: float, clip_high: float, ref_logps: torch.Tensor | None = None, kl_beta: float = 0.0,
+                n_tokens: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate + ``kl_beta`` * KL(policy || reference), summed over reply tokens and
+    divided by ``n_tokens`` (default: this batch's reply tokens), so every token weighs the same
+    whatever the length of its reply. Per-token tensors are (B*G, T); ``advantages`` (B*G,)."""
+    ratio = torch.exp(logps - old_logps)
+    adv = advantages[:, None]
+    per_token = -torch.min(ratio * adv, ratio.clamp(1 - clip_low, 1 + clip_high) * adv)
+    n = reply_mask.sum().clamp(min=1) if n_tokens is None else n_tokens
+    stats = {"clip_fraction": float(((ratio - ratio.clamp(1 - clip_low, 1 + clip_high)).abs() > 0).float().mul(reply_mask).sum() / reply_mask.sum().clamp(min=1))}
+    if ref_logps is not None:
+        delta = ref_logps - logps
+        kl = torch.exp(delta) - delta - 1  # k3 estimator: unbiased, never negative
+        per_token = per_token + kl_beta * kl
+        stats["kl"] = float((kl.detach() * reply_mask).sum() / reply_mask.sum().clamp(min=1))
+    return (per_token * reply_mask).sum() / n, stats
