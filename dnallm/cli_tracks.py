@@ -19,8 +19,8 @@ def _make_tiny_tracks(args) -> None:
 
 
 def _train_tracks(args) -> None:
+    from dnallm.config import load_coverage_recipe
     from dnallm.train.coverage import train
-    from dnallm.train.coverage_config import load_coverage_recipe
 
     train(load_coverage_recipe(args.recipe, args.overrides))
 
