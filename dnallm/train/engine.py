@@ -278,9 +278,25 @@ class DeepSpeedEngine:
             for group in inner.param_groups:
                 if "step" in group:
                     group["step"] = step
+            _replay_cpu_adam_powers(inner, step)
         self.engine.global_steps = step
         self.engine.micro_steps = step * self.engine.gradient_accumulation_steps()
         fast_forward(self.scheduler, step)
 
     def barrier(self) -> None:
         torch.distributed.barrier()
+
+
+def _replay_cpu_adam_powers(optimizer, step: int) -> None:
+    """ZeRO-Offload's CPU Adam keeps beta^t in C++ as a running float product; a fresh one
+    would compute ``pow(beta, t)`` instead, which differs in the last bits. Step its C++ state
+    through 1..``step`` on empty tensors so the resumed run's bias correction is the
+    uninterrupted run's, bit for bit."""
+    native = getattr(optimizer, "ds_opt_adam", None)
+    if native is None:
+        return
+    group, empty = optimizer.param_groups[0], torch.empty(0)
+    beta1, beta2 = group["betas"]
+    for t in range(1, step + 1):
+        native.adam_update(optimizer.opt_id, t, group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                           group["bias_correction"], empty, empty, empty, empty)
