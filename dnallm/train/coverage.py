@@ -42,13 +42,14 @@ from dnallm.train.trainer import fit
 WEIGHTS = "model.safetensors"
 
 
-def adafactor(lr: float, weight_decay: float):
-    """transformers' Adafactor with a fixed, scheduled learning rate (no relative steps)."""
+def adafactor(recipe: CoverageRecipe) -> tuple[str, object]:
+    """transformers' Adafactor with a fixed, scheduled learning rate (no relative steps): (name, builder)."""
+    t = recipe.train
 
     def build(param_groups):
-        return Adafactor(param_groups, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False, warmup_init=False)
+        return Adafactor(param_groups, lr=t.lr, weight_decay=t.weight_decay, scale_parameter=False, relative_step=False, warmup_init=False)
 
-    return build
+    return "Adafactor", build
 
 
 def build_model(recipe: CoverageRecipe, n_tracks: int) -> CoverageModel:
@@ -70,7 +71,7 @@ def param_groups(model, recipe: CoverageRecipe) -> list[dict]:
 def build_engine(recipe: CoverageRecipe, model, total_steps: int, grad_accum: int, device: str):
     """The shared engine with this objective's optimizer (Adafactor)."""
     return engines.build_engine(recipe, model, param_groups(model, recipe), total_steps=total_steps, grad_accum=grad_accum,
-                                device=device, optimizer=("Adafactor", adafactor(recipe.train.lr, recipe.train.weight_decay)))
+                                device=device, optimizer=adafactor(recipe))
 
 
 def target_transform(recipe: CoverageRecipe, tracks: list[Track]) -> TargetTransform:
@@ -85,7 +86,7 @@ class Coverage:
 
     def __init__(self, recipe: CoverageRecipe):
         self.recipe = recipe
-        self.optimizer = ("Adafactor", adafactor(recipe.train.lr, recipe.train.weight_decay))
+        self.optimizer = adafactor(recipe)
         self.validate_at_start = recipe.eval.validate_at_start
 
     def setup(self, device: str, rank: int, world: int):
