@@ -35,7 +35,8 @@ from dnallm.hub import resolve_dtype
 from dnallm.io import atomic_open, save_tensors
 from dnallm.serve.session import Conversation, ModelSession, Sampling
 from dnallm.train import checkpoint as fusion_checkpoint
-from dnallm.train import coverage_checkpoint
+from dnallm.train import coverage as coverage_objective
+from dnallm.train.checkpoint import list_checkpoints
 from dnallm.train.engine import pick_device
 
 POOLS = ("mean", "max", "last", "none")
@@ -129,7 +130,7 @@ def load(checkpoint: str | Path, *, device: str | None = None, overrides: list[s
     ``["llm.name_or_path=/models/Qwen3-4B"]``.
     """
     path = Path(checkpoint)
-    if coverage_checkpoint.list_checkpoints(path) or (path / coverage_checkpoint.WEIGHTS).is_file():
+    if list_checkpoints(path, coverage_objective.WEIGHTS) or (path / coverage_checkpoint.WEIGHTS).is_file():
         from dnallm.eval.coverage_predict import Predictor
 
         return TrackModel(Predictor(path, device=device, overrides=overrides))

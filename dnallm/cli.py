@@ -204,8 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     if "DS_ACCELERATOR" not in os.environ and not _cuda_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
     args = build_parser().parse_args(argv)
+    from dnallm.train.trainer import PREEMPTED_EXIT, Preempted
+
     try:
         args.func(args)
+    except Preempted as e:
+        # A scheduler's SIGTERM: the checkpoint is saved; a status other than 0 keeps `train && eval` from going on.
+        print(f"dnallm {args.command}: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except _user_errors() as e:
         # Bad input is the user's to fix: one clear line, no traceback (DNALLM_DEBUG=1 shows it).
         if os.environ.get("DNALLM_DEBUG"):

@@ -20,8 +20,8 @@ def _make_tiny_tracks(args) -> None:
 
 def _train_tracks(args) -> None:
     from dnallm.hub import locate_models
+    from dnallm.config import load_coverage_recipe
     from dnallm.train.coverage import train
-    from dnallm.train.coverage_config import load_coverage_recipe
 
     recipe = load_coverage_recipe(args.recipe, args.overrides)
     locate_models(recipe)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -17,8 +16,56 @@ class RecipeError(ValueError):
     pass
 
 
+def check(default, *, ge=None, gt=None, le=None, lt=None):
+    """A recipe field with a range, checked when a recipe is loaded (``check_ranges``)."""
+    limits = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return field(default=default, metadata={"range": limits})
+
+
+_RANGE_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_RANGE_OK = {"ge": lambda v, x: v >= x, "gt": lambda v, x: v > x, "le": lambda v, x: v <= x, "lt": lambda v, x: v < x}
+
+
+# ---- shared by every objective --------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """The ``train`` section of every objective: schedule, batch, checkpoints, resume."""
+
+    epochs: float = check(3.0, gt=0)
+    max_steps: int = check(0, ge=0)  # > 0 overrides epochs
+    micro_batch_size: int = check(1, ge=1)
+    global_batch_size: int = check(0, ge=0)  # micro_batch_size x grad_accum x ranks; 0: use grad_accum
+    grad_accum: int = check(8, ge=1)  # used when global_batch_size is 0
+    lr: float = check(1e-4, gt=0)
+    weight_decay: float = check(0.0, ge=0)
+    warmup_ratio: float = check(0.05, ge=0, le=1)
+    max_grad_norm: float = check(1.0, ge=0)  # 0: no clipping
+    log_every: int = check(10, ge=1)
+    save_every: int = check(0, ge=0)  # optimizer steps; 0: only at the end
+    keep_last: int = check(2, ge=0)  # checkpoints of this run kept; 0: all
+    report_to: list = field(default_factory=list)  # tensorboard, wandb
+    resume_from_checkpoint: str = ""  # path, or "auto" for the latest in output_dir
+    overwrite_output_dir: bool = False  # a fresh run may replace another run's checkpoints in output_dir
+
+
+@dataclass
 class RecipeBase:
-    """Mixin for top-level recipe dataclasses."""
+    """Fields of every recipe; an objective's recipe adds its own sections (and its ``train``).
+
+    ``run_name`` and ``output_dir`` default to the objective's name (``objective``).
+    """
+
+    objective: ClassVar[str] = "run"
+    run_name: str = ""
+    output_dir: str = ""
+    seed: int = 42
+    deepspeed: str = ""  # path to a DeepSpeed JSON; empty: plain PyTorch
+
+    def __post_init__(self):
+        self.run_name = self.run_name or self.objective
+        self.output_dir = self.output_dir or f"runs/{self.objective}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -27,11 +74,14 @@ class RecipeBase:
         return yaml.safe_dump(asdict(self), sort_keys=False)
 
 
+# ---- KEGG: DNA encoder -> projector -> LoRA LLM ---------------------------------------------
+
+
 @dataclass
 class DataConfig:
     train: str = ""
     val: str = ""
-    dna_window: int = 1024
+    dna_window: int = check(1024, ge=1)
     with_reasoning: bool = False
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     use_dna: bool = True  # False: text-only baseline, no DNA blocks in the prompt
@@ -43,7 +93,7 @@ class EncoderConfig:
     trust_remote_code: bool = False
     layer: int = -1
     dtype: str = "auto"
-    batch_size: int = 8  # sequences per encoder forward
+    batch_size: int = check(8, ge=1)  # sequences per encoder forward
     cache_dir: str = ""  # embeddings from `dnallm cache-embeddings`; empty: run the encoder every step
     cache_dtype: str = "bfloat16"  # float32 | float16 | bfloat16: storage precision of cached embeddings
 
@@ -58,60 +108,44 @@ class LLMConfig:
 
 @dataclass
 class LoraSection:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = check(16, ge=1)
+    alpha: int = check(32, gt=0)
+    dropout: float = check(0.05, ge=0, lt=1)
     target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 @dataclass
 class ProjectorConfig:
     kind: str = "mlp"  # linear | mlp | conv
-    pool: int = 1  # DNA positions per LLM position
-    kernel: int = 9  # conv only: bases each LLM position sees (>= pool)
+    pool: int = check(1, ge=1)  # bases per LLM position
+    kernel: int = check(9, ge=1)  # conv only: bases each LLM position sees (>= pool)
     # Variant summary after the two blocks (dnallm/fusion/summary.py): none | pooled | centre | pooled+centre.
     # "none" is the published layout (two DNA blocks only).
     summary: str = "pooled+centre"
-    summary_tokens: int = 4  # LLM positions the summary takes (more positions, more of the attention)
-    summary_context: int = 9  # centre view: bases around the variant it reads (odd)
+    summary_tokens: int = check(4, ge=1)  # LLM positions the summary takes (more positions, more of the attention)
+    summary_context: int = check(9, ge=1)  # centre view: bases around the variant it reads (odd)
 
 
 @dataclass
-class TrainConfig:
-    epochs: float = 3.0
-    max_steps: int = 0  # > 0 overrides epochs
-    micro_batch_size: int = 1
-    grad_accum: int = 8
-    lr: float = 1e-4
-    projector_lr: float = 0.0  # 0: same as lr
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 1.0
-    log_every: int = 10
-    save_every: int = 0  # optimizer steps; 0: only at the end
-    keep_last: int = 2
-    report_to: list = field(default_factory=list)  # tensorboard, wandb
-    resume_from_checkpoint: str = ""  # path, or "auto" for the latest in output_dir
+class FusionTrainConfig(TrainConfig):
+    projector_lr: float = check(0.0, ge=0)  # 0: same as lr
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 8
-    max_new_tokens: int = 0  # 0: the longest training reply (reasoning, answer, end of turn) + 32
+    batch_size: int = check(8, ge=1)
+    max_new_tokens: int = check(0, ge=0)  # 0: the longest training reply (reasoning, answer, end of turn) + 32
 
 
 @dataclass
 class Recipe(RecipeBase):
-    run_name: str = "kegg"
-    output_dir: str = "runs/kegg"
-    seed: int = 42
-    deepspeed: str = ""  # path to a DeepSpeed JSON; empty: plain PyTorch
+    objective: ClassVar[str] = "kegg"
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoraSection = field(default_factory=LoraSection)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: FusionTrainConfig = field(default_factory=FusionTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -145,20 +179,82 @@ def kegg_recipe_class(tree: dict):
     """The recipe class a saved KEGG ``recipe.yaml`` was written from."""
     return GRPORecipe if "grpo" in tree else Recipe
 
+# ---- coverage tracks: DNA trunk + conv head on RNA-seq bigWigs ------------------------------
 
-def _all_keys(cls, prefix: str = "") -> list[str]:
+AUTOSOMES = [f"chr{i}" for i in range(1, 23)]
+
+
+@dataclass
+class TrackDataConfig:
+    fasta: str = ""
+    tracks: str = ""  # track sheet (YAML or TSV)
+    bigwig_contigs: str = "same"  # FASTA -> bigWig contig names: same | add_chr | strip_chr
+    strict_contigs: bool = True  # every bigWig contig must be in the FASTA
+    chroms: list = field(default_factory=lambda: list(AUTOSOMES))
+    val_chroms: list = field(default_factory=list)
+    test_chroms: list = field(default_factory=list)
+    val_regions: str = ""  # BED of held-out regions (on top of, or instead of, val_chroms)
+    test_regions: str = ""
+    window: int = check(32768, ge=1)
+    overlap: int = check(16384, ge=0)
+    max_n_fraction: float = check(0.5, ge=0, le=1)  # skip windows with more N than this
+    rc_augment: bool = True
+    num_workers: int = check(2, ge=0)
+
+
+@dataclass
+class TargetConfig:
+    power: float = check(0.75, gt=0)
+    clip: float = check(384.0, ge=0)  # soft clip threshold in transformed units; 0: none
+
+
+@dataclass
+class TrunkConfig:
+    name_or_path: str = "BGI-HangzhouAI/Genos-1.2B"
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class HeadConfig:
+    channels: list = field(default_factory=lambda: [256, 64])
+    kernel_size: int = check(5, ge=1)
+    dropout: float = check(0.1, ge=0, lt=1)
+
+
+@dataclass
+class TrackEvalConfig:
+    batch_size: int = check(4, ge=1)  # windows per forward at prediction
+    max_val_windows: int = check(512, ge=0)  # validation at each checkpoint: N held-out windows, evenly spaced
+    validate_at_start: bool = True  # also before the first step: the untrained baseline
+    stitch: str = "centre"  # centre | mean
+    bin_size: int = check(32, ge=0)  # binned Pearson; 0: none
+
+
+@dataclass
+class CoverageRecipe(RecipeBase):
+    objective: ClassVar[str] = "coverage"
+    data: TrackDataConfig = field(default_factory=TrackDataConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    encoder: TrunkConfig = field(default_factory=TrunkConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60.0, global_batch_size=256, grad_accum=1))
+    eval: TrackEvalConfig = field(default_factory=TrackEvalConfig)
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+
+def _all_keys(obj, prefix: str = "") -> list[str]:
     keys = []
-    for f in fields(cls):
-        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if sub is not None and is_dataclass(sub):
-            keys += _all_keys(sub, f"{prefix}{f.name}.")
-        else:
-            keys.append(prefix + f.name)
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        keys += _all_keys(value, f"{prefix}{f.name}.") if is_dataclass(value) else [prefix + f.name]
     return keys
 
 
 def _unknown(key: str, cls) -> RecipeError:
-    close = difflib.get_close_matches(key, _all_keys(cls), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(key, _all_keys(cls()), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return RecipeError(f"unknown recipe key '{key}'{hint}")
 
@@ -207,10 +303,23 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def check_ranges(obj, prefix: str = "") -> None:
+    """Every field declared with ``check(...)`` inside its range, or a ``RecipeError`` naming the key."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            check_ranges(value, f"{prefix}{f.name}.")
+            continue
+        for kind, limit in f.metadata.get("range", {}).items():
+            if not _RANGE_OK[kind](value, limit):  # NaN fails every comparison
+                raise RecipeError(f"recipe key '{prefix}{f.name}' must be {_RANGE_TEXT[kind]} {limit}, got {value!r}")
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple = (), cls=Recipe):
-    """Defaults <- YAML file <- ``key=value`` overrides (values parsed as YAML scalars).
+    """Defaults <- YAML file <- ``key=value`` overrides (values parsed as YAML scalars), checked.
 
     ``cls`` is the recipe dataclass (nested dataclasses as sections); KEGG by default.
+    Ranges are checked and a named DeepSpeed file must exist, before any model loads.
     """
     recipe = cls()
     if path is not None:
@@ -222,7 +331,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple = (
             raise RecipeError(f"{path}: a recipe must be a mapping of sections")
         for key, value in _flatten(tree).items():
             _set(recipe, key, value)
-    return apply_overrides(recipe, overrides)
+    apply_overrides(recipe, overrides)
+    if recipe.deepspeed and not Path(recipe.deepspeed).is_file():
+        raise RecipeError(f"recipe key 'deepspeed': no such file {recipe.deepspeed} (e.g. deepspeed=recipes/deepspeed/zero2.json)")
+    return recipe
 
 
 def apply_overrides(recipe, overrides: list[str] | tuple):
@@ -231,6 +343,7 @@ def apply_overrides(recipe, overrides: list[str] | tuple):
             raise RecipeError(f"override {item!r} must look like key=value, e.g. train.lr=2e-4")
         key, raw = item.split("=", 1)
         _set(recipe, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    check_ranges(recipe)
     return recipe
 
 
@@ -238,4 +351,9 @@ def recipe_from_dict(tree: dict, cls=Recipe):
     recipe = cls()
     for key, value in _flatten(tree).items():
         _set(recipe, key, value)
+    check_ranges(recipe)
     return recipe
+
+
+def load_coverage_recipe(path=None, overrides=()) -> CoverageRecipe:
+    return load_recipe(path, overrides, cls=CoverageRecipe)

@@ -105,7 +105,7 @@ def test_predict_tracks_equals_the_bigwig_of_predict_tracks_command(tmp_path, ti
     from dnallm.data.synthetic_tracks import write_synthetic_tracks
     from dnallm.eval.coverage_predict import predict_tracks
     from dnallm.train.coverage import train as train_tracks
-    from dnallm.train.coverage_config import load_coverage_recipe
+    from dnallm.config import load_coverage_recipe
 
     data = write_synthetic_tracks(tmp_path / "tracks", n_chroms=5, chrom_length=6_000, seed=0)
     recipe = load_coverage_recipe(REPO / "recipes/coverage/tiny.yaml", [

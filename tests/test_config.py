@@ -50,3 +50,26 @@ def test_shipped_recipes_load():
             assert recipe.llm.name_or_path.startswith("Qwen/Qwen3-")
             if recipe.encoder.name_or_path.startswith("BGI-HangzhouAI/Genos-"):
                 assert not recipe.encoder.trust_remote_code  # a standard Mixtral-shaped MoE
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_steps=-5", r"recipe key 'train.max_steps' must be >= 0, got -5"),
+        ("train.lr=-1", r"recipe key 'train.lr' must be > 0, got -1.0"),
+        ("train.lr=.nan", r"recipe key 'train.lr' must be > 0, got nan"),
+        ("train.micro_batch_size=0", r"recipe key 'train.micro_batch_size' must be >= 1, got 0"),
+        ("lora.dropout=1.0", r"recipe key 'lora.dropout' must be < 1, got 1.0"),
+        ("deepspeed=recipes/deepspeed/zero9.json", r"recipe key 'deepspeed': no such file recipes/deepspeed/zero9.json"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(None, [override])
+
+
+def test_coverage_recipe_checks_ranges_too():
+    from dnallm.config import load_coverage_recipe
+
+    with pytest.raises(RecipeError, match=r"recipe key 'train.global_batch_size' must be >= 0, got -8"):
+        load_coverage_recipe(None, ["train.global_batch_size=-8"])

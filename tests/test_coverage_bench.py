@@ -3,8 +3,8 @@
 import importlib.util
 from pathlib import Path
 
-from dnallm.train.coverage import grad_accum_steps
-from dnallm.train.coverage_config import AUTOSOMES, load_coverage_recipe
+from dnallm.config import AUTOSOMES, load_coverage_recipe
+from dnallm.train.engine import grad_accum_steps
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,9 +16,9 @@ from dnallm.data.synthetic_tracks import write_synthetic_tracks
 from dnallm.eval.coverage import evaluate_tracks
 from dnallm.eval.coverage_predict import Predictor
 from dnallm.eval.coverage_stitch import keep_ranges, plan_windows
-from dnallm.train.coverage import build_engine, build_model, train
-from dnallm.train.coverage_checkpoint import load_coverage_checkpoint, read_state
-from dnallm.train.coverage_config import load_coverage_recipe
+from dnallm.config import load_coverage_recipe
+from dnallm.train.checkpoint import read_state
+from dnallm.train.coverage import build_engine, build_model, load_coverage_checkpoint, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "coverage" / "tiny.yaml"

@@ -16,7 +16,7 @@ from dnallm.fusion.processor import dna_inputs
 from dnallm.train.build import build_encoder, build_model, build_processor, load_checkpoint
 from dnallm.train.checkpoint import read_state, save_checkpoint
 from dnallm.train.engine import TorchEngine
-from dnallm.train.finetune import train
+from dnallm.train.finetune import FineTune, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def test_save_then_load_gives_identical_logits(tmp_path, tiny_models, planted):
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), grad_accum=1, max_grad_norm=1.0, device="cpu")
-    checkpoint = save_checkpoint(tmp_path / "run", 7, model, engine, recipe.to_yaml(), {})
+    checkpoint = save_checkpoint(tmp_path / "run", 7, engine, FineTune(recipe), recipe.to_yaml(), {})
 
     example = {"question": "q", "answer": "a", "reasoning": "", "ref_window": "ACGT" * 8, "var_window": "ACGA" * 8}
     batch = processor.collate([processor(example)])

@@ -19,7 +19,7 @@ from dnallm.eval.coverage_metrics import CoverageMetrics
 from dnallm.eval.coverage_plot import plot_tracks
 from dnallm.eval.coverage_predict import Predictor, merge_regions, prediction_files, resolve_regions, write_predictions
 from dnallm.io import atomic_write_text, check_outputs
-from dnallm.train.coverage_checkpoint import read_recipe, read_tracks, resolve_checkpoint
+from dnallm.train.coverage import read_recipe, read_tracks, resolve_checkpoint
 
 
 def observed_tracks(sheet: str | Path, expected: list[Track]) -> list[Track]:

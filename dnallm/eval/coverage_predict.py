@@ -16,7 +16,7 @@ from dnallm.data.regions import parse_region
 from dnallm.encoders.coverage import base_token_ids, pad_token_id
 from dnallm.eval.coverage_stitch import plan_windows, stitch
 from dnallm.io import atomic_write_text, check_outputs
-from dnallm.train.coverage_checkpoint import load_coverage_checkpoint, read_recipe, read_tracks, resolve_checkpoint
+from dnallm.train.coverage import load_coverage_checkpoint, read_recipe, read_tracks, resolve_checkpoint
 from dnallm.train.engine import pick_device
 
 

@@ -1,16 +1,21 @@
-"""Checkpoints hold only what trained: LoRA, projector, DNA token rows (safetensors).
+"""Checkpoints of every objective: one directory per saved step, written whole, pruned per run.
 
 Layout of ``<output_dir>/checkpoint-<step>/``::
 
-    recipe.yaml             the resolved recipe: which base models, how they were wrapped
-    trainable.safetensors   full fp32 values of every trainable parameter
-    adapter/                the LoRA part alone in peft's format (for merging with peft)
-    optimizer.safetensors   Adam moments per trainable parameter (for resuming)
-    trainer_state.json      optimizer step, epoch, loss history
+    recipe.yaml             the resolved recipe
+    <weights file>          the tensors the objective keeps (``Objective.weights_file``), fp32
+    optimizer.safetensors   optimizer state per trainable parameter (for resuming)
+    rng_state.safetensors   random-number state of every rank: torch, CUDA, numpy, Python
+    trainer_state.json      optimizer step, epoch, data position, history, run id
+    ...                     the objective's own files (a LoRA adapter, a track list, ...)
 
 Each directory is written under a temporary name and renamed when complete, so a
-directory called ``checkpoint-*`` is always whole. Moments are stored un-partitioned,
-so a run can resume on a different number of GPUs or ZeRO stage.
+directory called ``checkpoint-*`` is always whole. Tensors and optimizer state are stored
+un-partitioned, so a run can resume on a different number of GPUs or ZeRO stage.
+
+Every checkpoint names the run that wrote it (``run_id``, kept across resumes): a run
+prunes only its own checkpoints, and a fresh run refuses an ``output_dir`` that holds
+another run's (``check_output_dir``).
 """
 
 from __future__ import annotations
@@ -20,16 +25,22 @@ import json
 import random
 import re
 import shutil
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
+from dnallm.config import RecipeError
 from dnallm.io import atomic_directory, save_tensors
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.safetensors"
+RNG = "rng_state.safetensors"
+LOG = "train_log.jsonl"
 
 
 def list_checkpoints(run_dir: str | Path, marker: str = "trainable.safetensors") -> list[Path]:
@@ -65,45 +76,167 @@ def find_resume_checkpoint(wanted: str, run_dir: str | Path, marker: str = "trai
     return resolve_checkpoint(wanted, marker)
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model, engine, recipe_yaml: str, state: dict, keep_last: int = 0) -> Path | None:
-    """Gather trainable values and moments on every rank; rank 0 writes. Returns the path on rank 0."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    values = {n: engine.full_param(p) for n, p in named}
+def read_state(checkpoint: str | Path) -> dict:
+    return json.loads((Path(checkpoint) / STATE).read_text())
+
+
+def run_id_of(checkpoint: Path) -> str:
+    """The run a checkpoint belongs to; '' for checkpoints written before runs had ids."""
+    try:
+        return read_state(checkpoint).get("run_id", "")
+    except (OSError, ValueError):
+        return ""
+
+
+# ---- output directory ------------------------------------------------------------------------
+
+
+@dataclass
+class RunStart:
+    """Where a run starts: the checkpoint it resumes (or None), its id, and other runs' checkpoints
+    in its ``output_dir`` (removed by ``clear_foreign`` when the recipe asks to overwrite)."""
+
+    resume: Path | None
+    run_id: str
+    foreign: list[Path]
+
+    def clear_foreign(self, out_dir: Path) -> None:
+        """``train.overwrite_output_dir``: the other runs' checkpoints and log go (rank 0, once set up)."""
+        for old in self.foreign:
+            shutil.rmtree(old, ignore_errors=True)
+        if self.foreign and self.resume is None:
+            (out_dir / LOG).unlink(missing_ok=True)
+
+
+def check_output_dir(train_cfg, out_dir: str | Path, marker: str) -> RunStart:
+    """Resolve ``train.resume_from_checkpoint`` and refuse to write beside another run.
+
+    Any complete checkpoint (whatever the objective) in ``out_dir`` that the run does not
+    continue belongs to another run: a fresh run always, a resumed one when the run ids
+    differ. Such a folder is refused unless ``train.overwrite_output_dir`` is set, so runs
+    never mix checkpoints or logs. ``marker``: the file of the objective's checkpoints.
+    """
+    out_dir = Path(out_dir)
+    resume = find_resume_checkpoint(train_cfg.resume_from_checkpoint, out_dir, marker)
+    run_id = run_id_of(resume) if resume else uuid.uuid4().hex
+    foreign = [c for c in list_checkpoints(out_dir, STATE) if resume is None or run_id_of(c) != run_id]
+    if foreign and not train_cfg.overwrite_output_dir:
+        names = ", ".join(c.name for c in foreign[-3:])
+        raise RecipeError(
+            f"output_dir {out_dir} holds checkpoints of another run ({names}): continue that run with "
+            f"train.resume_from_checkpoint=auto, or write to another output_dir=DIR, or replace them with train.overwrite_output_dir=true"
+        )
+    return RunStart(resume, run_id, foreign)
+
+
+# ---- random-number state ---------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # every CUDA device too
+
+
+def _rng_tensors() -> tuple[dict[str, torch.Tensor], dict]:
+    """This process's generators: tensors plus the scalars that go with them."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np_keys.astype(np.int64)),
+        "python": torch.tensor(py_internal, dtype=torch.int64),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = state
+    scalars = {"numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)], "python": [py_version, py_gauss]}
+    return tensors, scalars
+
+
+def gather_rng(world_size: int) -> list[tuple[dict, dict]] | None:
+    """Every rank's generator state, on rank 0 (a collective; None on other ranks)."""
+    mine = _rng_tensors()
+    if world_size == 1:
+        return [mine]
+    everyone = [None] * world_size
+    torch.distributed.all_gather_object(everyone, mine)
+    return everyone if torch.distributed.get_rank() == 0 else None
+
+
+def _save_rng(states: list[tuple[dict, dict]], path: Path) -> None:
+    tensors = {f"rank{r}.{k}": v.contiguous() for r, (t, _) in enumerate(states) for k, v in t.items()}
+    save_tensors(tensors, path, metadata={f"rank{r}": json.dumps(s) for r, (_, s) in enumerate(states)})
+
+
+def restore_rng(checkpoint: Path, rank: int) -> bool:
+    """Put this rank's generators where they were when ``checkpoint`` was saved.
+
+    False (generators left as seeded) when the checkpoint has no state for this rank:
+    written before RNG state was kept, or by a run with fewer ranks.
+    """
+    from safetensors import safe_open
+
+    path = checkpoint / RNG
+    if not path.is_file():
+        return False
+    with safe_open(str(path), "pt") as f:
+        meta = (f.metadata() or {}).get(f"rank{rank}")
+        if meta is None:
+            return False
+        prefix = f"rank{rank}."
+        tensors = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    scalars = json.loads(meta)
+    torch.set_rng_state(tensors["torch"])
+    cuda = sorted((int(k[4:]), v) for k, v in tensors.items() if k.startswith("cuda"))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([v for _, v in cuda])
+    kind, pos, has_gauss, gauss = scalars["numpy"]
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_gauss = scalars["python"]
+    random.setstate((version, tuple(int(x) for x in tensors["python"].tolist()), py_gauss))
+    return True
+
+
+# ---- save / load ------------------------------------------------------------------------------
+
+
+def save_checkpoint(run_dir: str | Path, step: int, engine, objective, recipe_yaml: str, state: dict, *,
+                    keep_last: int = 0, run_id: str = "") -> Path | None:
+    """Gather the objective's tensors, optimizer state and RNG state on every rank (collectives);
+    rank 0 writes, then prunes this run's older checkpoints. Returns the path on rank 0."""
+    model = engine.module
+    tensors = objective.checkpoint_tensors(engine)
     moments = {}
-    for n, p in named:
-        for key, value in (engine.full_moments(p) or {}).items():
-            moments[f"{n}::{key}"] = value
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            for key, value in (engine.full_moments(p) or {}).items():
+                moments[f"{name}::{key}"] = value.contiguous()
+    rng = gather_rng(engine.world_size)
     path = None
     if engine.rank == 0:
         path = Path(run_dir) / f"checkpoint-{step}"
         with atomic_directory(path) as tmp:
             (tmp / "recipe.yaml").write_text(recipe_yaml)
-            save_tensors({n: v.contiguous() for n, v in values.items()}, tmp / "trainable.safetensors")
+            save_tensors({n: v.contiguous() for n, v in tensors.items()}, tmp / objective.weights_file)
             if moments:
-                save_tensors({n: v.contiguous() for n, v in moments.items()}, tmp / "optimizer.safetensors")
-            _save_adapter(model, values, tmp / "adapter")
-            (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+                save_tensors(moments, tmp / OPTIMIZER)
+            _save_rng(rng, tmp / RNG)
+            objective.write_checkpoint_files(tmp, model, tensors)
+            (tmp / STATE).write_text(json.dumps({**state, "step": step, "run_id": run_id}, indent=2))
         if keep_last > 0:
-            for old in list_checkpoints(run_dir)[:-keep_last]:
+            # Only this run's: another run's checkpoints in the folder are never touched.
+            own = [c for c in list_checkpoints(run_dir, STATE) if c != path and run_id_of(c) == run_id]
+            for old in own[: max(0, len(own) - (keep_last - 1))]:
                 shutil.rmtree(old, ignore_errors=True)
     engine.barrier()
     return path
 
 
-def _save_adapter(model, values: dict[str, torch.Tensor], out: Path) -> None:
-    prefix = "llm."
-    lora = {n[len(prefix):]: v for n, v in values.items() if n.startswith(prefix) and "lora_" in n}
-    # The DNA token rows are deterministic (see fusion.model.add_dna_tokens): no embeddings here.
-    peft_state = get_peft_model_state_dict(model.llm, state_dict=lora, save_embedding_layers=False)
-    out.mkdir()
-    model.llm.peft_config["default"].save_pretrained(out)
-    save_tensors({k: v.contiguous() for k, v in peft_state.items()}, out / "adapter_model.safetensors")
-
-
-def load_trainable(model, checkpoint: str | Path) -> None:
+def load_trainable(model, checkpoint: str | Path, file: str = "trainable.safetensors") -> None:
     """Load trainable values into a freshly built model; every trainable tensor must be present."""
     checkpoint = Path(checkpoint)
-    values = load_file(checkpoint / "trainable.safetensors")
+    values = load_file(checkpoint / file)
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = expected - values.keys(), values.keys() - expected
     if missing or unexpected:
@@ -121,20 +254,15 @@ def load_trainable(model, checkpoint: str | Path) -> None:
 
 def load_moments(model, checkpoint: str | Path) -> dict:
     """{parameter: {state key: tensor}} for resuming; empty if none were saved."""
-    path = Path(checkpoint) / "optimizer.safetensors"
+    path = Path(checkpoint) / OPTIMIZER
     if not path.is_file():
         return {}
-    flat = load_file(path)
     params = dict(model.named_parameters())
     out: dict = {}
-    for key, value in flat.items():
+    for key, value in load_file(path).items():
         name, moment = key.rsplit("::", 1)
         out.setdefault(params[name], {})[moment] = value
     return out
-
-
-def read_state(checkpoint: str | Path) -> dict:
-    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())
 
 
 def rng_state() -> dict:

@@ -1,62 +1,55 @@
-"""The coverage-track recipe: fine-tune a DNA trunk + conv head on RNA-seq bigWigs.
+"""The coverage objective: fine-tune a DNA trunk + conv head on RNA-seq bigWigs.
 
-Read top to bottom: setup (genome, tracks, windows, model, engine), the loop, checkpoints.
-MSE on transformed targets, Adafactor, cosine schedule with linear warm-up, global batch
-by gradient accumulation. One process (``dnallm train-tracks RECIPE``) or many
+What is its own: genome, tracks and windows (``coverage_data.py``), the model, MSE on
+transformed targets with Adafactor, validation by per-track Pearson
+(``coverage_validation.py``), and a self-contained checkpoint. The loop, schedule (cosine
+with linear warm-up), global batch by gradient accumulation, checkpoints and resume are
+the shared core (``trainer.fit``). One process (``dnallm train-tracks RECIPE``) or many
 (``deepspeed``, ``torchrun``): ranks come from the launcher's environment.
+
+A checkpoint keeps, beside the shared files (``checkpoint.py``)::
+
+    model.safetensors   every weight and BatchNorm statistic, fp32
+    tracks.json         track names, strands, cell types, scales (output order)
+    trunk/              the trunk's config and tokenizer (no weights)
+
+Prediction needs nothing but that directory: the trunk is rebuilt from ``trunk/config.json``
+and filled from ``model.safetensors``. Under ZeRO, Adafactor's state stays partitioned, so
+such checkpoints keep no optimizer state and a resume restores the step and schedule alone.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
+import yaml
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 from transformers.optimization import Adafactor
 
+from dnallm.config import CoverageRecipe, apply_overrides, recipe_from_dict
+from dnallm.data.tracks import Track
+from dnallm.data.transform import TargetTransform
 from dnallm.encoders.coverage import CoverageModel, base_token_ids, load_tokenizer, pad_token_id
-from dnallm.train.checkpoint import find_resume_checkpoint
-from dnallm.train.coverage_checkpoint import WEIGHTS, load_moments, load_weights, read_state, save_checkpoint, target_transform
-from dnallm.train.coverage_config import CoverageRecipe
+from dnallm.train import engine as engines
+from dnallm.train.checkpoint import resolve_checkpoint as resolve_any
 from dnallm.train.coverage_data import build_datasets, open_sources
 from dnallm.train.coverage_validation import validate
-from dnallm.train.engine import DeepSpeedEngine, TorchEngine, distributed_env, fast_forward, pick_device, resolve_deepspeed_config
-from dnallm.train.tracking import Tracker
+from dnallm.train.trainer import fit
+
+WEIGHTS = "model.safetensors"
 
 
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def grad_accum_steps(recipe: CoverageRecipe, world: int) -> int:
-    """Micro-batches per optimizer step so that micro x accum x ranks = global batch."""
+def adafactor(recipe: CoverageRecipe) -> tuple[str, object]:
+    """transformers' Adafactor with a fixed, scheduled learning rate (no relative steps): (name, builder)."""
     t = recipe.train
-    if t.global_batch_size <= 0:
-        return t.grad_accum
-    per_step = t.micro_batch_size * world
-    if t.global_batch_size % per_step:
-        raise ValueError(
-            f"train.global_batch_size={t.global_batch_size} is not a multiple of micro_batch_size x ranks = "
-            f"{t.micro_batch_size} x {world}; change one of them"
-        )
-    return t.global_batch_size // per_step
-
-
-def adafactor(lr: float, weight_decay: float):
-    """transformers' Adafactor with a fixed, scheduled learning rate (no relative steps)."""
 
     def build(param_groups):
-        return Adafactor(param_groups, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False, warmup_init=False)
+        return Adafactor(param_groups, lr=t.lr, weight_decay=t.weight_decay, scale_parameter=False, relative_step=False, warmup_init=False)
 
-    return build
+    return "Adafactor", build
 
 
 def build_model(recipe: CoverageRecipe, n_tracks: int) -> CoverageModel:
@@ -70,147 +63,140 @@ def build_model(recipe: CoverageRecipe, n_tracks: int) -> CoverageModel:
     return model
 
 
-def build_engine(recipe: CoverageRecipe, model, total_steps: int, grad_accum: int, device: str):
+def param_groups(model, recipe: CoverageRecipe) -> list[dict]:
     t = recipe.train
-    warmup = round(t.warmup_ratio * total_steps)
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.lr, "weight_decay": t.weight_decay}]
 
-    def scheduler_fn(optimizer):
-        return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
 
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.lr, "weight_decay": t.weight_decay}]
-    optimizer_fn = adafactor(t.lr, t.weight_decay)
-    if recipe.deepspeed:
-        config = resolve_deepspeed_config(
-            recipe.deepspeed, micro_batch_size=t.micro_batch_size, grad_accum=grad_accum,
-            max_grad_norm=t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay, device=device,
+def build_engine(recipe: CoverageRecipe, model, total_steps: int, grad_accum: int, device: str):
+    """The shared engine with this objective's optimizer (Adafactor)."""
+    return engines.build_engine(recipe, model, param_groups(model, recipe), total_steps=total_steps, grad_accum=grad_accum,
+                                device=device, optimizer=adafactor(recipe))
+
+
+def target_transform(recipe: CoverageRecipe, tracks: list[Track]) -> TargetTransform:
+    scales = tuple(t.scale for t in tracks)
+    return TargetTransform(recipe.target.power, recipe.target.clip, scales if any(s != 1 for s in scales) else ())
+
+
+class Coverage:
+    """The coverage objective for ``trainer.fit`` (the contract is in its docstring)."""
+
+    weights_file = WEIGHTS
+
+    def __init__(self, recipe: CoverageRecipe):
+        self.recipe = recipe
+        self.optimizer = adafactor(recipe)
+        self.validate_at_start = recipe.eval.validate_at_start
+
+    def setup(self, device: str, rank: int, world: int):
+        recipe = self.recipe
+        self.device = device
+        genome, reader, self.tracks = open_sources(recipe)
+        self.tokenizer = load_tokenizer(recipe.encoder.name_or_path, recipe.encoder.trust_remote_code)
+        self.transform = target_transform(recipe, self.tracks)
+        self.train_ds, self.val_ds, self.data_report = build_datasets(
+            recipe, genome, reader, self.tracks, base_token_ids(self.tokenizer), pad_token_id(self.tokenizer), self.transform,
+            rank=rank, world=world,
         )
-        if "optimizer" in config:
-            raise ValueError(
-                f"{recipe.deepspeed} builds its own optimizer ({config['optimizer'].get('type')}); the coverage recipe "
-                f"trains with Adafactor: use a DeepSpeed config without an 'optimizer' section (zero2.json, zero3.json)"
-            )
-        return DeepSpeedEngine(model, groups, scheduler_fn, config=config, device=device, optimizer_fn=optimizer_fn)
-    _, _, world = distributed_env()
-    if world > 1:
-        raise RuntimeError("multi-process training needs a DeepSpeed config: add deepspeed=recipes/deepspeed/zero2.json")
-    return TorchEngine(model, groups, scheduler_fn, grad_accum=grad_accum, max_grad_norm=t.max_grad_norm, device=device, optimizer_fn=optimizer_fn)
+        return build_model(recipe, len(self.tracks))
 
+    def param_groups(self, model) -> list[dict]:
+        return param_groups(model, self.recipe)
 
-def restore_progress(engine, checkpoint: Path, step: int) -> None:
-    """Optimizer state (plain PyTorch) and schedule position from ``checkpoint``.
+    def batches_per_epoch(self) -> int:
+        return len(self.train_ds)
 
-    Under DeepSpeed only the step and schedule are restored: Adafactor's second-moment
-    estimates start afresh (they settle within a few steps).
-    """
-    if isinstance(engine, TorchEngine):
-        engine.load_moments(load_moments(engine.module, checkpoint), step)
-        return
-    engine.engine.global_steps = step
-    engine.engine.micro_steps = step * engine.engine.gradient_accumulation_steps()
-    fast_forward(engine.scheduler, step)
+    def batches(self, epoch: int, skip: int):
+        self.train_ds.set_epoch(epoch, skip)
+        # Its own generator: starting an epoch leaves the global RNG (dropout) untouched.
+        return DataLoader(self.train_ds, batch_size=None, num_workers=self.recipe.data.num_workers, persistent_workers=False,
+                          generator=torch.Generator().manual_seed(self.recipe.seed + epoch))
+
+    def train_step(self, engine, batch: dict):
+        out = engine(
+            input_ids=batch["input_ids"].to(engine.device), attention_mask=batch["attention_mask"].to(engine.device),
+            targets=batch["targets"].to(engine.device),
+        )
+        return out.loss, {"missing": float(batch["n_missing"].sum()), "values": int(batch["attention_mask"].sum()) * len(self.tracks)}
+
+    def train_metrics(self, counts: dict, seconds: float) -> dict:
+        return {"data/missing_fraction": counts["missing"] / max(1, counts["values"])}
+
+    def validate(self, engine):
+        if self.val_ds is None:
+            return None
+        loader = DataLoader(self.val_ds, batch_size=None, num_workers=self.recipe.data.num_workers, generator=torch.Generator())
+        val = validate(engine, loader, self.transform, len(self.tracks), self.device)
+        pearson = dict(zip([tr.name for tr in self.tracks], val["pearson_log1p"]))
+        entry = {"val_loss": val["loss"], "val_pearson_log1p": pearson}
+        return entry, {"val/loss": val["loss"], **{f"val/pearson_log1p/{k}": v for k, v in pearson.items() if v is not None}}
+
+    def run_report(self) -> dict:
+        return {"data": self.data_report}
+
+    def checkpoint_tensors(self, engine) -> dict:
+        """Every persistent tensor, un-partitioned (a collective under ZeRO-3)."""
+        model = engine.module
+        params = dict(model.named_parameters())
+        return {
+            name: (engine.full_param(params[name]) if name in params else tensor.detach().float().cpu()).contiguous()
+            for name, tensor in model.state_dict().items()
+        }
+
+    def write_checkpoint_files(self, directory: Path, model, tensors: dict) -> None:
+        (directory / "tracks.json").write_text(json.dumps([t.to_dict() for t in self.tracks], indent=2))
+        model.trunk.config.save_pretrained(directory / "trunk")
+        self.tokenizer.save_pretrained(directory / "trunk")
+
+    def load_checkpoint_tensors(self, model, checkpoint: Path) -> None:
+        load_weights(model, checkpoint)
 
 
 def train(recipe: CoverageRecipe, stop_after: int | None = None) -> Path:
-    """Train and return the last checkpoint. ``stop_after`` ends the run after that many
-    optimizer steps of this process, as a crash would (used to test resumption)."""
-    # ---- setup -------------------------------------------------------------------------
-    rank, _, world = distributed_env()
-    device = pick_device()
-    set_seed(recipe.seed)
-    out_dir = Path(recipe.output_dir)
-    t = recipe.train
-    grad_accum = grad_accum_steps(recipe, world)
+    """Train and return the last checkpoint (``trainer.fit``)."""
+    return fit(Coverage(recipe), stop_after)
 
-    genome, reader, tracks = open_sources(recipe)
-    tokenizer = load_tokenizer(recipe.encoder.name_or_path, recipe.encoder.trust_remote_code)
-    transform = target_transform(recipe, tracks)
-    train_ds, val_ds, data_report = build_datasets(
-        recipe, genome, reader, tracks, base_token_ids(tokenizer), pad_token_id(tokenizer), transform, rank=rank, world=world,
-    )
-    model = build_model(recipe, len(tracks))
 
-    resume = find_resume_checkpoint(recipe.train.resume_from_checkpoint, recipe.output_dir, WEIGHTS)
-    start_step = read_state(resume)["step"] if resume else 0
-    if resume:
-        load_weights(model, resume)
+# ---- reading a checkpoint back ------------------------------------------------------------------
 
-    batches_per_epoch = len(train_ds)
-    if batches_per_epoch < grad_accum:
-        raise ValueError(f"{batches_per_epoch} training batches per epoch on each rank, fewer than one optimizer step ({grad_accum} micro-batches)")
-    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * batches_per_epoch / grad_accum)
-    engine = build_engine(recipe, model, total_steps, grad_accum, device)
-    if resume:
-        restore_progress(engine, resume, start_step)
-    workers = recipe.data.num_workers
-    train_loader = DataLoader(train_ds, batch_size=None, num_workers=workers, persistent_workers=False)
-    val_loader = DataLoader(val_ds, batch_size=None, num_workers=workers) if val_ds is not None else None
 
-    tracker = Tracker(out_dir, recipe, enabled=rank == 0)
-    history = read_state(resume).get("history", []) if resume else []
-    if rank == 0:
-        print(json.dumps({"data": data_report, "steps": total_steps, "grad_accum": grad_accum, "batches_per_epoch": batches_per_epoch}))
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A coverage checkpoint directory, or the latest complete one inside a run directory."""
+    return resolve_any(path, WEIGHTS)
 
-    def validation(step: int) -> dict:
-        entry = {"step": step}
-        if val_loader is not None:
-            val = validate(engine, val_loader, transform, len(tracks), device)
-            entry.update({"val_loss": val["loss"], "val_pearson_log1p": dict(zip([tr.name for tr in tracks], val["pearson_log1p"]))})
-            tracker.log(step, {"val/loss": val["loss"], **{f"val/pearson_log1p/{k}": v for k, v in entry["val_pearson_log1p"].items() if v is not None}})
-        return entry
 
-    def checkpoint(step: int, epoch: int) -> Path | None:
-        history.append(validation(step))
-        state = {"epoch": epoch, "total_steps": total_steps, "history": history, "data": data_report}
-        return save_checkpoint(out_dir, step, engine, recipe, tracks, tokenizer, state, keep_last=t.keep_last)
+def read_recipe(checkpoint: Path, overrides=()) -> CoverageRecipe:
+    recipe = recipe_from_dict(yaml.safe_load((checkpoint / "recipe.yaml").read_text()), cls=CoverageRecipe)
+    return apply_overrides(recipe, overrides)
 
-    if recipe.eval.validate_at_start and val_loader is not None and start_step == 0:
-        history.append(validation(0))  # the baseline the fine-tune is measured against
 
-    # ---- loop --------------------------------------------------------------------------
-    total_micro = total_steps * grad_accum
-    micro = start_step * grad_accum
-    epoch, skip = divmod(micro, batches_per_epoch)
-    step, last_saved, saved_step, losses = start_step, None, None, []
-    missing, bases = torch.zeros(len(tracks), dtype=torch.float64), 0
-    engine.module.train()
-    bar = tqdm(total=total_steps, initial=start_step, desc="training", disable=rank != 0)
-    while micro < total_micro and (stop_after is None or step - start_step < stop_after):
-        train_ds.set_epoch(epoch, skip)
-        for batch in train_loader:
-            out = engine(
-                input_ids=batch["input_ids"].to(engine.device), attention_mask=batch["attention_mask"].to(engine.device),
-                targets=batch["targets"].to(engine.device),
-            )
-            engine.backward(out.loss)
-            engine.step()
-            losses.append(out.loss.item())
-            missing += batch["n_missing"]
-            bases += int(batch["attention_mask"].sum())
-            micro += 1
-            if micro % grad_accum == 0:
-                step = micro // grad_accum
-                bar.update(1)
-                if step % t.log_every == 0 or step == total_steps:
-                    lr = engine.scheduler.get_last_lr()[-1]
-                    metrics = {"train/loss": float(np.mean(losses)), "train/lr": lr, "data/missing_fraction": float(missing.sum() / max(1, bases * len(tracks)))}
-                    bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
-                    tracker.log(step, metrics)
-                    history.append({"step": step, "loss": metrics["train/loss"]})
-                    losses = []
-                if t.save_every and step % t.save_every == 0:
-                    last_saved, saved_step = checkpoint(step, epoch), step
-                if stop_after is not None and step - start_step >= stop_after:
-                    break
-            if micro >= total_micro:
-                break
-        else:
-            epoch, skip = epoch + 1, 0
-    bar.close()
+def read_tracks(checkpoint: Path) -> list[Track]:
+    return [Track(**t) for t in json.loads((checkpoint / "tracks.json").read_text())]
 
-    # ---- final checkpoint ----------------------------------------------------------------
-    if saved_step != step:  # the same decision on every rank: checkpoints are collective
-        last_saved = checkpoint(step, epoch)
-    tracker.close()
-    if rank == 0:
-        print(json.dumps({"checkpoint": str(last_saved), "step": step, **(history[-1] if history else {})}))
-    return last_saved
+
+def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    values = load_file(checkpoint / WEIGHTS)
+    missing, unexpected = model.load_state_dict(values, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{checkpoint}: weights do not match the model its recipe builds "
+            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
+        )
+
+
+def load_coverage_checkpoint(checkpoint: str | Path, device: str = "cpu", overrides=()):
+    """-> (recipe, model in eval mode, tokenizer, tracks, transform), from the checkpoint alone."""
+    from transformers import AutoConfig
+
+    checkpoint = resolve_checkpoint(checkpoint)
+    recipe = read_recipe(checkpoint, overrides)
+    tracks = read_tracks(checkpoint)
+    remote = recipe.encoder.trust_remote_code
+    config = AutoConfig.from_pretrained(checkpoint / "trunk", trust_remote_code=remote)
+    h = recipe.head
+    model = CoverageModel.from_config(config, len(tracks), channels=h.channels, kernel_size=h.kernel_size, dropout=h.dropout, trust_remote_code=remote)
+    load_weights(model, checkpoint)
+    model.to(device).eval()
+    tokenizer = load_tokenizer(str(checkpoint / "trunk"), remote)
+    return recipe, model, tokenizer, tracks, target_transform(recipe, tracks)

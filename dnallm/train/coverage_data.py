@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 
+from dnallm.config import CoverageRecipe
 from dnallm.data.coverage import CoverageWindows
 from dnallm.data.genome import Genome, Region, TrackDataError
 from dnallm.data.tracks import CoverageReader, Track, read_track_sheet, strand_partners
 from dnallm.data.transform import TargetTransform
 from dnallm.data.regions import n_fractions, read_bed, split_windows
-from dnallm.train.coverage_config import CoverageRecipe
 
 
 def open_sources(recipe: CoverageRecipe, check: bool = True) -> tuple[Genome, CoverageReader, list[Track]]:

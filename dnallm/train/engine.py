@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,9 +27,59 @@ def distributed_env() -> tuple[int, int, int]:
 def fast_forward(scheduler, steps: int) -> None:
     """Bring a fresh schedule to ``steps`` on resume (no optimizer step in between, on purpose)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+        # torch warns that the schedule moved before the optimizer: here that is the point.
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
         for _ in range(steps):
             scheduler.step()
+
+
+def grad_accum_steps(recipe, world: int) -> int:
+    """Micro-batches per optimizer step: ``train.grad_accum``, or what makes
+    micro x accum x ranks = ``train.global_batch_size`` when that is set."""
+    t = recipe.train
+    if t.global_batch_size <= 0:
+        return t.grad_accum
+    per_step = t.micro_batch_size * world
+    if t.global_batch_size % per_step:
+        raise ValueError(
+            f"train.global_batch_size={t.global_batch_size} is not a multiple of micro_batch_size x ranks = "
+            f"{t.micro_batch_size} x {world}; change one of them"
+        )
+    return t.global_batch_size // per_step
+
+
+def build_engine(recipe, model: nn.Module, param_groups: list[dict], *, total_steps: int, grad_accum: int, device: str,
+                 optimizer: tuple[str, object] | None = None):
+    """Cosine schedule with linear warm-up, then DeepSpeed (``recipe.deepspeed``) or plain PyTorch.
+
+    ``optimizer``: (name, builder from param groups); None is AdamW, or the optimizer a
+    DeepSpeed JSON names (ZeRO-Offload's CPU Adam). An objective with its own optimizer
+    refuses a JSON that would replace it.
+    """
+    from transformers import get_cosine_schedule_with_warmup
+
+    t = recipe.train
+    warmup = round(t.warmup_ratio * total_steps)
+
+    def scheduler_fn(opt):
+        return get_cosine_schedule_with_warmup(opt, warmup, total_steps)
+
+    optimizer_fn = optimizer[1] if optimizer else torch.optim.AdamW
+    if recipe.deepspeed:
+        config = resolve_deepspeed_config(
+            recipe.deepspeed, micro_batch_size=t.micro_batch_size, grad_accum=grad_accum,
+            max_grad_norm=t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay, device=device,
+        )
+        if optimizer and "optimizer" in config:
+            raise ValueError(
+                f"{recipe.deepspeed} builds its own optimizer ({config['optimizer'].get('type')}); the {recipe.objective} recipe "
+                f"trains with {optimizer[0]}: use a DeepSpeed config without an 'optimizer' section (zero2.json, zero3.json)"
+            )
+        return DeepSpeedEngine(model, param_groups, scheduler_fn, config=config, device=device, optimizer_fn=optimizer_fn)
+    _, _, world = distributed_env()
+    if world > 1:
+        raise RuntimeError("multi-process training needs a DeepSpeed config: add deepspeed=recipes/deepspeed/zero2.json")
+    return TorchEngine(model, param_groups, scheduler_fn, grad_accum=grad_accum, max_grad_norm=t.max_grad_norm, device=device, optimizer_fn=optimizer_fn)
 
 
 def single_process_defaults() -> None:
@@ -156,6 +207,9 @@ class DeepSpeedEngine:
         )
         self.module = self.engine.module
         self.device = device
+        # Un-partitioned moments are read and written for Adam only; other optimizers (Adafactor)
+        # keep flat partitioned state, so resuming restores the step and schedule alone.
+        self.adam = any(c.__name__ in ("Adam", "AdamW", "DeepSpeedCPUAdam", "FusedAdam") for c in type(self._inner_optimizer()).__mro__)
         self.rank = torch.distributed.get_rank()
         self.world_size = torch.distributed.get_world_size()
 
@@ -203,6 +257,8 @@ class DeepSpeedEngine:
     def full_moments(self, p: nn.Parameter) -> dict[str, torch.Tensor] | None:
         from deepspeed.utils import safe_get_full_optimizer_state
 
+        if not self.adam:
+            return None
         self._link_moments()
         try:
             out = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
@@ -215,17 +271,19 @@ class DeepSpeedEngine:
     def load_moments(self, moments: dict[nn.Parameter, dict[str, torch.Tensor]], step: int) -> None:
         from deepspeed.utils import safe_set_full_optimizer_state
 
-        self._link_moments(create=True)
-        for p, m in moments.items():
-            for key, value in m.items():
-                safe_set_full_optimizer_state(p, value, key)
-        inner = self._inner_optimizer()
-        for state in inner.state.values():
-            if "step" in state:
-                state["step"] = torch.full_like(state["step"], step) if torch.is_tensor(state["step"]) else step
-        for group in inner.param_groups:
-            if "step" in group:
-                group["step"] = step
+        if self.adam:
+            self._link_moments(create=True)
+            for p, m in moments.items():
+                for key, value in m.items():
+                    safe_set_full_optimizer_state(p, value, key)
+            inner = self._inner_optimizer()
+            for state in inner.state.values():
+                if "step" in state:
+                    state["step"] = torch.full_like(state["step"], step) if torch.is_tensor(state["step"]) else step
+            for group in inner.param_groups:
+                if "step" in group:
+                    group["step"] = step
+            _replay_cpu_adam_powers(inner, step)
         self.engine.global_steps = step
         self.engine.micro_steps = step * self.engine.gradient_accumulation_steps()
         fast_forward(self.scheduler, step)
@@ -242,3 +300,18 @@ class DeepSpeedEngine:
 
     def barrier(self) -> None:
         torch.distributed.barrier()
+
+
+def _replay_cpu_adam_powers(optimizer, step: int) -> None:
+    """ZeRO-Offload's CPU Adam keeps beta^t in C++ as a running float product; a fresh one
+    would compute ``pow(beta, t)`` instead, which differs in the last bits. Step its C++ state
+    through 1..``step`` on empty tensors so the resumed run's bias correction is the
+    uninterrupted run's, bit for bit."""
+    native = getattr(optimizer, "ds_opt_adam", None)
+    if native is None:
+        return
+    group, empty = optimizer.param_groups[0], torch.empty(0)
+    beta1, beta2 = group["betas"]
+    for t in range(1, step + 1):
+        native.adam_update(optimizer.opt_id, t, group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                           group["bias_correction"], empty, empty, empty, empty)

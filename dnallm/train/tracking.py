@@ -5,15 +5,31 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dnallm.io import atomic_write_text
+
+
+def _step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a line cut short by a kill
+
 
 class Tracker:
-    def __init__(self, out_dir: Path, recipe, enabled: bool = True):
+    """``start_step``: where this run starts; lines a killed run logged past it are dropped,
+    so a resumed run's log holds every step once."""
+
+    def __init__(self, out_dir: Path, recipe, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.backends = []
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.log_file = (out_dir / "train_log.jsonl").open("a")
+        path = out_dir / "train_log.jsonl"
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines(keepends=True) if _step(line) <= start_step]
+            atomic_write_text(path, "".join(kept))
+        self.log_file = path.open("a")
         for name in recipe.train.report_to:
             if name == "tensorboard":
                 try:

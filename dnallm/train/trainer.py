@@ -1,0 +1,202 @@
+"""The training loop of every objective: set-up, loop, checkpoints, resume, preemption.
+
+One loop serves KEGG fine-tuning (``finetune.py``), the coverage fine-tune (``coverage.py``)
+and any later objective. What every run needs is here, once: ranks and device, seeding,
+the output-directory rule, gradient accumulation and the cosine schedule (``engine.py``),
+logging (``tracking.py``), checkpoint save / prune / resume with optimizer and RNG state
+(``checkpoint.py``), and SIGTERM handling. An objective supplies only what is its own.
+
+The objective contract (an object with these attributes; see ``FineTune`` and ``Coverage``)::
+
+    recipe                 a recipe with the shared fields (run_name, output_dir, seed,
+                           deepspeed) and a ``train`` section (``config.TrainConfig``)
+    weights_file           the safetensors file its checkpoints keep, e.g. "trainable.safetensors"
+    optimizer              None (AdamW, or the DeepSpeed JSON's) or (name, builder(param_groups))
+    validate_at_start      validate before the first step too (a baseline in the history)
+
+    setup(device, rank, world) -> model        build data and model; nothing trained yet
+    param_groups(model) -> list[dict]          what the optimizer moves, with lr / weight decay
+    batches_per_epoch() -> int                 micro-batches of one epoch on this rank
+    batches(epoch, skip) -> iterable           this rank's micro-batches of ``epoch`` after the
+                                               first ``skip``; the order is a function of
+                                               (seed, epoch) alone, never of the global RNG
+    train_step(engine, batch) -> (loss, counts)   forward; ``counts`` are numbers summed
+                                               between log lines (samples, bases, ...)
+    train_metrics(counts, seconds) -> dict     extra log values from those sums
+    validate(engine) -> (entry, metrics) | None   held-out scores for the history / the log
+    run_report() -> dict                       what the run works on: printed, kept in the state
+                                               ({} for nothing)
+    checkpoint_tensors(engine) -> dict         tensors to keep, un-partitioned (a collective)
+    write_checkpoint_files(dir, model, tensors)   its own files beside them (rank 0)
+    load_checkpoint_tensors(model, checkpoint)    put them back into a freshly built model
+
+Resume is exact: weights, optimizer state, schedule, the data position and every rank's
+random-number generators come back, so a run stopped at a checkpoint and resumed gives
+the same numbers as one never stopped, dropout included.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dnallm.train.checkpoint import check_output_dir, load_moments, read_state, restore_rng, save_checkpoint, seed_everything
+from dnallm.train.engine import build_engine, distributed_env, grad_accum_steps, pick_device
+from dnallm.train.tracking import Tracker
+
+PREEMPTED_EXIT = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; the run saved ``checkpoint`` at ``step`` and stopped."""
+
+    def __init__(self, checkpoint: Path | None, step: int):
+        super().__init__(
+            f"stopped by SIGTERM after step {step}, saved in {checkpoint}: "
+            f"continue with the same command and train.resume_from_checkpoint=auto"
+        )
+        self.checkpoint, self.step = checkpoint, step
+
+
+@contextmanager
+def sigterm_flag():
+    """While inside, SIGTERM only raises a flag; the loop checks it at each step boundary."""
+    raised = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield raised
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: raised.set())
+    try:
+        yield raised
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def any_rank(flag: bool, engine) -> bool:
+    """True on every rank when it is true on one (a collective when there are several)."""
+    if engine.world_size == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=engine.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def fit(objective, stop_after: int | None = None) -> Path:
+    """Train and return the last checkpoint. ``stop_after`` ends the run after that many
+    optimizer steps of this process, as a crash would (used to test resumption)."""
+    # ---- setup -------------------------------------------------------------------------
+    recipe, t = objective.recipe, objective.recipe.train
+    rank, _, world = distributed_env()
+    device = pick_device()
+    seed_everything(recipe.seed)
+    out_dir = Path(recipe.output_dir)
+    start = check_output_dir(t, out_dir, objective.weights_file)  # before any model loads
+    grad_accum = grad_accum_steps(recipe, world)
+
+    model = objective.setup(device, rank, world)
+    state = read_state(start.resume) if start.resume else {}
+    start_step = state.get("step", 0)
+    if start.resume:
+        objective.load_checkpoint_tensors(model, start.resume)
+
+    per_epoch = objective.batches_per_epoch()
+    if per_epoch < grad_accum:
+        raise ValueError(f"{per_epoch} training batches per epoch on each rank, fewer than one optimizer step ({grad_accum} micro-batches)")
+    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * per_epoch / grad_accum)
+    engine = build_engine(recipe, model, objective.param_groups(model), total_steps=total_steps, grad_accum=grad_accum,
+                          device=device, optimizer=objective.optimizer)
+    if start.resume:
+        engine.load_moments(load_moments(engine.module, start.resume), start_step)
+    if rank == 0 and t.overwrite_output_dir:
+        start.clear_foreign(out_dir)
+
+    recipe_yaml = recipe.to_yaml()
+    tracker = Tracker(out_dir, recipe, enabled=rank == 0, start_step=start_step if start.resume else -1)
+    history = state.get("history", [])
+    report = objective.run_report()
+    if rank == 0 and report:
+        print(json.dumps({**report, "steps": total_steps, "grad_accum": grad_accum, "batches_per_epoch": per_epoch}))
+
+    def validation(step: int) -> dict:
+        entry = {"step": step}
+        scores = objective.validate(engine)
+        if scores is not None:
+            entry.update(scores[0])
+            tracker.log(step, scores[1])
+        return entry
+
+    def checkpoint(step: int, epoch: int, micro: int, validate: bool = True) -> Path | None:
+        history.append(validation(step) if validate else {"step": step})
+        run_state = {"epoch": epoch, "total_steps": total_steps, "history": history, **report,
+                     "data_order": {"seed": recipe.seed, "epoch": epoch, "batches_done": micro - epoch * per_epoch}}
+        return save_checkpoint(out_dir, step, engine, objective, recipe_yaml, run_state, keep_last=t.keep_last, run_id=start.run_id)
+
+    if objective.validate_at_start and start_step == 0:
+        entry = validation(0)  # the baseline the fine-tune is measured against
+        if len(entry) > 1:
+            history.append(entry)
+
+    # ---- loop --------------------------------------------------------------------------
+    total_micro = total_steps * grad_accum
+    micro = start_step * grad_accum
+    epoch, skip = divmod(micro, per_epoch)
+    step, last_saved, saved_step, preempted = start_step, None, None, False
+    losses, counts, tick = [], Counter(), time.perf_counter()
+    if start.resume and not restore_rng(start.resume, rank):
+        print(f"note: {start.resume} holds no random-number state for rank {rank}: dropout masks differ from an uninterrupted run", file=sys.stderr)
+    engine.module.train()
+    bar = tqdm(total=total_steps, initial=start_step, desc="training", disable=rank != 0)
+    with sigterm_flag() as sigterm:
+        while micro < total_micro and not preempted and (stop_after is None or step - start_step < stop_after):
+            for batch in objective.batches(epoch, skip):
+                loss, batch_counts = objective.train_step(engine, batch)
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
+                counts.update(batch_counts)
+                micro += 1
+                if micro % grad_accum == 0:
+                    step = micro // grad_accum
+                    bar.update(1)
+                    if step % t.log_every == 0 or step == total_steps:
+                        lr = engine.scheduler.get_last_lr()[-1]
+                        metrics = {"train/loss": float(np.mean(losses)), "train/lr": lr,
+                                   **objective.train_metrics(counts, time.perf_counter() - tick)}
+                        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
+                        tracker.log(step, metrics)
+                        history.append({"step": step, "loss": metrics["train/loss"]})
+                        losses, counts, tick = [], Counter(), time.perf_counter()
+                    if t.save_every and step % t.save_every == 0:
+                        last_saved, saved_step = checkpoint(step, epoch, micro), step
+                    if stop_after is not None and step - start_step >= stop_after:
+                        break
+                    if step < total_steps and any_rank(sigterm.is_set(), engine):
+                        preempted = True
+                        break
+                if micro >= total_micro:
+                    break
+            else:
+                epoch, skip = epoch + 1, 0
+        bar.close()
+
+        # ---- final checkpoint (SIGTERM now waits for it) ------------------------------------
+        # Decided on the step, not the path: only rank 0 gets a path, and every rank must take part.
+        if saved_step != step:
+            last_saved = checkpoint(step, epoch, micro, validate=not preempted)  # preempted: save, quickly
+    tracker.close()
+    if rank == 0:
+        print(json.dumps({"checkpoint": str(last_saved), "step": step, **(history[-1] if history else {})}))
+    if preempted:
+        raise Preempted(last_saved, step)
+    return last_saved
