@@ -130,7 +130,7 @@ def load(checkpoint: str | Path, *, device: str | None = None, overrides: list[s
     ``["llm.name_or_path=/models/Qwen3-4B"]``.
     """
     path = Path(checkpoint)
-    if list_checkpoints(path, coverage_objective.WEIGHTS) or (path / coverage_checkpoint.WEIGHTS).is_file():
+    if list_checkpoints(path, coverage_objective.WEIGHTS) or (path / coverage_objective.WEIGHTS).is_file():
         from dnallm.eval.coverage_predict import Predictor
 
         return TrackModel(Predictor(path, device=device, overrides=overrides))
