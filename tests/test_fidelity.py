@@ -21,7 +21,9 @@ from dnallm.eval.baselines import BaselinesRecipe, run_baselines
 REPO = Path(__file__).resolve().parent.parent
 
 SIGNALS = ("motif", "flank", "kmer", "centre", "substitution")
-STEPS = 300  # half the planted recipe's 600: the variant summary makes every signal quick to learn
+# Every record of a signal asks the same question, and the four-class signals share their
+# labels: their text-only tasks are one task, run once (motif); substitution has six classes.
+TEXT_ONLY = ("motif", "substitution")
 
 
 def _planted_task(out: Path, signal: str) -> tuple[Path, int]:
@@ -36,8 +38,7 @@ def _baselines(tiny_models, data: Path, out: Path, models: list[str], *overrides
     # The recipe of the README's example run, pointed at this test's models and data.
     recipe = load_recipe(REPO / "recipes/baselines/planted_tiny.yaml", [
         f"output_dir={out}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={data / 'train.jsonl'}", f"test={data / 'test.jsonl'}", f"models={','.join(models)}",
-        f"train.max_steps={STEPS}", *overrides,
+        f"data.train={data / 'train.jsonl'}", f"test={data / 'test.jsonl'}", f"models={','.join(models)}", *overrides,
     ], cls=BaselinesRecipe)
     return run_baselines(recipe)
 
@@ -49,7 +50,7 @@ def _accuracy(result: dict) -> dict[str, float]:
 @pytest.mark.parametrize("signal", SIGNALS)
 def test_dna_plus_text_is_never_worse_than_the_dna_only_head(signal, tiny_models, tmp_path):
     data, n_classes = _planted_task(tmp_path / "data", signal)
-    k8 = _baselines(tiny_models, data, tmp_path / "k8", ["dna+text", "text-only", "dna-only"])
+    k8 = _baselines(tiny_models, data, tmp_path / "k8", ["dna+text", "dna-only"] + (["text-only"] if signal in TEXT_ONLY else []))
     k1 = _baselines(tiny_models, data, tmp_path / "k1", ["dna+text"], "projector.pool=1")
     acc = _accuracy(k8)
     fusion = {"k=8": acc["dna+text"], "k=1": _accuracy(k1)["dna+text"]}
@@ -60,7 +61,8 @@ def test_dna_plus_text_is_never_worse_than_the_dna_only_head(signal, tiny_models
         assert fused >= acc["dna-only"] - 0.02, f"{k}: {tables}"
         if acc["dna-only"] >= 0.95:
             assert fused >= 0.95, f"{k}: {tables}"
-    assert abs(acc["text-only"] - 1 / n_classes) <= 0.10, tables
+    if signal in TEXT_ONLY:
+        assert abs(acc["text-only"] - 1 / n_classes) <= 0.10, tables
     # Every reply is whole and parsed: no label was cut at max_new_tokens.
     for result in (k8, k1):
         for name, metrics in result["results"].items():
