@@ -111,7 +111,7 @@ def test_command_line_prints_a_summary(tmp_path, capsys):
     assert main(["data", "vep-coding", "--from", str(tmp_path / "one"), "--out", str(tmp_path / "out"), "--dna-window", "32"]) == 0
     printed = capsys.readouterr().out
     assert "stratified 8:1:1 of all): train 22, val 4, test 4" in printed  # round(15 * 0.1) = 2 per label
-    assert "2 labels: benign 15, pathogenic 15" in printed and "reference 81-81 bp (median 81)" in printed
+    assert "2 labels: pathogenic 15, benign 15" in printed and "reference 81-81 bp (median 81)" in printed
     assert main(["data", "vep-coding", "--from", str(tmp_path / "one"), "--out", str(tmp_path / "short"), "--dna-window", "128"]) == 2
     assert "one[all][0]: field 'reference_sequence' is 81 bp, shorter than dna_window=128" in capsys.readouterr().err
     assert not (tmp_path / "short").exists()
