@@ -76,8 +76,8 @@ def _data(args) -> None:
     print(f"{summary['source']} ({summary['splits']}): " + ", ".join(f"{k} {v}" for k, v in summary["records"].items()))
     print(f"{len(labels)} labels: {shown}")
     ref, var = summary["reference_bp"], summary["variant_bp"]
-    print(f"reference {ref['min']}-{ref['max']} bp (median {ref['median']}), variant {var['min']}-{var['max']} bp "
-          f"(median {var['median']}), {summary['unequal_lengths']} pairs of unequal length")
+    print(f"reference {ref['min']}-{ref['max']} bp (median {ref['median']:g}), variant {var['min']}-{var['max']} bp "
+          f"(median {var['median']:g}), {summary['unequal_lengths']} pairs of unequal length")
     if summary["dropped"]:
         print(f"{summary['dropped']} records left out (--drop-invalid), e.g. {summary['dropped_examples'][0]}")
     print(f"wrote {args.out}/train.jsonl, val.jsonl, test.jsonl, summary.json")

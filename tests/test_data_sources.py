@@ -100,3 +100,18 @@ def test_command_line_offline_says_how_to_pass_a_local_copy(tmp_path):
     assert "\n" not in line and line.startswith("dnallm data: error: cannot reach the Hugging Face hub")
     assert "wanglab/variant_effect_non_snv" in line and "HF_HUB_OFFLINE" in line and "--from" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_command_line_prints_a_summary(tmp_path, capsys):
+    from dnallm.cli import main
+
+    rng = random.Random(4)
+    rows = [_row(rng, ["Pathogenic", "Benign; Likely benign"][i % 2]) for i in range(30)]
+    _dataset(rows).save_to_disk(str(tmp_path / "one"))
+    assert main(["data", "vep-coding", "--from", str(tmp_path / "one"), "--out", str(tmp_path / "out"), "--dna-window", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "stratified 8:1:1 of all): train 22, val 4, test 4" in printed  # round(15 * 0.1) = 2 per label
+    assert "2 labels: pathogenic 15, benign 15" in printed and "reference 81-81 bp (median 81)" in printed
+    assert main(["data", "vep-coding", "--from", str(tmp_path / "one"), "--out", str(tmp_path / "short"), "--dna-window", "128"]) == 2
+    assert "one[all][0]: field 'reference_sequence' is 81 bp, shorter than dna_window=128" in capsys.readouterr().err
+    assert not (tmp_path / "short").exists()
