@@ -58,6 +58,8 @@ def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder
     ``llm``: a causal LM already built (benchmarks of published shapes from their configs,
     without weights on disk).
     """
+    if encoder is None and recipe.data.use_dna:
+        raise ValueError("build_model: a recipe that reads DNA needs its encoder (build_encoder) to size the projector")
     pool, kernel, context = projector_positions(recipe, encoder.tokenizer if encoder is not None else None)
     model, tokenizer = build_fusion_lm(
         recipe.llm.name_or_path,

@@ -4,7 +4,6 @@ Causal: position i sees positions <= i. Bidirectional: the same convolution also
 the reversed sequence and the two directions are added.
 """
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
