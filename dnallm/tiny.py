@@ -115,7 +115,10 @@ def qwen3_config(size: str, vocab_size: int, pad_id: int, eos_id: int) -> Qwen3C
 def make_tiny_genos(out: str | Path, seed: int = 0) -> Path:
     tokenizer = build_dna_tokenizer()
     torch.manual_seed(seed)
-    model = MixtralForCausalLM(genos_config("tiny"))
+    # Weights drawn for the real tokens first, then the spare rows: the padding leaves every
+    # trained-on weight as it was drawn without it.
+    model = MixtralForCausalLM(genos_config("tiny", len(tokenizer)))
+    model.resize_token_embeddings(GENOS_VOCAB["tiny"], mean_resizing=False)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
