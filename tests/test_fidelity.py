@@ -47,26 +47,27 @@ def _accuracy(result: dict) -> dict[str, float]:
     return {row["model"]: row["accuracy"] for row in result["rows"]}
 
 
-@pytest.mark.parametrize("signal", SIGNALS)
-def test_dna_plus_text_is_never_worse_than_the_dna_only_head(signal, tiny_models, tmp_path):
-    data, n_classes = _planted_task(tmp_path / "data", signal)
-    k8 = _baselines(tiny_models, data, tmp_path / "k8", ["dna+text", "dna-only"] + (["text-only"] if signal in TEXT_ONLY else []))
-    k1 = _baselines(tiny_models, data, tmp_path / "k1", ["dna+text"], "projector.pool=1")
-    acc = _accuracy(k8)
-    fusion = {"k=8": acc["dna+text"], "k=1": _accuracy(k1)["dna+text"]}
-    tables = f"{k8['table']}\nk=1: {fusion['k=1']}"
+# Every signal at k = 8 (the real recipes' compression); at k = 1 the two single-base signals,
+# where the variant is one position of 64. scripts/fidelity_grid.py runs every signal at both.
+CASES = [(signal, 8) for signal in SIGNALS] + [("centre", 1), ("substitution", 1)]
 
-    assert acc["dna-only"] >= 1 / n_classes + 0.3, tables  # the frozen encoder carries the signal
-    for k, fused in fusion.items():
-        assert fused >= acc["dna-only"] - 0.02, f"{k}: {tables}"
-        if acc["dna-only"] >= 0.95:
-            assert fused >= 0.95, f"{k}: {tables}"
-    if signal in TEXT_ONLY:
-        assert abs(acc["text-only"] - 1 / n_classes) <= 0.10, tables
+
+@pytest.mark.parametrize("signal, k", CASES, ids=[f"{s}-k{k}" for s, k in CASES])
+def test_dna_plus_text_is_never_worse_than_the_dna_only_head(signal, k, tiny_models, tmp_path):
+    data, n_classes = _planted_task(tmp_path / "data", signal)
+    models = ["dna+text", "dna-only"] + (["text-only"] if signal in TEXT_ONLY and k == 8 else [])
+    result = _baselines(tiny_models, data, tmp_path / "run", models, f"projector.pool={k}")
+    acc = _accuracy(result)
+
+    assert acc["dna-only"] >= 1 / n_classes + 0.15, result["table"]  # the frozen encoder carries the signal
+    assert acc["dna+text"] >= acc["dna-only"] - 0.02, result["table"]
+    if acc["dna-only"] >= 0.95:
+        assert acc["dna+text"] >= 0.95, result["table"]
+    if "text-only" in acc:
+        assert abs(acc["text-only"] - 1 / n_classes) <= 0.10, result["table"]
     # Every reply is whole and parsed: no label was cut at max_new_tokens.
-    for result in (k8, k1):
-        for name, metrics in result["results"].items():
-            assert metrics.get("truncated", 0) == 0 and metrics["no_answer"] == 0, (name, metrics)
+    for name, metrics in result["results"].items():
+        assert metrics.get("truncated", 0) == 0 and metrics["no_answer"] == 0, (name, metrics)
 
 
 def _train_losses(run_dir):
