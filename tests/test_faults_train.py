@@ -93,14 +93,14 @@ def test_a_fresh_run_refuses_another_runs_output_dir(tmp_path, tiny_models, plan
 
 def test_pruning_leaves_other_runs_checkpoints_alone(tmp_path, tiny_models, planted):
     """A run prunes only what it wrote, even when another run's checkpoint sits beside its own."""
-    from dnallm.train.build import build_model
+    from dnallm.train.build import build_encoder, build_model
     from dnallm.train.checkpoint import save_checkpoint
     from dnallm.train.engine import TorchEngine
     from dnallm.train.finetune import FineTune
 
     run = tmp_path / "run"
     recipe = load_recipe(TINY, _args(run, tiny_models, planted))
-    model, _ = build_model(recipe, "cpu")
+    model, _ = build_model(recipe, "cpu", build_encoder(recipe, "cpu"))
     engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), grad_accum=1, max_grad_norm=1.0, device="cpu")
     objective = FineTune(recipe)
     other = save_checkpoint(run, 200, engine, objective, recipe.to_yaml(), {}, run_id="another")

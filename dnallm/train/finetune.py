@@ -86,7 +86,7 @@ class FineTune:
         for path in (d.train, d.val):
             if path:
                 require_cached(self.encoder, path, d.dna_window)
-        model, tokenizer = build_model(recipe, device)
+        model, tokenizer = build_model(recipe, device, self.encoder)
         self.processor = build_processor(recipe, tokenizer, self.encoder)
         self.train_rows = [self.processor(ex) for ex in tqdm(train_ds, desc="tokenizing train", disable=rank != 0)]
         self.val_rows = [self.processor(ex) for ex in tqdm(val_ds, desc="tokenizing val", disable=rank != 0)] if val_ds else []
