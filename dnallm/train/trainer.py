@@ -168,6 +168,7 @@ def fit(objective, stop_after: int | None = None) -> Path:
 
     def crossed(every: int) -> bool:  # a multiple of ``every`` in (round_start, step]
         return step // every > round_start // every
+
     losses, counts, tick = [], Counter(), time.perf_counter()
     if start.resume and not restore_rng(start.resume, rank):
         print(f"note: {start.resume} holds no random-number state for rank {rank}: dropout masks differ from an uninterrupted run", file=sys.stderr)
