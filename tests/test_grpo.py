@@ -221,10 +221,12 @@ def test_grpo_command_rejects_a_checkpoint_of_another_model_shape(tiny_models, p
 
 
 def test_each_batch_of_replies_serves_updates_per_batch_steps(tiny_models, planted, under_trained, tmp_path):
-    extra = ["train.max_steps=4", "train.save_every=0", "train.micro_batch_size=2", "grpo.group_size=4", "grpo.max_new_tokens=8",
-             "grpo.updates_per_batch=2", "grpo.kl_beta=0", "train.lr=1e-2"]
+    extra = ["train.max_steps=4", "train.save_every=1", "train.keep_last=0", "train.micro_batch_size=2", "grpo.group_size=4",
+             "grpo.max_new_tokens=8", "grpo.updates_per_batch=2", "grpo.kl_beta=0", "train.lr=1e-2"]
     checkpoint = grpo(_grpo_recipe(tiny_models, planted, under_trained, tmp_path / "run", *extra))
     assert checkpoint.name == "checkpoint-4"
+    # saved at the ends of batches only: no checkpoint holds a half-used batch of replies
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [2, 4]  # two batches of replies, two optimizer steps each
     # the second pass over a batch meets a moved policy: some ratios leave the clip range
