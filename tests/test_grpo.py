@@ -18,14 +18,14 @@ from dnallm.data.labels import LabelSet
 from dnallm.data.synthetic import planted_records
 from dnallm.eval.kegg import evaluate
 from dnallm.train.build import build_encoder, build_model, build_processor
-from dnallm.train.checkpoint import load_trainable, rng_state, set_rng_state
+from dnallm.train.checkpoint import load_trainable
 from dnallm.train.finetune import train
 from dnallm.train.grpo import grpo
 from dnallm.train.policy import group_advantages, policy_loss, reference_logps, reply_logps, sample_replies
 from dnallm.train.rewards import Reply, Rewards
 
 REPO = Path(__file__).resolve().parent.parent
-STOP_SFT_AFTER = 160
+STOP_SFT_AFTER = 110
 LABELS = LabelSet(["parkinson's disease", "alzheimer's disease", "prion disease"])
 
 
@@ -46,8 +46,8 @@ def _paths(tiny_models, planted, out):
 
 @pytest.fixture(scope="module")
 def under_trained(tmp_path_factory, tiny_models, planted):
-    """The tiny fine-tuning recipe stopped after 160 of its 300 steps: it answers in format,
-    but right on only about half the test set, where the full run reaches ~98 %."""
+    """The tiny fine-tuning recipe stopped after 110 of its 300 steps: it answers in format,
+    but right on only about 42 % of the test set (100 % ten steps later)."""
     out = tmp_path_factory.mktemp("sft") / "run"
     recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [*_paths(tiny_models, planted, out), "train.save_every=0"])
     return train(recipe, stop_after=STOP_SFT_AFTER)
@@ -143,7 +143,7 @@ def test_kl_penalty_is_zero_at_the_reference_and_pulls_towards_it():
 def test_sampled_groups_and_their_log_probabilities(tiny_models, planted, under_trained, tmp_path):
     recipe = _grpo_recipe(tiny_models, planted, under_trained, tmp_path / "run")
     encoder = build_encoder(recipe, "cpu")
-    model, tokenizer = build_model(recipe, "cpu")
+    model, tokenizer = build_model(recipe, "cpu", encoder)
     load_trainable(model, under_trained)
     processor = build_processor(recipe, tokenizer, encoder)
     examples = list(load_examples(planted / "train.jsonl", recipe.data.dna_window))[:2]
@@ -184,7 +184,7 @@ def test_grpo_raises_planted_test_accuracy(tiny_models, planted, under_trained, 
     before = evaluate(under_trained, planted / "test.jsonl", tmp_path / "eval_before")["accuracy"]
     checkpoint = grpo(_grpo_recipe(tiny_models, planted, under_trained, tmp_path / "run"))
     after = evaluate(checkpoint, planted / "test.jsonl", tmp_path / "eval_after")["accuracy"]
-    assert before <= 0.6, before  # under-trained: the full recipe reaches ~0.98 here
+    assert before <= 0.6, before  # under-trained: ten more fine-tuning steps reach 1.0 here
     assert after - before >= 0.15, (before, after)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert {"grpo/reward", "grpo/sampled_accuracy", "grpo/kl", "grpo/reply_length"} <= log[-1].keys()
@@ -210,13 +210,6 @@ def test_grpo_under_deepspeed_resumes_bit_identically(stage, tiny_models, plante
     assert logs[0] == logs[1]
 
 
-def test_rng_state_round_trips_through_json():
-    state = json.loads(json.dumps(rng_state()))
-    first = (random.random(), np.random.rand(), torch.rand(2).tolist(), torch.randint(0, 100, (3,)).tolist())
-    set_rng_state(state)
-    assert (random.random(), np.random.rand(), torch.rand(2).tolist(), torch.randint(0, 100, (3,)).tolist()) == first
-
-
 def test_grpo_command_rejects_a_checkpoint_of_another_model_shape(tiny_models, planted, under_trained, tmp_path, capsys):
     args = ["grpo", str(REPO / "recipes/grpo/tiny.yaml"), *_paths(tiny_models, planted, tmp_path / "run"),
             f"grpo.init_from={under_trained}", "lora.r=4"]
@@ -228,10 +221,12 @@ def test_grpo_command_rejects_a_checkpoint_of_another_model_shape(tiny_models, p
 
 
 def test_each_batch_of_replies_serves_updates_per_batch_steps(tiny_models, planted, under_trained, tmp_path):
-    extra = ["train.max_steps=4", "train.save_every=0", "train.micro_batch_size=2", "grpo.group_size=4", "grpo.max_new_tokens=8",
-             "grpo.updates_per_batch=2", "grpo.kl_beta=0", "train.lr=1e-2"]
+    extra = ["train.max_steps=4", "train.save_every=1", "train.keep_last=0", "train.micro_batch_size=2", "grpo.group_size=4",
+             "grpo.max_new_tokens=8", "grpo.updates_per_batch=2", "grpo.kl_beta=0", "train.lr=1e-2"]
     checkpoint = grpo(_grpo_recipe(tiny_models, planted, under_trained, tmp_path / "run", *extra))
     assert checkpoint.name == "checkpoint-4"
+    # saved at the ends of batches only: no checkpoint holds a half-used batch of replies
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [2, 4]  # two batches of replies, two optimizer steps each
     # the second pass over a batch meets a moved policy: some ratios leave the clip range

@@ -20,7 +20,6 @@ another run's (``check_output_dir``).
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import re
@@ -264,37 +263,3 @@ def load_moments(model, checkpoint: str | Path) -> dict:
         out.setdefault(params[name], {})[moment] = value
     return out
 
-
-def rng_state() -> dict:
-    """This process's Python, NumPy and torch (CPU and CUDA) generator states, JSON-ready,
-    for ``trainer_state.json``: a resumed run then draws the same random numbers (sampled
-    replies, dropout) as one that never stopped."""
-    py_version, py_internal, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "python": [py_version, list(py_internal), py_gauss],
-        "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
-        "torch": _bytes_text(torch.get_rng_state()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [_bytes_text(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Undo ``rng_state``: every generator continues where the saved run was."""
-    py_version, py_internal, py_gauss = state["python"]
-    random.setstate((py_version, tuple(py_internal), py_gauss))
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
-    np.random.set_state((np_name, np.array(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
-    torch.set_rng_state(_text_bytes(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_text_bytes(s) for s in state["cuda"]])
-
-
-def _bytes_text(t: torch.Tensor) -> str:
-    return base64.b64encode(t.numpy().tobytes()).decode()
-
-
-def _text_bytes(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)

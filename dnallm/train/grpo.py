@@ -1,40 +1,39 @@
-"""The reinforcement stage (GRPO) on top of a fine-tuned fusion checkpoint.
+"""The reinforcement stage (GRPO): an objective of the training core (``trainer.fit``).
 
-Read top to bottom: setup (the fine-tuned model, rewards, engine), the loop, checkpoints.
-Each step samples ``grpo.group_size`` replies for each of ``train.micro_batch_size`` prompts,
-``train.grad_accum`` times; every reply is scored by the recipe's rewards and compared with
-the other replies to its prompt (group-normalised advantage); the policy then takes
-``grpo.updates_per_batch`` optimizer steps on the clipped policy-gradient loss, with a KL
-penalty to the reference policy (the same model with its LoRA adapters off).
-Checkpoints have the fine-tuning layout, so ``dnallm eval`` and ``dnallm chat`` read them.
+One round: ``grpo.group_size`` replies are sampled for each of ``train.micro_batch_size``
+prompts, for each of the step's ``train.grad_accum`` micro-batches; every reply is scored by
+the recipe's rewards and compared with the other replies to its prompt (group-normalised
+advantage); the policy then takes ``grpo.updates_per_batch`` optimizer steps on these replies
+with the clipped policy-gradient loss and a KL penalty to the reference policy (the same
+model with its LoRA adapters off). The pieces are ``policy.py`` and ``rewards.py``; the loop,
+engine, seeding, checkpoints and resume are the core's. Checkpoints are fine-tuning's
+(``FineTune``), so ``dnallm eval`` and ``dnallm chat`` read them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from torch.utils.data import DistributedSampler
-from tqdm.auto import tqdm
 
 from dnallm.config import GRPORecipe, RecipeError
 from dnallm.data.kegg import load_examples
 from dnallm.data.labels import LabelSet
 from dnallm.io import save_figure
 from dnallm.train.build import build_encoder, build_model, build_processor
-from dnallm.train.checkpoint import (
-    find_resume_checkpoint, load_moments, load_trainable, read_state, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
-)
+from dnallm.train.checkpoint import LOG, load_trainable, resolve_checkpoint
 from dnallm.train.embed_cache import require_cached
-from dnallm.train.engine import distributed_env, pick_device
-from dnallm.train.finetune import build_engine, set_seed
+from dnallm.train.engine import distributed_env, grad_accum_steps
+from dnallm.train.finetune import FineTune
 from dnallm.train.policy import group_advantages, policy_loss, reference_logps, reply_logps, sample_replies
 from dnallm.train.rewards import Reply, Rewards, correct_label
-from dnallm.train.tracking import Tracker
+from dnallm.train.trainer import fit
 
 # What the fine-tuned checkpoint and this recipe must agree on for its weights to fit.
 MODEL_KEYS = ("data.dna_window", "data.use_dna", "encoder.layer", "lora.r", "lora.alpha", "lora.target_modules",
@@ -56,49 +55,41 @@ def init_checkpoint(recipe: GRPORecipe) -> Path:
     return checkpoint
 
 
-def prompt_batches(n: int, batch_size: int, seed: int, skip: int):
-    """Endless batches of example indices for this rank, reshuffled each epoch; the first
-    ``skip`` batches (already used before a resume) are passed over. No global RNG is used."""
-    rank, _, world = distributed_env()
+def prompt_batches(n: int, batch_size: int, seed: int, skip: int, rank: int, world: int):
+    """Endless batches of example indices for this rank, reshuffled each pass over the data;
+    the first ``skip`` batches are passed over. No global RNG is used."""
     sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    per_epoch = math.ceil(len(sampler) / batch_size)
-    epoch, skip = divmod(skip, per_epoch)
+    per_pass = math.ceil(len(sampler) / batch_size)
+    data_pass, skip = divmod(skip, per_pass)
     while True:
-        sampler.set_epoch(epoch)
+        sampler.set_epoch(data_pass)
         order = list(sampler)
         for start in range(skip * batch_size, len(order), batch_size):
             yield order[start : start + batch_size]
-        epoch, skip = epoch + 1, 0
+        data_pass, skip = data_pass + 1, 0
 
 
 def mean_over_ranks(metrics: dict[str, float], device: str) -> dict[str, float]:
-    if distributed_env()[2] == 1:
+    world = distributed_env()[2]
+    if world == 1:
         return metrics
     values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=device)
     torch.distributed.all_reduce(values)
-    return dict(zip(metrics, (values / distributed_env()[2]).tolist()))
+    return dict(zip(metrics, (values / world).tolist()))
 
 
-def all_rng_states() -> list[dict]:
-    """Every rank's generator states (rank order), gathered for rank 0 to save."""
-    if distributed_env()[2] == 1:
-        return [rng_state()]
-    states = [None] * distributed_env()[2]
-    torch.distributed.all_gather_object(states, rng_state())
-    return states
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Reward, sampled accuracy, KL and reply length over steps, one panel each."""
+def plot_curves(log: Path, path: Path) -> None:
+    """Reward, sampled accuracy, KL and reply length over steps (from the run's log), one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
-    steps = [h["step"] for h in history]
+    steps = [entry["step"] for entry in lines]
     for ax, key in zip(axes, CURVES):
-        ax.plot(steps, [h.get(key, float("nan")) for h in history], marker="." if len(steps) < 50 else None)
+        ax.plot(steps, [entry.get(f"grpo/{key}", float("nan")) for entry in lines], marker="." if len(steps) < 50 else None)
         ax.set_title(key.replace("_", " "))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -106,117 +97,120 @@ def plot_curves(history: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def grpo(recipe: GRPORecipe, stop_after: int | None = None) -> Path:
-    """Run GRPO and return the last checkpoint. ``stop_after`` ends the run after that many
-    optimizer steps of this process, as a crash would (used to test resumption)."""
-    # ---- setup -------------------------------------------------------------------------
-    rank, _, world = distributed_env()
-    device = pick_device()
-    set_seed(recipe.seed)
-    out_dir = Path(recipe.output_dir)
-    g, t = recipe.grpo, recipe.train
-    if g.group_size < 2:
-        raise RecipeError(f"grpo.group_size={g.group_size}: a group needs at least 2 replies to compare")
-    init = init_checkpoint(recipe)
-    rewards = Rewards(g)
-    examples = list(load_examples(recipe.data.train, recipe.data.dna_window, need_dna=recipe.data.use_dna))
-    labels = LabelSet.from_jsonl(recipe.data.train)  # what `dnallm eval` matches replies against
+class GRPO(FineTune):
+    """The reinforcement objective for ``trainer.fit``: fine-tuning's model, parameter groups
+    and checkpoints, with sampled and scored replies for data.
 
-    encoder = build_encoder(recipe, device)
-    require_cached(encoder, recipe.data.train, recipe.data.dna_window)
-    model, tokenizer = build_model(recipe, device)
-    processor = build_processor(recipe, tokenizer, encoder)
+    A micro-batch is (round, its prompt batches, which one); ``train_step`` samples the
+    round's replies on the first micro-batch it meets of a round, and every micro-batch of
+    the round is served once per optimizer step (``steps_per_round``)."""
 
-    resume = find_resume_checkpoint(t.resume_from_checkpoint, out_dir)
-    state = read_state(resume) if resume else {}
-    start_step = state.get("step", 0)
-    load_trainable(model, resume or init)
+    def __init__(self, recipe: GRPORecipe):
+        super().__init__(recipe)
+        g = recipe.grpo
+        if g.group_size < 2:
+            raise RecipeError(f"grpo.group_size={g.group_size}: a group needs at least 2 replies to compare")
+        self.init = init_checkpoint(recipe)  # before anything loads
+        self.rewards = Rewards(g)
+        self.steps_per_round = g.updates_per_batch
+        self.round = None  # (index, sampled parts, reply tokens per micro-batch)
 
-    mu = g.updates_per_batch
-    prompts_per_batch = t.micro_batch_size * t.grad_accum * world  # one batch of replies: mu optimizer steps
-    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * len(examples) / prompts_per_batch) * mu
-    engine = build_engine(model, recipe, total_steps, device)
-    if resume:
-        engine.load_moments(load_moments(engine.module, resume), start_step)
-        states = state.get("rng", [])
-        if len(states) == world:
-            set_rng_state(states[rank])
-        else:  # another number of ranks cannot replay the same draws: seed each rank afresh
-            set_seed(recipe.seed + start_step + rank)
-    batches = prompt_batches(len(examples), t.micro_batch_size, recipe.seed, skip=start_step // mu * t.grad_accum)
+    def setup(self, device: str, rank: int, world: int):
+        recipe, t = self.recipe, self.recipe.train
+        self.device, self.rank, self.world = device, rank, world
+        self.examples = list(load_examples(recipe.data.train, recipe.data.dna_window, need_dna=recipe.data.use_dna))
+        self.labels = LabelSet.from_jsonl(recipe.data.train)  # what `dnallm eval` matches replies against
+        self.encoder = build_encoder(recipe, device)
+        require_cached(self.encoder, recipe.data.train, recipe.data.dna_window)
+        model, tokenizer = build_model(recipe, device, self.encoder)
+        self.processor = build_processor(recipe, tokenizer, self.encoder)
+        load_trainable(model, self.init)  # a resume then loads its checkpoint over it
+        self.grad_accum = grad_accum_steps(recipe, world)
+        per_rank = math.ceil(len(self.examples) / world)  # DistributedSampler pads each rank's share
+        self.rounds_per_epoch = math.ceil(math.ceil(per_rank / t.micro_batch_size) / self.grad_accum)
+        return model
 
-    recipe_yaml = recipe.to_yaml()
-    tracker = Tracker(out_dir, recipe, enabled=rank == 0)
-    history = state.get("history", [])
+    def batches_per_epoch(self) -> int:
+        return self.rounds_per_epoch * self.grad_accum * self.steps_per_round
 
-    def checkpoint(step: int) -> Path | None:
-        saved = {"total_steps": total_steps, "init_from": str(init), "history": history, "rng": all_rng_states()}
-        return save_checkpoint(out_dir, step, engine.module, engine, recipe_yaml, saved, keep_last=t.keep_last)
+    def batches(self, epoch: int, skip: int):
+        per_round = self.grad_accum * self.steps_per_round
+        first = epoch * self.rounds_per_epoch + skip // per_round
+        prompts = prompt_batches(len(self.examples), self.recipe.train.micro_batch_size, self.recipe.seed,
+                                 first * self.grad_accum, self.rank, self.world)
+        for index in range(first, (epoch + 1) * self.rounds_per_epoch):
+            batches = [[self.examples[i] for i in next(prompts)] for _ in range(self.grad_accum)]
+            for use in range(skip % per_round if index == first else 0, per_round):
+                yield index, batches, use % self.grad_accum
 
-    # ---- loop --------------------------------------------------------------------------
-    step, last_logged, saved_step, last_saved, window = start_step, start_step, None, None, []
-    bar = tqdm(total=total_steps, initial=start_step, desc="grpo", disable=rank != 0)
-    while step < total_steps and (stop_after is None or step - start_step < stop_after):
-        # sample and score: G replies per prompt, no graph
-        engine.module.eval()
-        batch = []
-        for _ in range(t.grad_accum):
-            prompts = [examples[i] for i in next(batches)]
+    def sample(self, engine, batches: list[list[dict]]) -> tuple[list, float, Counter]:
+        """A round's replies, scored (no graph): per prompt batch (rollout, advantages, reference
+        and sampling log-probabilities), reply tokens per micro-batch, and sums for the log."""
+        g, module = self.recipe.grpo, engine.module
+        module.eval()
+        parts, sums = [], Counter()
+        for prompts in batches:
             with engine.whole_weights():
                 rollout = sample_replies(
-                    engine.module, encoder, processor, prompts, group_size=g.group_size, temperature=g.temperature,
-                    top_p=g.top_p, max_new_tokens=g.max_new_tokens, encoder_batch_size=recipe.encoder.batch_size, device=device,
+                    module, self.encoder, self.processor, prompts, group_size=g.group_size, temperature=g.temperature,
+                    top_p=g.top_p, max_new_tokens=g.max_new_tokens, encoder_batch_size=self.recipe.encoder.batch_size,
+                    device=self.device,
                 )
             n_tokens = rollout.reply_mask.sum(1).long().tolist()
-            replies = [Reply(text, n, done, prompts[i // g.group_size]["answer"], labels, g)
+            replies = [Reply(text, n, done, prompts[i // g.group_size]["answer"], self.labels, g)
                        for i, (text, n, done) in enumerate(zip(rollout.texts, n_tokens, rollout.finished))]
-            totals, parts = rewards.score(replies)
-            advantages = group_advantages(torch.tensor(totals, device=device), g.group_size, g.scale_rewards)
-            ref = reference_logps(engine.module, rollout) if g.kl_beta > 0 else None
+            totals, rewards = self.rewards.score(replies)
+            advantages = group_advantages(torch.tensor(totals, device=self.device), g.group_size, g.scale_rewards)
+            ref = reference_logps(module, rollout) if g.kl_beta > 0 else None
             with torch.no_grad():
-                old = reply_logps(engine.module, rollout) if mu > 1 else None
-            batch.append((rollout, advantages, ref, old))
-            window.append({
-                "reward": float(np.mean(totals)), **{f"reward/{k}": float(np.mean(v)) for k, v in parts.items()},
-                "sampled_accuracy": float(np.mean([correct_label(r) for r in replies])), "reply_length": float(np.mean(n_tokens)),
-            })
-        # learn: mu optimizer steps over the sampled batch, every reply token weighted alike
-        engine.module.train()
-        step_tokens = sum(float(r.reply_mask.sum()) for r, *_ in batch) / t.grad_accum
-        for _ in range(min(mu, total_steps - step)):
-            for rollout, advantages, ref, old in batch:
-                logps = reply_logps(engine, rollout)
-                loss, stats = policy_loss(
-                    logps, logps.detach() if old is None else old, advantages, rollout.reply_mask,
-                    clip_low=g.clip_eps, clip_high=g.clip_eps_high or g.clip_eps, ref_logps=ref, kl_beta=g.kl_beta,
-                    n_tokens=step_tokens,
-                )
-                engine.backward(loss)
-                engine.step()
-                window.append({"loss": loss.item(), **stats})  # their mean: the step's loss per reply token
-            step += 1
-            bar.update(1)
-            if stop_after is not None and step - start_step >= stop_after:
-                break
+                old = reply_logps(module, rollout) if self.steps_per_round > 1 else None
+            parts.append((rollout, advantages, ref, old))
+            sums.update({"rollouts": 1, "sample/reward": float(np.mean(totals)),
+                         **{f"sample/reward/{k}": float(np.mean(v)) for k, v in rewards.items()},
+                         "sample/sampled_accuracy": float(np.mean([correct_label(r) for r in replies])),
+                         "sample/reply_length": float(np.mean(n_tokens))})
+        module.train()
+        return parts, sum(float(r.reply_mask.sum()) for r, *_ in parts) / len(parts), sums
 
-        if step - last_logged >= t.log_every or step >= total_steps:
-            keys = sorted({k for w in window for k in w})
-            metrics = mean_over_ranks({k: float(np.mean([w[k] for w in window if k in w])) for k in keys}, device)
-            metrics["lr"] = engine.scheduler.get_last_lr()[-1]
-            tracker.log(step, {f"grpo/{k}": v for k, v in metrics.items()})
-            history.append({"step": step, **{k: metrics[k] for k in CURVES if k in metrics}})
-            bar.set_postfix(reward=f"{metrics['reward']:.3f}", acc=f"{metrics['sampled_accuracy']:.2f}")
-            last_logged, window = step, []
-        if t.save_every and step // t.save_every > (step - mu) // t.save_every:
-            last_saved, saved_step = checkpoint(step), step
-    bar.close()
+    def train_step(self, engine, batch):
+        index, batches, part = batch
+        counts = Counter({"updates": 1})
+        if self.round is None or self.round[0] != index:
+            parts, step_tokens, sums = self.sample(engine, batches)
+            self.round = (index, parts, step_tokens)
+            counts.update(sums)
+        _, parts, step_tokens = self.round
+        rollout, advantages, ref, old = parts[part]
+        g = self.recipe.grpo
+        logps = reply_logps(engine, rollout)
+        loss, stats = policy_loss(
+            logps, logps.detach() if old is None else old, advantages, rollout.reply_mask,
+            clip_low=g.clip_eps, clip_high=g.clip_eps_high or g.clip_eps, ref_logps=ref, kl_beta=g.kl_beta,
+            n_tokens=step_tokens,  # every reply token of the step weighs the same
+        )
+        counts.update({f"update/{k}": v for k, v in stats.items()})
+        return loss, counts
 
-    # ---- final checkpoint and curves ----------------------------------------------------
-    if saved_step != step:  # every rank takes part in a save; only rank 0 writes
-        last_saved = checkpoint(step)
-    tracker.close()
-    if rank == 0:
-        if history:
-            plot_curves(history, out_dir / "grpo_curves.png")
-        print(json.dumps({"checkpoint": str(last_saved), "step": step, **(history[-1] if history else {})}))
-    return last_saved
+    def train_metrics(self, counts: dict, seconds: float) -> dict:
+        """Means per sampled micro-batch (rewards, accuracy, length) and per update (clip, KL), over ranks."""
+        means = {}
+        for key, value in sorted(counts.items()):
+            kind, _, name = key.partition("/")
+            if name:
+                means[f"grpo/{name}"] = value / counts["rollouts" if kind == "sample" else "updates"]
+        return mean_over_ranks(means, self.device)
+
+    def validate(self, engine):
+        return None  # data.val is not used
+
+    def run_report(self) -> dict:
+        return {"init_from": str(self.init)}
+
+
+def grpo(recipe: GRPORecipe, stop_after: int | None = None) -> Path:
+    """Run GRPO (``trainer.fit``) and return the last checkpoint; rank 0 plots ``grpo_curves.png``."""
+    last = fit(GRPO(recipe), stop_after)
+    out_dir = Path(recipe.output_dir)
+    if distributed_env()[0] == 0 and (out_dir / LOG).is_file():
+        plot_curves(out_dir / LOG, out_dir / "grpo_curves.png")
+    return last

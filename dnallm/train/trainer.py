@@ -30,6 +30,18 @@ The objective contract (an object with these attributes; see ``FineTune`` and ``
     write_checkpoint_files(dir, model, tensors)   its own files beside them (rank 0)
     load_checkpoint_tensors(model, checkpoint)    put them back into a freshly built model
 
+Optional:
+
+    steps_per_round        optimizer steps one round of the objective's data serves (default 1).
+                           GRPO samples a batch of replies and takes ``grpo.updates_per_batch``
+                           steps on it, its ``batches`` yielding each of the round's micro-batches
+                           once per step. Log lines, saves and SIGTERM stops then fall at the
+                           ends of rounds: a log line covers whole rounds, and a checkpoint
+                           holds no half-used round (``stop_after`` and the last step excepted).
+
+``train_step`` may do more than a forward (GRPO samples its round's replies on the round's first
+micro-batch). ``train_metrics`` runs on every rank at the same steps, so it may be a collective.
+
 Resume is exact: weights, optimizer state, schedule, the data position and every rank's
 random-number generators come back, so a run stopped at a checkpoint and resumed gives
 the same numbers as one never stopped, dropout included.
@@ -152,6 +164,11 @@ def fit(objective, stop_after: int | None = None) -> Path:
     micro = start_step * grad_accum
     epoch, skip = divmod(micro, per_epoch)
     step, last_saved, saved_step, preempted = start_step, None, None, False
+    round_steps, round_start = getattr(objective, "steps_per_round", 1), start_step
+
+    def crossed(every: int) -> bool:  # a multiple of ``every`` in (round_start, step]
+        return step // every > round_start // every
+
     losses, counts, tick = [], Counter(), time.perf_counter()
     if start.resume and not restore_rng(start.resume, rank):
         print(f"note: {start.resume} holds no random-number state for rank {rank}: dropout masks differ from an uninterrupted run", file=sys.stderr)
@@ -169,7 +186,8 @@ def fit(objective, stop_after: int | None = None) -> Path:
                 if micro % grad_accum == 0:
                     step = micro // grad_accum
                     bar.update(1)
-                    if step % t.log_every == 0 or step == total_steps:
+                    round_end = step % round_steps == 0 or step == total_steps
+                    if round_end and (crossed(t.log_every) or step == total_steps):
                         lr = engine.scheduler.get_last_lr()[-1]
                         metrics = {"train/loss": float(np.mean(losses)), "train/lr": lr,
                                    **objective.train_metrics(counts, time.perf_counter() - tick)}
@@ -177,11 +195,13 @@ def fit(objective, stop_after: int | None = None) -> Path:
                         tracker.log(step, metrics)
                         history.append({"step": step, "loss": metrics["train/loss"]})
                         losses, counts, tick = [], Counter(), time.perf_counter()
-                    if t.save_every and step % t.save_every == 0:
+                    if round_end and t.save_every and crossed(t.save_every):
                         last_saved, saved_step = checkpoint(step, epoch, micro), step
+                    if round_end:
+                        round_start = step
                     if stop_after is not None and step - start_step >= stop_after:
                         break
-                    if step < total_steps and any_rank(sigterm.is_set(), engine):
+                    if round_end and step < total_steps and any_rank(sigterm.is_set(), engine):
                         preempted = True
                         break
                 if micro >= total_micro:
