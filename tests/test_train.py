@@ -59,9 +59,11 @@ def test_deepspeed_run_learns_planted_signal(stage, tmp_path, tiny_models, plant
 def test_checkpoint_holds_only_what_trained(tmp_path, tiny_models, planted, single_process_env):
     checkpoint = train(_recipe(tmp_path, tiny_models, planted, "train.max_steps=2", "train.save_every=0"))
     values = load_file(checkpoint / "trainable.safetensors")
-    assert values and all(k.startswith(("projector.", "dna_boundary", "llm.")) and ("lora_" in k or not k.startswith("llm.")) for k in values)
+    assert values and all(k.startswith(("projector.", "summary.", "dna_boundary", "llm.")) and ("lora_" in k or not k.startswith("llm.")) for k in values)
+    # Of the LLM only the adapters: far smaller than the base model (the projector and the
+    # variant summary are new modules, as large as the tiny LLM itself).
     base_bytes = sum(p.stat().st_size for p in tiny_models["qwen3"].glob("*.safetensors"))
-    assert (checkpoint / "trainable.safetensors").stat().st_size < base_bytes
+    assert sum(v.numel() * v.element_size() for k, v in values.items() if k.startswith("llm.")) < base_bytes / 4
     assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
     assert read_state(checkpoint)["step"] == 2
     assert not list(checkpoint.rglob("*.bin")) and not list(checkpoint.rglob("*.pt"))
