@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +31,7 @@ from dnallm.data.kegg import examples_from_records, read_jsonl
 from dnallm.data.vcf import InputError
 from dnallm.encoders import DNAEncoder
 from dnallm.eval.answers import Prediction, predict_batch
+from dnallm.eval.kegg import max_new_tokens_for
 from dnallm.fusion.classifier import masked_mean
 from dnallm.hub import resolve_dtype
 from dnallm.io import atomic_open, save_tensors
@@ -53,6 +55,11 @@ class Model:
     def recipe(self):
         return self.session.recipe
 
+    @cached_property
+    def max_new_tokens(self) -> int:
+        """``eval.max_new_tokens``, or (unset) the longest training reply plus a margin, as ``dnallm eval`` uses."""
+        return max_new_tokens_for(self.recipe, self.session.tokenizer)[0]
+
     def ask(self, reference: str | None = None, variant: str | None = None, question: str = "", *, stream: bool = False,
             max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0) -> str | Iterator[str]:
         """The model's reply to ``question`` about the variant (greedy unless ``temperature`` > 0).
@@ -68,7 +75,7 @@ class Model:
             raise ValueError(f"{self.recipe.run_name} reads DNA: give reference= and variant=")
         dna = self.session.prepare_dna(reference, variant, self.max_dna_length) if reference is not None and self.session.uses_dna else None
         conv = Conversation(turns=[{"role": "user", "content": question}], dna=dna)
-        sampling = Sampling(max_new_tokens=max_new_tokens or self.recipe.eval.max_new_tokens, temperature=temperature, top_p=top_p)
+        sampling = Sampling(max_new_tokens=max_new_tokens or self.max_new_tokens, temperature=temperature, top_p=top_p)
         return self.session.stream(conv, sampling) if stream else self.session.reply(conv, sampling)
 
     def predict(self, records: list[dict] | str | Path, *, batch_size: int | None = None, progress: bool = False) -> list[Prediction]:
@@ -85,7 +92,7 @@ class Model:
         batch = batch_size or self.recipe.eval.batch_size
         out: list[Prediction] = []
         for start in tqdm(range(0, len(examples), batch), desc="predicting", unit="batch", disable=not progress):
-            out += predict_batch(s.model, s.encoder, s.processor, examples[start : start + batch], max_new_tokens=self.recipe.eval.max_new_tokens,
+            out += predict_batch(s.model, s.encoder, s.processor, examples[start : start + batch], max_new_tokens=self.max_new_tokens,
                                  encoder_batch_size=self.recipe.encoder.batch_size, device=s.device)
         return out
 

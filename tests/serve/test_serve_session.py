@@ -42,8 +42,9 @@ def test_multi_turn_prompt_keeps_history_and_one_dna_pair(session, test_records)
     conv = conversation(session, rec, turns)
     ids = session.prompt_ids(conv)
     text = session.tokenizer.decode(ids)
-    n_pad = sum(session.processor.n_placeholders(s) for s in (conv.dna.reference, conv.dna.variant))
-    assert ids.count(session.tokenizer.convert_tokens_to_ids(DNA_PAD)) == n_pad == 2 * n_pooled(session.window, session.processor.pool)
+    n_summary = session.processor.summary_tokens  # the variant summary's positions, after the two blocks
+    n_pad = sum(session.processor.n_placeholders(s) for s in (conv.dna.reference, conv.dna.variant)) + n_summary
+    assert ids.count(session.tokenizer.convert_tokens_to_ids(DNA_PAD)) == n_pad == 2 * n_pooled(session.window, session.processor.pool) + n_summary
     assert text.index("<|dna_start|>") < text.index("Answer: melanoma") < text.index("Why that disease?")
     assert session.reply(conv, Sampling(max_new_tokens=8)) is not None
 
