@@ -164,5 +164,8 @@ def test_deepspeed_zero_trains_with_adafactor_and_saves_whole_weights(tiny_model
     from safetensors.torch import load_file
 
     saved = load_file(checkpoint / "model.safetensors")
-    assert saved["trunk.embed_tokens.weight"].shape == (10, 64)  # gathered, not a ZeRO-3 partition
+    from transformers import AutoConfig
+
+    genos = AutoConfig.from_pretrained(tiny_models["genos"])  # 128 rows: Genos's padded vocabulary
+    assert saved["trunk.embed_tokens.weight"].shape == (genos.vocab_size, genos.hidden_size)  # gathered, not a ZeRO-3 partition
     assert not torch.equal(saved["head.track_scale"], torch.ones(4))  # the head was trained
