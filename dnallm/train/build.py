@@ -10,7 +10,7 @@ from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.cache import CacheIdentity, CachedEncoder, weights_fingerprint
 from dnallm.fusion import build_fusion_lm
 from dnallm.fusion.processor import DNAChatProcessor
-from dnallm.hub import locate_models, resolve_dtype
+from dnallm.hub import locate_model, locate_models, resolve_dtype
 from dnallm.train.checkpoint import load_trainable, resolve_checkpoint
 
 
@@ -27,10 +27,12 @@ def projector_positions(recipe: Recipe, dna_tokenizer: DNATokenizer | None) -> t
 
 
 def cache_identity(recipe: Recipe, device: str) -> CacheIdentity:
+    """What a cache of ``recipe``'s embeddings is keyed by. A local encoder is named by its
+    absolute path, so a path spelt relative or absolute names the same cache."""
     enc = recipe.encoder
     compute = str(resolve_dtype(enc.dtype, device)).removeprefix("torch.")
     return CacheIdentity(
-        encoder=enc.name_or_path, weights=weights_fingerprint(enc.name_or_path), layer=enc.layer,
+        encoder=locate_model(enc.name_or_path, "encoder.name_or_path"), weights=weights_fingerprint(enc.name_or_path), layer=enc.layer,
         dna_window=recipe.data.dna_window, dtype=enc.cache_dtype, compute_dtype=compute,
     )
 
