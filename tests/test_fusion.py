@@ -51,14 +51,17 @@ def test_loss_only_on_the_answer_and_end_of_turn(fusion):
     assert row["input_ids"][first:] == supervised  # labels align with the reply tokens
 
 
+def _two_sample_batch(processor):
+    """Two examples collated, with encoder outputs for ref0, var0, ref1, var1; var1 is shorter:
+    its tail is padding in the encoder output."""
+    rows = [processor(_example()), processor(_example(answer="x", ref="G" * 24, var="T" * 16))]
+    dna_mask = torch.arange(24)[None, :] < torch.tensor([24, 24, 24, 16])[:, None]
+    return processor.collate(rows), torch.randn(4, 24, DNA_HIDDEN), dna_mask
+
+
 def test_features_land_in_placeholder_slots_in_batch_order(fusion):
     model, tok, processor = fusion
-    rows = [processor(_example()), processor(_example(answer="x", ref="G" * 24, var="T" * 16))]
-    batch = processor.collate(rows)
-    # ref0, var0, ref1, var1; var1 is shorter: its tail is padding in the encoder output.
-    lengths = [24, 24, 24, 16]
-    dna_embeds = torch.randn(4, 24, DNA_HIDDEN)
-    dna_mask = torch.arange(24)[None, :] < torch.tensor(lengths)[:, None]
+    batch, dna_embeds, dna_mask = _two_sample_batch(processor)
     with torch.no_grad():
         embeds = model.embed(batch["input_ids"], dna_embeds, dna_mask)
         features, valid = model.projector(dna_embeds, dna_mask)
@@ -135,11 +138,7 @@ def test_variant_summary_block_follows_the_two_sequence_blocks(fusion_with_summa
 
 def test_summary_features_land_after_each_samples_blocks(fusion_with_summary):
     model, tok, processor = fusion_with_summary
-    rows = [processor(_example()), processor(_example(answer="x", ref="G" * 24, var="T" * 16))]
-    batch = processor.collate(rows)
-    lengths = [24, 24, 24, 16]
-    dna_embeds = torch.randn(4, 24, DNA_HIDDEN)
-    dna_mask = torch.arange(24)[None, :] < torch.tensor(lengths)[:, None]
+    batch, dna_embeds, dna_mask = _two_sample_batch(processor)
     with torch.no_grad():
         embeds = model.embed(batch["input_ids"], dna_embeds, dna_mask)
         blocks, valid = model.projector(dna_embeds, dna_mask)
