@@ -138,6 +138,18 @@ def atomic_open(path: str | Path, mode: str = "w"):
         raise
 
 
+def file_figures():
+    """pyplot for figures written to files: the Agg backend, except inside a notebook,
+    whose inline backend is left alone so its own figures still show."""
+    import matplotlib
+
+    if "inline" not in matplotlib.get_backend():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
     """A matplotlib figure written whole (PNG unless ``format`` says otherwise), then closed."""
     import matplotlib.pyplot as plt

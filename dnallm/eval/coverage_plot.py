@@ -55,10 +55,9 @@ def _box(start: int, y: float, width: int, color: str):
 
 def plot_tracks(region: Region, observed: np.ndarray, predicted: np.ndarray, tracks: list[Track], genes: list[Gene], out: str | Path, title: str = "") -> Path:
     """``observed``, ``predicted``: (len(region), n_tracks) raw coverage. Writes a PNG atomically."""
-    import matplotlib
+    from dnallm.io import file_figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = file_figures()
 
     n = len(tracks)
     fig, axes = plt.subplots(n + 1, 1, figsize=(12, 1.6 * n + 1.4), sharex=True, gridspec_kw={"height_ratios": [2] * n + [1.2]})

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from dnallm.eval.metrics import confusion_counts
+from dnallm.io import file_figures, save_figure
 
-from dnallm.eval.metrics import confusion_counts  # noqa: E402
-from dnallm.io import save_figure  # noqa: E402
+plt = file_figures()  # files only; no display needed
 
 
 def _short(label: str, width: int = 32) -> str:

@@ -150,10 +150,9 @@ def write_annotated_vcf(src: str | Path, out: str | Path, by_record: dict[int, d
 
 def write_summary_plot(results: list[AlleleResult], path: str | Path, top: int = 15) -> None:
     """Predicted labels (counts) and how sure the model was (probability histogram)."""
-    import matplotlib
+    from dnallm.io import file_figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = file_figures()
 
     annotated = [r.prediction for r in results if r.status == "annotated"]
     labels = Counter(p.label for p in annotated).most_common(top)

@@ -80,10 +80,9 @@ def mean_over_ranks(metrics: dict[str, float], device: str) -> dict[str, float]:
 
 def plot_curves(log: Path, path: Path) -> None:
     """Reward, sampled accuracy, KL and reply length over steps (from the run's log), one panel each."""
-    import matplotlib
+    from dnallm.io import file_figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = file_figures()
 
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
