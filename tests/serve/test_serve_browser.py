@@ -101,10 +101,14 @@ def test_page_fasta_upload_and_errors(page, server, session, test_records, tmp_p
 def test_page_streams_a_long_reply_and_stop_frees_the_slot(page, server, session, test_records):
     from playwright.sync_api import expect
 
+    # The page has no logit_bias control; adding one here makes a reply that only Stop ends. Banning
+    # the end of turn alone is not enough: the tiny model then emits byte pieces that are no whole
+    # character, which the page cannot show until the end. One printable word, pushed up, streams.
+    word = session.tokenizer.encode(" variant", add_special_tokens=False)[0]
+
     def ban_end_of_turn(route):
-        # The page has no logit_bias control; adding one here makes a reply that only Stop ends.
         body = json.loads(route.request.post_data)
-        body["logit_bias"] = {str(session.eos_id): -100}
+        body["logit_bias"] = {str(session.eos_id): -100, str(word): 100}
         route.continue_(post_data=json.dumps(body))
 
     page.route("**/v1/chat/completions", ban_end_of_turn)
