@@ -129,6 +129,9 @@ class ProjectorConfig:
 @dataclass
 class FusionTrainConfig(TrainConfig):
     projector_lr: float = check(0.0, ge=0)  # 0: same as lr
+    packing: bool = False  # a micro-batch's samples in one row, attention within each sample: no padding
+    logits: str = "reply"  # reply: LM head on the answer tokens only, in chunks | full: at every position
+    logits_chunk: int = check(1024, ge=1)  # positions per LM-head chunk (logits="reply")
 
 
 @dataclass

@@ -43,9 +43,10 @@ def _losses(run_dir):
     return [json.loads(line)["train/loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines() if "train/loss" in line]
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_deepspeed_run_learns_planted_signal(stage, tmp_path, tiny_models, planted, single_process_env):
-    recipe = _recipe(tmp_path, tiny_models, planted, "train.max_steps=300", "train.save_every=0", f"deepspeed={REPO}/recipes/deepspeed/{stage}.json")
+@pytest.mark.parametrize("stage, packing", [("zero2", False), ("zero3", True)])
+def test_deepspeed_run_learns_planted_signal(stage, packing, tmp_path, tiny_models, planted, single_process_env):
+    recipe = _recipe(tmp_path, tiny_models, planted, "train.max_steps=300", "train.save_every=0", f"deepspeed={REPO}/recipes/deepspeed/{stage}.json",
+                     f"train.packing={str(packing).lower()}")
     checkpoint = train(recipe)
     assert checkpoint.name == "checkpoint-300"
     losses = _losses(tmp_path / "run")

@@ -15,8 +15,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, DNA_TOKENS
+from dnallm.fusion.packing import PACKED_ATTENTION, PACKING_ATTENTION, chunked_token_logps, packed_kwargs, register, shifted_targets
 from dnallm.fusion.projector import DNAProjector
 from dnallm.fusion.summary import VariantSummary
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
@@ -34,6 +36,8 @@ class DNAFusionLM(nn.Module):
         table = llm.get_input_embeddings().weight
         # Rows for <|dna_start|>, <|dna_end|>: start at the mean text embedding, then train.
         self.dna_boundary = nn.Parameter(table.detach().float().mean(0, keepdim=True).repeat(2, 1))
+        self.logits = "reply"  # "reply": LM head on labelled tokens only, chunked; "full": every position
+        self.logits_chunk = 1024  # positions per LM-head chunk
 
     def embed(self, input_ids: torch.Tensor, dna_embeds: torch.Tensor | None = None, dna_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with DNA features in the placeholder slots. (batch, tokens, hidden)"""
@@ -63,9 +67,50 @@ class DNAFusionLM(nn.Module):
             inputs_embeds = torch.where(here, self.dna_boundary[row].to(inputs_embeds.dtype), inputs_embeds)
         return inputs_embeds
 
-    def forward(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, labels=None):
+    def forward(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, labels=None, position_ids=None, cu_seq_lens=None,
+                score_mask=None):
+        """With ``labels``: the mean next-token loss over labelled tokens, from logits on those
+        tokens only (``logits="reply"``, chunked; see ``dnallm.fusion.packing``) or over every
+        position (``logits="full"``, transformers' own loss; ``.logits`` is returned).
+        ``cu_seq_lens``: a packed row (``packing.pack_rows``). With ``score_mask``: the tensor
+        ``token_logps`` returns (through the forward, so that training engines wrap it)."""
+        if score_mask is not None:
+            return self.token_logps(input_ids, attention_mask, score_mask, dna_embeds, dna_mask)
+        if labels is not None and self.logits == "reply":
+            hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens)
+            keep, targets = shifted_targets(labels)
+            logps = chunked_token_logps(hidden[:, :-1][keep], targets, self.llm.get_output_embeddings(), self.logits_chunk)
+            return CausalLMOutputWithPast(loss=-logps.sum() / max(targets.numel(), 1))
         inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask)
-        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, use_cache=False)
+        return self.llm(inputs_embeds=inputs_embeds, labels=labels, position_ids=position_ids, use_cache=False,
+                        **self._attention_kwargs(attention_mask, cu_seq_lens))
+
+    def hidden_states(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, position_ids=None, cu_seq_lens=None):
+        """The decoder's last hidden states, before the LM head. (batch, tokens, hidden)"""
+        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask)
+        decoder = self.llm.get_base_model().get_decoder()
+        out = decoder(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False,
+                      **self._attention_kwargs(attention_mask, cu_seq_lens))
+        return out.last_hidden_state
+
+    def token_logps(self, input_ids, attention_mask, score_mask, dna_embeds=None, dna_mask=None) -> torch.Tensor:
+        """log p(token t | tokens < t) where ``score_mask`` (batch, tokens) is set, 0 elsewhere;
+        the LM head runs on those positions only. (batch, tokens), fp32"""
+        hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask)
+        keep = score_mask[:, 1:].bool()
+        logps = chunked_token_logps(hidden[:, :-1][keep], input_ids[:, 1:][keep], self.llm.get_output_embeddings(), self.logits_chunk)
+        out = torch.zeros(input_ids.shape, dtype=logps.dtype, device=logps.device)
+        out[:, 1:] = out[:, 1:].masked_scatter(keep, logps)
+        return out
+
+    def _attention_kwargs(self, attention_mask, cu_seq_lens) -> dict:
+        if cu_seq_lens is None:
+            return {"attention_mask": attention_mask}
+        impl = self.llm.get_base_model().config._attn_implementation
+        if impl not in PACKING_ATTENTION:
+            raise ValueError(f"a packed batch needs an attention implementation that reads cu_seq_lens ({', '.join(PACKING_ATTENTION)}); "
+                             f"this LLM uses {impl!r}: build it with packing=True (recipe: train.packing=true)")
+        return packed_kwargs(cu_seq_lens.to(self.dna_boundary.device))
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, **generate_kwargs):
@@ -110,11 +155,17 @@ def build_fusion_lm(
     dtype=torch.float32,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
+    packing: bool = False,
+    logits: str = "reply",
+    logits_chunk: int = 1024,
     llm: nn.Module | None = None,
 ):
     """Load the causal LM, add DNA tokens, wrap in LoRA, attach a projector. -> (model, tokenizer)
 
     ``summary``: the variant-summary view (``none``: the two DNA blocks only).
+    ``packing``: attention that reads packed rows (``dnallm.fusion.packing``); the LLM keeps
+    its own implementation if that is already a varlen flash-attention one.
+    ``logits``: ``reply`` (LM head on labelled tokens only, ``logits_chunk`` at a time) or ``full``.
     ``llm``: an already built causal LM to wrap instead of loading weights (benchmarks of
     published shapes from their configs); the tokenizer still comes from ``llm_name_or_path``.
     """
@@ -122,6 +173,9 @@ def build_fusion_lm(
     tokenizer = AutoTokenizer.from_pretrained(llm_name_or_path, trust_remote_code=trust_remote_code)
     if llm is None:
         llm = AutoModelForCausalLM.from_pretrained(llm_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    if packing and llm.config._attn_implementation not in PACKING_ATTENTION:
+        register()
+        llm.set_attn_implementation(PACKED_ATTENTION)
     token_ids = add_dna_tokens(tokenizer, llm)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -138,4 +192,8 @@ def build_fusion_lm(
     projector = DNAProjector(dna_hidden, llm_hidden, kind=projector_kind, pool=pool, kernel=kernel)
     variant_summary = None if summary == "none" else VariantSummary(
         dna_hidden, llm_hidden, kind=summary, n_tokens=summary_tokens, context=summary_context)
-    return DNAFusionLM(llm, projector, token_ids, variant_summary), tokenizer
+    model = DNAFusionLM(llm, projector, token_ids, variant_summary)
+    if logits not in ("reply", "full"):
+        raise ValueError(f"logits={logits!r}: use 'reply' (LM head on the labelled tokens only) or 'full'")
+    model.logits, model.logits_chunk = logits, logits_chunk
+    return model, tokenizer

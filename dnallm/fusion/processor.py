@@ -10,20 +10,23 @@ from __future__ import annotations
 import torch
 
 from dnallm.data import chat
+from dnallm.fusion.packing import pack_rows
 from dnallm.fusion.projector import n_pooled
 
 
 class DNAChatProcessor:
     def __init__(self, tokenizer, dna_tokenizer=None, *, pool: int = 1, summary_tokens: int = 0,
-                 system_prompt: str = chat.DEFAULT_SYSTEM_PROMPT, with_reasoning: bool = False):
+                 system_prompt: str = chat.DEFAULT_SYSTEM_PROMPT, with_reasoning: bool = False, packing: bool = False):
         """``dna_tokenizer=None`` gives text-only prompts (the no-DNA baseline);
-        ``summary_tokens``: positions of the model's variant summary (0: none)."""
+        ``summary_tokens``: positions of the model's variant summary (0: none);
+        ``packing``: training batches are one packed row (``train_batch``)."""
         self.tokenizer = tokenizer
         self.dna_tokenizer = dna_tokenizer
         self.pool = pool
         self.summary_tokens = summary_tokens
         self.system_prompt = system_prompt
         self.with_reasoning = with_reasoning
+        self.packing = packing
 
     @property
     def uses_dna(self) -> bool:
@@ -52,6 +55,14 @@ class DNAChatProcessor:
     def collate(self, rows: list[dict], side: str = "right") -> dict:
         """Pad text; DNA sequences stay strings, flattened in placeholder order."""
         batch = chat.pad_batch(rows, self.tokenizer.pad_token_id, side=side)
+        batch["dna"] = [seq for row in rows for seq in row["dna"]]
+        return batch
+
+    def train_batch(self, rows: list[dict]) -> dict:
+        """A batch to compute a loss on: one packed row (``packing``) or right-padded rows."""
+        if not self.packing:
+            return self.collate(rows)
+        batch = pack_rows(rows, self.tokenizer.pad_token_id)
         batch["dna"] = [seq for row in rows for seq in row["dna"]]
         return batch
 

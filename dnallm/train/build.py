@@ -76,6 +76,9 @@ def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder
         dtype=resolve_dtype(recipe.llm.dtype, device),
         trust_remote_code=recipe.llm.trust_remote_code,
         gradient_checkpointing=recipe.llm.gradient_checkpointing,
+        packing=recipe.train.packing,
+        logits=recipe.train.logits,
+        logits_chunk=recipe.train.logits_chunk,
         llm=llm,
     )
     for p in model.parameters():
@@ -91,6 +94,7 @@ def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncod
         tokenizer, dna_tokenizer, pool=projector_positions(recipe, dna_tokenizer)[0],
         summary_tokens=0 if recipe.projector.summary == "none" else recipe.projector.summary_tokens,
         system_prompt=recipe.data.system_prompt, with_reasoning=recipe.data.with_reasoning,
+        packing=getattr(recipe.train, "packing", False),
     )
 
 

@@ -43,9 +43,10 @@ def param_groups(model, recipe: Recipe) -> list[dict]:
 def step_batch(engine, encoder, batch: dict, device: str, encoder_batch_size: int):
     """One micro-batch forward: frozen encoder (no graph), then the fusion model."""
     dna_embeds, dna_mask = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else (None, None)
+    packed = {k: batch[k].to(device) for k in ("position_ids", "cu_seq_lens") if k in batch}
     return engine(
         input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-        labels=batch["labels"].to(device), dna_embeds=dna_embeds, dna_mask=dna_mask,
+        labels=batch["labels"].to(device), dna_embeds=dna_embeds, dna_mask=dna_mask, **packed,
     )
 
 
@@ -56,7 +57,7 @@ def validation_loss(engine, encoder, rows: list[dict], processor, recipe: Recipe
     total = torch.zeros(2, dtype=torch.float64, device=device)
     shard = rows[engine.rank :: engine.world_size]
     for start in range(0, len(shard), recipe.eval.batch_size):
-        batch = processor.collate(shard[start : start + recipe.eval.batch_size])
+        batch = processor.train_batch(shard[start : start + recipe.eval.batch_size])
         n_tokens = int((batch["labels"][:, 1:] != -100).sum())
         loss = step_batch(engine, encoder, batch, device, recipe.encoder.batch_size).loss
         total += torch.tensor([loss.item() * n_tokens, n_tokens], dtype=torch.float64, device=device)
@@ -103,7 +104,7 @@ class FineTune:
         self.sampler.set_epoch(epoch)
         # Its own generator: starting an epoch leaves the global RNG (dropout) untouched.
         loader = DataLoader(self.train_rows, batch_size=self.recipe.train.micro_batch_size, sampler=self.sampler,
-                            collate_fn=self.processor.collate, generator=torch.Generator().manual_seed(self.recipe.seed + epoch))
+                            collate_fn=self.processor.train_batch, generator=torch.Generator().manual_seed(self.recipe.seed + epoch))
         return islice(loader, skip, None)
 
     def train_step(self, engine, batch: dict):

@@ -72,15 +72,15 @@ def sample_replies(model, encoder, processor, examples: list[dict], *, group_siz
 
 def reply_logps(forward, rollout: Rollout) -> torch.Tensor:
     """Log-probability of each reply token under ``forward`` (the engine, or the model). (B*G, T)"""
-    logits = forward(
-        input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-        dna_embeds=rollout.dna_embeds, dna_mask=rollout.dna_mask,
-    ).logits
     n_reply = rollout.reply_mask.shape[1]
-    logits = logits[:, -n_reply - 1 : -1]  # position t predicts token t + 1
-    ids = rollout.reply_ids
-    # row by row: a (B*G, T, vocab) fp32 copy would be the largest tensor of the step
-    return torch.stack([row.float().log_softmax(-1).gather(-1, i[:, None]).squeeze(-1) for row, i in zip(logits, ids)])
+    score_mask = torch.zeros_like(rollout.attention_mask)
+    score_mask[:, -n_reply:] = rollout.reply_mask.bool()
+    # The LM head runs on the reply tokens only, in chunks: no (B*G, P+T, vocab) logits.
+    logps = forward(
+        input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+        dna_embeds=rollout.dna_embeds, dna_mask=rollout.dna_mask, score_mask=score_mask,
+    )
+    return logps[:, -n_reply:]
 
 
 @torch.no_grad()

@@ -1,0 +1,113 @@
+"""Padding-free batches and logits only where they are needed.
+
+**Packing.** ``pack_rows`` lays a micro-batch's samples end to end in one row: position ids
+restart at every sample and ``cu_seq_lens`` (cumulative lengths, as flash-attention's varlen
+kernels take them) marks where each sample starts. The attention implementation
+``dnallm_packed`` (registered with transformers' ``AttentionInterface``) runs causal attention
+inside each sample only, so no token attends across samples and no position is padding;
+given no ``cu_seq_lens`` (generation, padded batches) it is transformers' SDPA. On a GPU the
+per-sample SDPA calls take the flash kernel; where the ``flash_attn`` package is installed
+the recipe can name ``flash_attention_2`` instead, which reads the same ``cu_seq_lens``.
+
+**Logits where the loss is.** ``chunked_token_logps`` applies the LM head to the chosen
+hidden states only (the reply tokens), a chunk at a time under activation checkpointing,
+so the ``tokens x vocabulary`` matrix (151,936 words for Qwen3) never exists in full,
+neither in the forward nor in the backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from dnallm.data.chat import IGNORE_INDEX
+
+PACKED_ATTENTION = "dnallm_packed"
+PACKING_ATTENTION = (PACKED_ATTENTION, "flash_attention_2", "flash_attention_3")  # read cu_seq_lens
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                     cu_seq_lens_q: torch.Tensor | None = None, **kwargs):
+    """Causal attention within each packed sample. query (1, heads, tokens, dim) -> (1, tokens, heads, dim)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if cu_seq_lens_q is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if query.shape[0] != 1:
+        raise ValueError(f"packed attention expects one packed row, got a batch of {query.shape[0]}")
+    groups = getattr(module, "num_key_value_groups", 1)
+    bounds = cu_seq_lens_q.tolist()
+    parts = [
+        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout if module.training else 0.0,
+                                       is_causal=True, scale=scaling, enable_gqa=groups > 1)
+        for s, e in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(parts, 2).transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Make ``dnallm_packed`` an attention implementation transformers knows (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+
+
+def pack_rows(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Processor rows -> one packed row: ``input_ids``, ``labels``, ``position_ids`` (1, tokens),
+    ``attention_mask`` (all ones, for counting), ``cu_seq_lens`` (samples + 1,)."""
+    lengths = [len(r["input_ids"]) for r in rows]
+    ids = [t for r in rows for t in r["input_ids"]]
+    # A sample's first token is never a target: in the packed row it would be the previous sample's.
+    labels = [IGNORE_INDEX if i == 0 else t for r in rows for i, t in enumerate(r["labels"])]
+    positions = [p for n in lengths for p in range(n)]
+    cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        "cu_seq_lens": cu,
+    }
+
+
+def packed_kwargs(cu_seq_lens: torch.Tensor) -> dict:
+    """What the decoder needs for a packed row: no padding mask, and the sample boundaries."""
+    longest = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+    return {
+        # A dict of masks is used as given: no (tokens x tokens) mask is built for the packed row.
+        "attention_mask": {"full_attention": None, "sliding_attention": None},
+        "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest, "max_length_k": longest,
+    }
+
+
+def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    logits = head(hidden).float()
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def chunked_token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, chunk: int) -> torch.Tensor:
+    """log p(target) for each row of ``hidden`` (n, width) under the LM ``head``: (n,), fp32.
+
+    ``chunk`` rows at a time; with gradients on, each chunk's logits are recomputed in the
+    backward rather than kept, so memory holds one chunk of logits at most.
+    """
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    out = []
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start : start + chunk], targets[start : start + chunk]
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            out.append(checkpoint(_chunk_logps, h, t, head, use_reentrant=False))
+        else:
+            out.append(_chunk_logps(h, t, head))
+    return torch.cat(out)
+
+
+def shifted_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position t predicts token t + 1: -> (mask over positions (batch, tokens - 1), their targets)."""
+    nxt = labels[:, 1:]
+    keep = nxt != IGNORE_INDEX
+    return keep, nxt[keep]
