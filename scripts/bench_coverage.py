@@ -147,7 +147,8 @@ def main(argv=None) -> dict:
     report = {
         "shape": args.shape, "parameters": n_params, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "threads": torch.get_num_threads(), "window": d.window, "overlap": d.overlap, "n_tracks": len(tracks),
-        "gradient_checkpointing": recipe.encoder.gradient_checkpointing, "optimizer": "Adafactor", "train": train, "predict": predict,
+        "gradient_checkpointing": recipe.encoder.gradient_checkpointing, "optimizer": "Adafactor",
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "train": train, "predict": predict,
     }
     print(json.dumps(report, indent=2))
     return report

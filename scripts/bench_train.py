@@ -1,23 +1,36 @@
 """Training throughput of the KEGG fusion recipe, printed as JSON.
 
-One process, one run, three modes on the same samples:
+One process, one run, up to four modes on the same random micro-batches:
   (a) live:  the frozen encoder runs on every step, k = 1 LLM position per DNA position
   (b) cache: embeddings read from an embedding cache on disk, k = 1
   (c) cache: the same, with the projector compressing k = 8 (or --k) positions into one
-Each mode reports steady-state samples/s and LLM tokens/s (after --warmup steps), peak
-memory (CUDA when on a GPU, else the process RSS sampled while the mode runs) and, on a
-GPU, the LLM step's model FLOP utilisation (MFU) from the FLOP count stated in the output.
+  (p) as (c), each micro-batch packed into one row (train.packing): no padding positions
+Each mode runs once per --logits setting (reply: the LM head on the answer tokens only, in
+chunks; full: at every position) and reports steady-state samples/s and LLM tokens/s (after
+--warmup steps), peak memory (CUDA when on a GPU, else the process RSS sampled while the mode
+runs, and how far it rose above the RSS at the mode's start) and, on a GPU, the model FLOP
+utilisation (MFU) from the FLOP count stated in the output. Mode (a) times the encoder too, and
+its MFU counts the encoder's FLOPs with the LLM's. When no mode runs the live encoder, it
+leaves the GPU once the cache is built, so the cache modes' memory is their own.
 
   # tiny recipe on CPU (tiny checkpoints are built under .dnallm/ if absent)
   python scripts/bench_train.py recipes/kegg/tiny.yaml data.dna_window=1024
   # published shapes, random init from their configs (no download), on a GPU
   python scripts/bench_train.py recipes/kegg/genos1b_qwen3_4b.yaml --shape 1.2b:4b --batch 4
+  # the real KEGG length distribution with Qwen3's tokenizer: packed vs padded, reply vs full logits
+  python scripts/bench_train.py recipes/kegg/tiny.yaml data.with_reasoning=true data.dna_window=1024 \
+      --data ../shared/datasets/kegg/val.jsonl ../shared/datasets/kegg/test.jsonl \
+      --tokenizer ~/.cache/dnallm/tokenizer-qwen3 --modes c,p --logits reply,full --batch 8
+  # memory of one step at the Qwen3-1.7B width and vocabulary (--layers: fewer blocks, same head)
+  python scripts/bench_train.py recipes/kegg/genos1b_qwen3_1.7b.yaml --shape tiny:1.7b --layers 2 --modes c \
+      --logits reply,full --tokenizer ~/.cache/dnallm/tokenizer-qwen3 --data ../shared/datasets/kegg/val.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 import threading
@@ -41,26 +54,31 @@ from dnallm.train.finetune import param_groups, step_batch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--shape", help="ENCODER:LLM published shapes from configs, random init, e.g. 1.2b:4b, 10b:4b (tiny:tiny on CPU)")
-    p.add_argument("--data", type=Path, help="KEGG-format JSONL (default: planted records of 4,001 bp)")
+    p.add_argument("--data", type=Path, nargs="+", help="KEGG-format JSONL files (default: planted records of 4,001 bp)")
+    p.add_argument("--tokenizer", type=Path, help="the LLM's tokenizer folder (e.g. Qwen3's own; default: the models' byte-level one)")
+    p.add_argument("--layers", type=int, help="with --shape: decoder blocks of the LLM (width, heads and vocabulary stay the shape's)")
+    p.add_argument("--logits", default="reply", help="comma-separated: reply, full (train.logits)")
     p.add_argument("--batch", type=int, help="micro-batch size (default: the recipe's)")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per mode")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per mode")
     p.add_argument("--k", type=int, default=8, help="compression factor of mode (c)")
-    p.add_argument("--modes", default="a,b,c")
+    p.add_argument("--modes", default="a,b,c", help="comma-separated: a, b, c, p")
+    p.add_argument("--packing", action="store_true", help="pack the micro-batches of every mode (p always packs)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak of the GPU (H100 SXM: 989)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 class PeakRSS:
     """Highest resident set size of this process while the block runs (sampled every 10 ms)."""
 
     def __enter__(self):
-        self.peak, self._stop = psutil.Process().memory_info().rss, threading.Event()
+        self.start = self.peak = psutil.Process().memory_info().rss
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -75,42 +93,55 @@ class PeakRSS:
         self._thread.join()
 
 
-def random_models(recipe, shape: str, device: str, tmp: Path):
+def random_models(recipe, shape: str, device: str, tmp: Path, tokenizer: Path | None = None, layers: int | None = None):
     """Published shapes from their configs, random init straight on ``device``; tokenizers
     (char-level DNA, byte-level BPE with Qwen specials) saved to ``tmp`` for the loaders."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     from dnallm.tiny import build_dna_tokenizer, build_text_tokenizer, genos_config, qwen3_config
 
+    from transformers import AutoTokenizer
+
     enc_size, llm_size = shape.split(":")
-    dna_tok, text_tok = build_dna_tokenizer(), build_text_tokenizer()
+    dna_tok = build_dna_tokenizer()
+    text_tok = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else build_text_tokenizer()
     dna_tok.save_pretrained(tmp / "genos")
     text_tok.save_pretrained(tmp / "qwen3")
     dtype = resolve_dtype("auto", device)
+    config = qwen3_config(llm_size, 151_936, text_tok.pad_token_id, text_tok.eos_token_id)
+    if layers:
+        config.num_hidden_layers = layers
+        config.layer_types = config.layer_types[:layers]
     with torch.device(device):
         enc_model = AutoModel.from_config(genos_config(enc_size), dtype=dtype)
-        llm = AutoModelForCausalLM.from_config(qwen3_config(llm_size, 151_936, text_tok.pad_token_id, text_tok.eos_token_id), dtype=dtype)
+        llm = AutoModelForCausalLM.from_config(config, dtype=dtype)
     recipe.encoder.name_or_path, recipe.llm.name_or_path = str(tmp / "genos"), str(tmp / "qwen3")
     encoder = DNAEncoder(str(tmp / "genos"), layer=recipe.encoder.layer, device=device, model=enc_model.eval().requires_grad_(False))
     return encoder, llm
 
 
-def ensure_tiny(recipe) -> None:
-    if Path(recipe.encoder.name_or_path).is_dir() and Path(recipe.llm.name_or_path).is_dir():
-        return
-    from dnallm.tiny import make_tiny
+def ensure_tiny(recipe, tmp: Path, tokenizer: Path | None = None) -> None:
+    """The recipe's tiny checkpoints (built under .dnallm/ if absent); with ``tokenizer``, a
+    tiny Qwen3 around that tokenizer (its real vocabulary) in ``tmp``."""
+    from dnallm.tiny import make_tiny, make_tiny_qwen3
 
-    paths = make_tiny(Path(".dnallm/tiny"))
-    recipe.encoder.name_or_path, recipe.llm.name_or_path = str(paths["genos"]), str(paths["qwen3"])
+    if not (Path(recipe.encoder.name_or_path).is_dir() and Path(recipe.llm.name_or_path).is_dir()):
+        paths = make_tiny(Path(".dnallm/tiny"))
+        recipe.encoder.name_or_path, recipe.llm.name_or_path = str(paths["genos"]), str(paths["qwen3"])
+    if tokenizer:
+        recipe.llm.name_or_path = str(make_tiny_qwen3(tmp / "qwen3", tokenizer=tokenizer))
 
 
 def n_params(module, trainable: bool | None = None) -> int:
     return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
 
 
-def active_llm_params(llm) -> int:
-    """Parameters of the base LLM used per token, without the input embedding table (a lookup)."""
-    return n_params(llm) - llm.get_input_embeddings().weight.numel()
+def trunk_and_head_params(llm) -> tuple[int, int]:
+    """Parameters a token goes through in the decoder blocks (no input table: a lookup), and in
+    the LM head, counted even where it shares its weight with the input table (Qwen3-1.7B, 4B)."""
+    table, head = llm.get_input_embeddings().weight, llm.get_output_embeddings().weight
+    tied = head is table
+    return n_params(llm) - table.numel() - (0 if tied else head.numel()), head.numel()
 
 
 def active_encoder_params(model) -> int:
@@ -125,67 +156,78 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
     engine = TorchEngine(model, param_groups(model, recipe), lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                          grad_accum=1, max_grad_norm=recipe.train.max_grad_norm, device=device)
     batch_size = args.batch or recipe.train.micro_batch_size
-    batches = [processor.collate([processor(ex) for ex in rows[i : i + batch_size]]) for i in range(0, len(rows) - batch_size + 1, batch_size)]
+    batches = [(batch_size, processor.train_batch([processor(ex) for ex in rows[i : i + batch_size]]))
+               for i in range(0, len(rows) - batch_size + 1, batch_size)]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model.train()
-    tokens = samples = 0
+    tokens = samples = positions = targets = 0
     with PeakRSS() as rss:
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 sync()
                 start = time.perf_counter()
-            batch = batches[i % len(batches)]
+            n, batch = batches[i % len(batches)]
             loss = step_batch(engine, dna_source, batch, device, recipe.encoder.batch_size).loss
             engine.backward(loss)
             engine.step()
             if i >= args.warmup:
                 tokens += int(batch["attention_mask"].sum())
-                samples += batch["input_ids"].shape[0]
+                positions += batch["input_ids"].numel()
+                targets += int((batch["labels"][:, 1:] != -100).sum())
+                samples += n
         sync()
         elapsed = time.perf_counter() - start
     out = {
         "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "step_s": elapsed / args.steps,
         "llm_tokens_per_sample": tokens / samples, "placeholders_per_window": processor.n_placeholders(rows[0]["ref_window"]),
-        "final_loss": loss.item(), "peak_rss_gib": rss.peak / 2**30,
+        "padding_fraction": 1 - tokens / positions, "logits": model.logits, "packed": processor.packing,
+        "final_loss": loss.item(), "peak_rss_gib": rss.peak / 2**30, "peak_rss_above_start_gib": (rss.peak - rss.start) / 2**30,
     }
     if device.startswith("cuda"):
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
         llm = model.llm.get_base_model()
-        n_llm = active_llm_params(llm)
+        n_trunk, n_head = trunk_and_head_params(llm)
         cfg = llm.config
         seq = tokens / samples
+        head_fraction = 1.0 if model.logits == "full" else targets / tokens  # reply-only: the head runs on the answer
         # Frozen base: forward 2N + input-gradient backward 2N per token (no weight gradients);
-        # attention scores and values: 4 * layers * hidden * seq per token forward, x3 with backward.
-        flops_per_token = 4 * n_llm + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq
+        # attention scores and values: 4 * layers * heads * head_dim * seq per token forward, x3 with backward.
+        flops_per_token = 4 * n_trunk + 4 * n_head * head_fraction + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq
+        out["flop_count"] = "per LLM token: 4 N_trunk + 4 N_head x (reply tokens / tokens) + 12 layers heads head_dim seq; mode a adds 2 N_encoder_active per base"
         out["llm_flops_per_token"] = flops_per_token
-        out["llm_mfu"] = flops_per_token * tokens / elapsed / (args.peak_tflops * 1e12)
+        flops = flops_per_token * tokens
         if isinstance(dna_source, DNAEncoder):
             enc_tokens = len(rows[0]["ref_window"]) + len(rows[0]["var_window"])  # one token per base
             out["encoder_flops_per_sample"] = 2 * active_encoder_params(dna_source.model) * enc_tokens
+            flops += out["encoder_flops_per_sample"] * samples
+            out["timed"] = "frozen encoder + LLM step"
+        out["mfu"] = flops / elapsed / (args.peak_tflops * 1e12)
     print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
     return out
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
     device = pick_device()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="dnallm-bench-") as tmp:
         tmp = Path(tmp)
         if args.shape:
-            encoder, llm = random_models(recipe, args.shape, device, tmp)
+            encoder, llm = random_models(recipe, args.shape, device, tmp, args.tokenizer, args.layers)
         else:
-            ensure_tiny(recipe)
+            ensure_tiny(recipe, tmp, args.tokenizer)
             encoder, llm = build_encoder(recipe, device, live=True), None
         data = args.data
         if data is None:
-            data = tmp / "planted.jsonl"
-            write_jsonl(data, planted_records(64, n_classes=4, seed=0))
-        rows = list(load_examples(data, recipe.data.dna_window))
+            data = [tmp / "planted.jsonl"]
+            write_jsonl(data[0], planted_records(64, n_classes=4, seed=0))
+        rows = [ex for path in data for ex in load_examples(path, recipe.data.dna_window, need_reasoning=recipe.data.with_reasoning)]
+        random.Random(0).shuffle(rows)  # random micro-batches, as training draws them
         recipe.projector.pool = 1
+        recipe.train.packing = True  # packed attention: mode p packs; on padded rows it is SDPA
         model, tokenizer = build_model(recipe, device, encoder, llm=llm)
         # One cache for (b) and (c): the frozen encoder's output does not depend on k.
         identity = CacheIdentity(encoder=recipe.encoder.name_or_path, weights="bench", layer=recipe.encoder.layer,
@@ -199,27 +241,74 @@ def main() -> None:
             cached = CachedEncoder(tmp / "cache", identity, encoder.tokenizer, device)
 
         results = {}
+
+        if cached is not None and "a" not in modes and device.startswith("cuda"):
+            encoder.model.to("cpu")  # the cache modes' memory, without the live encoder's
+            torch.cuda.empty_cache()
+
+        def run(mode, key, source, packing=args.packing):
+            for logits in args.logits.split(","):
+                model.logits = logits
+                processor = build_processor(recipe, tokenizer, encoder)
+                processor.packing = packing
+                results[f"{key}_logits_{logits}"] = run_mode(mode, model, source, processor, rows, recipe, args, device)
+
         if "a" in modes:
-            results["a_live_k1"] = run_mode("a", model, encoder, build_processor(recipe, tokenizer, encoder), rows, recipe, args, device)
+            run("a", "a_live_k1", encoder)
         if "b" in modes:
-            results["b_cache_k1"] = run_mode("b", model, cached, build_processor(recipe, tokenizer, encoder), rows, recipe, args, device)
-        if "c" in modes:
+            run("b", "b_cache_k1", cached)
+        if {"c", "p"} & set(modes):
             proj = recipe.projector
             proj.pool, proj.kernel = args.k, max(proj.kernel, args.k)
             model.projector = DNAProjector(encoder.hidden_size, llm_hidden(model),
                                            kind=proj.kind, pool=proj.pool, kernel=proj.kernel).to(device)
-            results[f"c_cache_k{args.k}"] = run_mode("c", model, cached, build_processor(recipe, tokenizer, encoder), rows, recipe, args, device)
+        if "c" in modes:
+            run("c", f"c_cache_k{args.k}", cached)
+        if "p" in modes:
+            run("p", f"p_cache_k{args.k}_packed", cached, packing=True)
 
-    base = results.get("a_live_k1")
+    first = args.logits.split(",")[0]
+    base = results.get(f"a_live_k1_logits_{first}")
     report = {
         "recipe": str(args.recipe), "shape": args.shape or "recipe checkpoints", "device": device_name(device),
         "dna_window": recipe.data.dna_window, "micro_batch": args.batch or recipe.train.micro_batch_size,
         "encoder_params": n_params(encoder.model), "llm_params": n_params(model.llm), "trainable_params": n_params(model, True),
+        "llm_dtype": str(model.llm.get_base_model().dtype).removeprefix("torch."),
+        "attention": attention_kernel(model, device),
+        "llm_layers": model.llm.get_base_model().config.num_hidden_layers, "vocab": model.llm.get_output_embeddings().weight.shape[0],
         "steps": args.steps, "warmup": args.warmup, "modes": results,
     }
+    for logits in args.logits.split(","):
+        padded, packed = results.get(f"c_cache_k{args.k}_logits_{logits}"), results.get(f"p_cache_k{args.k}_packed_logits_{logits}")
+        if padded and packed:
+            report.setdefault("packed_vs_padded_samples_per_s", {})[logits] = packed["samples_per_s"] / padded["samples_per_s"]
+    for mode in {k.rsplit("_logits_", 1)[0] for k in results}:
+        reply, full = results.get(f"{mode}_logits_reply"), results.get(f"{mode}_logits_full")
+        if reply and full:
+            key = "peak_cuda_gib" if "peak_cuda_gib" in reply else "peak_rss_above_start_gib"
+            report.setdefault(f"{key}_reply_vs_full", {})[mode] = [reply[key], full[key]]
     if base:
         report["samples_per_s_ratio_to_a"] = {k: v["samples_per_s"] / base["samples_per_s"] for k, v in results.items()}
     print(json.dumps(report, indent=2))
+    return report
+
+
+def attention_kernel(model, device: str) -> dict:
+    """The attention implementation the LLM runs, and on a GPU whether SDPA's flash kernel takes
+    its head size in its dtype (a probe: flash alone is allowed, so a fallback raises)."""
+    cfg = model.llm.get_base_model().config
+    out = {"implementation": cfg._attn_implementation}
+    if device.startswith("cuda"):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        q = torch.randn(1, cfg.num_attention_heads, 256, cfg.head_dim, device=device, dtype=model.llm.get_base_model().dtype)
+        try:
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+            out["sdpa_flash"] = True
+        except RuntimeError as err:
+            out["sdpa_flash"] = f"no: {str(err).splitlines()[0]}"
+    return out
 
 
 def llm_hidden(model) -> int:

@@ -1,0 +1,100 @@
+"""The GPU check: one command that measures every training path at its published shape.
+
+    bash scripts/gpu_check.sh          # one GPU, published shapes, random weights from configs
+    bash scripts/gpu_check.sh --cpu    # the same checks at tiny shapes on the CPU (CI runs this)
+
+Each check runs in its own process (a clean peak-memory count) and the script prints one JSON
+object, then a markdown table:
+  - KEGG step, Genos-1.2B + Qwen3-4B: (a) live encoder, k = 1, and (c) embedding cache, k = 8,
+    both with packed batches and reply-only logits;
+  - KEGG step, Genos-10B + Qwen3-4B from the cache, k = 8, packed;
+  - coverage fine-tune step, Genos-1.2B, 32 kb windows, gradient checkpointing on.
+Reported: samples/s, tokens/s, MFU and the FLOP count it uses, peak GPU memory, the dtype and
+the attention kernel. A check that fails makes the exit status non-zero after the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+GPU_CHECKS = {
+    "kegg_genos1.2b_qwen3_4b": ["bench_train.py", "recipes/kegg/genos1b_qwen3_4b.yaml", "--shape", "1.2b:4b", "--modes", "a,c",
+                                "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
+    "kegg_genos10b_qwen3_4b_cache": ["bench_train.py", "recipes/kegg/genos10b_qwen3_4b.yaml", "--shape", "10b:4b", "--modes", "c",
+                                     "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
+    "coverage_genos1.2b_32kb": ["bench_coverage.py", "--shape", "1.2b", "--steps", "4", "--warmup", "1", "--predict-windows", "8",
+                                "encoder.gradient_checkpointing=true", "data.window=32768", "data.overlap=16384"],
+}
+CPU_CHECKS = {
+    "kegg_tiny": ["bench_train.py", "recipes/kegg/tiny.yaml", "data.dna_window=256", "--shape", "tiny:tiny", "--modes", "a,c",
+                  "--packing", "--batch", "2", "--steps", "2", "--warmup", "1"],
+    "coverage_tiny": ["bench_coverage.py", "--shape", "tiny", "--steps", "2", "--warmup", "1", "--predict-windows", "4",
+                      "encoder.gradient_checkpointing=true"],
+}
+
+
+def run_check(name: str, argv: list[str], timeout: int) -> dict:
+    cmd = [sys.executable, str(REPO / "scripts" / argv[0]), *argv[1:]]
+    print(f"[gpu_check] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"no result within {timeout} s"}
+    seconds = round(time.perf_counter() - start, 1)
+    if proc.returncode != 0:
+        return {"ok": False, "seconds": seconds, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return {"ok": True, "seconds": seconds, "report": json.loads(proc.stdout[proc.stdout.index("{"):])}
+
+
+def table(results: dict) -> str:
+    rows = ["| check | mode | samples/s | tokens/s | MFU | peak memory GiB | dtype | attention |", "|---|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        if not res["ok"]:
+            rows.append(f"| {name} | FAILED: {res['error']} | | | | | | |")
+            continue
+        rep = res["report"]
+        if "modes" in rep:  # bench_train
+            attn = rep["attention"]["implementation"] + (f", flash: {rep['attention']['sdpa_flash']}" if "sdpa_flash" in rep["attention"] else "")
+            for mode, m in rep["modes"].items():
+                mem = m.get("peak_cuda_gib", m["peak_rss_gib"])
+                mfu = f"{m['mfu']:.3f}" if "mfu" in m else "-"
+                rows.append(f"| {name} | {mode} | {m['samples_per_s']:.2f} | {m['tokens_per_s']:.0f} | {mfu} | {mem:.2f} | {rep['llm_dtype']} | {attn} |")
+        else:  # bench_coverage
+            t = rep["train"]
+            rows.append(f"| {name} | train, window {rep['window']}, checkpointing {rep['gradient_checkpointing']} | {t['windows_per_s']:.2f} windows "
+                        f"| {t['bases_per_s']:.0f} bases | - | {t['peak_memory_mib'] / 1024:.2f} | {rep.get('dtype', '-')} | - |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu", action="store_true", help="tiny shapes on the CPU")
+    p.add_argument("--only", help="comma-separated check names")
+    p.add_argument("--timeout", type=int, default=0, help="seconds per check (default: 180 on a GPU, 300 on the CPU)")
+    args = p.parse_args(argv)
+    checks = CPU_CHECKS if args.cpu else GPU_CHECKS
+    if args.only:
+        checks = {k: v for k, v in checks.items() if k in args.only.split(",")}
+    if not args.cpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("gpu_check: no CUDA device is visible; run `bash scripts/gpu_check.sh --cpu` for the CPU check", file=sys.stderr)
+            return 2
+    results = {name: run_check(name, argv, args.timeout or (300 if args.cpu else 180)) for name, argv in checks.items()}
+    print(json.dumps({"device": "cpu" if args.cpu else "cuda", "checks": results}, indent=2))
+    print()
+    print(table(results))
+    return 0 if all(r["ok"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
