@@ -114,3 +114,22 @@ def test_interrupted_caching_resumes_and_matches_an_uninterrupted_run(tmp_path, 
     for a, b in zip(whole.encode(windows), resumed.encode(windows)):
         assert torch.equal(a, b)
     assert not list((tmp_path / "cache").glob(".*tmp"))
+
+
+def test_a_cache_built_on_cpu_serves_the_gpu_and_the_reverse_names_the_setting(tmp_path, tiny_models, data):
+    """encoder.dtype: auto is float32 on a CPU and bfloat16 on a GPU: a float32-computed cache
+    is read there as is; a bfloat16-computed one is refused on the CPU with both ways on."""
+    recipe = _recipe(tmp_path, tiny_models, data)
+    cache_embeddings(recipe)
+    windows = dataset_windows(data / "train.jsonl", recipe.data.dna_window)
+    on_gpu = cache_identity(recipe, "cuda")
+    assert on_gpu.compute_dtype == "bfloat16" and cache_identity(recipe, "cpu").compute_dtype == "float32"
+    cached = CachedEncoder(tmp_path / "cache", on_gpu, build_encoder(recipe, "cpu", live=True).tokenizer, "cpu")
+    assert cached.missing(windows) == []
+
+    bf16 = _recipe(tmp_path, tiny_models, data, f"encoder.cache_dir={tmp_path / 'cache-bf16'}", "encoder.dtype=bfloat16")
+    cache_embeddings(bf16)
+    as_auto = _recipe(tmp_path, tiny_models, data, f"encoder.cache_dir={tmp_path / 'cache-bf16'}")
+    with pytest.raises(CacheError, match=r"computed with the encoder in bfloat16, and here it runs in float32.*encoder\.dtype=bfloat16.*--rebuild"):
+        build_encoder(as_auto, "cpu")
+    assert isinstance(build_encoder(bf16, "cpu"), CachedEncoder)

@@ -16,7 +16,8 @@ from dnallm.fusion.processor import dna_inputs
 from dnallm.train.build import build_encoder, build_model, build_processor, load_checkpoint
 from dnallm.train.checkpoint import read_state, save_checkpoint
 from dnallm.train.engine import TorchEngine
-from dnallm.train.finetune import FineTune, train
+from dnallm.data.kegg import load_examples
+from dnallm.train.finetune import FineTune, train, validation_loss
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,16 +137,20 @@ def test_resume_after_interruption_continues_from_saved_step(stage, tmp_path, ti
 
 
 def test_two_processes_under_the_deepspeed_launcher(tmp_path, tiny_models, planted):
-    """Every rank must take part in validation and checkpoints; only rank 0 writes."""
+    """Every rank must take part in validation and checkpoints; only rank 0 writes. Five
+    validation rows at one per batch give rank 0 three batches and rank 1 two: under ZeRO-3
+    every forward gathers from both ranks, so rank 1 must run a padding batch, not hang."""
     import os
     import subprocess
     import sys
 
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join((planted / "test.jsonl").read_text().splitlines(keepends=True)[:5]))
     args = [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29655", "--module", "dnallm", "train",
         str(REPO / "recipes/kegg/tiny.yaml"), f"deepspeed={REPO}/recipes/deepspeed/zero3.json", f"output_dir={tmp_path / 'run'}",
         f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={planted / 'train.jsonl'}", f"data.val={planted / 'test.jsonl'}", "train.max_steps=4", "train.save_every=2", "train.log_every=1",
+        f"data.train={planted / 'train.jsonl'}", f"data.val={val}", "eval.batch_size=1", "train.max_steps=4", "train.save_every=2", "train.log_every=1",
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     r = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
@@ -154,6 +159,14 @@ def test_two_processes_under_the_deepspeed_launcher(tmp_path, tiny_models, plant
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     history = read_state(run / "checkpoint-4")["history"]
     assert [h["step"] for h in history if "val_loss" in h] == [2, 4]
+    # the padding batch counts zero: the loss is the single-process loss of the five rows
+    recipe, encoder, model, processor = load_checkpoint(run / "checkpoint-4", "cpu")
+    engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: None,
+                         grad_accum=1, max_grad_norm=0.0, device="cpu")
+    rows = [processor(ex) for ex in load_examples(val, recipe.data.dna_window)]
+    recipe.eval.batch_size = 1
+    want = validation_loss(engine, encoder, rows, processor, recipe, "cpu")
+    assert abs(history[-1]["val_loss"] - want) < 1e-4, (history[-1], want)
     assert [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines() if "train/loss" in line] == [1, 2, 3, 4]
 
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from dnallm.encoders.hf import DNATokenizer
 from dnallm.io import atomic_write_text, save_tensors
 
-FORMAT = 1
+FORMAT = 2  # 2: keys no longer depend on the compute dtype (see check_identity)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -86,7 +86,10 @@ def weights_fingerprint(name_or_path: str) -> str:
 
 
 def sequence_key(seq: str, identity: CacheIdentity) -> str:
-    payload = json.dumps(asdict(identity), sort_keys=True) + "\n" + seq
+    """A window's key: the sequence and what changes its embeddings, except the compute dtype,
+    which the manifest records once for the whole cache (see ``check_identity``)."""
+    fields = {k: v for k, v in asdict(identity).items() if k != "compute_dtype"}
+    payload = json.dumps(fields, sort_keys=True) + "\n" + seq
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -100,9 +103,26 @@ def _write_manifest(cache_dir: Path, identity: CacheIdentity, hidden: int, shard
     atomic_write_text(cache_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
 
-def check_identity(cache_dir: Path, manifest: dict, identity: CacheIdentity) -> None:
+def check_identity(cache_dir: Path, manifest: dict, identity: CacheIdentity, reading: bool = False) -> None:
+    """Refuse a cache whose embeddings are not the ones ``identity`` describes.
+
+    The compute dtype: ``encoder.dtype: auto`` is float32 on a CPU and bfloat16 on a GPU. A
+    cache computed in float32 is as good as or better than a bfloat16 forward, so ``reading``
+    accepts it whatever the reader's compute dtype (build on a CPU, train on a GPU). The other
+    way round, a reader is told how to read the cache as built or to rebuild it. A cache being
+    extended (``reading=False``) must keep the precision it started with.
+    """
     stored = manifest.get("identity", {})
-    diff = [f"{k}: cached {stored.get(k)!r}, wanted {v!r}" for k, v in asdict(identity).items() if stored.get(k) != v]
+    compute = stored.get("compute_dtype"), identity.compute_dtype
+    diff = [f"{k}: cached {stored.get(k)!r}, wanted {v!r}" for k, v in asdict(identity).items()
+            if k != "compute_dtype" and stored.get(k) != v]
+    if manifest.get("format") == FORMAT and not diff and compute[0] != compute[1] and not (reading and compute[0] == "float32"):
+        raise CacheError(
+            f"embedding cache {cache_dir} was computed with the encoder in {compute[0]}, and here it runs in {compute[1]} "
+            f"(encoder.dtype: auto is float32 on a CPU, bfloat16 on a GPU); set encoder.dtype={compute[0]} to use it as built, "
+            "or rebuild it here with `dnallm cache-embeddings RECIPE --rebuild` (a cache built in float32, e.g. on a CPU "
+            "or with encoder.dtype=float32, serves every device)"
+        )
     if manifest.get("format") != FORMAT or diff:
         raise CacheError(
             f"embedding cache {cache_dir} is stale ({'; '.join(diff) or 'old format'}); "
@@ -182,7 +202,7 @@ class CachedEncoder:
         manifest = _read_manifest(self.cache_dir)
         if manifest is None:
             raise CacheError(f"no embedding cache at {self.cache_dir}; build it with `dnallm cache-embeddings RECIPE`")
-        check_identity(self.cache_dir, manifest, identity)
+        check_identity(self.cache_dir, manifest, identity, reading=True)
         if not manifest["complete"]:
             raise CacheError(
                 f"embedding cache {self.cache_dir} is incomplete ({manifest['n']} sequences; an interrupted run?); "

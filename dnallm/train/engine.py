@@ -199,8 +199,20 @@ class DeepSpeedEngine:
 
         single_process_defaults()
         deepspeed.init_distributed()
+        zero = config.get("zero_optimization", {})
+        if zero.get("offload_optimizer", {}).get("device") == "cpu":
+            require_cpu_adam()
         optimizer = None if "optimizer" in config else optimizer_fn(param_groups)
-        model.to(device)
+        if zero.get("stage") == 3:
+            # ZeRO-3 partitions each parameter as it converts it (onto the CPU with offload_param):
+            # moving the whole model to the device first would need all of it on every GPU.
+            for module in model.modules():
+                for name, buf in module._buffers.items():
+                    if buf is not None:
+                        module._buffers[name] = buf.to(device)
+        else:
+            model.to(device)
+        self._linked_at = None
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=param_groups if optimizer is None else None,
             optimizer=optimizer, lr_scheduler=scheduler_fn, config=config,
@@ -259,7 +271,9 @@ class DeepSpeedEngine:
 
         if not self.adam:
             return None
-        self._link_moments()
+        if self._linked_at != self.engine.global_steps:  # once per save, not once per parameter
+            self._link_moments()
+            self._linked_at = self.engine.global_steps
         try:
             out = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
         except ValueError:  # no optimizer step taken yet
@@ -273,6 +287,7 @@ class DeepSpeedEngine:
 
         if self.adam:
             self._link_moments(create=True)
+            self._linked_at = None
             for p, m in moments.items():
                 for key, value in m.items():
                     safe_set_full_optimizer_state(p, value, key)
@@ -300,6 +315,22 @@ class DeepSpeedEngine:
 
     def barrier(self) -> None:
         torch.distributed.barrier()
+
+
+def require_cpu_adam() -> None:
+    """ZeRO-Offload's optimizer is DeepSpeed's CPU Adam, a C++ op compiled on first use: fail
+    with one line that says how to get it rather than a compiler's log mid-start-up."""
+    from deepspeed.ops.op_builder import CPUAdamBuilder
+
+    try:
+        CPUAdamBuilder().load(verbose=False)
+    except Exception as err:  # ninja missing, no compiler, no Python headers, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RuntimeError(
+            f"ZeRO-Offload needs DeepSpeed's CPU Adam op, which could not be built here ({first}): install ninja and a C++ "
+            "compiler (pip install ninja; apt-get install g++), or pre-build it with DS_BUILD_CPU_ADAM=1 pip install deepspeed "
+            "--no-build-isolation --force-reinstall; or use recipes/deepspeed/zero3.json (no offload)"
+        ) from err
 
 
 def _replay_cpu_adam_powers(optimizer, step: int) -> None:

@@ -52,13 +52,22 @@ def step_batch(engine, encoder, batch: dict, device: str, encoder_batch_size: in
 
 @torch.no_grad()
 def validation_loss(engine, encoder, rows: list[dict], processor, recipe: Recipe, device: str) -> float:
-    """Token-weighted mean loss over this rank's share of ``rows``, averaged over ranks."""
+    """Token-weighted mean loss over this rank's share of ``rows``, averaged over ranks.
+
+    Every rank runs the same number of forwards (under ZeRO-3 each forward gathers weights
+    from all ranks, so a rank with one batch more would wait forever): a rank whose share
+    runs out first runs a padding batch that counts zero."""
     engine.module.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     shard = rows[engine.rank :: engine.world_size]
-    for start in range(0, len(shard), recipe.eval.batch_size):
-        batch = processor.train_batch(shard[start : start + recipe.eval.batch_size])
-        n_tokens = int((batch["labels"][:, 1:] != -100).sum())
+    size = recipe.eval.batch_size
+    n_batches = math.ceil(math.ceil(len(rows) / engine.world_size) / size)
+    for start in range(0, n_batches * size, size):
+        chunk, weight = shard[start : start + size], 1.0
+        if not chunk:
+            chunk, weight = rows[:1], 0.0
+        batch = processor.train_batch(chunk)
+        n_tokens = int((batch["labels"][:, 1:] != -100).sum()) * weight
         loss = step_batch(engine, encoder, batch, device, recipe.encoder.batch_size).loss
         total += torch.tensor([loss.item() * n_tokens, n_tokens], dtype=torch.float64, device=device)
     if engine.world_size > 1:
