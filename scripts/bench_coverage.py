@@ -112,10 +112,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--predict-windows", type=int, default=64, help="windows in the predicted region")
+    parser.add_argument("--deepspeed", action="store_true", help="train through the recipe's DeepSpeed JSON (bf16 on a GPU) rather than plain PyTorch")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
 
-    recipe = load_coverage_recipe(args.recipe or RECIPES[args.shape], [*args.overrides, "deepspeed="])
+    recipe = load_coverage_recipe(args.recipe or RECIPES[args.shape], [*args.overrides, *([] if args.deepspeed else ["deepspeed="])])
     d, t = recipe.data, recipe.train
     device = pick_device()
     torch.manual_seed(recipe.seed)
@@ -135,6 +136,8 @@ def main(argv=None) -> dict:
         predictor = Predictor.from_model(recipe, model, tokenizer, tracks, transform, device)
         region = Region("chr1", 0, min(length, d.window + stride * (args.predict_windows - 1) - d.overlap))
         predict = bench_predict(predictor, genome, region, recipe.eval.batch_size)
+        predict["trunk_dtype"] = str(predictor.model.trunk.dtype).removeprefix("torch.")
+        model.trunk.float()  # training starts from fp32 weights, as `dnallm coverage-train` does
 
         windows = tile(Region("chr1", 0, length), d.window, stride)
         dataset = CoverageWindows(
@@ -143,12 +146,15 @@ def main(argv=None) -> dict:
         )
         engine = build_engine(recipe, model, total_steps=args.warmup + args.steps, grad_accum=1, device=device)
         train = bench_train(engine, dataset, args.warmup, args.steps)
+        train["engine"] = type(engine).__name__
+        train["trunk_dtype"] = str(next(engine.module.trunk.parameters()).dtype).removeprefix("torch.")
 
     report = {
         "shape": args.shape, "parameters": n_params, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "threads": torch.get_num_threads(), "window": d.window, "overlap": d.overlap, "n_tracks": len(tracks),
         "gradient_checkpointing": recipe.encoder.gradient_checkpointing, "optimizer": "Adafactor",
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "train": train, "predict": predict,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "tf32": torch.backends.cuda.matmul.allow_tf32, "train": train, "predict": predict,
     }
     print(json.dumps(report, indent=2))
     return report

@@ -29,7 +29,7 @@ GPU_CHECKS = {
                                 "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
     "kegg_genos10b_qwen3_4b_cache": ["bench_train.py", "recipes/kegg/genos10b_qwen3_4b.yaml", "--shape", "10b:4b", "--modes", "c",
                                      "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
-    "coverage_genos1.2b_32kb": ["bench_coverage.py", "--shape", "1.2b", "--steps", "4", "--warmup", "1", "--predict-windows", "8",
+    "coverage_genos1.2b_32kb": ["bench_coverage.py", "--shape", "1.2b", "--deepspeed", "--steps", "4", "--warmup", "1", "--predict-windows", "8",
                                 "encoder.gradient_checkpointing=true", "data.window=32768", "data.overlap=16384"],
 }
 CPU_CHECKS = {
@@ -52,6 +52,34 @@ def run_check(name: str, argv: list[str], timeout: int) -> dict:
     if proc.returncode != 0:
         return {"ok": False, "seconds": seconds, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return {"ok": True, "seconds": seconds, "report": json.loads(proc.stdout[proc.stdout.index("{"):])}
+
+
+def problems(results: dict, cpu: bool) -> list[str]:
+    """What the GPU paths must do, checked on what the runs report (on the CPU: fp32 throughout)."""
+    half = "float32" if cpu else "bfloat16"
+    out = []
+    for name, res in results.items():
+        if not res["ok"]:
+            out.append(f"{name}: {res['error']}")
+            continue
+        rep = res["report"]
+        if "modes" in rep:
+            if rep["llm_dtype"] != half:
+                out.append(f"{name}: the frozen LLM runs in {rep['llm_dtype']}, expected {half}")
+            if rep["attention"]["implementation"] != "dnallm_packed":
+                out.append(f"{name}: attention {rep['attention']['implementation']}, expected dnallm_packed")
+            if not cpu and rep["attention"].get("sdpa_flash") is not True:
+                out.append(f"{name}: SDPA's flash kernel is not available ({rep['attention'].get('sdpa_flash')})")
+            for mode, m in rep["modes"].items():
+                if not m["packed"] or m["padding_fraction"] > 0:
+                    out.append(f"{name} {mode}: batches are not packed (padding {m['padding_fraction']:.2f})")
+        else:
+            for phase in ("train", "predict"):
+                if rep[phase].get("trunk_dtype") != half:
+                    out.append(f"{name}: the trunk {phase}s in {rep[phase].get('trunk_dtype')}, expected {half} (MoE experts follow their weights' dtype)")
+            if not cpu and not rep.get("tf32"):
+                out.append(f"{name}: TF32 is off for what stays fp32")
+    return out
 
 
 def table(results: dict) -> str:
@@ -90,10 +118,13 @@ def main(argv=None) -> int:
             print("gpu_check: no CUDA device is visible; run `bash scripts/gpu_check.sh --cpu` for the CPU check", file=sys.stderr)
             return 2
     results = {name: run_check(name, argv, args.timeout or (300 if args.cpu else 180)) for name, argv in checks.items()}
-    print(json.dumps({"device": "cpu" if args.cpu else "cuda", "checks": results}, indent=2))
+    found = problems(results, args.cpu)
+    print(json.dumps({"device": "cpu" if args.cpu else "cuda", "checks": results, "problems": found}, indent=2))
     print()
     print(table(results))
-    return 0 if all(r["ok"] for r in results.values()) else 1
+    for line in found:
+        print(f"PROBLEM: {line}")
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

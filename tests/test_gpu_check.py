@@ -23,4 +23,5 @@ def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
     assert kegg["attention"]["implementation"] == "dnallm_packed" and kegg["llm_dtype"] == "float32"
     coverage = report["checks"]["coverage_tiny"]["report"]
     assert coverage["gradient_checkpointing"] is True and coverage["train"]["windows_per_s"] > 0
-    assert table.count("\n| kegg_tiny |") == 2 and "| coverage_tiny | train" in table
+    assert table.count("\n| kegg_tiny |") == 2 and "| coverage_tiny | train" in table and "PROBLEM" not in table
+    assert report["problems"] == [] and coverage["predict"]["trunk_dtype"] == coverage["train"]["trunk_dtype"] == "float32"

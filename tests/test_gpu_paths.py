@@ -34,6 +34,48 @@ def test_deepspeed_recipes_accumulate_gradients_in_fp32(config):
     assert cfg["data_types"]["grad_accum_dtype"] == "fp32"
 
 
+def _bf16_config(tmp_path, stage: int) -> Path:
+    """A recipe JSON as on a GPU (bf16 on), which DeepSpeed also runs on the CPU."""
+    cfg = json.loads((REPO / "recipes/deepspeed" / f"zero{stage}.json").read_text())
+    cfg["bf16"] = {"enabled": True}
+    path = tmp_path / f"zero{stage}_bf16.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _kegg_recipe(tmp_path, tiny_models, *extra):
+    write_jsonl(tmp_path / "train.jsonl", planted_records(16, n_classes=4, seed=0))
+    return load_recipe(REPO / "recipes/kegg/tiny.yaml", [
+        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
+        f"data.train={tmp_path / 'train.jsonl'}", "data.val=", "train.save_every=0", *extra])
+
+
+def test_bf16_resume_restores_the_fp32_master_weights_exactly(tmp_path, tiny_models, single_process_env):
+    """Loaded before deepspeed.initialize, trained weights pass through the bf16 module copy the
+    master is built from; the engine then writes them into the master exactly."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dnallm.train.checkpoint import load_trainable
+    from dnallm.train.engine import build_engine
+    from dnallm.train.finetune import FineTune
+
+    recipe = _kegg_recipe(tmp_path, tiny_models, "train.max_steps=3", f"deepspeed={_bf16_config(tmp_path, 2)}")
+    checkpoint = train(recipe)
+    saved = load_file(checkpoint / "trainable.safetensors")
+    objective = FineTune(recipe)
+    model = objective.setup("cpu", 0, 1)
+    load_trainable(model, checkpoint)  # what the trainer does before the engine exists
+    engine = build_engine(recipe, model, objective.param_groups(model), total_steps=3, grad_accum=1, device="cpu")
+    assert next(p for p in engine.module.parameters() if p.requires_grad).dtype == torch.bfloat16
+    assert engine.engine.optimizer.gradient_accumulation_dtype == torch.float32
+    params = {n: p for n, p in engine.module.named_parameters() if p.requires_grad}
+    rounded = sum(not torch.equal(engine.full_param(params[n]), v) for n, v in saved.items())
+    assert rounded > 0  # the low bits were gone before
+    engine.load_master_weights(saved)
+    assert all(torch.equal(engine.full_param(params[n]), v) for n, v in saved.items())
+
+
 def test_a_save_links_the_optimizer_moments_once_not_once_per_tensor(tmp_path, tiny_models, single_process_env, monkeypatch):
     from dnallm.train.engine import DeepSpeedEngine
 
@@ -106,3 +148,34 @@ def test_eval_reads_token_probabilities_without_keeping_every_steps_scores(tiny_
     assert got.shape == (4, 64)
     torch.testing.assert_close(got, want)
     assert theirs - ours > 100 * 2**20, (ours / 2**20, theirs / 2**20)
+
+
+def test_coverage_head_batchnorm_runs_in_fp32_under_deepspeed_bf16(single_process_env):
+    """DeepSpeed's bf16 casts the head's parameters, not its running statistics: the BatchNorm
+    computes in fp32, keeps fp32 statistics that move, and equals nn.BatchNorm1d in fp32."""
+    import torch
+
+    from dnallm.encoders.coverage import BatchNormFP32, CoverageModel
+    from dnallm.tiny import genos_config
+    from dnallm.train.engine import DeepSpeedEngine
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 20)
+    ours, ref = BatchNormFP32(8), torch.nn.BatchNorm1d(8)
+    torch.testing.assert_close(ours(x), ref(x))
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x), ref(x))
+
+    model = CoverageModel.from_config(genos_config("tiny"), 4, channels=[16, 8], kernel_size=5, dropout=0.0)
+    config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": 1,
+              "bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}
+    engine = DeepSpeedEngine(model, [{"params": list(model.parameters())}], lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                             config=config, device="cpu")
+    bn = engine.module.head.blocks[0][1]
+    assert bn.weight.dtype == torch.bfloat16 and bn.running_mean.dtype == torch.float32
+    before = bn.running_mean.clone()
+    out = engine(input_ids=torch.randint(0, 4, (1, 64)), targets=torch.rand(1, 64, 4))
+    engine.backward(out.loss)
+    engine.step()
+    assert torch.isfinite(out.loss) and bn.running_mean.dtype == torch.float32 and not torch.equal(bn.running_mean, before)

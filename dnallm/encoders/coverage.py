@@ -24,11 +24,36 @@ from dnallm.hub import check_remote_code, enable_activation_checkpointing
 BASES = "ACGTN"
 
 
+class BatchNormFP32(nn.BatchNorm1d):
+    """BatchNorm computed in fp32 whatever the dtype of its input and parameters.
+
+    Under DeepSpeed's bf16 the parameters become bf16 while the running statistics stay
+    fp32 (buffers are not cast): kernels then see three dtypes, and statistics accumulated
+    in bf16 would lose their precision. Here input, parameters and statistics meet in fp32
+    and the output goes back to the input's dtype. The state-dict keys are BatchNorm1d's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        use_batch = self.training or not self.track_running_stats
+        stats = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+        for stat in stats:
+            if stat is not None and stat.dtype != torch.float32:
+                stat.data = stat.data.float()
+        out = nn.functional.batch_norm(
+            x.float(), *stats, None if self.weight is None else self.weight.float(), None if self.bias is None else self.bias.float(),
+            use_batch, momentum if self.training else 0.0, self.eps,
+        )
+        return out.to(x.dtype)
+
+
 class ConvBlock(nn.Sequential):
-    """Conv1d over positions -> BatchNorm -> (GELU -> dropout); 'same' padding keeps the length."""
+    """Conv1d over positions -> BatchNorm (in fp32) -> (GELU -> dropout); 'same' padding keeps the length."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, dropout: float, last: bool = False):
-        layers = [nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.BatchNorm1d(c_out)]
+        layers = [nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), BatchNormFP32(c_out)]
         if not last:
             layers += [nn.GELU(), nn.Dropout(dropout)]
         super().__init__(*layers)

@@ -37,6 +37,11 @@ class Predictor:
         return self
 
     def _set(self, recipe, model, tokenizer, tracks, transform, device, checkpoint) -> None:
+        if device.startswith("cuda"):
+            # Inference: the trunk's weights in bf16. Under autocast alone the MoE experts' fused
+            # matmul runs in its weights' dtype, fp32, for most of the FLOPs. The small head
+            # stays fp32 under autocast (its BatchNorm statistics keep their precision).
+            model.trunk.to(torch.bfloat16)
         self.recipe, self.model, self.tracks, self.transform = recipe, model, tracks, transform
         self.device, self.checkpoint = device, checkpoint
         self.lookup, self.pad_id = base_token_ids(tokenizer), pad_token_id(tokenizer)

@@ -100,6 +100,9 @@ def pick_device() -> str:
     if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
         _, local_rank, _ = distributed_env()
         torch.cuda.set_device(local_rank)
+        # What stays fp32 on the GPU (trainable projector and head, master weights' matmuls) uses TF32.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
         return f"cuda:{local_rank}"
     return "cpu"
 
@@ -148,6 +151,9 @@ class TorchEngine:
     def __call__(self, **batch):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
             return self.module(**batch)
+
+    def load_master_weights(self, values: dict[str, torch.Tensor]) -> None:
+        """The module's parameters are the fp32 weights here: loading them was enough."""
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.grad_accum).backward()
@@ -233,6 +239,16 @@ class DeepSpeedEngine:
 
     def step(self) -> None:
         self.engine.step()
+
+    def load_master_weights(self, values: dict[str, torch.Tensor]) -> None:
+        """Put a checkpoint's trainable values into the fp32 master weights. Loaded before
+        ``deepspeed.initialize`` they went through the bf16 module copy DeepSpeed builds its
+        master from, which drops their low bits; here they are written exactly."""
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        for name, p in self.module.named_parameters():
+            if p.requires_grad and name in values:
+                safe_set_full_fp32_param(p, values[name].float().to(self.device))
 
     def full_param(self, p: nn.Parameter) -> torch.Tensor:
         from deepspeed.utils import safe_get_full_fp32_param

@@ -61,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from dnallm.train.checkpoint import check_output_dir, load_moments, read_state, restore_rng, save_checkpoint, seed_everything
@@ -129,6 +130,7 @@ def fit(objective, stop_after: int | None = None) -> Path:
     engine = build_engine(recipe, model, objective.param_groups(model), total_steps=total_steps, grad_accum=grad_accum,
                           device=device, optimizer=objective.optimizer)
     if start.resume:
+        engine.load_master_weights(load_file(Path(start.resume) / objective.weights_file))
         engine.load_moments(load_moments(engine.module, start.resume), start_step)
     if rank == 0 and t.overwrite_output_dir:
         start.clear_foreign(out_dir)
