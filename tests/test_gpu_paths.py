@@ -74,6 +74,10 @@ def test_bf16_resume_restores_the_fp32_master_weights_exactly(tmp_path, tiny_mod
     assert rounded > 0  # the low bits were gone before
     engine.load_master_weights(saved)
     assert all(torch.equal(engine.full_param(params[n]), v) for n, v in saved.items())
+    # A save gathers on every rank, and only rank 0 (which writes) keeps a host copy.
+    engine.rank = 1
+    p = next(iter(params.values()))
+    assert engine.full_param(p).numel() == 0 and engine.full_moments(p) is None
 
 
 def test_a_save_links_the_optimizer_moments_once_not_once_per_tensor(tmp_path, tiny_models, single_process_env, monkeypatch):

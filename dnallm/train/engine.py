@@ -251,9 +251,12 @@ class DeepSpeedEngine:
                 safe_set_full_fp32_param(p, values[name].float().to(self.device))
 
     def full_param(self, p: nn.Parameter) -> torch.Tensor:
+        """The whole fp32 value on rank 0 (the rank that writes checkpoints); every rank must
+        call (a collective), the others get an empty tensor and keep no host copy."""
         from deepspeed.utils import safe_get_full_fp32_param
 
-        return safe_get_full_fp32_param(p).detach().float().cpu()
+        value = safe_get_full_fp32_param(p)
+        return value.detach().float().cpu() if self.rank == 0 else torch.empty(0)
 
     def _inner_optimizer(self):
         return getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
@@ -294,8 +297,8 @@ class DeepSpeedEngine:
             out = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
         except ValueError:  # no optimizer step taken yet
             return None
-        if any(v is None for v in out.values()):
-            return None
+        if any(v is None for v in out.values()) or self.rank != 0:
+            return None  # gathered on every rank (a collective), kept on rank 0 only
         return {k: v.detach().float().cpu() for k, v in out.items()}
 
     def load_moments(self, moments: dict[nn.Parameter, dict[str, torch.Tensor]], step: int) -> None:
