@@ -8,6 +8,7 @@ object, then a markdown table:
   - KEGG step, Genos-1.2B + Qwen3-4B: (a) live encoder, k = 1, and (c) embedding cache, k = 8,
     both with packed batches and reply-only logits;
   - KEGG step, Genos-10B + Qwen3-4B from the cache, k = 8, packed;
+  - Genos-1.2B loaded from a saved checkpoint: straight onto the GPU, not through host memory;
   - coverage fine-tune step, Genos-1.2B, 32 kb windows, gradient checkpointing on.
 Reported: samples/s, tokens/s, MFU and the FLOP count it uses, peak GPU memory, the dtype and
 the attention kernel. A check that fails makes the exit status non-zero after the table.
@@ -29,12 +30,14 @@ GPU_CHECKS = {
                                 "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
     "kegg_genos10b_qwen3_4b_cache": ["bench_train.py", "recipes/kegg/genos10b_qwen3_4b.yaml", "--shape", "10b:4b", "--modes", "c",
                                      "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
+    "encoder_load_genos1.2b": ["check_encoder_load.py", "--shape", "1.2b"],
     "coverage_genos1.2b_32kb": ["bench_coverage.py", "--shape", "1.2b", "--deepspeed", "--steps", "4", "--warmup", "1", "--predict-windows", "8",
                                 "encoder.gradient_checkpointing=true", "data.window=32768", "data.overlap=16384"],
 }
 CPU_CHECKS = {
     "kegg_tiny": ["bench_train.py", "recipes/kegg/tiny.yaml", "data.dna_window=256", "--shape", "tiny:tiny", "--modes", "a,c",
                   "--packing", "--batch", "2", "--steps", "2", "--warmup", "1"],
+    "encoder_load_tiny": ["check_encoder_load.py", "--shape", "tiny"],
     "coverage_tiny": ["bench_coverage.py", "--shape", "tiny", "--steps", "2", "--warmup", "1", "--predict-windows", "4",
                       "encoder.gradient_checkpointing=true"],
 }
@@ -63,7 +66,12 @@ def problems(results: dict, cpu: bool) -> list[str]:
             out.append(f"{name}: {res['error']}")
             continue
         rep = res["report"]
-        if "modes" in rep:
+        if "weights_on" in rep:  # check_encoder_load
+            if not rep["weights_on"].startswith("cpu" if cpu else "cuda") or rep["dtype"] != half:
+                out.append(f"{name}: the encoder loaded onto {rep['weights_on']} in {rep['dtype']}")
+            if not cpu and rep["host_rss_rise_gib"] > 0.5 * rep["weights_gib"]:
+                out.append(f"{name}: loading took {rep['host_rss_rise_gib']:.1f} GiB of host memory for {rep['weights_gib']:.1f} GiB of weights")
+        elif "modes" in rep:
             if rep["llm_dtype"] != half:
                 out.append(f"{name}: the frozen LLM runs in {rep['llm_dtype']}, expected {half}")
             if rep["attention"]["implementation"] != "dnallm_packed":
@@ -89,7 +97,10 @@ def table(results: dict) -> str:
             rows.append(f"| {name} | FAILED: {res['error']} | | | | | | |")
             continue
         rep = res["report"]
-        if "modes" in rep:  # bench_train
+        if "weights_on" in rep:  # check_encoder_load
+            rows.append(f"| {name} | load from safetensors onto {rep['weights_on']}, host +{rep['host_rss_rise_gib']:.2f} GiB | | | | "
+                        f"{rep.get('peak_cuda_gib', rep['weights_gib']):.2f} | {rep['dtype']} | - |")
+        elif "modes" in rep:  # bench_train
             attn = rep["attention"]["implementation"] + (f", flash: {rep['attention']['sdpa_flash']}" if "sdpa_flash" in rep["attention"] else "")
             for mode, m in rep["modes"].items():
                 mem = m.get("peak_cuda_gib", m["peak_rss_gib"])

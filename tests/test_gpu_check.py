@@ -14,7 +14,9 @@ def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
     assert proc.returncode == 0, proc.stderr[-2000:]
     report_text, table = proc.stdout.split("\n\n| check |")
     report = json.loads(report_text)
-    assert set(report["checks"]) == {"kegg_tiny", "coverage_tiny"}
+    assert set(report["checks"]) == {"kegg_tiny", "encoder_load_tiny", "coverage_tiny"}
+    load = report["checks"]["encoder_load_tiny"]["report"]
+    assert load["weights_on"] == "cpu" and load["embeddings"] == [1, 256, 64]
     assert all(c["ok"] for c in report["checks"].values())
     kegg = report["checks"]["kegg_tiny"]["report"]
     assert set(kegg["modes"]) == {"a_live_k1_logits_reply", "c_cache_k8_logits_reply"}

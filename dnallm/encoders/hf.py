@@ -51,8 +51,9 @@ def _trunk_class(config, name_or_path: str, trust_remote_code: bool) -> tuple[ty
         raise CheckpointError(f"{name_or_path}: transformers has no base model for model_type={config.model_type!r}") from None
 
 
-def load_backbone(name_or_path: str, dtype, trust_remote_code: bool) -> nn.Module:
-    """The model's trunk, without the task heads or pooler a checkpoint may carry.
+def load_backbone(name_or_path: str, dtype, trust_remote_code: bool, device: str = "cpu") -> nn.Module:
+    """The model's trunk, without the task heads or pooler a checkpoint may carry. On a GPU the
+    weight files are read straight onto it (no whole host copy on each rank: 20 GB for Genos-10B).
 
     Heads in the checkpoint are expected to be left out, so transformers' load report is
     kept quiet; weights the trunk needs but the checkpoint lacks would stay randomly
@@ -62,6 +63,8 @@ def load_backbone(name_or_path: str, dtype, trust_remote_code: bool) -> nn.Modul
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     model_class, take_base = _trunk_class(config, name_or_path, trust_remote_code)
     kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
+    if device.startswith("cuda"):
+        kwargs["device_map"] = {"": device}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -134,7 +137,7 @@ class DNAEncoder(nn.Module):
         self.layer = layer
         self.tokenizer = DNATokenizer(name_or_path, trust_remote_code)
         if model is None:
-            model = load_backbone(name_or_path, dtype, trust_remote_code)
+            model = load_backbone(name_or_path, dtype, trust_remote_code, device)
         self.model = model
         self.model.to(device)
         self.model.requires_grad_(False)
