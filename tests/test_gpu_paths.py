@@ -183,3 +183,21 @@ def test_coverage_head_batchnorm_runs_in_fp32_under_deepspeed_bf16(single_proces
     engine.backward(out.loss)
     engine.step()
     assert torch.isfinite(out.loss) and bn.running_mean.dtype == torch.float32 and not torch.equal(bn.running_mean, before)
+
+
+def test_bench_mfu_counts_a_tied_lm_head():
+    """Qwen3-1.7B and 4B tie the LM head to the input table: the head's FLOPs still count."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    from dnallm.tiny import qwen3_config
+
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    llm = AutoModelForCausalLM.from_config(qwen3_config("tiny", 1000, 0, 1))
+    assert llm.get_output_embeddings().weight is llm.get_input_embeddings().weight
+    trunk, head = bench.trunk_and_head_params(llm)
+    assert head == 1000 * 64
+    assert trunk == sum(p.numel() for p in llm.parameters()) - 1000 * 64

@@ -209,15 +209,7 @@ class DeepSpeedEngine:
         if zero.get("offload_optimizer", {}).get("device") == "cpu":
             require_cpu_adam()
         optimizer = None if "optimizer" in config else optimizer_fn(param_groups)
-        if zero.get("stage") == 3:
-            # ZeRO-3 partitions each parameter as it converts it (onto the CPU with offload_param):
-            # moving the whole model to the device first would need all of it on every GPU.
-            for module in model.modules():
-                for name, buf in module._buffers.items():
-                    if buf is not None:
-                        module._buffers[name] = buf.to(device)
-        else:
-            model.to(device)
+        model.to(device)
         self._linked_at = None
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=param_groups if optimizer is None else None,
