@@ -33,7 +33,6 @@ import json
 import random
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from dnallm.encoders import DNAEncoder
 from dnallm.encoders.cache import CacheIdentity, CachedEncoder, build_cache
 from dnallm.fusion.projector import DNAProjector
 from dnallm.hub import resolve_dtype
+from dnallm.memory import PeakRSS
 from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.engine import TorchEngine, pick_device
 from dnallm.train.finetune import param_groups, step_batch
@@ -71,26 +71,6 @@ def parse_args(argv=None):
     p.add_argument("--packing", action="store_true", help="pack the micro-batches of every mode (p always packs)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak of the GPU (H100 SXM: 989)")
     return p.parse_args(argv)
-
-
-class PeakRSS:
-    """Highest resident set size of this process while the block runs (sampled every 10 ms)."""
-
-    def __enter__(self):
-        self.start = self.peak = psutil.Process().memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        proc = psutil.Process()
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, proc.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def random_models(recipe, shape: str, device: str, tmp: Path, tokenizer: Path | None = None, layers: int | None = None):
@@ -183,7 +163,7 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
         "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "step_s": elapsed / args.steps,
         "llm_tokens_per_sample": tokens / samples, "placeholders_per_window": processor.n_placeholders(rows[0]["ref_window"]),
         "padding_fraction": 1 - tokens / positions, "logits": model.logits, "packed": processor.packing,
-        "final_loss": loss.item(), "peak_rss_gib": rss.peak / 2**30, "peak_rss_above_start_gib": (rss.peak - rss.start) / 2**30,
+        "final_loss": loss.item(), "peak_rss_gib": rss.peak / 2**30, "peak_rss_above_start_gib": rss.rise / 2**30,
     }
     if device.startswith("cuda"):
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 from pathlib import Path
 
-import psutil
 import torch
 
 
@@ -29,6 +27,7 @@ def main(argv=None) -> dict:
 
     from dnallm.encoders import DNAEncoder
     from dnallm.hub import resolve_dtype
+    from dnallm.memory import PeakRSS
     from dnallm.tiny import build_dna_tokenizer, genos_config
     from dnallm.train.engine import pick_device
 
@@ -40,24 +39,13 @@ def main(argv=None) -> dict:
         model.save_pretrained(tmp)  # safetensors
         build_dna_tokenizer().save_pretrained(tmp)
         del model
-        proc, stop = psutil.Process(), threading.Event()
-        start = peak = proc.memory_info().rss
-
-        def sample():
-            nonlocal peak
-            while not stop.wait(0.005):
-                peak = max(peak, proc.memory_info().rss)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        encoder = DNAEncoder(tmp, dtype=dtype, device=device)
-        stop.set()
-        thread.join()
+        with PeakRSS() as rss:
+            encoder = DNAEncoder(tmp, dtype=dtype, device=device)
         embeds, _ = encoder.encode(["ACGT" * 64])
     report = {
         "shape": args.shape, "device": device, "weights_gib": n_bytes / 2**30,
         "weights_on": str(next(encoder.model.parameters()).device), "dtype": str(embeds.dtype).removeprefix("torch."),
-        "host_rss_rise_gib": (peak - start) / 2**30, "embeddings": list(embeds.shape),
+        "host_rss_rise_gib": rss.rise / 2**30, "embeddings": list(embeds.shape),
     }
     if device.startswith("cuda"):
         report["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -100,26 +100,11 @@ def test_a_save_links_the_optimizer_moments_once_not_once_per_tensor(tmp_path, t
 
 
 def _peak_rss_above_start(fn):
-    import threading
+    from dnallm.memory import PeakRSS
 
-    import psutil
-
-    proc, stop = psutil.Process(), threading.Event()
-    start = peak = proc.memory_info().rss
-
-    def sample():
-        nonlocal peak
-        while not stop.wait(0.002):
-            peak = max(peak, proc.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    with PeakRSS(interval=0.002) as rss:
         out = fn()
-    finally:
-        stop.set()
-        thread.join()
-    return out, peak - start
+    return out, rss.rise
 
 
 def test_eval_reads_token_probabilities_without_keeping_every_steps_scores(tiny_qwen3_real_tokenizer):
