@@ -150,3 +150,8 @@ def test_packed_batch_without_packing_attention_names_the_switch(tiny_models, se
     with pytest.raises(ValueError, match=r"train\.packing=true"):
         plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"], dna_embeds=dna,
               dna_mask=dna_mask, position_ids=batch["position_ids"], cu_seq_lens=batch["cu_seq_lens"])
+
+
+def test_an_unknown_logits_setting_is_named_before_any_weights_load(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.logits must be reply .* or full, got 'some'"):
+        build_fusion_lm(str(tmp_path / "no-such-llm"), DNA_HIDDEN, lora=LORA, logits="some")

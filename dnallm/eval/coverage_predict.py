@@ -31,7 +31,8 @@ class Predictor:
 
     @classmethod
     def from_model(cls, recipe, model, tokenizer, tracks, transform, device: str = "cpu") -> "Predictor":
-        """A model in memory (benchmarks, notebooks) rather than a saved checkpoint."""
+        """A model in memory (benchmarks, notebooks) rather than a saved checkpoint. On a GPU
+        its trunk is cast to bf16 in place (``model.trunk.float()`` undoes it)."""
         self = cls.__new__(cls)
         self._set(recipe, model.to(device).eval(), tokenizer, tracks, transform, device, None)
         return self

@@ -169,6 +169,8 @@ def build_fusion_lm(
     ``llm``: an already built causal LM to wrap instead of loading weights (benchmarks of
     published shapes from their configs); the tokenizer still comes from ``llm_name_or_path``.
     """
+    if logits not in ("reply", "full"):
+        raise ValueError(f"train.logits must be reply (LM head on the labelled tokens only) or full, got {logits!r}")
     check_remote_code(llm_name_or_path, trust_remote_code, "llm.trust_remote_code")
     tokenizer = AutoTokenizer.from_pretrained(llm_name_or_path, trust_remote_code=trust_remote_code)
     if llm is None:
@@ -193,7 +195,5 @@ def build_fusion_lm(
     variant_summary = None if summary == "none" else VariantSummary(
         dna_hidden, llm_hidden, kind=summary, n_tokens=summary_tokens, context=summary_context)
     model = DNAFusionLM(llm, projector, token_ids, variant_summary)
-    if logits not in ("reply", "full"):
-        raise ValueError(f"logits={logits!r}: use 'reply' (LM head on the labelled tokens only) or 'full'")
     model.logits, model.logits_chunk = logits, logits_chunk
     return model, tokenizer

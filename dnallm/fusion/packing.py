@@ -6,8 +6,9 @@ kernels take them) marks where each sample starts. The attention implementation
 ``dnallm_packed`` (registered with transformers' ``AttentionInterface``) runs causal attention
 inside each sample only, so no token attends across samples and no position is padding;
 given no ``cu_seq_lens`` (generation, padded batches) it is transformers' SDPA. On a GPU the
-per-sample SDPA calls take the flash kernel; where the ``flash_attn`` package is installed
-the recipe can name ``flash_attention_2`` instead, which reads the same ``cu_seq_lens``.
+per-sample SDPA calls take the flash kernel. An LLM that already runs a varlen
+flash-attention implementation (``flash_attention_2``, from its config) keeps it: it reads
+the same ``cu_seq_lens``.
 
 **Logits where the loss is.** ``chunked_token_logps`` applies the LM head to the chosen
 hidden states only (the reply tokens), a chunk at a time under activation checkpointing,

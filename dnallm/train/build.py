@@ -94,7 +94,7 @@ def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncod
         tokenizer, dna_tokenizer, pool=projector_positions(recipe, dna_tokenizer)[0],
         summary_tokens=0 if recipe.projector.summary == "none" else recipe.projector.summary_tokens,
         system_prompt=recipe.data.system_prompt, with_reasoning=recipe.data.with_reasoning,
-        packing=getattr(recipe.train, "packing", False),
+        packing=recipe.train.packing,
     )
 
 
