@@ -26,13 +26,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 GPU_CHECKS = {
+    "encoder_load_genos1.2b": ["check_encoder_load.py", "--shape", "1.2b"],
     "kegg_genos1.2b_qwen3_4b": ["bench_train.py", "recipes/kegg/genos1b_qwen3_4b.yaml", "--shape", "1.2b:4b", "--modes", "a,c",
                                 "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
-    "kegg_genos10b_qwen3_4b_cache": ["bench_train.py", "recipes/kegg/genos10b_qwen3_4b.yaml", "--shape", "10b:4b", "--modes", "c",
-                                     "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
-    "encoder_load_genos1.2b": ["check_encoder_load.py", "--shape", "1.2b"],
     "coverage_genos1.2b_32kb": ["bench_coverage.py", "--shape", "1.2b", "--deepspeed", "--steps", "4", "--warmup", "1", "--predict-windows", "8",
                                 "encoder.gradient_checkpointing=true", "data.window=32768", "data.overlap=16384"],
+    "kegg_genos10b_qwen3_4b_cache": ["bench_train.py", "recipes/kegg/genos10b_qwen3_4b.yaml", "--shape", "10b:4b", "--modes", "c",
+                                     "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
 }
 CPU_CHECKS = {
     "kegg_tiny": ["bench_train.py", "recipes/kegg/tiny.yaml", "data.dna_window=256", "--shape", "tiny:tiny", "--modes", "a,c",
@@ -53,6 +53,7 @@ def run_check(name: str, argv: list[str], timeout: int) -> dict:
         return {"ok": False, "error": f"no result within {timeout} s"}
     seconds = round(time.perf_counter() - start, 1)
     if proc.returncode != 0:
+        print(proc.stderr[-4000:], file=sys.stderr, flush=True)  # the traceback, for the log
         return {"ok": False, "seconds": seconds, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return {"ok": True, "seconds": seconds, "report": json.loads(proc.stdout[proc.stdout.index("{"):])}
 
@@ -118,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true", help="tiny shapes on the CPU")
     p.add_argument("--only", help="comma-separated check names")
     p.add_argument("--timeout", type=int, default=0, help="seconds per check (default: 180 on a GPU, 300 on the CPU)")
+    p.add_argument("--tokenizer", type=Path, help="the LLM's tokenizer folder for the KEGG checks (e.g. Qwen3's own, as `.ci/fetch-qwen3-tokenizer` saves it)")
     args = p.parse_args(argv)
     checks = CPU_CHECKS if args.cpu else GPU_CHECKS
     if args.only:
@@ -128,7 +130,13 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             print("gpu_check: no CUDA device is visible; run `bash scripts/gpu_check.sh --cpu` for the CPU check", file=sys.stderr)
             return 2
-    results = {name: run_check(name, argv, args.timeout or (300 if args.cpu else 180)) for name, argv in checks.items()}
+    results = {}
+    for name, check in checks.items():
+        if args.tokenizer and check[0] == "bench_train.py":
+            check = [*check, "--tokenizer", str(args.tokenizer.resolve())]
+        results[name] = run_check(name, check, args.timeout or (300 if args.cpu else 180))
+        # each result as it comes, so a run stopped part-way still leaves what it measured
+        print(f"[gpu_check] {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
     found = problems(results, args.cpu)
     print(json.dumps({"device": "cpu" if args.cpu else "cuda", "checks": results, "problems": found}, indent=2))
     print()
