@@ -69,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--k", type=int, default=8, help="compression factor of mode (c)")
     p.add_argument("--modes", default="a,b,c", help="comma-separated: a, b, c, p")
     p.add_argument("--packing", action="store_true", help="pack the micro-batches of every mode (p always packs)")
+    p.add_argument("--per-sample-attention", action="store_true", help="packed rows: one SDPA call per sample, not one varlen call (for comparison)")
+    p.add_argument("--profile", type=Path, help="write a torch.profiler table of each mode's timed steps (top ops by self time) to this folder")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak of the GPU (H100 SXM: 989)")
     return p.parse_args(argv)
 
@@ -143,10 +145,15 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
         torch.cuda.reset_peak_memory_stats()
     model.train()
     tokens = samples = positions = targets = 0
+    profiler = None
     with PeakRSS() as rss:
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 sync()
+                if args.profile:
+                    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+                    profiler = torch.profiler.profile(activities=activities)
+                    profiler.__enter__()
                 start = time.perf_counter()
             n, batch = batches[i % len(batches)]
             loss = step_batch(engine, dna_source, batch, device, recipe.encoder.batch_size).loss
@@ -159,6 +166,9 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
                 samples += n
         sync()
         elapsed = time.perf_counter() - start
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+            write_profile(profiler, args.profile / f"{name}.txt", device)
     out = {
         "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "step_s": elapsed / args.steps,
         "llm_tokens_per_sample": tokens / samples, "placeholders_per_window": processor.n_placeholders(rows[0]["ref_window"]),
@@ -188,8 +198,22 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
     return out
 
 
+def write_profile(profiler, path: Path, device: str) -> None:
+    """Top ops by self time on the device (or the CPU), then by CPU time: where a step goes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    events = profiler.key_averages()
+    by = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    text = events.table(sort_by=by, row_limit=30) + "\n\n" + events.table(sort_by="cpu_time_total", row_limit=30)
+    path.write_text(text)
+    print(f"[profile] {path}", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.per_sample_attention:
+        from dnallm.fusion import packing
+
+        packing.USE_VARLEN = False
     recipe = load_recipe(args.recipe, args.overrides)
     device = pick_device()
     torch.manual_seed(0)
@@ -276,8 +300,11 @@ def main(argv=None) -> dict:
 def attention_kernel(model, device: str) -> dict:
     """The attention implementation the LLM runs, and on a GPU whether SDPA's flash kernel takes
     its head size in its dtype (a probe: flash alone is allowed, so a fallback raises)."""
+    from dnallm.fusion.packing import packed_kernel
+
     cfg = model.llm.get_base_model().config
-    out = {"implementation": cfg._attn_implementation}
+    dtype = model.llm.get_base_model().dtype
+    out = {"implementation": cfg._attn_implementation, "packed_kernel": packed_kernel(torch.empty(0, device=device, dtype=dtype))}
     if device.startswith("cuda"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -1,5 +1,7 @@
 """Load a Genos-shaped encoder from a saved checkpoint the way training does, and report where
-its weights went and how far the host memory rose (printed as JSON).
+its weights went and how far the host memory rose (printed as JSON): ``host_rss_rise_gib``
+counts the weight file's pages mapped while they are read (the node's page cache, shared by
+every rank), ``host_anon_rise_gib`` only what this process holds itself.
 
 On a GPU the weight files are read straight onto the device, so the host never holds the
 whole model (on 8 ranks of a node, Genos-10B would otherwise take 8 x 20 GB of host RAM).
@@ -45,7 +47,7 @@ def main(argv=None) -> dict:
     report = {
         "shape": args.shape, "device": device, "weights_gib": n_bytes / 2**30,
         "weights_on": str(next(encoder.model.parameters()).device), "dtype": str(embeds.dtype).removeprefix("torch."),
-        "host_rss_rise_gib": rss.rise / 2**30, "embeddings": list(embeds.shape),
+        "host_rss_rise_gib": rss.rise / 2**30, "host_anon_rise_gib": rss.anon_rise / 2**30, "embeddings": list(embeds.shape),
     }
     if device.startswith("cuda"):
         report["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -5,6 +5,8 @@
 
 Each check runs in its own process (a clean peak-memory count) and the script prints one JSON
 object, then a markdown table:
+  - packed attention with Qwen3-4B's heads: one varlen flash-attention call, equal to the
+    per-sample loop in outputs and gradients;
   - KEGG step, Genos-1.2B + Qwen3-4B: (a) live encoder, k = 1, and (c) embedding cache, k = 8,
     both with packed batches and reply-only logits;
   - KEGG step, Genos-10B + Qwen3-4B from the cache, k = 8, packed;
@@ -26,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 GPU_CHECKS = {
+    "packed_attention_qwen3_4b_heads": ["check_packed_attention.py"],
     "encoder_load_genos1.2b": ["check_encoder_load.py", "--shape", "1.2b"],
     "kegg_genos1.2b_qwen3_4b": ["bench_train.py", "recipes/kegg/genos1b_qwen3_4b.yaml", "--shape", "1.2b:4b", "--modes", "a,c",
                                 "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
@@ -35,6 +38,7 @@ GPU_CHECKS = {
                                      "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
 }
 CPU_CHECKS = {
+    "packed_attention": ["check_packed_attention.py", "--repeats", "2"],
     "kegg_tiny": ["bench_train.py", "recipes/kegg/tiny.yaml", "data.dna_window=256", "--shape", "tiny:tiny", "--modes", "a,c",
                   "--packing", "--batch", "2", "--steps", "2", "--warmup", "1"],
     "encoder_load_tiny": ["check_encoder_load.py", "--shape", "tiny"],
@@ -67,11 +71,19 @@ def problems(results: dict, cpu: bool) -> list[str]:
             out.append(f"{name}: {res['error']}")
             continue
         rep = res["report"]
-        if "weights_on" in rep:  # check_encoder_load
+        if "kernel" in rep:  # check_packed_attention
+            if rep["kernel"] != ("per-sample" if cpu else "varlen"):
+                out.append(f"{name}: packed rows run attention per sample ({rep['kernel']}), not one varlen flash-attention call")
+            if "max_abs_diff_out" in rep and (rep["max_abs_diff_out"] > 0.02 * max(1.0, rep["scale_out"])
+                                              or rep["max_abs_diff_grad"] > 0.02 * rep["scale_grad"]):
+                out.append(f"{name}: varlen attention differs from the per-sample loop (output {rep['max_abs_diff_out']:.3g}, "
+                           f"gradient {rep['max_abs_diff_grad']:.3g})")
+        elif "weights_on" in rep:  # check_encoder_load
             if not rep["weights_on"].startswith("cpu" if cpu else "cuda") or rep["dtype"] != half:
                 out.append(f"{name}: the encoder loaded onto {rep['weights_on']} in {rep['dtype']}")
-            if not cpu and rep["host_rss_rise_gib"] > 0.5 * rep["weights_gib"]:
-                out.append(f"{name}: loading took {rep['host_rss_rise_gib']:.1f} GiB of host memory for {rep['weights_gib']:.1f} GiB of weights")
+            if not cpu and rep["host_anon_rise_gib"] > 0.5 * rep["weights_gib"]:
+                out.append(f"{name}: loading took {rep['host_anon_rise_gib']:.1f} GiB of the process's own host memory "
+                           f"for {rep['weights_gib']:.1f} GiB of weights")
         elif "modes" in rep:
             if rep["llm_dtype"] != half:
                 out.append(f"{name}: the frozen LLM runs in {rep['llm_dtype']}, expected {half}")
@@ -98,11 +110,15 @@ def table(results: dict) -> str:
             rows.append(f"| {name} | FAILED: {res['error']} | | | | | | |")
             continue
         rep = res["report"]
-        if "weights_on" in rep:  # check_encoder_load
-            rows.append(f"| {name} | load from safetensors onto {rep['weights_on']}, host +{rep['host_rss_rise_gib']:.2f} GiB | | | | "
+        if "kernel" in rep:  # check_packed_attention
+            timing = f"per-sample {rep['per_sample_ms']:.2f} ms" + (f", varlen {rep['varlen_ms']:.2f} ms" if "varlen_ms" in rep else "")
+            rows.append(f"| {name} | {rep['kernel']}: one layer fwd+bwd, {timing} | | | | | {rep['dtype']} | {rep['kernel']} |")
+        elif "weights_on" in rep:  # check_encoder_load
+            rows.append(f"| {name} | load from safetensors onto {rep['weights_on']}, host +{rep['host_anon_rise_gib']:.2f} GiB own "
+                        f"(+{rep['host_rss_rise_gib']:.2f} GiB RSS with mapped file pages) | | | | "
                         f"{rep.get('peak_cuda_gib', rep['weights_gib']):.2f} | {rep['dtype']} | - |")
         elif "modes" in rep:  # bench_train
-            attn = rep["attention"]["implementation"] + (f", flash: {rep['attention']['sdpa_flash']}" if "sdpa_flash" in rep["attention"] else "")
+            attn = rep["attention"]["implementation"] + f" ({rep['attention'].get('packed_kernel')})" + (f", flash: {rep['attention']['sdpa_flash']}" if "sdpa_flash" in rep["attention"] else "")
             for mode, m in rep["modes"].items():
                 mem = m.get("peak_cuda_gib", m["peak_rss_gib"])
                 mfu = f"{m['mfu']:.3f}" if "mfu" in m else "-"

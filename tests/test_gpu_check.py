@@ -14,7 +14,8 @@ def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
     assert proc.returncode == 0, proc.stderr[-2000:]
     report_text, table = proc.stdout.split("\n\n| check |")
     report = json.loads(report_text)
-    assert set(report["checks"]) == {"kegg_tiny", "encoder_load_tiny", "coverage_tiny"}
+    assert set(report["checks"]) == {"packed_attention", "kegg_tiny", "encoder_load_tiny", "coverage_tiny"}
+    assert report["checks"]["packed_attention"]["report"]["kernel"] == "per-sample"  # varlen is CUDA-only
     load = report["checks"]["encoder_load_tiny"]["report"]
     assert load["weights_on"] == "cpu" and load["embeddings"] == [1, 256, 64]
     assert all(c["ok"] for c in report["checks"].values())
@@ -27,3 +28,18 @@ def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
     assert coverage["gradient_checkpointing"] is True and coverage["train"]["windows_per_s"] > 0
     assert table.count("\n| kegg_tiny |") == 2 and "| coverage_tiny | train" in table and "PROBLEM" not in table
     assert report["problems"] == [] and coverage["predict"]["trunk_dtype"] == coverage["train"]["trunk_dtype"] == "float32"
+
+
+def test_gpu_check_flags_a_gpu_report_whose_packed_rows_loop_or_whose_kernels_disagree():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    good = {"kernel": "varlen", "per_sample_ms": 3.0, "varlen_ms": 1.0, "dtype": "bfloat16", "max_abs_diff_out": 0.004,
+            "scale_out": 3.0, "max_abs_diff_grad": 1e-7, "scale_grad": 1e-5}
+    assert gpu_check.problems({"attn": {"ok": True, "report": good}}, cpu=False) == []
+    looped = gpu_check.problems({"attn": {"ok": True, "report": {**good, "kernel": "per-sample"}}}, cpu=False)
+    assert len(looped) == 1 and "per sample" in looped[0]
+    wrong = gpu_check.problems({"attn": {"ok": True, "report": {**good, "max_abs_diff_grad": 1e-5}}}, cpu=False)
+    assert len(wrong) == 1 and "differs" in wrong[0]

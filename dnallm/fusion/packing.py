@@ -6,7 +6,8 @@ kernels take them) marks where each sample starts. The attention implementation
 ``dnallm_packed`` (registered with transformers' ``AttentionInterface``) runs causal attention
 inside each sample only, so no token attends across samples and no position is padding;
 given no ``cu_seq_lens`` (generation, padded batches) it is transformers' SDPA. On a GPU the
-per-sample SDPA calls take the flash kernel. An LLM that already runs a varlen
+whole packed row is one flash-attention varlen call (``torch.nn.attention.varlen``), else one
+SDPA call per sample (``packed_kernel`` says which). An LLM that already runs a varlen
 flash-attention implementation (``flash_attention_2``, from its config) keeps it: it reads
 the same ``cu_seq_lens``.
 
@@ -38,13 +39,63 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     if query.shape[0] != 1:
         raise ValueError(f"packed attention expects one packed row, got a batch of {query.shape[0]}")
     groups = getattr(module, "num_key_value_groups", 1)
-    bounds = cu_seq_lens_q.tolist()
+    dropout = dropout if module.training else 0.0
+    if packed_kernel(query, dropout) == "varlen":
+        return varlen_causal(query, key, value, cu_seq_lens_q, scaling, groups), None
+    return per_sample_causal(query, key, value, cu_seq_lens_q, scaling, groups, dropout), None
+
+
+USE_VARLEN = True  # False: the per-sample SDPA loop everywhere (for comparisons)
+
+
+def packed_kernel(query: torch.Tensor, dropout: float = 0.0) -> str:
+    """``varlen``: one flash-attention call over the packed row (CUDA, half precision, no
+    attention dropout, a torch with ``torch.nn.attention.varlen``); else ``per-sample``: one
+    SDPA call per sample. On a GPU the loop costs a kernel launch, and with cuDNN's SDPA a
+    graph lookup of about a millisecond of CPU time, per sample, layer and pass."""
+    if not (USE_VARLEN and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0 and query.shape[-1] <= 256):
+        return "per-sample"
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return "per-sample"
+    return "varlen"
+
+
+def varlen_causal(query, key, value, cu_seq_lens: torch.Tensor, scaling: float | None, groups: int) -> torch.Tensor:
+    """Causal attention within each sample in one varlen call: (1, heads, tokens, dim) in,
+    (1, tokens, heads, dim) out. The keyword set differs across torch releases (``is_causal``
+    then ``window_size``; ``enable_gqa`` later), so it is read off the signature."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
+    kwargs = {"scale": scaling}
+    if "window_size" in params:
+        kwargs["window_size"] = (-1, 0)
+    else:
+        kwargs["is_causal"] = True
+    if groups > 1:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    cu = cu_seq_lens.to(device=query.device, dtype=torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return varlen_attn(q, k, v, cu, cu, longest, longest, **kwargs).unsqueeze(0)
+
+
+def per_sample_causal(query, key, value, cu_seq_lens: torch.Tensor, scaling: float | None, groups: int, dropout: float = 0.0) -> torch.Tensor:
+    """The same attention as ``varlen_causal``, one SDPA call per sample (any device, any dtype)."""
+    bounds = cu_seq_lens.tolist()
     parts = [
-        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout if module.training else 0.0,
+        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
                                        is_causal=True, scale=scaling, enable_gqa=groups > 1)
         for s, e in zip(bounds[:-1], bounds[1:])
     ]
-    return torch.cat(parts, 2).transpose(1, 2).contiguous(), None
+    return torch.cat(parts, 2).transpose(1, 2).contiguous()
 
 
 def register() -> None:
