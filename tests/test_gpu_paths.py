@@ -50,7 +50,8 @@ def _kegg_recipe(tmp_path, tiny_models, *extra):
         f"data.train={tmp_path / 'train.jsonl'}", "data.val=", "train.save_every=0", *extra])
 
 
-def test_bf16_resume_restores_the_fp32_master_weights_exactly(tmp_path, tiny_models, single_process_env):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_bf16_resume_restores_the_fp32_master_weights_exactly(tmp_path, tiny_models, single_process_env, stage):
     """Loaded before deepspeed.initialize, trained weights pass through the bf16 module copy the
     master is built from; the engine then writes them into the master exactly."""
     import torch
@@ -60,7 +61,7 @@ def test_bf16_resume_restores_the_fp32_master_weights_exactly(tmp_path, tiny_mod
     from dnallm.train.engine import build_engine
     from dnallm.train.finetune import FineTune
 
-    recipe = _kegg_recipe(tmp_path, tiny_models, "train.max_steps=3", f"deepspeed={_bf16_config(tmp_path, 2)}")
+    recipe = _kegg_recipe(tmp_path, tiny_models, "train.max_steps=3", f"deepspeed={_bf16_config(tmp_path, stage)}")
     checkpoint = train(recipe)
     saved = load_file(checkpoint / "trainable.safetensors")
     objective = FineTune(recipe)
@@ -186,3 +187,47 @@ def test_bench_mfu_counts_a_tied_lm_head():
     trunk, head = bench.trunk_and_head_params(llm)
     assert head == 1000 * 64
     assert trunk == sum(p.numel() for p in llm.parameters()) - 1000 * 64
+
+
+@pytest.mark.parametrize("config", ["zero3.json", "zero3_offload.json", "zero3 bf16"])
+def test_zero3_partitions_the_model_from_host_memory_and_never_moves_it_whole(tmp_path, tiny_models, single_process_env, monkeypatch, config):
+    """DeepSpeed moves a module whole to the device unless its parameters are already ZeRO-3
+    partitioned, which would put the whole model on every GPU before offload_param could act."""
+    import torch
+
+    from dnallm.fusion.model import DNAFusionLM
+    from dnallm.train.engine import build_engine
+    from dnallm.train.finetune import FineTune
+
+    if config == "zero3_offload.json":
+        require_cpu_adam()
+    path = _bf16_config(tmp_path, 3) if config == "zero3 bf16" else REPO / "recipes/deepspeed" / config
+    recipe = _kegg_recipe(tmp_path, tiny_models, "train.max_steps=2", f"deepspeed={path}")
+    moved = []
+    real_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        if isinstance(self, DNAFusionLM):
+            moved.append((args, kwargs))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    objective = FineTune(recipe)
+    model = objective.setup("cpu", 0, 1)
+    engine = build_engine(recipe, model, objective.param_groups(model), total_steps=2, grad_accum=1, device="cpu",
+                          optimizer=objective.optimizer)
+    assert moved == []
+    params = list(engine.module.parameters())
+    assert params and all(hasattr(p, "ds_id") for p in params)
+    assert all(p.ds_tensor.device.type == "cpu" for p in params)
+    if config == "zero3 bf16":
+        assert all(p.ds_tensor.dtype == torch.bfloat16 for p in params)
+    # and it trains: one step's loss is finite and the trainable weights move
+    batch = objective.processor.train_batch(objective.train_rows[:2])
+    before = {n: engine.full_param(p).clone() for n, p in engine.module.named_parameters() if p.requires_grad}
+    loss, _ = objective.train_step(engine, batch)
+    engine.backward(loss)
+    engine.step()
+    assert torch.isfinite(loss)
+    after = {n: engine.full_param(p) for n, p in engine.module.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(before[n], after[n]) for n in before)

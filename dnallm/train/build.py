@@ -52,8 +52,11 @@ def build_encoder(recipe: Recipe, device: str, live: bool = False) -> DNAEncoder
     )
 
 
-def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder | None, llm=None):
+def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder | None, llm=None, place: bool = True):
     """-> (DNAFusionLM, text tokenizer). Trainable parts stay fp32; the frozen base takes ``llm.dtype``.
+
+    ``place``: move the model to ``device``. Under ZeRO-3 the training engine partitions it
+    from host memory instead (``DeepSpeedEngine``), so the whole model never sits on a GPU.
 
     ``encoder``: the recipe's DNA source (``build_encoder``); its output width and tokens
     shape the projector. ``None`` for a text-only recipe, whose projector is never used.
@@ -84,7 +87,7 @@ def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    return model.to(device), tokenizer
+    return (model.to(device) if place else model), tokenizer
 
 
 def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncoder | DNATokenizer | None) -> DNAChatProcessor:

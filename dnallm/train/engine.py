@@ -82,6 +82,35 @@ def build_engine(recipe, model: nn.Module, param_groups: list[dict], *, total_st
     return TorchEngine(model, param_groups, scheduler_fn, grad_accum=grad_accum, max_grad_norm=t.max_grad_norm, device=device, optimizer_fn=optimizer_fn)
 
 
+def zero_stage(recipe) -> int:
+    """The ZeRO stage of the recipe's DeepSpeed JSON (0 without one)."""
+    if not recipe.deepspeed:
+        return 0
+    return int(json.loads(Path(recipe.deepspeed).read_text()).get("zero_optimization", {}).get("stage", 0))
+
+
+def partition_from_host(model: nn.Module, config: dict, device: str) -> None:
+    """ZeRO-3: turn a model built in host memory into partitioned parameters, one tensor at a
+    time (it goes to the device, each rank keeps its shard, on the host with ``offload_param``),
+    so the whole model is never on one GPU. DeepSpeed then leaves the module where it is and
+    casts nothing, so the parameters take the config's bf16 / fp16 here first, as DeepSpeed
+    casts an unpartitioned module (its fp32 master copies are built from them; a resume writes
+    the checkpoint into those, ``load_master_weights``). Buffers (rotary tables) are not
+    partitioned and go to the device."""
+    import deepspeed
+
+    half = torch.bfloat16 if config.get("bf16", {}).get("enabled") is True else torch.float16 if config.get("fp16", {}).get("enabled") is True else None
+    if half is not None:
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != half:
+                p.data = p.data.to(half)
+    deepspeed.zero.Init(module=model, config_dict_or_path=config)
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.to(device)
+
+
 def single_process_defaults() -> None:
     """Without a launcher (``dnallm train`` with a DeepSpeed config on one device), describe
     a one-process group; otherwise DeepSpeed would look for MPI."""
@@ -209,7 +238,10 @@ class DeepSpeedEngine:
         if zero.get("offload_optimizer", {}).get("device") == "cpu":
             require_cpu_adam()
         optimizer = None if "optimizer" in config else optimizer_fn(param_groups)
-        model.to(device)
+        if zero.get("stage") == 3:
+            partition_from_host(model, config, device)
+        else:
+            model.to(device)
         self._linked_at = None
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=param_groups if optimizer is None else None,
@@ -287,7 +319,7 @@ class DeepSpeedEngine:
             self._linked_at = self.engine.global_steps
         try:
             out = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
-        except ValueError:  # no optimizer step taken yet
+        except (ValueError, KeyError):  # no optimizer step taken yet (ZeRO-1/2: ValueError, ZeRO-3: KeyError)
             return None
         if any(v is None for v in out.values()) or self.rank != 0:
             return None  # gathered on every rank (a collective), kept on rank 0 only

@@ -25,6 +25,7 @@ from dnallm.io import save_tensors
 from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.checkpoint import load_trainable
 from dnallm.train.embed_cache import require_cached
+from dnallm.train.engine import zero_stage
 from dnallm.train.trainer import fit
 
 
@@ -96,7 +97,7 @@ class FineTune:
         for path in (d.train, d.val):
             if path:
                 require_cached(self.encoder, path, d.dna_window)
-        model, tokenizer = build_model(recipe, device, self.encoder)
+        model, tokenizer = build_model(recipe, device, self.encoder, place=zero_stage(recipe) != 3)
         self.processor = build_processor(recipe, tokenizer, self.encoder)
         self.train_rows = [self.processor(ex) for ex in tqdm(train_ds, desc="tokenizing train", disable=rank != 0)]
         self.val_rows = [self.processor(ex) for ex in tqdm(val_ds, desc="tokenizing val", disable=rank != 0)] if val_ds else []

@@ -29,7 +29,7 @@ from dnallm.io import save_figure
 from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.checkpoint import LOG, load_trainable, resolve_checkpoint
 from dnallm.train.embed_cache import require_cached
-from dnallm.train.engine import distributed_env, grad_accum_steps
+from dnallm.train.engine import distributed_env, grad_accum_steps, zero_stage
 from dnallm.train.finetune import FineTune
 from dnallm.train.policy import group_advantages, policy_loss, reference_logps, reply_logps, sample_replies
 from dnallm.train.rewards import Reply, Rewards, correct_label
@@ -121,7 +121,7 @@ class GRPO(FineTune):
         self.labels = LabelSet.from_jsonl(recipe.data.train)  # what `dnallm eval` matches replies against
         self.encoder = build_encoder(recipe, device)
         require_cached(self.encoder, recipe.data.train, recipe.data.dna_window)
-        model, tokenizer = build_model(recipe, device, self.encoder)
+        model, tokenizer = build_model(recipe, device, self.encoder, place=zero_stage(recipe) != 3)
         self.processor = build_processor(recipe, tokenizer, self.encoder)
         load_trainable(model, self.init)  # a resume then loads its checkpoint over it
         self.grad_accum = grad_accum_steps(recipe, world)
