@@ -11,6 +11,8 @@ object, then a markdown table:
     both with packed batches and reply-only logits;
   - KEGG step, Genos-10B + Qwen3-4B from the cache, k = 8, packed;
   - Genos-1.2B loaded from a saved checkpoint: straight onto the GPU, not through host memory;
+  - ZeRO-3 + parameter offload at Qwen3-4B's width (12 of its 36 blocks): the engine's start-up
+    takes a few tensors of GPU memory, not the whole model, and one step trains;
   - coverage fine-tune step, Genos-1.2B, 32 kb windows, gradient checkpointing on.
 Reported: samples/s, tokens/s, MFU and the FLOP count it uses, peak GPU memory, the dtype and
 the attention kernel. A check that fails makes the exit status non-zero after the table.
@@ -34,6 +36,7 @@ GPU_CHECKS = {
                                 "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
     "coverage_genos1.2b_32kb": ["bench_coverage.py", "--shape", "1.2b", "--deepspeed", "--steps", "4", "--warmup", "1", "--predict-windows", "8",
                                 "encoder.gradient_checkpointing=true", "data.window=32768", "data.overlap=16384"],
+    "zero3_offload_start_qwen3_4b_width": ["check_zero3_start.py", "--shape", "1.2b:4b", "--layers", "12"],
     "kegg_genos10b_qwen3_4b_cache": ["bench_train.py", "recipes/kegg/genos10b_qwen3_4b.yaml", "--shape", "10b:4b", "--modes", "c",
                                      "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
 }
@@ -42,6 +45,7 @@ CPU_CHECKS = {
     "kegg_tiny": ["bench_train.py", "recipes/kegg/tiny.yaml", "data.dna_window=256", "--shape", "tiny:tiny", "--modes", "a,c",
                   "--packing", "--batch", "2", "--steps", "2", "--warmup", "1"],
     "encoder_load_tiny": ["check_encoder_load.py", "--shape", "tiny"],
+    "zero3_offload_start_tiny": ["check_zero3_start.py"],
     "coverage_tiny": ["bench_coverage.py", "--shape", "tiny", "--steps", "2", "--warmup", "1", "--predict-windows", "4",
                       "encoder.gradient_checkpointing=true"],
 }
@@ -78,6 +82,13 @@ def problems(results: dict, cpu: bool) -> list[str]:
                                               or rep["max_abs_diff_grad"] > 0.02 * rep["scale_grad"]):
                 out.append(f"{name}: varlen attention differs from the per-sample loop (output {rep['max_abs_diff_out']:.3g}, "
                            f"gradient {rep['max_abs_diff_grad']:.3g})")
+        elif "shards_on" in rep:  # check_zero3_start
+            if not rep["partitioned"] or rep["shards_on"] != ["cpu"]:
+                out.append(f"{name}: under ZeRO-3 + offload the parameters are not all partitioned with host shards "
+                           f"(partitioned {rep['partitioned']}, shards on {rep['shards_on']})")
+            if not cpu and rep["peak_cuda_at_start_gib"] > 0.5 * rep["model_gib_bf16"]:
+                out.append(f"{name}: ZeRO-3 + offload took {rep['peak_cuda_at_start_gib']:.2f} GiB of GPU memory at start-up "
+                           f"for a {rep['model_gib_bf16']:.2f} GiB model: it went to the GPU whole")
         elif "weights_on" in rep:  # check_encoder_load
             if not rep["weights_on"].startswith("cpu" if cpu else "cuda") or rep["dtype"] != half:
                 out.append(f"{name}: the encoder loaded onto {rep['weights_on']} in {rep['dtype']}")
@@ -113,6 +124,10 @@ def table(results: dict) -> str:
         if "kernel" in rep:  # check_packed_attention
             timing = f"per-sample {rep['per_sample_ms']:.2f} ms" + (f", varlen {rep['varlen_ms']:.2f} ms" if "varlen_ms" in rep else "")
             rows.append(f"| {name} | {rep['kernel']}: one layer fwd+bwd, {timing} | | | | | {rep['dtype']} | {rep['kernel']} |")
+        elif "shards_on" in rep:  # check_zero3_start
+            peak = f"{rep['peak_cuda_at_start_gib']:.2f} at start, {rep['peak_cuda_after_step_gib']:.2f} after a step" if "peak_cuda_at_start_gib" in rep else "-"
+            rows.append(f"| {name} | engine start, {rep['model_gib_bf16']:.2f} GiB model, shards on {','.join(rep['shards_on'])}, "
+                        f"{rep['engine_start_s']:.1f} s | | | | {peak} | - | - |")
         elif "weights_on" in rep:  # check_encoder_load
             rows.append(f"| {name} | load from safetensors onto {rep['weights_on']}, host +{rep['host_anon_rise_gib']:.2f} GiB own "
                         f"(+{rep['host_rss_rise_gib']:.2f} GiB RSS with mapped file pages) | | | | "

@@ -14,8 +14,10 @@ def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
     assert proc.returncode == 0, proc.stderr[-2000:]
     report_text, table = proc.stdout.split("\n\n| check |")
     report = json.loads(report_text)
-    assert set(report["checks"]) == {"packed_attention", "kegg_tiny", "encoder_load_tiny", "coverage_tiny"}
+    assert set(report["checks"]) == {"packed_attention", "kegg_tiny", "encoder_load_tiny", "zero3_offload_start_tiny", "coverage_tiny"}
     assert report["checks"]["packed_attention"]["report"]["kernel"] == "per-sample"  # varlen is CUDA-only
+    zero3 = report["checks"]["zero3_offload_start_tiny"]["report"]
+    assert zero3["partitioned"] and zero3["shards_on"] == ["cpu"] and zero3["loss"] > 0
     load = report["checks"]["encoder_load_tiny"]["report"]
     assert load["weights_on"] == "cpu" and load["embeddings"] == [1, 256, 64]
     assert all(c["ok"] for c in report["checks"].values())
@@ -43,3 +45,16 @@ def test_gpu_check_flags_a_gpu_report_whose_packed_rows_loop_or_whose_kernels_di
     assert len(looped) == 1 and "per sample" in looped[0]
     wrong = gpu_check.problems({"attn": {"ok": True, "report": {**good, "max_abs_diff_grad": 1e-5}}}, cpu=False)
     assert len(wrong) == 1 and "differs" in wrong[0]
+
+
+def test_gpu_check_flags_zero3_offload_that_put_the_whole_model_on_the_gpu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    good = {"partitioned": True, "shards_on": ["cpu"], "model_gib_bf16": 1.6, "peak_cuda_at_start_gib": 0.75,
+            "peak_cuda_after_step_gib": 1.1, "engine_start_s": 9.0}
+    assert gpu_check.problems({"z": {"ok": True, "report": good}}, cpu=False) == []
+    whole = gpu_check.problems({"z": {"ok": True, "report": {**good, "peak_cuda_at_start_gib": 1.7}}}, cpu=False)
+    assert len(whole) == 1 and "whole" in whole[0]
