@@ -218,17 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dnallm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    finally:
-        _close_distributed()
     return 0
-
-
-def _close_distributed() -> None:
-    """End the process group a DeepSpeed run opened (NCCL warns at exit when it is left open)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

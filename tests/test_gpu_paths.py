@@ -3,6 +3,7 @@ compiled optimizer, the cost of gathering optimizer moments at a save, DeepSpeed
 accumulation dtype, and what ZeRO-3 keeps off the device."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -100,44 +101,56 @@ def test_a_save_links_the_optimizer_moments_once_not_once_per_tensor(tmp_path, t
     assert calls == [False], calls  # one save, one link (it was one per tensor)
 
 
-def _peak_rss_above_start(fn):
-    from dnallm.memory import PeakRSS
+_GENERATION_MEMORY = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, LogitsProcessorList
+from dnallm.eval.answers import ChosenTokenLogps
+from dnallm.memory import PeakRSS
 
-    with PeakRSS(interval=0.002) as rss:
-        out = fn()
-    return out, rss.rise
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+ids = torch.randint(0, 1000, (4, 12))
+kwargs = dict(max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=0)
+
+def with_processor():
+    chosen = ChosenTokenLogps()
+    with torch.no_grad():
+        out = model.generate(ids, logits_processor=LogitsProcessorList([chosen]), **kwargs)
+    return chosen.result(out[:, ids.shape[1]:])
+
+def with_output_scores():
+    with torch.no_grad():
+        out = model.generate(ids, output_scores=True, return_dict_in_generate=True, **kwargs)
+    new = out.sequences[:, ids.shape[1]:]
+    return torch.stack([s.float().log_softmax(-1).gather(-1, new[:, i : i + 1]).squeeze(-1) for i, s in enumerate(out.scores)], 1)
+
+with_processor()  # warm up allocations once
+with PeakRSS(interval=0.002) as ours:
+    got = with_processor()
+with PeakRSS(interval=0.002) as theirs:
+    want = with_output_scores()
+print(json.dumps({"got": got.tolist(), "want": want.tolist(), "ours": ours.anon_rise, "theirs": theirs.anon_rise}))
+"""
 
 
 def test_eval_reads_token_probabilities_without_keeping_every_steps_scores(tiny_qwen3_real_tokenizer):
     """Same log-probabilities as generation's output_scores, without its (steps x batch x
-    151,936) scores: measured on the CPU, the stored scores alone are ~155 MB here."""
+    151,936) scores: the stored scores alone are ~155 MB here. Measured in a fresh process, so
+    memory freed by earlier tests cannot hide the rise."""
+    import subprocess
+    import sys
+
     import torch
-    from transformers import AutoModelForCausalLM, LogitsProcessorList
 
-    from dnallm.eval.answers import ChosenTokenLogps
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_real_tokenizer).eval()
-    ids = torch.randint(0, 1000, (4, 12))
-    kwargs = dict(max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=0)
-
-    def with_processor():
-        chosen = ChosenTokenLogps()
-        with torch.no_grad():
-            out = model.generate(ids, logits_processor=LogitsProcessorList([chosen]), **kwargs)
-        return chosen.result(out[:, ids.shape[1]:])
-
-    def with_output_scores():
-        with torch.no_grad():
-            out = model.generate(ids, output_scores=True, return_dict_in_generate=True, **kwargs)
-        new = out.sequences[:, ids.shape[1]:]
-        return torch.stack([s.float().log_softmax(-1).gather(-1, new[:, i : i + 1]).squeeze(-1) for i, s in enumerate(out.scores)], 1)
-
-    with_processor()  # warm up allocations once
-    got, ours = _peak_rss_above_start(with_processor)
-    want, theirs = _peak_rss_above_start(with_output_scores)
+    proc = subprocess.run([sys.executable, "-c", _GENERATION_MEMORY, str(tiny_qwen3_real_tokenizer)], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    got, want = torch.tensor(out["got"]), torch.tensor(out["want"])
     assert got.shape == (4, 64)
     torch.testing.assert_close(got, want)
-    assert theirs - ours > 100 * 2**20, (ours / 2**20, theirs / 2**20)
+    assert out["theirs"] - out["ours"] > 100 * 2**20, (out["ours"] / 2**20, out["theirs"] / 2**20)
 
 
 def test_coverage_head_batchnorm_runs_in_fp32_under_deepspeed_bf16(single_process_env):

@@ -8,6 +8,7 @@ checkpoint is the same safetensors files whatever the ZeRO stage or number of ra
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -80,6 +81,11 @@ def build_engine(recipe, model: nn.Module, param_groups: list[dict], *, total_st
     if world > 1:
         raise RuntimeError("multi-process training needs a DeepSpeed config: add deepspeed=recipes/deepspeed/zero2.json")
     return TorchEngine(model, param_groups, scheduler_fn, grad_accum=grad_accum, max_grad_norm=t.max_grad_norm, device=device, optimizer_fn=optimizer_fn)
+
+
+def _close_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def zero_stage(recipe) -> int:
@@ -233,7 +239,12 @@ class DeepSpeedEngine:
         import deepspeed
 
         single_process_defaults()
+        opened = not torch.distributed.is_initialized()
         deepspeed.init_distributed()
+        if opened:
+            # At exit, not after the run: DeepSpeed keeps the group, and another run in this
+            # process (tests, notebooks) reuses it. Left open, NCCL warns at exit.
+            atexit.register(_close_process_group)
         zero = config.get("zero_optimization", {})
         if zero.get("offload_optimizer", {}).get("device") == "cpu":
             require_cpu_adam()
