@@ -65,9 +65,15 @@ def single_process_env(monkeypatch):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Run the fidelity tests (the suite's longest training) first. After a ZeRO-3 engine has
-    run in this process, later CPU training here runs up to twice as slowly (seen in the whole
-    suite: the fidelity tests took 533 s after the DeepSpeed tests, 233 s alone; a tiny Qwen3
-    step 52 -> 105 ms). No changed flag, hook, thread affinity or patched function explains it
-    but DeepSpeed's F.linear, and restoring that does not help. The order is stable otherwise."""
-    items.sort(key=lambda item: 0 if item.path.name == "test_fidelity.py" else 1)
+    """Run the fidelity tests (the suite's longest training) first and the in-process ZeRO-3
+    tests last. After a ZeRO-3 engine has run in this process, later CPU training here runs up
+    to twice as slowly (seen in the whole suite: the fidelity tests took 533 s after the
+    DeepSpeed tests, 233 s alone; a tiny Qwen3 step 52 -> 105 ms). No changed torch flag,
+    hook, thread affinity or patched function explains it but DeepSpeed's F.linear, and
+    restoring that does not help. The order is stable otherwise."""
+    def rank(item) -> int:
+        if item.path.name == "test_fidelity.py":
+            return 0
+        return 2 if "zero3" in item.nodeid else 1
+
+    items.sort(key=rank)

@@ -51,7 +51,7 @@ def _kegg_recipe(tmp_path, tiny_models, *extra):
         f"data.train={tmp_path / 'train.jsonl'}", "data.val=", "train.save_every=0", *extra])
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [2, 3], ids=["zero2", "zero3"])
 def test_bf16_resume_restores_the_fp32_master_weights_exactly(tmp_path, tiny_models, single_process_env, stage):
     """Loaded before deepspeed.initialize, trained weights pass through the bf16 module copy the
     master is built from; the engine then writes them into the master exactly."""
