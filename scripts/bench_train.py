@@ -153,7 +153,7 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
                 if args.profile:
                     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else [])
                     profiler = torch.profiler.profile(activities=activities)
-                    profiler.__enter__()
+                    profiler.start()
                 start = time.perf_counter()
             n, batch = batches[i % len(batches)]
             loss = step_batch(engine, dna_source, batch, device, recipe.encoder.batch_size).loss
@@ -167,7 +167,7 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
         sync()
         elapsed = time.perf_counter() - start
         if profiler is not None:
-            profiler.__exit__(None, None, None)
+            profiler.stop()
             write_profile(profiler, args.profile / f"{name}.txt", device)
     out = {
         "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "step_s": elapsed / args.steps,

@@ -19,6 +19,9 @@ neither in the forward nor in the backward.
 
 from __future__ import annotations
 
+import inspect
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -30,7 +33,7 @@ PACKING_ATTENTION = (PACKED_ATTENTION, "flash_attention_2", "flash_attention_3")
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-                     cu_seq_lens_q: torch.Tensor | None = None, **kwargs):
+                     cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None, **kwargs):
     """Causal attention within each packed sample. query (1, heads, tokens, dim) -> (1, tokens, heads, dim)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -41,7 +44,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     groups = getattr(module, "num_key_value_groups", 1)
     dropout = dropout if module.training else 0.0
     if packed_kernel(query, dropout) == "varlen":
-        return varlen_causal(query, key, value, cu_seq_lens_q, scaling, groups), None
+        return varlen_causal(query, key, value, cu_seq_lens_q, scaling, groups, max_length_q), None
     return per_sample_causal(query, key, value, cu_seq_lens_q, scaling, groups, dropout), None
 
 
@@ -53,24 +56,26 @@ def packed_kernel(query: torch.Tensor, dropout: float = 0.0) -> str:
     attention dropout, a torch with ``torch.nn.attention.varlen``); else ``per-sample``: one
     SDPA call per sample. On a GPU the loop costs a kernel launch, and with cuDNN's SDPA a
     graph lookup of about a millisecond of CPU time, per sample, layer and pass."""
-    if not (USE_VARLEN and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0 and query.shape[-1] <= 256):
-        return "per-sample"
+    usable = USE_VARLEN and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0 and query.shape[-1] <= 256
+    return "varlen" if usable and _varlen_api() is not None else "per-sample"
+
+
+@lru_cache(maxsize=1)
+def _varlen_api():
+    """(varlen_attn, its keyword names), or None where this torch lacks it. Its keywords differ
+    across torch releases (``is_causal`` then ``window_size``; ``enable_gqa`` later)."""
     try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        from torch.nn.attention.varlen import varlen_attn
     except ImportError:
-        return "per-sample"
-    return "varlen"
+        return None
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
-def varlen_causal(query, key, value, cu_seq_lens: torch.Tensor, scaling: float | None, groups: int) -> torch.Tensor:
+def varlen_causal(query, key, value, cu_seq_lens: torch.Tensor, scaling: float | None, groups: int, longest: int | None = None) -> torch.Tensor:
     """Causal attention within each sample in one varlen call: (1, heads, tokens, dim) in,
-    (1, tokens, heads, dim) out. The keyword set differs across torch releases (``is_causal``
-    then ``window_size``; ``enable_gqa`` later), so it is read off the signature."""
-    import inspect
-
-    from torch.nn.attention.varlen import varlen_attn
-
-    params = inspect.signature(varlen_attn).parameters
+    (1, tokens, heads, dim) out. ``longest``: the longest sample (``packed_kwargs`` computes it
+    once per forward; read here from ``cu_seq_lens`` it would cost a device sync per layer)."""
+    varlen_attn, params = _varlen_api()
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
     kwargs = {"scale": scaling}
     if "window_size" in params:
@@ -83,7 +88,8 @@ def varlen_causal(query, key, value, cu_seq_lens: torch.Tensor, scaling: float |
         else:
             k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
     cu = cu_seq_lens.to(device=query.device, dtype=torch.int32)
-    longest = int((cu[1:] - cu[:-1]).max())
+    if longest is None:
+        longest = int((cu[1:] - cu[:-1]).max())
     return varlen_attn(q, k, v, cu, cu, longest, longest, **kwargs).unsqueeze(0)
 
 
