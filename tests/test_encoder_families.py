@@ -2,6 +2,8 @@
 loading the trunk, hidden states, width, bases per token, and the command line end to end."""
 
 import json
+import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from dnallm.config import load_recipe
 from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.encoders import DNAEncoder, DNATokenizer
+from dnallm.encoders.hf import PROBE
 from dnallm.fusion.projector import n_pooled
 from dnallm.hub import CheckpointError, RemoteCodeNotAllowed
 from dnallm.train.build import build_encoder, build_model, build_processor
@@ -102,11 +105,26 @@ def test_wordpiece_tokenizer_that_loses_dna_is_refused(tmp_path):
         DNATokenizer(str(wordpiece_bert(tmp_path / "wordpiece")))
 
 
+def test_probe_mixes_all_four_bases():
+    counts = Counter(PROBE)
+    assert sorted(counts) == list("ACGT") and min(counts.values()) > len(PROBE) / 5
+
+
+def test_bpe_bases_per_token_is_the_mean_on_mixed_sequence(families):
+    tokenizer = DNATokenizer(str(families["dnabert2"].path), trust_remote_code=True)
+    rng = random.Random(11)
+    fresh = ["".join(rng.choice("ACGT") for _ in range(480)) for _ in range(20)]
+    mean = sum(map(len, fresh)) / sum(map(tokenizer.n_positions, fresh))  # 2.8 for this vocabulary
+    assert tokenizer.bases_per_token == round(mean)
+    # One repeated base tokenizes otherwise: a probe of 'T's alone would measure 2.
+    assert round(480 / tokenizer.n_positions("T" * 480)) != tokenizer.bases_per_token
+
+
 @pytest.mark.parametrize("name, pool, kernel, want", [
     ("nucleotide_transformer", 12, 24, (2, 4)),  # 6 bases per token
     ("nucleotide_transformer", 4, 9, (1, 2)),  # rounded, never below one token
     ("genos", 8, 16, (8, 16)),  # one token per base
-    ("dnabert2", 8, 16, (4, 8)),  # measured mean: 2 bases per token
+    ("dnabert2", 8, 16, (3, 5)),  # measured mean on mixed sequence: 2.8 bases per token
 ])
 def test_pool_and_kernel_are_bases(families, tiny_models, tmp_path, name, pool, kernel, want):
     family = families[name]

@@ -28,10 +28,18 @@ from dnallm.hub import CheckpointError, check_remote_code, remote_code_hint
 
 RECIPE_KEY = "encoder.trust_remote_code"
 
-# A fixed pseudo-random DNA sequence: measures bases per token and the output width. Its
-# length is a multiple of every k up to 6 (a k-mer tokenizer gives exactly k) and stays
-# within a 512-token model limit.
-PROBE = "".join(random.Random(0).choice("ACGT") for _ in range(480))
+
+
+def _random_dna(n_bases: int, seed: int) -> str:
+    rng = random.Random(seed)  # one generator for the whole sequence: reseeding per base repeats one base
+    return "".join(rng.choice("ACGT") for _ in range(n_bases))
+
+
+# A fixed pseudo-random DNA sequence of all four bases: measures bases per token (a BPE
+# tokenizer's mean token length depends on the mix) and the output width. Its length is a
+# multiple of every k up to 6 (a k-mer tokenizer gives exactly k) and stays within a 512-token
+# model limit.
+PROBE = _random_dna(480, seed=0)
 
 # Task classes whose base model is the trunk, for checkpoints whose own code has no AutoModel.
 _TASK_CLASSES = ("AutoModelForMaskedLM", "AutoModelForCausalLM")
