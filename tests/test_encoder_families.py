@@ -19,7 +19,7 @@ from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.hf import PROBE
-from dnallm.encoders.remote_code import fill_config_defaults, find_pruneable_heads_and_indices, meta_tensors
+from dnallm.encoders.remote_code import fill_config_defaults, find_pruneable_heads_and_indices, tensors_made_at_init
 from dnallm.fusion.projector import n_pooled
 from dnallm.hub import CheckpointError, RemoteCodeNotAllowed
 from dnallm.train.build import build_encoder, build_model, build_processor
@@ -142,18 +142,21 @@ def test_stand_ins_break_under_plain_transformers_as_published_code_does(familie
 
 def test_tensor_made_at_init_is_built_off_meta_keeping_the_random_state(families, tmp_path):
     family = families["dnabert2"]
-    # With the config defaults alone, transformers 5 leaves DNABERT-2's ALiBi table on the meta device.
+    # With the config defaults alone, transformers 5 leaves DNABERT-2's ALiBi table on the meta device
+    # and its token types unwritten.
     path = _fresh_copy(family, tmp_path / "meta-dnabert2")
     config = AutoConfig.from_pretrained(path, trust_remote_code=True)
     fill_config_defaults(config)
-    assert meta_tensors(AutoModel.from_pretrained(path, config=config, trust_remote_code=True)) == ["encoder.alibi"]
+    on_meta = AutoModel.from_pretrained(path, config=config, trust_remote_code=True)
+    assert tensors_made_at_init(on_meta) == ["encoder.alibi", "embeddings.token_type_ids"]
+    assert on_meta.encoder.alibi.is_meta
 
     torch.manual_seed(5)
     expected = torch.rand(4)
     torch.manual_seed(5)
     encoder = _encoder(family)
     assert torch.equal(torch.rand(4), expected)  # loading (twice here) drew nothing from the random state
-    assert meta_tensors(encoder.model) == []
+    assert not encoder.model.encoder.alibi.is_meta and not encoder.model.embeddings.token_type_ids.any()
     # Equal outputs to the trunk built on the CPU and filled by hand, as transformers 4 loaded it.
     reference = type(encoder.model)(encoder.model.config, add_pooling_layer=False)
     weights = load_file(family.path / "model.safetensors")

@@ -25,8 +25,8 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
-from dnallm.encoders.remote_code import (add_removed_methods, fill_config_defaults, loadable, meta_tensors,
-                                         missing_package, removed_helpers)
+from dnallm.encoders.remote_code import (add_removed_methods, fill_config_defaults, loadable, missing_package,
+                                         removed_helpers, restore_buffers, tensors_made_at_init)
 from dnallm.hub import CheckpointError, check_remote_code, first_line, remote_code_hint
 
 RECIPE_KEY = "encoder.trust_remote_code"
@@ -82,7 +82,7 @@ def load_backbone(name_or_path: str, dtype, trust_remote_code: bool, device: str
     kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
     if device.startswith("cuda"):
         kwargs["device_map"] = {"": device}
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.startswith("cuda") else []):
+    with torch.random.fork_rng(devices=_cuda_index(device)):
         if _runs_own_code(config, trust_remote_code):
             with _running_own_code(name_or_path, trust_remote_code):
                 model, info = _load_own_code(model_class, name_or_path, config, dtype, kwargs)
@@ -96,6 +96,14 @@ def load_backbone(name_or_path: str, dtype, trust_remote_code: bool, device: str
         hint = "" if trust_remote_code else remote_code_hint(name_or_path, RECIPE_KEY)
         raise CheckpointError(f"{name_or_path}: the checkpoint lacks or mis-shapes weights the encoder needs: {listed}" + (f"; {hint}" if hint else ""))
     return model.base_model if take_base else model
+
+
+def _cuda_index(device: str) -> list[int]:
+    """The CUDA device index of ``device``, as a list (empty for the CPU)."""
+    if not device.startswith("cuda"):
+        return []
+    index = torch.device(device).index
+    return [torch.cuda.current_device() if index is None else index]
 
 
 def _from_pretrained(model_class: type, name_or_path: str, config, dtype, kwargs: dict):
@@ -119,12 +127,15 @@ def _transformers_quiet():
 def _load_own_code(model_class: type, name_or_path: str, config, dtype, kwargs: dict):
     """A checkpoint's own classes, written for transformers 4, loaded under transformers 5 (see
     ``remote_code``): built on the meta device as transformers does, unless the code made tensors
-    in ``__init__`` that loading cannot fill; then built again, on the CPU."""
+    in ``__init__`` that loading cannot fill; then built again, on the CPU, where ``__init__`` gives
+    them their values."""
     fill_config_defaults(config)
     add_removed_methods(model_class)
     model, info = _from_pretrained(loadable(model_class, on_meta=True), name_or_path, config, dtype, kwargs)
-    if meta_tensors(model):
-        model, info = _from_pretrained(loadable(model_class, on_meta=False), name_or_path, config, dtype, kwargs)
+    if tensors_made_at_init(model):
+        off_meta = loadable(model_class, on_meta=False)
+        model, info = _from_pretrained(off_meta, name_or_path, config, dtype, kwargs)
+        restore_buffers(model, off_meta)
     model.__class__ = model_class  # the checkpoint's own class, not the loading subclass
     return model, info
 

@@ -11,10 +11,12 @@ the model's name, and only for code loaded with ``trust_remote_code``:
   at module load) and the model methods ``get_extended_attention_mask``, ``invert_attention_mask``,
   ``get_head_mask`` (called in ``forward``) (``removed_helpers``, ``add_removed_methods``).
 - **Tensors made at init**: transformers 5 builds the model on the meta device and then fills
-  parameters and buffers from the checkpoint; a plain tensor attribute made in ``__init__``
-  (DNABERT-2's ALiBi table) stays on meta, with no data (``meta_tensors``, ``Loadable``).
+  what the checkpoint holds. A plain tensor attribute made in ``__init__`` (DNABERT-2's ALiBi
+  table) stays on meta, with no data; a non-persistent buffer (DNABERT-2's ``token_type_ids``)
+  is allocated but never written, unless the class's ``_init_weights`` sets it again, which
+  transformers-4 code does not (``tensors_made_at_init``, ``loadable``).
 - **post_init**: transformers 5 reads attributes that ``post_init()`` sets (``all_tied_weights_keys``);
-  a class that never calls it cannot be loaded (``Loadable``).
+  a class that never calls it cannot be loaded (``loadable``).
 
 And one error made readable: a package the code imports but this environment lacks
 (``missing_package``).
@@ -30,12 +32,14 @@ import torch
 from transformers import PreTrainedModel, pytorch_utils
 
 # Attributes transformers 4's PretrainedConfig.__init__ gave every config (its defaults), which
-# transformers 5 no longer sets. Generation settings are left out: an encoder never generates.
+# transformers 5 no longer sets. Left out: generation settings (an encoder never generates) and
+# tie_word_embeddings (tying concerns only the heads an encoder drops, and transformers 5 reads
+# a missing one as False).
 V4_CONFIG_DEFAULTS = {
     "pad_token_id": None, "bos_token_id": None, "eos_token_id": None, "sep_token_id": None,
     "decoder_start_token_id": None, "is_decoder": False, "add_cross_attention": False,
-    "cross_attention_hidden_size": None, "tie_encoder_decoder": False, "tie_word_embeddings": True,
-    "output_attentions": False, "torchscript": False, "use_bfloat16": False, "pruned_heads": {},
+    "cross_attention_hidden_size": None, "tie_encoder_decoder": False, "output_attentions": False,
+    "torchscript": False, "use_bfloat16": False, "pruned_heads": {},
     "finetuning_task": None, "tokenizer_class": None, "prefix": None, "task_specific_params": None,
 }
 
@@ -129,19 +133,29 @@ def add_removed_methods(model_class: type) -> None:
                 setattr(own_class, name, method)
 
 
-def meta_tensors(model: torch.nn.Module) -> list[str]:
-    """Plain tensor attributes (neither parameters nor buffers) left on the meta device: made in
-    ``__init__`` under transformers 5's meta-device build, which loading never fills."""
-    return [f"{prefix}.{name}".lstrip(".") for prefix, module in model.named_modules()
-            for name, value in vars(module).items() if isinstance(value, torch.Tensor) and value.is_meta]
+def _non_persistent_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{name}".lstrip("."): module.get_buffer(name) for prefix, module in model.named_modules()
+            for name in module._non_persistent_buffers_set}
+
+
+def tensors_made_at_init(model: torch.nn.Module) -> list[str]:
+    """Tensors that ``__init__`` made and a meta-device build loses, as ``module.name``: plain
+    tensor attributes left on the meta device, and non-persistent buffers (never in a checkpoint)."""
+    plain = [f"{prefix}.{name}".lstrip(".") for prefix, module in model.named_modules()
+             for name, value in vars(module).items() if isinstance(value, torch.Tensor) and value.is_meta]
+    return plain + list(_non_persistent_buffers(model))
 
 
 def loadable(model_class: type, on_meta: bool) -> type:
     """``model_class`` as ``from_pretrained`` can load it: ``post_init()`` run where its
-    ``__init__`` skipped it, and built off the meta device unless ``on_meta``. Restore the
-    instance's own class after loading (``model.__class__ = model_class``)."""
+    ``__init__`` skipped it, and built off the meta device unless ``on_meta``. After loading, call
+    ``restore_buffers`` and give the instance back its own class (``model.__class__ = model_class``)."""
 
     class Loadable(model_class):
+        # Non-persistent buffers as __init__ made them, off the meta device: transformers 5 swaps
+        # every one for an unwritten tensor once the model is built.
+        buffers_made_at_init: dict[str, torch.Tensor] = {}
+
         @classmethod
         def get_init_context(cls, *args, **kwargs):
             contexts = super().get_init_context(*args, **kwargs)
@@ -153,9 +167,19 @@ def loadable(model_class: type, on_meta: bool) -> type:
             super().__init__(*args, **kwargs)
             if not hasattr(self, "all_tied_weights_keys"):  # set by post_init
                 self.post_init()
+            if not on_meta:
+                made = _non_persistent_buffers(self)
+                type(self).buffers_made_at_init = {key: buffer.detach().clone() for key, buffer in made.items()}
 
     Loadable.__name__ = Loadable.__qualname__ = model_class.__name__
     return Loadable
+
+
+@torch.no_grad()
+def restore_buffers(model: torch.nn.Module, loaded_as: type) -> None:
+    """Write the non-persistent buffers ``loaded_as`` (a ``loadable`` class) made at init back into ``model``."""
+    for key, value in loaded_as.buffers_made_at_init.items():
+        model.get_buffer(key).copy_(value)
 
 
 def missing_package(error: ImportError) -> str | None:

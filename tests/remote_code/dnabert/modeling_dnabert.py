@@ -3,10 +3,11 @@ QKV projection, gated MLP, post-layer norms. ``DNABertModel.forward`` returns a 
 ``(sequence_output, pooled_output)``, or all layers' outputs first when
 ``output_all_encoded_layers`` is set.
 
-Written the way transformers-4 code was: the embedding reads ``config.pad_token_id`` and the
-encoder ``config.is_decoder`` (defaults of transformers 4's config), and the ALiBi table is a
-plain tensor attribute made in ``__init__`` (not a buffer), so transformers 5's meta-device
-build leaves it without data.
+Written the way transformers-4 code was: the embeddings read ``config.pad_token_id`` and the
+encoder ``config.is_decoder`` (defaults of transformers 4's config); the ALiBi table is a plain
+tensor attribute made in ``__init__`` (not a buffer) and the all-zero token types a
+non-persistent buffer, both made in ``__init__`` only, which transformers 5's meta-device build
+leaves without their values.
 """
 
 import torch
@@ -24,6 +25,20 @@ def alibi_table(n_heads: int, size: int, device=None) -> torch.Tensor:
     pos = torch.arange(size, device=device)
     distance = (pos[None, :] - pos[:, None]).abs()  # (size, size)
     return (-slopes[:, None, None] * distance)[None]
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: DNABertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(2, config.hidden_size)
+        token_types = torch.zeros(config.alibi_starting_size, dtype=torch.long)
+        self.register_buffer("token_type_ids", token_types, persistent=False)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids):  # (batch, length) -> (batch, length, hidden)
+        token_types = self.token_type_ids[: input_ids.shape[1]].expand_as(input_ids)
+        return self.norm(self.word_embeddings(input_ids) + self.token_type_embeddings(token_types))
 
 
 class Layer(nn.Module):
@@ -78,8 +93,7 @@ class DNABertPreTrainedModel(PreTrainedModel):
 class DNABertModel(DNABertPreTrainedModel):
     def __init__(self, config: DNABertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.embedding_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
         self.post_init()
@@ -88,7 +102,7 @@ class DNABertModel(DNABertPreTrainedModel):
                 output_all_encoded_layers=False, masked_tokens_mask=None, **kwargs):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        layers = self.encoder(self.embedding_norm(self.word_embeddings(input_ids)), attention_mask)
+        layers = self.encoder(self.embeddings(input_ids), attention_mask)
         pooled = torch.tanh(self.pooler(layers[-1][:, 0])) if self.pooler is not None else None
         return (layers if output_all_encoded_layers else layers[-1]), pooled
 
