@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, pytorch_utils
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, modeling_utils, pytorch_utils
 
 from dnallm.cli import main
 from dnallm.config import load_recipe
@@ -19,7 +19,8 @@ from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.hf import PROBE
-from dnallm.encoders.remote_code import fill_config_defaults, find_pruneable_heads_and_indices, tensors_made_at_init
+from dnallm.encoders.remote_code import (fill_config_defaults, find_pruneable_heads_and_indices, removed_helpers,
+                                         tensors_made_at_init)
 from dnallm.fusion.projector import n_pooled
 from dnallm.hub import CheckpointError, RemoteCodeNotAllowed
 from dnallm.train.build import build_encoder, build_model, build_processor
@@ -171,8 +172,12 @@ def test_removed_helpers_behave_as_transformers_4s(families):
     # Head 2 is already gone, so head 1 still sits second: its two rows go, of the three heads left.
     heads, keep = find_pruneable_heads_and_indices([1, 2], n_heads=3, head_size=2, already_pruned_heads={2})
     assert heads == {1} and keep.tolist() == [0, 1, 4, 5]
+    with removed_helpers():  # where transformers 4 exported them: older code imports them from modeling_utils
+        from transformers.modeling_utils import apply_chunking_to_forward, prune_linear_layer  # noqa: F401
     encoder = _encoder(families["nucleotide_transformer"])
-    assert not hasattr(pytorch_utils, "find_pruneable_heads_and_indices")  # present only while the code is imported
+    # present only while the code is imported
+    assert not hasattr(pytorch_utils, "find_pruneable_heads_and_indices")
+    assert not hasattr(modeling_utils, "prune_linear_layer")
     bias = encoder.model.get_extended_attention_mask(torch.tensor([[1, 1, 0]]), (1, 3))
     assert bias.shape == (1, 1, 1, 3) and bias[0, 0, 0].tolist() == [0.0, 0.0, torch.finfo(torch.float32).min]
     before = encoder.encode(["ACGTTGCAAGGCTTACGATCGG"])[0]

@@ -7,8 +7,9 @@ the model's name, and only for code loaded with ``trust_remote_code``:
 - **Config defaults**: transformers 4's ``PretrainedConfig`` set ``pad_token_id``,
   ``is_decoder`` and a dozen more on every config; a config class written against it reads
   them without setting them (``fill_config_defaults``).
-- **Removed helpers**: ``transformers.pytorch_utils.find_pruneable_heads_and_indices`` (imported
-  at module load) and the model methods ``get_extended_attention_mask``, ``invert_attention_mask``,
+- **Removed helpers**: ``transformers.pytorch_utils.find_pruneable_heads_and_indices`` and the
+  ``pytorch_utils`` helpers ``transformers.modeling_utils`` re-exported (imported at module load),
+  and the model methods ``get_extended_attention_mask``, ``invert_attention_mask``,
   ``get_head_mask`` (called in ``forward``) (``removed_helpers``, ``add_removed_methods``).
 - **Tensors made at init**: transformers 5 builds the model on the meta device and then fills
   what the checkpoint holds. A plain tensor attribute made in ``__init__`` (DNABERT-2's ALiBi
@@ -29,7 +30,7 @@ import re
 import sys
 
 import torch
-from transformers import PreTrainedModel, pytorch_utils
+from transformers import PreTrainedModel, modeling_utils, pytorch_utils
 
 # Attributes transformers 4's PretrainedConfig.__init__ gave every config (its defaults), which
 # transformers 5 no longer sets. Left out: generation settings (an encoder never generates) and
@@ -70,17 +71,24 @@ def find_pruneable_heads_and_indices(heads, n_heads: int, head_size: int, alread
 def removed_helpers():
     """Module-level helpers transformers 5 removed, present while a checkpoint's code is imported
     (``from transformers.pytorch_utils import ...`` binds them once, at import)."""
-    added = [name for name in _REMOVED_FUNCTIONS if not hasattr(pytorch_utils, name)]
-    for name in added:
-        setattr(pytorch_utils, name, _REMOVED_FUNCTIONS[name])
+    removed = _removed_functions()
+    added = [(module, name) for module, helpers in removed.items() for name in helpers if not hasattr(module, name)]
+    for module, name in added:
+        setattr(module, name, removed[module][name])
     try:
         yield
     finally:
-        for name in added:
-            delattr(pytorch_utils, name)
+        for module, name in added:
+            delattr(module, name)
 
 
-_REMOVED_FUNCTIONS = {"find_pruneable_heads_and_indices": find_pruneable_heads_and_indices}
+def _removed_functions() -> dict:
+    """module -> {name: function} that transformers 4 exported there; ``modeling_utils`` re-exported
+    the ``pytorch_utils`` helpers, and older code imports them from it."""
+    pruning = {"find_pruneable_heads_and_indices": find_pruneable_heads_and_indices}
+    reexported = {**pruning, "prune_linear_layer": pytorch_utils.prune_linear_layer,
+                  "apply_chunking_to_forward": pytorch_utils.apply_chunking_to_forward}
+    return {pytorch_utils: pruning, modeling_utils: reexported}
 
 
 def get_extended_attention_mask(self, attention_mask, input_shape, device=None, dtype=None):
