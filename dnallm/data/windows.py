@@ -173,3 +173,19 @@ def kegg_record(allele: Allele, pair: SequencePair, question: str, answer: str, 
         "record": allele.record,
         "alt_index": allele.alt_index,
     }
+
+
+def window_genome_start(record: dict, window: int) -> tuple[str, int] | None:
+    """(contig, 0-based genome position of the first base) of the reference window that
+    ``dna_window=window`` cuts from a record ``dnallm windows`` wrote; None for a record
+    without coordinates (``chrom``, ``pos``, ``ref``, ``alt``).
+
+    The reference sequence is ``flank`` bases, the trimmed reference allele, ``flank``
+    bases (see ``allele_pair``); its window starts ``len // 2 - window // 2`` bases in
+    (``centre_window``). Bases past a chromosome end map outside the contig."""
+    if not all(record.get(key) not in (None, "") for key in ("chrom", "pos", "ref", "alt")):
+        return None
+    start, ref_bases, _ = trim_alleles(int(record["pos"]), str(record["ref"]), str(record["alt"]))
+    length = len(record["reference_sequence"])
+    flank = (length - len(ref_bases)) // 2
+    return str(record["chrom"]), start - flank + length // 2 - window // 2

@@ -229,12 +229,16 @@ class DNAEncoder(nn.Module):
         # Frozen: dropout and MoE router noise stay off whatever the parent module does.
         return super().train(False)
 
-    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """(batch, positions) ids -> (batch, positions, hidden) from ``self.layer``."""
+    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor | None,
+                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, positions) ids -> (batch, positions, hidden) from ``self.layer``.
+        ``inputs_embeds`` (batch, positions, input width) replaces the ids' embedding rows
+        (attribution differentiates through them)."""
         kwargs = {"attention_mask": mask.long()} if mask is not None else {}
         if self.layer != -1:
             kwargs["output_hidden_states"] = True
-        out = self.model(input_ids=ids, **kwargs)
+        inputs = {"input_ids": ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+        out = self.model(**inputs, **kwargs)
         if self.layer == -1:
             return out[0]  # last_hidden_state of a ModelOutput, or the first element of a tuple
         per_layer = out.get("hidden_states") if isinstance(out, dict) else None

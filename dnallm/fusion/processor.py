@@ -95,9 +95,21 @@ def dna_inputs(encoder, sequences: list[str], batch_size: int) -> dict[str, torc
         e, m = encoder.encode(sequences[start : start + batch_size])
         embeds.append(e)
         masks.append(m)
+    return pair_inputs(sequences, *stack_padded(embeds, masks))
+
+
+def stack_padded(embeds: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunks of encodings, each (n, positions_i, hidden) and (n, positions_i), as one batch padded
+    to the longest. -> (n_seq, positions, hidden), (n_seq, positions)"""
     longest = max(e.shape[1] for e in embeds)
     embeds = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, longest - e.shape[1])) for e in embeds])
     mask = torch.cat([torch.nn.functional.pad(m, (0, longest - m.shape[1])) for m in masks])
+    return embeds, mask
+
+
+def pair_inputs(sequences: list[str], embeds: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The DNA keyword arguments of ``dna_inputs`` from encodings already made (in-silico
+    mutagenesis encodes only the mutated window of each pair)."""
     bases = pair_spans(sequences).to(mask.device, non_blocking=True)  # (n_seq, 3)
     positions = mask.sum(1, keepdim=True)  # (n_seq, 1), on the device: no host sync
     length = bases[:, 2:].clamp(min=1)

@@ -101,20 +101,26 @@ def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncod
     )
 
 
+def checkpoint_recipe(checkpoint: str | Path, overrides: list[str] | tuple = ()) -> Recipe:
+    """A checkpoint's recipe with ``overrides`` applied and its base models located (nothing loaded)."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    tree = yaml.safe_load((checkpoint / "recipe.yaml").read_text())
+    recipe = recipe_from_dict(tree, cls=kegg_recipe_class(tree))
+    apply_overrides(recipe, overrides)
+    locate_models(recipe, relative_to=checkpoint)
+    return recipe
+
+
 def load_checkpoint(checkpoint: str | Path, device: str, overrides: list[str] | tuple = ()):
     """Rebuild encoder + fusion model from a checkpoint's recipe on top of the base models.
 
     ``overrides`` (``key=value``) can point at moved base models, e.g.
     ``llm.name_or_path=/models/Qwen3-4B``. -> (recipe, encoder, model, processor)
     """
-    checkpoint = resolve_checkpoint(checkpoint)
-    tree = yaml.safe_load((checkpoint / "recipe.yaml").read_text())
-    recipe = recipe_from_dict(tree, cls=kegg_recipe_class(tree))
-    apply_overrides(recipe, overrides)
-    locate_models(recipe, relative_to=checkpoint)
+    recipe = checkpoint_recipe(checkpoint, overrides)
     encoder = build_encoder(recipe, device)
     model, tokenizer = build_model(recipe, device, encoder)
-    load_trainable(model, checkpoint)
+    load_trainable(model, resolve_checkpoint(checkpoint))
     model.eval()
     return recipe, encoder, model, build_processor(recipe, tokenizer, encoder)
 
