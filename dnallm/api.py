@@ -4,6 +4,7 @@
     model = dnallm.load("runs/kegg-tiny")                      # a run directory or a checkpoint
     model.ask(reference=ref, variant=alt, question="Which disease?")   # -> reply text
     model.predict(records)                                     # -> [Prediction(label, probability, reply)]
+    model.explain(reference=ref, variant=alt, question="Which disease?")  # -> .scores, .importance, .plot()
     emb = dnallm.embed(".dnallm/tiny/genos", sequences)       # -> (n, hidden) tensor
     tracks = dnallm.load("runs/coverage-tiny").predict_tracks("chr1:1-2,000")
 
@@ -31,6 +32,7 @@ from dnallm.data.kegg import examples_from_records, read_jsonl
 from dnallm.data.vcf import InputError
 from dnallm.encoders import DNAEncoder
 from dnallm.eval.answers import Prediction, predict_batch
+from dnallm.eval.explain import Explanation
 from dnallm.eval.kegg import max_new_tokens_for
 from dnallm.fusion.summary import masked_mean
 from dnallm.hub import resolve_dtype
@@ -96,6 +98,21 @@ class Model:
                                  encoder_batch_size=self.recipe.encoder.batch_size, device=s.device)
         return out
 
+    def explain(self, reference: str, variant: str, question: str, *, label: str | None = None,
+                method: str | None = None, region: int | str | None = None, batch_size: int = 64,
+                progress: bool = False) -> Explanation:
+        """Which bases of the two windows move the answer's label (``dnallm.eval.explain``).
+
+        ``label``: the label to explain (default: the model's own answer, generated once);
+        ``method``: ``ism`` or ``gradient`` (default: ISM up to 256 bp of region, gradient above);
+        ``region``: a width centred on the variant (default 64, cut to the window) or ``"START-END"``
+        (1-based window positions). -> ``.scores`` (2 windows, bases, 4), ``.importance``, ``.plot()``.
+        """
+        if not question.strip():
+            raise ValueError("question: give the question whose answer to explain")
+        dna = self.session.prepare_dna(reference, variant, self.max_dna_length)
+        return self.session.explain(dna, question, label=label, method=method, region=region, batch_size=batch_size,
+                                    max_new_tokens=self.max_new_tokens, progress=progress)
 
 @dataclass
 class Tracks:

@@ -1,4 +1,4 @@
-"""Subcommands of this stage: ``eval``'s printer, ``baselines``, ``planted``, ``hard-kegg``."""
+"""Subcommands of this stage: ``eval``'s printer, ``baselines``, ``planted``, ``hard-kegg``, ``explain``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,15 @@ def _hard_kegg(args) -> None:
     print(json.dumps({"out": str(args.out), "records": len(records), "prompt": args.prompt}))
 
 
+def _explain(args) -> None:
+    from dnallm.eval.explain import explain_file
+
+    summary = explain_file(args.checkpoint, args.data, args.out, record=args.record, method=args.method,
+                           region=args.region, batch_size=args.batch_size, label=args.label, fasta=args.fasta,
+                           plots=args.plots, overrides=args.overrides, device=args.device)
+    print(json.dumps(summary, indent=2))
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("baselines", help="train and score dna+text, text-only and dna-only models on one dataset; write a comparison")
     p.add_argument("recipe", type=Path, help="a KEGG recipe (extra keys: test, models, dna_head.*)")
@@ -100,3 +109,24 @@ def add_commands(sub) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--prompt", default=UNINFORMATIVE_PROMPT)
     p.set_defaults(func=_hard_kegg)
+
+    p = sub.add_parser("explain", help="which bases made the answer: in-silico mutagenesis or gradient x input")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="KEGG-format JSONL (from dnallm windows: scores in genome coordinates too)")
+    p.add_argument("--record", type=int, help="explain only this record (0-based index in --data)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for scores.tsv, plots/record-N.png and, for VCF-derived records, "
+                        "importance.*.bedGraph")
+    p.add_argument("--method", choices=("ism", "gradient"),
+                   help="ism: every base changed to the other three; gradient: gradient x input "
+                        "(default: ism up to 256 bp of region, gradient above)")
+    p.add_argument("--region", help="a width in bp centred on the variant (default 64, cut to the window), "
+                                    "or START-END window positions, 1-based inclusive")
+    p.add_argument("--batch-size", type=int, default=64, help="mutated windows per forward pass (ISM)")
+    p.add_argument("--label", help="the label to explain (default: the model's own answer, generated once per record)")
+    p.add_argument("--fasta", type=Path, help="the reference FASTA of the VCF: also writes importance.*.bw (bigWig)")
+    p.add_argument("--plots", type=int, default=10, help="write a PNG for the first N records (default 10)")
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
+    p.set_defaults(func=_explain)

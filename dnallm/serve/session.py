@@ -16,6 +16,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from dnallm.data import chat
+from dnallm.eval.explain import Explainer, Explanation, explain_examples
 from dnallm.fusion.processor import dna_inputs
 from dnallm.serve.inputs import DNAPair, prepare_pair
 from dnallm.train.build import load_checkpoint
@@ -156,6 +157,18 @@ class ModelSession:
             messages, add_generation_prompt=True, tokenize=True, enable_thinking=False, return_dict=False
         )
         return list(ids)
+
+    def explain(self, dna: DNAPair, question: str, *, label: str | None = None, method: str | None = None,
+                region: int | str | None = None, batch_size: int = 64, max_new_tokens: int = 256,
+                progress: bool = False) -> Explanation:
+        """Which bases of ``dna``'s windows move the answer's label (``dnallm.eval.explain``);
+        ``label=None``: the model's own greedy answer."""
+        example = {"question": question, "answer": label or "", "ref_window": dna.reference, "var_window": dna.variant,
+                   "where": "input"}
+        explainer = Explainer(self.model, self.encoder, self.processor, device=self.device,
+                              encoder_batch_size=self.recipe.encoder.batch_size)
+        return explain_examples(explainer, [example], labels=[label], region=region, method=method,
+                                batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)[0]
 
     def _dna_features(self, dna: DNAPair | None):
         if dna is None:
