@@ -83,19 +83,53 @@ class ChatRequest(BaseModel):
     dna: DNAField | None = None
 
 
+EXPLAIN_MAX_REGION = 64  # bases per explain request: ISM of 64 bases is 384 forward passes
+
+
+class ExplainRequest(BaseModel):
+    """``POST /v1/explain``: per-base importance of the answer around the variant (the page's button)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    dna: DNAField
+    question: str = Field(min_length=1, max_length=20_000)
+    label: str | None = Field(default=None, min_length=1, max_length=500)  # None: the model's own answer
+    method: Literal["ism", "gradient"] = "ism"
+    region: int = Field(default=32, ge=1, le=EXPLAIN_MAX_REGION, strict=True)  # bases centred on the variant
+
+
+def parse_explain_request(body) -> ExplainRequest:
+    return _validated(ExplainRequest, body)
+
+
+def explain_response(e) -> dict:
+    """An ``Explanation`` as JSON: the region's bases and importance per window (1-based positions)."""
+    return {
+        "object": "explanation", "label": e.label, "label_logp": e.label_logp, "method": e.method,
+        "region": [e.region[0] + 1, e.region[1]], "centre": len(e.variant) // 2 + 1,
+        "windows": [{"name": name, "bases": e.window_bases(w), "importance": [round(float(v), 6) for v in values]}
+                    for w, (name, values) in enumerate(zip(("reference", "variant"), e.importance))],
+    }
+
+
 # Fields a client may send that this server cannot honour: refused rather than ignored.
 UNSUPPORTED = ("tools", "functions", "stop", "logprobs", "top_logprobs", "response_format")
 
 
-def parse_request(body) -> ChatRequest:
+def _validated(schema: type[BaseModel], body):
+    """``body`` checked against ``schema``; the first problem as an ``APIError`` naming the field."""
     if not isinstance(body, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(body).__name__}", code="invalid_body")
     try:
-        req = ChatRequest.model_validate(body)
+        return schema.model_validate(body)
     except ValidationError as e:
         err = e.errors()[0]
         param = ".".join(str(p) for p in err["loc"])
         raise APIError(400, f"{param or 'body'}: {err['msg']}", code="invalid_value", param=param or None) from None
+
+
+def parse_request(body) -> ChatRequest:
+    req = _validated(ChatRequest, body)
     for name in UNSUPPORTED:
         if (req.model_extra or {}).get(name):
             raise APIError(400, f"'{name}' is not supported by this server", code="unsupported_parameter", param=name)

@@ -25,8 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import AsyncTextIteratorStreamer
 
 from dnallm.data.chat import parse_answer
+from dnallm.data.dna import RecordError
+from dnallm.data.vcf import InputError
+from dnallm.serve.inputs import DNAInputError
 from dnallm.serve.protocol import (
-    APIError, ChatRequest, Completion, Limits, check_prompt_length, parse_request, sse, to_conversation, to_sampling,
+    APIError, ChatRequest, Completion, Limits, check_prompt_length, dna_error, explain_response, parse_explain_request,
+    parse_request, sse, to_conversation, to_sampling,
 )
 from dnallm.serve.session import Conversation, ModelSession, Sampling
 from dnallm.serve.slots import QueueFull, Slots, Ticket
@@ -176,6 +180,20 @@ async def complete(run: Run, completion: Completion, ticket: Ticket, request: Re
     return JSONResponse(completion.response("".join(text), run.finish_reason, run.usage))
 
 
+def check_model(name: str, session: ModelSession) -> None:
+    if name != session.name:
+        raise APIError(404, f"model {name!r} not found; this server serves {session.name!r}", code="model_not_found",
+                       param="model")
+
+
+def reserve(slots: Slots) -> Ticket:
+    """A place in the line for the model, or 429 when the line is full."""
+    try:
+        return slots.reserve()
+    except QueueFull as e:
+        raise APIError(429, str(e), code="queue_full", type_="rate_limit_error") from None
+
+
 def create_app(session: ModelSession, limits: Limits, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="dnallm", docs_url=None, redoc_url=None, openapi_url=None)
     slots = Slots(limits.max_queue)
@@ -204,23 +222,18 @@ def create_app(session: ModelSession, limits: Limits, api_key: str | None = None
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str):
-        if model_id != session.name:
-            raise APIError(404, f"model {model_id!r} not found; this server serves {session.name!r}", code="model_not_found", param="model")
+        check_model(model_id, session)
         return model_card()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req: ChatRequest = parse_request(await read_json(request, limits.max_body_bytes))
-        if req.model != session.name:
-            raise APIError(404, f"model {req.model!r} not found; this server serves {session.name!r}", code="model_not_found", param="model")
+        check_model(req.model, session)
         conv = to_conversation(req, session, limits)
         sampling = to_sampling(req, session, limits)
         n_prompt = len(session.prompt_ids(conv))
         check_prompt_length(n_prompt, limits)
-        try:
-            ticket = slots.reserve()
-        except QueueFull as e:
-            raise APIError(429, str(e), code="queue_full", type_="rate_limit_error") from None
+        ticket = reserve(slots)
         run, completion = Run(session, conv, sampling, n_prompt, slots), Completion(session.name)
         if not req.stream:
             return await complete(run, completion, ticket, request)
@@ -230,6 +243,27 @@ def create_app(session: ModelSession, limits: Limits, api_key: str | None = None
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             background=BackgroundTask(ticket.release),  # if the stream never started
         )
+
+    @app.post("/v1/explain")
+    async def explain(request: Request):
+        req = parse_explain_request(await read_json(request, limits.max_body_bytes))
+        if req.model is not None:
+            check_model(req.model, session)
+        try:
+            dna = session.prepare_dna(req.dna.reference, req.dna.variant, limits.max_dna_length)
+        except DNAInputError as e:
+            raise dna_error(e) from None
+        ticket = reserve(slots)
+        try:
+            await ticket.acquire()  # the model runs one request at a time, generation or attribution
+            explanation = await anyio.to_thread.run_sync(lambda: session.explain(
+                dna, req.question, label=req.label, method=req.method, region=req.region,
+                max_new_tokens=limits.max_new_tokens))
+        except (RecordError, InputError) as e:
+            raise APIError(422, str(e), code="cannot_explain") from None
+        finally:
+            ticket.release()
+        return explain_response(explanation)
 
     @app.get("/")
     async def page():

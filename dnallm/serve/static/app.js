@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, messages: [], controller: null };
+const state = { model: null, messages: [], controller: null, prediction: null };
 
 async function loadModel() {
   const resp = await fetch("/v1/models");
@@ -28,6 +28,9 @@ function addTurn(role, text) {
 }
 
 function showPrediction(prediction) {
+  state.prediction = prediction;
+  $("explain").hidden = !prediction;
+  $("explain-box").hidden = true;
   const el = $("prediction");
   el.textContent = prediction || "no 'Answer:' line in the reply";
   $("prediction-box").className = prediction ? "" : "none";
@@ -39,6 +42,7 @@ function resetConversation() {
   state.messages = [];
   $("log").textContent = "";
   $("prediction-box").hidden = true;
+  $("explain-box").hidden = true;
   showError("");
 }
 
@@ -150,8 +154,69 @@ async function ask(event) {
   }
 }
 
+// Importance of each base of the centre of both windows: one request, at most 64 bases.
+async function explain() {
+  const question = state.messages.filter((m) => m.role === "user").map((m) => m.content)[0];
+  if (!question || !state.prediction) return;
+  showError("");
+  setBusy(true);
+  $("explain-caption").textContent = "scoring every base change around the variant…";
+  $("explain-box").hidden = false;
+  try {
+    const resp = await fetch("/v1/explain", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model: state.model, question, label: state.prediction, method: "ism", region: 32,
+                             dna: { reference: $("reference").value, variant: $("variant").value } }),
+    });
+    const body = await resp.json();
+    if (!resp.ok) throw new Error(body.error ? body.error.message : `${resp.status} ${resp.statusText}`);
+    drawTrack(body);
+  } catch (err) {
+    $("explain-box").hidden = true;
+    showError("explain: " + err.message);
+  } finally {
+    setBusy(false);
+  }
+}
+
+const BASE_COLOURS = { A: "#109648", C: "#255c99", G: "#f7b32b", T: "#d62839", N: "#888888" };
+
+// One row per window: a bar per base, as tall as its importance, the base letter under it.
+function drawTrack(result) {
+  const svg = $("explain-track");
+  const ns = "http://www.w3.org/2000/svg";
+  const n = result.windows[0].bases.length;
+  const width = 14 * n + 70, rowHeight = 70, barHeight = 48;
+  svg.setAttribute("viewBox", `0 0 ${width} ${2 * rowHeight + 6}`);
+  svg.textContent = "";
+  const top = Math.max(...result.windows.flatMap((w) => w.importance), 1e-12);
+  const add = (tag, attrs, text) => {
+    const el = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (text !== undefined) el.textContent = text;
+    svg.appendChild(el);
+  };
+  result.windows.forEach((w, row) => {
+    const y0 = row * rowHeight + barHeight + 4;
+    add("text", { x: 0, y: y0, "font-size": 11 }, w.name);
+    [...w.bases].forEach((base, i) => {
+      const x = 66 + 14 * i, h = (barHeight * w.importance[i]) / top;
+      const centre = result.region[0] + i === result.centre;
+      if (centre) add("rect", { x: x - 1, y: y0 - barHeight, width: 14, height: barHeight + 16, fill: "#e5e7eb" });
+      const colour = BASE_COLOURS[base] || "#888";
+      add("rect", { x, y: y0 - h, width: 12, height: h, fill: colour });
+      add("text", { x: x + 6, y: y0 + 12, "font-size": 11, "text-anchor": "middle", fill: colour }, base);
+    });
+  });
+  const how = result.method === "ism" ? "mean |change of log p| when the base is changed" : "|gradient × input|";
+  $("explain-caption").textContent = `Which bases move '${result.label}' (log p ${result.label_logp.toFixed(2)}): ` +
+    `positions ${result.region[0]}-${result.region[1]} of the window, ${how}; the variant's position shaded.`;
+}
+
 function setBusy(busy) {
   $("ask").disabled = busy;
+  $("explain").disabled = busy;
   $("stop").disabled = !busy;
   document.body.dataset.busy = busy ? "1" : "0";
 }
@@ -159,6 +224,7 @@ function setBusy(busy) {
 $("ask-form").addEventListener("submit", ask);
 $("stop").addEventListener("click", () => state.controller && state.controller.abort());
 $("reset").addEventListener("click", resetConversation);
+$("explain").addEventListener("click", explain);
 $("fasta").addEventListener("change", (e) => e.target.files[0] && loadFasta(e.target.files[0]));
 $("reference").addEventListener("input", dnaChanged);
 $("variant").addEventListener("input", dnaChanged);
