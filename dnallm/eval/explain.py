@@ -27,7 +27,7 @@ its own; ``scores`` keeps the signs.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,7 +61,6 @@ class Explanation:
     region: tuple[int, int]
     scores: np.ndarray  # (2 windows, region bases, 4 bases A C G T): see ``score_semantics``
     genome: tuple[str, int] | None = None  # (contig, 0-based position of reference window base 0), VCF records
-    extra: dict = field(default_factory=dict)
 
     @property
     def importance(self) -> np.ndarray:
