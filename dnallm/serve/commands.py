@@ -108,7 +108,11 @@ def _serve(args) -> None:
         max_prompt_tokens=args.max_prompt_tokens, max_queue=args.max_queue,
     )
     sock = bind(args.host, args.port)  # before the (slow) model load: a port in use fails at once
-    session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides, name=args.model_name)
+    try:
+        session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides, name=args.model_name)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(session, limits, api_key=args.api_key, allowed_hosts=allowed_hosts)
     print(f"serving {session.name!r} on http://{args.host}:{args.port}/ (page), /v1/chat/completions (API)", file=sys.stderr)
     run_server(app, sock, limits, log_level=args.log_level)
