@@ -177,6 +177,7 @@ def embed(model: str | Path | DNAEncoder, sequences: list[str], *, layer: int = 
     ``DNAEncoder`` already loaded. ``pool``: ``mean`` over positions, ``max``, ``last``
     (the last real position, natural for causal models such as Genos) -> ``(n, hidden)``
     float32 on the CPU; ``none`` -> one ``(positions, hidden)`` tensor per sequence.
+    ``sequences`` is a list: a single string is refused (it would read as one-base sequences).
     """
     if pool not in POOLS:
         raise ValueError(f"pool={pool!r}: choose one of {', '.join(POOLS)}")

@@ -118,6 +118,7 @@ def exclusive_output(output: str | Path, what: str = "output folder", *, folder:
     """
     output = Path(output)
     path = output / LOCK_NAME if folder else output.with_name(f".{output.name}.lock")
+    created = [p for p in [path.parent, *path.parent.parents] if not p.exists()]  # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = _take_lock(path, f"{what} {output}")
     try:
@@ -127,6 +128,15 @@ def exclusive_output(output: str | Path, what: str = "output folder", *, folder:
     finally:
         path.unlink(missing_ok=True)  # before closing, while still held: no one else can hold this inode
         os.close(fd)
+        _remove_if_empty(created)  # a run that failed before writing leaves no folder behind
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: the run wrote there
+            return
 
 
 def _take_lock(path: Path, named: str) -> int:
