@@ -32,7 +32,7 @@ from dnallm.data.vcf import InputError
 from dnallm.encoders import DNAEncoder
 from dnallm.eval.answers import Prediction, predict_batch
 from dnallm.eval.kegg import max_new_tokens_for
-from dnallm.fusion.classifier import masked_mean
+from dnallm.fusion.summary import masked_mean
 from dnallm.hub import locate_model, resolve_dtype
 from dnallm.io import atomic_open, save_tensors
 from dnallm.serve.session import Conversation, ModelSession, Sampling

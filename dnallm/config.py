@@ -119,11 +119,11 @@ class ProjectorConfig:
     kind: str = "mlp"  # linear | mlp | conv
     pool: int = check(1, ge=1)  # bases per LLM position
     kernel: int = check(9, ge=1)  # conv only: bases each LLM position sees (>= pool)
-    # Variant summary after the two blocks (dnallm/fusion/summary.py): none | pooled | centre | pooled+centre.
-    # "none" is the published layout (two DNA blocks only).
-    summary: str = "pooled+centre"
+    # Variant summary after the two blocks (dnallm/fusion/summary.py): none, or views joined with "+" from
+    # pooled | aligned | kmers | centre. "none" is the published layout (two DNA blocks only).
+    summary: str = "pooled+aligned+kmers"
     summary_tokens: int = check(4, ge=1)  # LLM positions the summary takes (more positions, more of the attention)
-    summary_context: int = check(9, ge=1)  # centre view: bases around the variant it reads (odd)
+    summary_context: int = check(17, ge=1)  # bases the local views read around the change: flanks of context // 2 (odd)
 
 
 @dataclass

@@ -17,6 +17,11 @@ class CheckpointError(ValueError):
     """A checkpoint cannot serve as asked (weights missing, no base model, no hidden states)."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first line (its class name if it has no message): for one-line errors."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def _own_code(config_dict: dict) -> str:
     return f"ships its own modelling code (model_type={config_dict.get('model_type')!r}, auto_map={sorted(config_dict['auto_map'])})"
 
@@ -72,7 +77,7 @@ def check_remote_code(name_or_path: str, trust_remote_code: bool, recipe_key: st
         config_dict, _ = PretrainedConfig.get_config_dict(name_or_path)
     except (OSError, ValueError) as e:
         key = f"{recipe_key.rsplit('.', 1)[0]}.name_or_path"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise ModelNotFound(f"{key}={name_or_path!r}: cannot load this model ({reason}); "
                             f"pass {key}=PATH (a local folder or a hub ID) on the command line") from None
     if trust_remote_code:

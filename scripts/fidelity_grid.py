@@ -1,7 +1,7 @@
 """Planted signals x fusion designs x compression: is DNA + text at least as good as its parts?
 
 For each planted signal this writes a dataset (``dnallm planted``), trains and scores the
-text-only LLM and the DNA-only head once (neither depends on the fusion design), then the
+text-only LLM and the DNA-only head once (the head reads the default design's pair features), then the
 fusion model for every design and compression factor k, all through ``dnallm baselines``
 with the tiny planted recipe. Prints one JSON document; writes ``grid.md`` and ``grid.json``. Runs already in ``--out``
 are read back, not repeated: a stopped grid goes on where it stopped.
@@ -27,12 +27,12 @@ from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import FIXED_CLASSES, SIGNALS, planted_signal_records
 from dnallm.eval.baselines import BaselinesRecipe, run_baselines
 from dnallm.eval.table import markdown_table
-from dnallm.fusion.summary import SUMMARY_KINDS
+from dnallm.fusion.summary import DEFAULT_SUMMARY
 from dnallm.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
-DESIGNS = ("pooled+centre", "none", "published", "pooled", "centre")  # the default first
-assert set(DESIGNS) == {"published", *SUMMARY_KINDS}
+# The default first; "pooled+centre" is the summary before alignment, "none" / "published" no summary.
+DESIGNS = (DEFAULT_SUMMARY, "pooled+aligned", "aligned+kmers", "pooled+centre", "none", "published")
 
 
 def design_overrides(design: str, pool: int) -> list[str]:

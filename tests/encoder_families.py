@@ -8,6 +8,7 @@ code get a folder with its ``configuration_*.py`` / ``modeling_*.py`` (ours, see
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import shutil
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
-from transformers import BertConfig, BertForMaskedLM, BertTokenizer, EsmConfig, EsmForMaskedLM, EsmTokenizer, PreTrainedTokenizerFast
+from transformers import BertConfig, BertForMaskedLM, BertTokenizer, EsmTokenizer, PreTrainedTokenizerFast
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
+from dnallm.encoders.remote_code import V4_CONFIG_DEFAULTS, fill_config_defaults, removed_helpers
 from dnallm.tiny import make_tiny_genos
 
 REMOTE_CODE = Path(__file__).resolve().parent / "remote_code"
@@ -40,20 +42,21 @@ def char_tokenizer(specials: list[str], pad: str, unk: str) -> PreTrainedTokeniz
 
 
 def nucleotide_transformer(out: Path) -> Family:
-    """EsmForMaskedLM + EsmTokenizer over non-overlapping 6-mers (single bases for a remainder)."""
+    """Nucleotide Transformer v2's interface: ``model_type: esm`` with its own layers (rotary, gated
+    feed-forward), only task classes in ``auto_map``, EsmTokenizer over non-overlapping 6-mers
+    (single bases for a remainder)."""
     vocab = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
     vocab += ["".join(k) for k in itertools.product("ATCG", repeat=6)] + list("ATCGN")
     out.mkdir(parents=True)
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = EsmTokenizer(str(out / "vocab.txt"), model_max_length=1000)
     (out / "vocab.txt").unlink()
-    config = EsmConfig(vocab_size=len(vocab), hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-                       max_position_embeddings=1002, pad_token_id=1, mask_token_id=2, position_embedding_type="absolute",
-                       token_dropout=False, emb_layer_norm_before=False)
-    torch.manual_seed(0)
-    EsmForMaskedLM(config).save_pretrained(out)
+    auto_map = {"AutoConfig": "esm_config.EsmConfig", "AutoModelForMaskedLM": "modeling_esm.EsmForMaskedLM"}
+    _remote(out, "ntv2", auto_map["AutoConfig"], auto_map["AutoModelForMaskedLM"], auto_map, vocab_size=len(vocab),
+            hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, pad_token_id=1,
+            mask_token_id=2)
     tokenizer.save_pretrained(out)
-    return Family(out, False, 48, 6)
+    return Family(out, True, 48, 6)
 
 
 def bert(out: Path) -> Family:
@@ -79,15 +82,22 @@ def wordpiece_bert(out: Path) -> Path:
 
 
 def _remote(out: Path, package: str, config_class: str, model_class: str, auto_map: dict, **config_kwargs):
-    """Save a model of our own remote code the way ``save_pretrained`` would ship it."""
-    out.mkdir(parents=True)
+    """Save a model of our own remote code the way transformers 4's ``save_pretrained`` shipped the
+    published checkpoints: built with its config defaults, which its ``config.json`` leaves out."""
+    out.mkdir(parents=True, exist_ok=True)
     for source in (REMOTE_CODE / package).glob("*.py"):
         shutil.copy(source, out / source.name)
-    config = get_class_from_dynamic_module(config_class, str(out))(**config_kwargs)
+    with removed_helpers():  # transformers 4's helpers, which the code imports
+        config = get_class_from_dynamic_module(config_class, str(out))(**config_kwargs)
+        model_class = get_class_from_dynamic_module(model_class, str(out))
     config.auto_map = auto_map
+    fill_config_defaults(config)
     torch.manual_seed(0)
-    model = get_class_from_dynamic_module(model_class, str(out))(config)
+    model = model_class(config)
     model.save_pretrained(out)
+    saved = json.loads((out / "config.json").read_text())
+    kept = {k: v for k, v in saved.items() if k not in V4_CONFIG_DEFAULTS or v != V4_CONFIG_DEFAULTS[k]}
+    (out / "config.json").write_text(json.dumps(kept, indent=2))
     return model
 
 
@@ -103,9 +113,9 @@ def dnabert2(out: Path) -> Family:
     auto_map = {"AutoConfig": "configuration_dnabert.DNABertConfig", "AutoModel": "modeling_dnabert.DNABertModel",
                 "AutoModelForMaskedLM": "modeling_dnabert.DNABertForMaskedLM"}
     _remote(out, "dnabert", auto_map["AutoConfig"], auto_map["AutoModelForMaskedLM"], auto_map, vocab_size=len(tokenizer),
-            hidden_size=72, num_hidden_layers=2, num_attention_heads=4, intermediate_size=144, pad_token_id=tokenizer.pad_token_id)
+            hidden_size=72, num_hidden_layers=2, num_attention_heads=4, intermediate_size=144)
     tokenizer.save_pretrained(out)
-    return Family(out, True, 72, 2)  # BPE merges learned on random sequence: about 2 bases per token
+    return Family(out, True, 72, 3)  # 96 BPE merges learned on random sequence: 2.8 bases per token on mixed sequence
 
 
 def hyenadna(out: Path) -> Family:
@@ -114,7 +124,7 @@ def hyenadna(out: Path) -> Family:
                 "AutoModelForCausalLM": "modeling_dnaconv.DNAConvForCausalLM"}
     tokenizer = char_tokenizer(["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"], "[PAD]", "[UNK]")
     model = _remote(out, "dnaconv", auto_map["AutoConfig"], auto_map["AutoModelForCausalLM"], auto_map,
-                    vocab_size=len(tokenizer), d_model=40, n_layer=2, bidirectional=False)
+                    vocab_size=len(tokenizer), d_model=40, n_layer=2)
     for weights in out.glob("*.safetensors"):
         weights.unlink()
     torch.save(model.state_dict(), out / "pytorch_model.bin")
@@ -123,12 +133,12 @@ def hyenadna(out: Path) -> Family:
 
 
 def caduceus(out: Path) -> Family:
-    """Caduceus's interface: ``d_model``, bidirectional, no attention mask."""
-    auto_map = {"AutoConfig": "configuration_dnaconv.DNAConvConfig", "AutoModel": "modeling_dnaconv.DNAConvModel",
-                "AutoModelForMaskedLM": "modeling_dnaconv.DNAConvForMaskedLM"}
+    """Caduceus's interface: ``d_model``, bidirectional, no attention mask, a trunk class without ``post_init``."""
+    auto_map = {"AutoConfig": "configuration_caduceus.CaduceusConfig", "AutoModel": "modeling_caduceus.Caduceus",
+                "AutoModelForMaskedLM": "modeling_caduceus.CaduceusForMaskedLM"}
     tokenizer = char_tokenizer(["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"], "[PAD]", "[UNK]")
-    _remote(out, "dnaconv", auto_map["AutoConfig"], auto_map["AutoModelForMaskedLM"], auto_map,
-            vocab_size=len(tokenizer), d_model=24, n_layer=2, bidirectional=True)
+    _remote(out, "caduceus", auto_map["AutoConfig"], auto_map["AutoModelForMaskedLM"], auto_map,
+            vocab_size=len(tokenizer), d_model=24, n_layer=2)
     tokenizer.save_pretrained(out)
     return Family(out, True, 24, 1)
 

@@ -16,7 +16,7 @@ from dnallm.data.dna import RecordError
 from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.encoders import DNAEncoder
-from dnallm.fusion.classifier import masked_mean
+from dnallm.fusion.summary import masked_mean
 from dnallm.train.finetune import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -48,7 +48,7 @@ def test_cached_embeddings_give_the_live_logits_at_k1(tmp_path, tiny_models, dat
 
     batch = processor.collate([processor(ex) for ex in load_examples(data / "train.jsonl", recipe.data.dna_window).select(range(4))])
     with torch.no_grad():
-        outs = [model.eval()(batch["input_ids"], batch["attention_mask"], *dna_inputs(src, batch["dna"], 1)).logits for src in (live, cached)]
+        outs = [model.eval()(batch["input_ids"], batch["attention_mask"], **dna_inputs(src, batch["dna"], 1)).logits for src in (live, cached)]
     assert torch.equal(outs[0], outs[1])
     assert cache_embeddings(recipe)["computed"] == 0  # second run: all hits
 

@@ -2,16 +2,25 @@
 loading the trunk, hidden states, width, bases per token, and the command line end to end."""
 
 import json
+import random
+import re
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, modeling_utils, pytorch_utils
 
 from dnallm.cli import main
 from dnallm.config import load_recipe
 from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.encoders import DNAEncoder, DNATokenizer
+from dnallm.encoders.hf import PROBE
+from dnallm.encoders.remote_code import (fill_config_defaults, find_pruneable_heads_and_indices, removed_helpers,
+                                         tensors_made_at_init)
 from dnallm.fusion.projector import n_pooled
 from dnallm.hub import CheckpointError, RemoteCodeNotAllowed
 from dnallm.train.build import build_encoder, build_model, build_processor
@@ -75,8 +84,6 @@ def test_command_line_names_the_recipe_key_in_one_line(families, tiny_models, da
 
 def test_own_code_without_an_automodel_entry_loads_the_task_class_trunk(families, tmp_path):
     # Nucleotide Transformer v2's layout: auto_map names only task classes.
-    import shutil
-
     source = families["caduceus"]
     copy = tmp_path / "no-automodel"
     shutil.copytree(source.path, copy)
@@ -86,7 +93,7 @@ def test_own_code_without_an_automodel_entry_loads_the_task_class_trunk(families
     seq = ["ACGTTGCAAGGCTTACGATCGG"]
     reference = _encoder(source).encode(seq)[0]
     trunk = DNAEncoder(str(copy), trust_remote_code=True)
-    assert type(trunk.model).__name__ == "DNAConvModel"
+    assert type(trunk.model).__name__ == "Caduceus"
     assert torch.equal(trunk.encode(seq)[0], reference)
 
 
@@ -102,11 +109,121 @@ def test_wordpiece_tokenizer_that_loses_dna_is_refused(tmp_path):
         DNATokenizer(str(wordpiece_bert(tmp_path / "wordpiece")))
 
 
+def test_probe_mixes_all_four_bases():
+    counts = Counter(PROBE)
+    assert sorted(counts) == list("ACGT") and min(counts.values()) > len(PROBE) / 5
+
+
+def test_bpe_bases_per_token_is_the_mean_on_mixed_sequence(families):
+    tokenizer = DNATokenizer(str(families["dnabert2"].path), trust_remote_code=True)
+    rng = random.Random(11)
+    fresh = ["".join(rng.choice("ACGT") for _ in range(480)) for _ in range(20)]
+    mean = sum(map(len, fresh)) / sum(map(tokenizer.n_positions, fresh))  # 2.8 for this vocabulary
+    assert tokenizer.bases_per_token == round(mean)
+    # One repeated base tokenizes otherwise: a probe of 'T's alone would measure 2.
+    assert round(480 / tokenizer.n_positions("T" * 480)) != tokenizer.bases_per_token
+
+
+def _fresh_copy(family, folder: Path) -> str:
+    """The checkpoint under a new folder name: transformers imports its code as a new module."""
+    shutil.copytree(family.path, folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("name, auto_class, failure", [
+    ("dnabert2", AutoModel, r"has no attribute 'pad_token_id'"),  # transformers 4's config default
+    ("caduceus", AutoModel, r"has no attribute 'all_tied_weights_keys'"),  # the trunk skips post_init()
+    ("nucleotide_transformer", AutoModelForMaskedLM, r"cannot import name 'find_pruneable_heads_and_indices'"),
+])
+def test_stand_ins_break_under_plain_transformers_as_published_code_does(families, tmp_path, name, auto_class, failure):
+    path = _fresh_copy(families[name], tmp_path / f"plain-{name}")
+    with pytest.raises((AttributeError, ImportError), match=failure):
+        auto_class.from_pretrained(path, trust_remote_code=True)
+
+
+def test_tensor_made_at_init_is_built_off_meta_keeping_the_random_state(families, tmp_path):
+    family = families["dnabert2"]
+    # With the config defaults alone, transformers 5 leaves DNABERT-2's ALiBi table on the meta device
+    # and its token types unwritten.
+    path = _fresh_copy(family, tmp_path / "meta-dnabert2")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    fill_config_defaults(config)
+    on_meta = AutoModel.from_pretrained(path, config=config, trust_remote_code=True)
+    assert tensors_made_at_init(on_meta) == ["encoder.alibi", "embeddings.token_type_ids"]
+    assert on_meta.encoder.alibi.is_meta
+
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    encoder = _encoder(family)
+    assert torch.equal(torch.rand(4), expected)  # loading (twice here) drew nothing from the random state
+    assert not encoder.model.encoder.alibi.is_meta and not encoder.model.embeddings.token_type_ids.any()
+    # Equal outputs to the trunk built on the CPU and filled by hand, as transformers 4 loaded it.
+    reference = type(encoder.model)(encoder.model.config, add_pooling_layer=False)
+    weights = load_file(family.path / "model.safetensors")
+    reference.load_state_dict({k.removeprefix("bert."): v for k, v in weights.items() if k.startswith("bert.")})
+    batch = encoder.tokenizer(["ACGTTGCAAGGCTTACGATCGGATCCATGCAA", "TTGACCGTAGCATG"])
+    embeds, mask = encoder.encode(["ACGTTGCAAGGCTTACGATCGGATCCATGCAA", "TTGACCGTAGCATG"])
+    want = reference.eval()(batch["input_ids"], attention_mask=batch["attention_mask"].long())[0]
+    torch.testing.assert_close(embeds[mask], want[mask], rtol=1e-5, atol=1e-6)
+
+
+def test_removed_helpers_behave_as_transformers_4s(families):
+    # Head 2 is already gone, so head 1 still sits second: its two rows go, of the three heads left.
+    heads, keep = find_pruneable_heads_and_indices([1, 2], n_heads=3, head_size=2, already_pruned_heads={2})
+    assert heads == {1} and keep.tolist() == [0, 1, 4, 5]
+    with removed_helpers():  # where transformers 4 exported them: older code imports them from modeling_utils
+        from transformers.modeling_utils import apply_chunking_to_forward, prune_linear_layer  # noqa: F401
+    encoder = _encoder(families["nucleotide_transformer"])
+    # present only while the code is imported
+    assert not hasattr(pytorch_utils, "find_pruneable_heads_and_indices")
+    assert not hasattr(modeling_utils, "prune_linear_layer")
+    bias = encoder.model.get_extended_attention_mask(torch.tensor([[1, 1, 0]]), (1, 3))
+    assert bias.shape == (1, 1, 1, 3) and bias[0, 0, 0].tolist() == [0.0, 0.0, torch.finfo(torch.float32).min]
+    before = encoder.encode(["ACGTTGCAAGGCTTACGATCGG"])[0]
+    encoder.model.layers[0].attention.prune_heads({1})  # the published code's own pruning, through the helper
+    assert encoder.model.layers[0].attention.query.weight.shape == (36, 48)
+    assert not torch.allclose(encoder.encode(["ACGTTGCAAGGCTTACGATCGG"])[0], before)
+
+
+def _needing(family, folder: Path, line: str) -> Path:
+    """A copy of the Caduceus stand-in whose code imports as the published code does (not in a try block)."""
+    _fresh_copy(family, folder)
+    modeling = folder / "modeling_caduceus.py"
+    modeling.write_text(f"{line}\n{modeling.read_text()}")
+    return folder
+
+
+@pytest.mark.parametrize("package, message", [
+    ("mamba_ssm", r"mamba_ssm, which is not installed \(pip install mamba-ssm; it needs a CUDA GPU and a CUDA build of torch\)$"),
+    ("dnallm_absent_package", r"dnallm_absent_package, which is not installed \(pip install dnallm-absent-package\)$"),
+])
+def test_missing_package_is_one_line_naming_it(families, tiny_models, data, tmp_path, capsys, package, message):
+    path = _needing(families["caduceus"], tmp_path / f"needs-{package}", f"import {package}")
+    code = main(["train", str(REPO / "recipes/kegg/tiny.yaml"), f"encoder.name_or_path={path}",
+                 "encoder.trust_remote_code=true", f"llm.name_or_path={tiny_models['qwen3']}", f"data.train={data / 'train.jsonl'}", "data.val=",
+                 f"output_dir={tmp_path / 'run'}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1
+    assert errors[0].startswith(f"dnallm train: error: {path}: its own modelling code needs {package}")
+    assert re.search(message, errors[0])
+
+
+def test_import_failing_inside_the_code_is_one_line(families, tmp_path):
+    # Caduceus raises its own ImportError, naming no package, when its fused kernels are missing.
+    path = _fresh_copy(families["caduceus"], tmp_path / "fused-caduceus")
+    config = json.loads((tmp_path / "fused-caduceus" / "config.json").read_text())
+    (tmp_path / "fused-caduceus" / "config.json").write_text(json.dumps({**config, "fused_add_norm": True}))
+    with pytest.raises(CheckpointError, match=r"fused-caduceus: its own modelling code cannot import what it needs "
+                                              r"\(Failed to import the fused add \+ norm kernels\)$"):
+        DNAEncoder(path, trust_remote_code=True)
+
+
 @pytest.mark.parametrize("name, pool, kernel, want", [
     ("nucleotide_transformer", 12, 24, (2, 4)),  # 6 bases per token
     ("nucleotide_transformer", 4, 9, (1, 2)),  # rounded, never below one token
     ("genos", 8, 16, (8, 16)),  # one token per base
-    ("dnabert2", 8, 16, (4, 8)),  # measured mean: 2 bases per token
+    ("dnabert2", 8, 16, (3, 5)),  # measured mean on mixed sequence: 2.8 bases per token
 ])
 def test_pool_and_kernel_are_bases(families, tiny_models, tmp_path, name, pool, kernel, want):
     family = families[name]

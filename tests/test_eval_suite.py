@@ -13,7 +13,7 @@ from dnallm.config import load_recipe
 from dnallm.data.dna import RecordError
 from dnallm.data.kegg import read_jsonl, write_jsonl
 from dnallm.data.synthetic import (
-    DISEASES, FIXED_CLASSES, QUESTION, SIGNALS, SUBSTITUTIONS, hard_records, planted_records, planted_signal_records,
+    DISEASES, FIXED_CLASSES, INDEL_SIGNALS, QUESTION, SIGNALS, SITE, SUBSTITUTIONS, hard_records, planted_records, planted_signal_records,
 )
 from dnallm.eval.kegg import load_eval_examples, score, write_outputs
 from dnallm.data.labels import LabelSet
@@ -76,7 +76,7 @@ def test_planted_signal_motif_matches_planted_records():
     assert old == new
 
 
-@pytest.mark.parametrize("signal", sorted(SIGNALS))
+@pytest.mark.parametrize("signal", sorted(set(SIGNALS) - set(INDEL_SIGNALS)))
 def test_planted_signal_is_a_function_of_the_dna_near_the_variant(signal):
     n_classes = FIXED_CLASSES.get(signal, 12)
     records = planted_signal_records(300, n_classes=n_classes, length=4001, seed=1, signal=signal)
@@ -117,6 +117,53 @@ def test_single_base_signals_centre_and_substitution_class():
     # All 12 ordered substitutions occur, and either base alone leaves three classes open (1/3 at best).
     assert len({(r["reference_sequence"][centre], r["variant_sequence"][centre]) for r in records}) == 12
     assert {len(labels) for labels in seen.values()} == {3}
+
+
+def _sites(seq: str) -> list[int]:
+    return [i for i in range(len(seq) - len(SITE) + 1) if seq[i : i + len(SITE)] == SITE]
+
+
+def test_site_signal_gained_lost_unchanged_and_neither_window_decides():
+    centre, k = 2000, len(SITE)
+    records = planted_signal_records(600, n_classes=3, seed=3, signal="site")
+    label_of = {DISEASES[i]: name for i, name in enumerate(("gained", "lost", "unchanged"))}
+    present = {}  # (site in the reference's 32 bp, site in the variant's 32 bp) -> labels seen
+    for r in records:
+        ref, var = r["reference_sequence"], r["variant_sequence"]
+        assert [i for i, (a, b) in enumerate(zip(ref, var)) if a != b] == [centre]  # one SNV, at the centre
+        over = lambda seq: [i for i in _sites(seq[centre - k + 1 : centre + k])]  # noqa: E731
+        expected = {"gained": (0, 1), "lost": (1, 0), "unchanged": (0, 0)}[label_of[r["answer"]]]
+        assert (len(over(ref)), len(over(var))) == expected
+        window = slice(centre - 16, centre + 16)
+        present.setdefault((bool(_sites(ref[window])), bool(_sites(var[window]))), set()).add(label_of[r["answer"]])
+        if label_of[r["answer"]] == "unchanged":  # a copy beside the variant, in both windows
+            assert _sites(ref[window]) and _sites(var[window])
+    # A site in both windows is any of the three classes: presence alone decides nothing.
+    assert present[(True, True)] == {"gained", "lost", "unchanged"}
+    assert {label for labels in present.values() for label in labels} == {"gained", "lost", "unchanged"}
+
+
+def test_indel_and_repeat_signals_change_the_length_as_their_class_says():
+    from dnallm.data.dna import centre_window, change_span
+
+    sizes = {0: range(1, 4), 1: range(6, 13), 2: range(-3, 0), 3: range(-12, -5)}  # variant minus reference length
+    for r in planted_signal_records(200, n_classes=4, seed=4, signal="indel"):
+        label = DISEASES.index(r["answer"])
+        change = len(r["variant_sequence"]) - len(r["reference_sequence"])
+        assert change in sizes[label]
+        # Centred 32-bp windows, aligned: exactly the inserted (deleted) bases differ.
+        ref, var = (centre_window(r[f], 32, where="t", field=f) for f in ("reference_sequence", "variant_sequence"))
+        (r0, r1), (v0, v1) = change_span(ref, var)
+        assert (v1 - v0) - (r1 - r0) == change and min(r1 - r0, v1 - v0) == 0
+    for r in planted_signal_records(200, n_classes=4, seed=4, signal="repeat"):
+        label = DISEASES.index(r["answer"])
+        ref, var = r["reference_sequence"], r["variant_sequence"]
+        unit = 2 if label < 2 else 3
+        assert len(var) - len(ref) == (unit if label % 2 == 0 else -unit)
+        longer, shorter = (var, ref) if label % 2 == 0 else (ref, var)
+        (l0, l1), _ = change_span(longer, shorter)
+        added = longer[l0:l1]
+        assert longer[l0 - unit : l0] == added or longer[l1 : l1 + unit] == added  # a tandem copy of its neighbour
 
 
 def test_planted_signal_rejects_bad_parameters():

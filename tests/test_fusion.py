@@ -1,5 +1,7 @@
 """Where DNA enters the LLM: placeholder layout, scatter order, masks and the loss mask."""
 
+import random
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -155,7 +157,7 @@ def test_summary_sees_one_base_at_the_centre_of_a_long_window():
     torch.manual_seed(0)
     ref = torch.randn(1, 1001, DNA_HIDDEN)
     var = ref.clone()
-    var[0, 500] += 1.0  # one changed position: the variant at the window's centre
+    var[0, 500] = torch.randn(DNA_HIDDEN)  # one changed position: the variant at the window's centre
     mask = torch.ones(2, 1001, dtype=torch.bool)
     pair = torch.cat([ref, var])
     torch.testing.assert_close(centre_positions(pair, mask, 5), pair[:, 498:503])
@@ -176,3 +178,44 @@ def test_summary_sees_one_base_at_the_centre_of_a_long_window():
         summary(torch.randn(3, 10, DNA_HIDDEN), torch.ones(3, 10, dtype=torch.bool))
     with pytest.raises(ValueError, match="summary_context must be odd"):
         VariantSummary(DNA_HIDDEN, 8, context=4)
+
+
+def test_change_span_aligns_flanks_of_snvs_insertions_and_deletions():
+    from dnallm.data.dna import centre_window, change_span
+
+    rng = random.Random(7)
+    left, right = ("".join(rng.choice("ACGT") for _ in range(60)) for _ in range(2))
+    window = lambda seq: centre_window(seq, 40, where="t", field="seq")  # noqa: E731  each centred on its own allele
+    snv_ref, snv_var = window(left + "A" + right), window(left + "C" + right)
+    assert change_span(snv_ref, snv_var) == ((20, 21), (20, 21))
+    ref, var = window(left + "G" + right), window(left + "GTTACA" + right)  # an insertion of TTACA after the anchor G
+    (r0, r1), (v0, v1) = change_span(ref, var)
+    assert (r1 - r0, v1 - v0) == (0, 5) and var[v0:v1] == "TTACA"
+    assert ref[:r0][-10:] == var[:v0][-10:] and ref[r1:][:10] == var[v1:][:10]  # flanks meet on both sides
+    assert change_span(var, ref) == ((v0, v1), (r0, r1))  # the deletion is the mirror image
+    assert change_span("ACGTTTGCA", "ACGTTTTGCA") == ((6, 6), (6, 7))  # in a run: the longest left flank wins
+    assert change_span("ACGTACGT", "ACGTACGT") == ((4, 4), (4, 4))  # no change: an empty span at the centre
+
+
+def test_pair_views_line_up_an_insertions_flanks_and_show_its_bases():
+    """With embeddings that are a function of the base alone, the aligned flanks of a pair are
+    equal position by position and the allele slots hold the inserted bases, whatever the shift."""
+    from dnallm.data.dna import centre_window
+    from dnallm.fusion.processor import pair_spans
+    from dnallm.fusion.summary import pair_views
+
+    rng = random.Random(3)
+    left, right = ("".join(rng.choice("ACGT") for _ in range(50)) for _ in range(2))
+    ref, var = (centre_window(s, 32, where="t", field="seq") for s in (left + "A" + right, left + "AGGCATT" + right))
+    one_hot = torch.eye(4)[torch.tensor([["ACGT".index(b) for b in seq] for seq in (ref, var)])]  # (2, 32, 4)
+    spans = pair_spans([ref, var])[:, :2]
+    views = pair_views(one_hot, torch.ones(2, 32, dtype=torch.bool), spans, context=9)  # flanks of 4, 5 allele slots
+    aligned, valid = views["aligned"], views["aligned_mask"]
+    flanks = list(range(4)) + list(range(9, 13))
+    torch.testing.assert_close(aligned[0, flanks], aligned[1, flanks])
+    assert valid[:, flanks].all() and views["allele_len"].tolist() == [0, 6]
+    assert valid[0, 4:9].sum() == 0 and valid[1, 4:9].all()  # the reference has no allele; 5 of the 6 inserted bases shown
+    assert "".join("ACGT"[i] for i in aligned[1, 4:9].argmax(-1)) == "GGCAT"
+    # The k-mer view reads each window's contiguous stretch: the variant's insertion with its flanks.
+    stretch = "".join("ACGT"[i] for i in views["local"][1][views["local_mask"][1]].argmax(-1))
+    assert stretch == var[spans[1, 0] - 4 : spans[1, 0] + 4 + 5]

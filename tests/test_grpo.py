@@ -154,7 +154,7 @@ def test_sampled_groups_and_their_log_probabilities(tiny_models, planted, under_
     # each prompt's two sequences, embedded once, repeated for its 3 replies
     ref_var, _ = encoder.encode([examples[1]["ref_window"], examples[1]["var_window"]])
     for row in (3, 4, 5):
-        torch.testing.assert_close(rollout.dna_embeds[2 * row : 2 * row + 2], ref_var)
+        torch.testing.assert_close(rollout.dna["dna_embeds"][2 * row : 2 * row + 2], ref_var)
     # the mask ends at the first end of turn
     for ids, mask in zip(rollout.reply_ids, rollout.reply_mask):
         ends = (ids == tokenizer.eos_token_id).nonzero().flatten().tolist()
@@ -164,7 +164,8 @@ def test_sampled_groups_and_their_log_probabilities(tiny_models, planted, under_
     logps = reply_logps(model, rollout)
     n_prompt = rollout.input_ids.shape[1] - rollout.reply_ids.shape[1]
     with torch.no_grad():
-        out = model(rollout.input_ids[:1, : n_prompt + 1], rollout.attention_mask[:1, : n_prompt + 1], rollout.dna_embeds[:2], rollout.dna_mask[:2])
+        out = model(rollout.input_ids[:1, : n_prompt + 1], rollout.attention_mask[:1, : n_prompt + 1],
+                    **{key: t[:2] for key, t in rollout.dna.items()})
     expected = out.logits[0, -2:].log_softmax(-1)
     torch.testing.assert_close(logps[0, :2], expected.gather(-1, rollout.reply_ids[0, :2, None]).squeeze(-1), atol=1e-5, rtol=0)
 

@@ -90,7 +90,7 @@ def test_save_then_load_gives_identical_logits(tmp_path, tiny_models, planted):
     def logits(m, enc):
         dna = dna_inputs(enc, batch["dna"], 8)
         with torch.no_grad():
-            return m.eval()(batch["input_ids"], batch["attention_mask"], *dna).logits
+            return m.eval()(batch["input_ids"], batch["attention_mask"], **dna).logits
 
     _, encoder2, loaded, _ = load_checkpoint(checkpoint, "cpu")
     assert torch.equal(logits(model, encoder), logits(loaded, encoder2))
@@ -182,7 +182,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_models, 
         processor = build_processor(recipe, tokenizer, encoder)
         batch = processor.collate([processor(ex) for ex in load_examples(planted / "train.jsonl", recipe.data.dna_window).select(range(4))])
         model.train()
-        loss = model(batch["input_ids"], batch["attention_mask"], *dna_inputs(encoder, batch["dna"], 8), labels=batch["labels"]).loss
+        loss = model(batch["input_ids"], batch["attention_mask"], **dna_inputs(encoder, batch["dna"], 8), labels=batch["labels"]).loss
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
         assert model.llm.base_model.model.model.gradient_checkpointing == (flag == "true")

@@ -141,9 +141,9 @@ def test_answers_match_eval_and_probability_matches_forced_decoding(checkpoint, 
     reply_ids = tokenizer(row["reply"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     features = processor(example, with_answer=False)
     ids = torch.tensor([features["input_ids"] + reply_ids])
-    dna_embeds, dna_mask = dna_inputs(encoder, features["dna"], 8)
+    dna = dna_inputs(encoder, features["dna"], 8)
     with torch.no_grad():
-        logits = model(ids, torch.ones_like(ids), dna_embeds, dna_mask).logits[0].float()  # (tokens, vocab)
+        logits = model(ids, torch.ones_like(ids), **dna).logits[0].float()  # (tokens, vocab)
     logits[:, [model.dna_start_id, model.dna_pad_id, model.dna_end_id]] = -math.inf
     n_prompt = len(features["input_ids"])
     logp = logits[n_prompt - 1 : -1].log_softmax(-1).gather(-1, torch.tensor(reply_ids)[:, None]).squeeze(-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 ALPHABET = "ACGTN"
@@ -53,12 +54,17 @@ def centre_window(seq: str, window: int, *, where: str, field: str) -> str:
     return seq[start : start + window]
 
 
-def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def _common_prefix(a: str, b: str, start_a: int = 0, start_b: int = 0) -> int:
+    """Length of the common prefix of ``a[start_a:]`` and ``b[start_b:]`` (binary search over
+    slice comparisons: each comparison runs in C)."""
+    low, high = 0, min(len(a) - start_a, len(b) - start_b)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[start_a : start_a + mid] == b[start_b : start_b + mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def check_pair(ref: str, var: str, *, where: str) -> None:
@@ -80,3 +86,47 @@ def check_pair(ref: str, var: str, *, where: str) -> None:
             f"suffix {suffix} bp, need {need} bp each); both must be the same locus cut "
             f"symmetrically around the variant"
         )
+
+
+def _aligned_run(a: str, b: str, max_shift: int) -> tuple[int, int, int]:
+    """The longest run of equal bases from the start of ``a`` and ``b`` under a shift.
+
+    ``a[i] == b[i + shift]`` for ``i`` in ``[start, start + length)`` where ``start`` is where
+    both strings have a base at index 0 of the run. -> (shift, start in a, length), the
+    smallest |shift| among the longest runs.
+    """
+    best = (0, 0, _common_prefix(a, b))
+    for magnitude in range(1, max_shift + 1):
+        for shift in (magnitude, -magnitude):
+            start = max(0, -shift)
+            if a[start] != b[start + shift]:  # most shifts fail at once
+                continue
+            length = _common_prefix(a, b, start, start + shift)
+            if length > best[2]:
+                best = (shift, start, length)
+    return best
+
+
+@functools.lru_cache(maxsize=4096)  # a training epoch meets the same pairs again
+def change_span(ref: str, var: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where the variant window differs from the reference window: ``((r0, r1), (v0, v1))``,
+    ``ref[r0:r1]`` became ``var[v0:v1]`` (either may be empty: an insertion, a deletion).
+
+    The two windows are aligned as a variant caller would trim an allele: the left flanks
+    from the left, the right flanks from the right, each under the shift that lines it up
+    (windows centred on their own allele are offset by half the length change on each side).
+    What is left between the flanks is the change. Identical windows give an empty span at
+    the centre; in a repeat, where an indel's place is ambiguous, the longest left flank wins.
+    """
+    if ref == var:
+        return (len(ref) // 2, len(ref) // 2), (len(var) // 2, len(var) // 2)
+    max_shift = min(len(ref), len(var)) // 4
+    shift, start, left = _aligned_run(ref, var, max_shift)
+    r0 = start + left
+    v0 = r0 + shift
+    # The right flanks: the same on the reversed windows.
+    shift_r, start_r, right = _aligned_run(ref[::-1], var[::-1], max_shift)
+    right = max(0, min(right, len(ref) - start_r - r0, len(var) - start_r - shift_r - v0))
+    r1 = len(ref) - start_r - right
+    v1 = len(var) - start_r - shift_r - right
+    return (r0, max(r0, r1)), (v0, max(v0, v1))

@@ -99,9 +99,21 @@ SIGNALS = {
     "centre": "the variant's centre base (4 classes); the reference centre base is another, random one",
     "substitution": "the substitution ref>alt folded to a pyrimidine reference: C>A C>G C>T T>A T>C T>G "
                     "(6 classes; ref and alt both random, so one sequence alone caps accuracy at 1/3)",
+    "site": "a binding-site 8-mer overlapping the variant at any offset is gained (only in the variant), lost (only in "
+            "the reference) or unchanged (a copy nearby in both, untouched by the variant); copies nearby in both "
+            "windows in half the gained and lost records too, so neither window, nor the presence of a site, decides "
+            "(3 classes)",
+    "indel": "an insertion or a deletion, short (1-3 bp) or long (6-12 bp), sequences of different lengths, each "
+             "centred on its own allele (4 classes)",
+    "repeat": "a short tandem repeat beside the variant gains or loses one unit, of 2 or of 3 bases (4 classes: "
+              "expansion or contraction x unit size); what decides is the pair's lengths and the repeat around the "
+              "change, never one window or the centre base",
 }
 # Signals whose class count is fixed by the rule itself.
-FIXED_CLASSES = {"centre": 4, "substitution": 6}
+FIXED_CLASSES = {"centre": 4, "substitution": 6, "site": 3, "indel": 4, "repeat": 4}
+# Signals whose two sequences differ in length.
+INDEL_SIGNALS = ("indel", "repeat")
+SITE = "TGACGTCA"  # a CRE-like palindromic 8-mer: the planted binding site
 BASES = "ACGT"
 COMPLEMENT = str.maketrans("ACGT", "TGCA")
 # The six single-base substitution classes, pyrimidine reference first (as in mutational signatures).
@@ -153,6 +165,18 @@ def planted_signal_records(
     if signal == "motif" and n_classes <= len(DISEASES):
         records = planted_records(n_records, n_classes, length, motif_len, seed)
         return [{**r, "question": question, "answer": names[DISEASES.index(r["answer"])]} for r in records]
+    if signal in CHANGE_SIGNALS:
+        rng = random.Random(seed)
+        records = []
+        for i in range(n_records):
+            reference, variant = CHANGE_SIGNALS[signal](i % n_classes, length, rng)
+            records.append({
+                "question": question, "answer": names[i % n_classes],
+                "reasoning": f"Planted signal '{signal}' for class {i % n_classes}.",
+                "reference_sequence": reference, "variant_sequence": variant,
+            })
+        rng.shuffle(records)
+        return records
     rng = random.Random(seed)
     motifs = motif_vocabulary(n_motifs=n_classes, motif_len=motif_len, seed=20251 + n_classes)
     kmers = _class_kmers(n_classes, 5, per_class=max(1, min(4, 1024 // n_classes)), seed=seed) if signal == "kmer" else None
@@ -192,6 +216,73 @@ def _centre_pair(signal: str, label: int, rng: random.Random) -> tuple[str, str]
     if rng.random() < 0.5:  # the same substitution read from the other strand: purine reference
         ref, alt = ref.translate(COMPLEMENT), alt.translate(COMPLEMENT)
     return ref, alt
+
+
+def _random(n: int, rng: random.Random) -> list[str]:
+    return [rng.choice(BASES) for _ in range(n)]
+
+
+def _sites_over(seq: list[str] | str, centre: int) -> int:
+    """How many copies of ``SITE`` overlap position ``centre``."""
+    k = len(SITE)
+    text = "".join(seq[max(0, centre - k + 1) : centre + k])
+    return sum(text[i : i + k] == SITE for i in range(len(text) - k + 1))
+
+
+def _site_pair(label: int, length: int, rng: random.Random) -> tuple[str, str]:
+    """``site``: 0 gained, 1 lost, 2 unchanged. -> (reference, variant), an SNV at the centre."""
+    centre, k = length // 2, len(SITE)
+    while True:
+        seq = _random(length, rng)
+        if label == 2 or rng.random() < 0.5:  # a copy beside the variant, in both windows, that it leaves alone
+            gap = rng.randint(1, 4)
+            _plant(seq, centre + gap if rng.random() < 0.5 else centre - gap - k + 1 - 1, SITE)
+        if label < 2:  # the site over the variant, at any offset: in the variant (gained) or the reference (lost)
+            _plant(seq, centre - rng.randrange(k), SITE)
+        other = seq.copy()
+        other[centre] = rng.choice([b for b in BASES if b != seq[centre]])
+        with_site, without = "".join(seq), "".join(other)
+        if label < 2 and (_sites_over(with_site, centre) != 1 or _sites_over(without, centre) != 0):
+            continue  # the substitution must make or break exactly one site
+        if label == 2 and (_sites_over(with_site, centre) or _sites_over(without, centre)):
+            continue  # unchanged: no site over the variant on either side
+        if label == 0:
+            return without, with_site
+        return with_site, without
+
+
+def _indel_pair(label: int, length: int, rng: random.Random) -> tuple[str, str]:
+    """``indel``: 0 short insertion, 1 long insertion, 2 short deletion, 3 long deletion.
+    BioReason's non-SNV layout: flank + allele + flank, the allele carrying a VCF anchor base."""
+    flank = length // 2
+    size = rng.randint(1, 3) if label in (0, 2) else rng.randint(6, 12)
+    left, right, anchor = _random(flank, rng), _random(flank, rng), rng.choice(BASES)
+    changed = _random(size, rng)
+    while changed[0] == right[0]:  # the change must not be shiftable into the right flank (a repeat)
+        changed = _random(size, rng)
+    short, long_ = "".join(left + [anchor] + right), "".join(left + [anchor] + changed + right)
+    return (short, long_) if label < 2 else (long_, short)
+
+
+def _repeat_pair(label: int, length: int, rng: random.Random) -> tuple[str, str]:
+    """``repeat``: 0 expansion of a 2-base unit, 1 contraction of it, 2 expansion of a 3-base unit,
+    3 contraction of it. The repeat (4 to 6 units) sits left of the change, one unit is added or
+    taken away; the unit's bases are random, not all alike (no homopolymer)."""
+    unit_len = 2 if label < 2 else 3
+    unit = _random(unit_len, rng)
+    while len(set(unit)) == 1:
+        unit = _random(unit_len, rng)
+    flank = length // 2
+    units = rng.randint(4, 6)
+    left = _random(flank - units * unit_len, rng) + unit * units
+    right = _random(flank, rng)
+    while right[:unit_len] == unit:  # the repeat ends where the flank begins
+        right = _random(flank, rng)
+    shorter, longer = "".join(left + right), "".join(left + unit + right)
+    return (shorter, longer) if label % 2 == 0 else (longer, shorter)
+
+
+CHANGE_SIGNALS = {"site": _site_pair, "indel": _indel_pair, "repeat": _repeat_pair}
 
 
 def hard_records(records: list[dict], prompt: str = UNINFORMATIVE_PROMPT) -> list[dict]:

@@ -14,6 +14,7 @@ The same three rules hold for every family, whatever its architecture or output 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import random
 
@@ -24,23 +25,36 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
-from dnallm.hub import CheckpointError, check_remote_code, remote_code_hint
+from dnallm.encoders.remote_code import (add_removed_methods, fill_config_defaults, loadable, missing_package,
+                                         removed_helpers, restore_buffers, tensors_made_at_init)
+from dnallm.hub import CheckpointError, check_remote_code, first_line, remote_code_hint
 
 RECIPE_KEY = "encoder.trust_remote_code"
 
-# A fixed pseudo-random DNA sequence: measures bases per token and the output width. Its
-# length is a multiple of every k up to 6 (a k-mer tokenizer gives exactly k) and stays
-# within a 512-token model limit.
-PROBE = "".join(random.Random(0).choice("ACGT") for _ in range(480))
+
+def _random_dna(n_bases: int, seed: int) -> str:
+    rng = random.Random(seed)  # one generator for the whole sequence: reseeding per base repeats one base
+    return "".join(rng.choice("ACGT") for _ in range(n_bases))
+
+
+# A fixed pseudo-random DNA sequence of all four bases: measures bases per token (a BPE
+# tokenizer's mean token length depends on the mix) and the output width. Its length is a
+# multiple of every k up to 6 (a k-mer tokenizer gives exactly k) and stays within a 512-token
+# model limit.
+PROBE = _random_dna(480, seed=0)
 
 # Task classes whose base model is the trunk, for checkpoints whose own code has no AutoModel.
 _TASK_CLASSES = ("AutoModelForMaskedLM", "AutoModelForCausalLM")
 
 
+def _runs_own_code(config, trust_remote_code: bool) -> bool:
+    return trust_remote_code and bool(getattr(config, "auto_map", None))
+
+
 def _trunk_class(config, name_or_path: str, trust_remote_code: bool) -> tuple[type, bool]:
     """-> (class to load, whether its ``base_model`` is the trunk)."""
-    auto_map = getattr(config, "auto_map", None) or {}
-    if trust_remote_code and auto_map:
+    if _runs_own_code(config, trust_remote_code):
+        auto_map = config.auto_map
         for key in ("AutoModel", *_TASK_CLASSES):
             if key in auto_map:
                 return get_class_from_dynamic_module(auto_map[key], name_or_path), key != "AutoModel"
@@ -57,20 +71,23 @@ def load_backbone(name_or_path: str, dtype, trust_remote_code: bool, device: str
 
     Heads in the checkpoint are expected to be left out, so transformers' load report is
     kept quiet; weights the trunk needs but the checkpoint lacks would stay randomly
-    initialised, so they are an error.
+    initialised, so they are an error. Loading leaves the random state as it was (weights the
+    trunk's class initialises and drops would otherwise draw from it), so a run that loads the
+    encoder and one that reads its cache go on identically.
     """
     check_remote_code(name_or_path, trust_remote_code, RECIPE_KEY)
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    model_class, take_base = _trunk_class(config, name_or_path, trust_remote_code)
+    with _running_own_code(name_or_path, trust_remote_code):
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model_class, take_base = _trunk_class(config, name_or_path, trust_remote_code)
     kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
     if device.startswith("cuda"):
         kwargs["device_map"] = {"": device}
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model, info = model_class.from_pretrained(name_or_path, config=config, dtype=dtype, output_loading_info=True, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    with torch.random.fork_rng(devices=_cuda_index(device)):
+        if _runs_own_code(config, trust_remote_code):
+            with _running_own_code(name_or_path, trust_remote_code):
+                model, info = _load_own_code(model_class, name_or_path, config, dtype, kwargs)
+        else:
+            model, info = _from_pretrained(model_class, name_or_path, config, dtype, kwargs)
     missing = sorted(info["missing_keys"]) + sorted(k for k, *_ in info["mismatched_keys"])
     if take_base:  # only the trunk inside the task class has to be complete
         missing = [k for k in missing if k.startswith(model_class.base_model_prefix + ".")]
@@ -79,6 +96,63 @@ def load_backbone(name_or_path: str, dtype, trust_remote_code: bool, device: str
         hint = "" if trust_remote_code else remote_code_hint(name_or_path, RECIPE_KEY)
         raise CheckpointError(f"{name_or_path}: the checkpoint lacks or mis-shapes weights the encoder needs: {listed}" + (f"; {hint}" if hint else ""))
     return model.base_model if take_base else model
+
+
+def _cuda_index(device: str) -> list[int]:
+    """The CUDA device index of ``device``, as a list (empty for the CPU)."""
+    if not device.startswith("cuda"):
+        return []
+    index = torch.device(device).index
+    return [torch.cuda.current_device() if index is None else index]
+
+
+def _from_pretrained(model_class: type, name_or_path: str, config, dtype, kwargs: dict):
+    """-> (model, transformers' loading info), its report of heads left out kept quiet."""
+    with _transformers_quiet():
+        return model_class.from_pretrained(name_or_path, config=config, dtype=dtype, output_loading_info=True,
+                                           **kwargs)
+
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers' warnings off: reports that are expected here, or that our own error replaces."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _load_own_code(model_class: type, name_or_path: str, config, dtype, kwargs: dict):
+    """A checkpoint's own classes, written for transformers 4, loaded under transformers 5 (see
+    ``remote_code``): built on the meta device as transformers does, unless the code made tensors
+    in ``__init__`` that loading cannot fill; then built again, on the CPU, where ``__init__`` gives
+    them their values."""
+    fill_config_defaults(config)
+    add_removed_methods(model_class)
+    model, info = _from_pretrained(loadable(model_class, on_meta=True), name_or_path, config, dtype, kwargs)
+    if tensors_made_at_init(model):
+        off_meta = loadable(model_class, on_meta=False)
+        model, info = _from_pretrained(off_meta, name_or_path, config, dtype, kwargs)
+        restore_buffers(model, off_meta)
+    model.__class__ = model_class  # the checkpoint's own class, not the loading subclass
+    return model, info
+
+
+@contextlib.contextmanager
+def _running_own_code(name_or_path: str, trust_remote_code: bool):
+    """Around importing and running a checkpoint's own code: transformers' removed helpers present,
+    and an import it cannot make one line naming the package (and whether it needs CUDA)."""
+    if not trust_remote_code:
+        yield
+        return
+    try:
+        with removed_helpers(), _transformers_quiet():  # its warning on a failed import repeats our error
+            yield
+    except ImportError as e:
+        reason = missing_package(e) or f"cannot import what it needs ({first_line(e)})"
+        raise CheckpointError(f"{name_or_path}: its own modelling code {reason}") from None
 
 
 class DNATokenizer:
@@ -90,7 +164,8 @@ class DNATokenizer:
 
     def __init__(self, name_or_path: str, trust_remote_code: bool = False):
         check_remote_code(name_or_path, trust_remote_code, RECIPE_KEY)
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        with _running_own_code(name_or_path, trust_remote_code):
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         probe = self.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
         if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in probe:

@@ -82,11 +82,11 @@ def predict_batch(model, encoder, processor, examples: list[dict], *, max_new_to
     """
     tokenizer = processor.tokenizer
     batch = processor.collate([processor(ex, with_answer=False) for ex in examples], side="left")
-    dna_embeds, dna_mask = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else (None, None)
+    dna = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else {}
     chosen = ChosenTokenLogps()
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
         tokens = model.generate(
-            batch["input_ids"].to(device), batch["attention_mask"].to(device), dna_embeds, dna_mask,
+            batch["input_ids"].to(device), batch["attention_mask"].to(device), **dna,
             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=end_of_turn_id(tokenizer),
             logits_processor=LogitsProcessorList([chosen]),
         )  # (batch, new_tokens): generation from embeddings returns only new tokens

@@ -2,7 +2,8 @@
 
 - ``dna+text``: the fusion model (frozen encoder -> projector -> LoRA LLM), as trained by ``dnallm train``;
 - ``text-only``: the same LLM + LoRA trained on the question alone (``data.use_dna=false``);
-- ``dna-only``: the frozen encoder + a classifier head over pooled ref / variant embeddings.
+- ``dna-only``: the frozen encoder + a classifier head over the fusion model's pair features
+  (``projector.summary``'s views; with ``summary: none``, the default views).
 
 All three are scored by the same code (``dnallm.eval.kegg.score``) on the same test file.
 """
@@ -17,14 +18,15 @@ from pathlib import Path
 
 from dnallm.config import Recipe, RecipeError, recipe_from_dict
 from dnallm.data.kegg import load_examples
-from dnallm.eval.dna_only import DNAHeadConfig, fit_dna_only, load_head, pooled_pair_features, predict
+from dnallm.eval.dna_only import DNAHeadConfig, encode_pairs, fit_dna_only, load_head, predict
 from dnallm.data.labels import LabelSet
 from dnallm.eval.kegg import OUTPUT_FILES, evaluate, load_eval_examples, score, write_outputs
 from dnallm.eval.plots import plot_comparison
 from dnallm.eval.table import markdown_table, text_table
 from dnallm.hub import locate_models
 from dnallm.io import atomic_write_text, check_outputs
-from dnallm.train.build import build_encoder
+from dnallm.fusion.summary import DEFAULT_SUMMARY
+from dnallm.train.build import build_encoder, projector_positions
 from dnallm.train.engine import pick_device
 from dnallm.train.finetune import train
 
@@ -65,13 +67,16 @@ def run_dna_only(recipe: BaselinesRecipe, out_dir: Path) -> dict:
     device = pick_device()
     encoder = build_encoder(kegg_recipe(recipe, run_dir, use_dna=True), device)
     window, batch = recipe.data.dna_window, recipe.encoder.batch_size
+    # The fusion model's own pair features, so that the baseline reads the DNA as it does.
+    kind = DEFAULT_SUMMARY if recipe.projector.summary == "none" else recipe.projector.summary
+    context = projector_positions(recipe, encoder.tokenizer)[2]
     tick = time.perf_counter()
-    fit = fit_dna_only(encoder, load_examples(recipe.data.train, window), recipe.dna_head,
+    fit = fit_dna_only(encoder, load_examples(recipe.data.train, window), recipe.dna_head, kind=kind, context=context,
                        encoder_batch_size=batch, seed=recipe.seed, out_dir=run_dir / "head")
     train_s = time.perf_counter() - tick
     head, meta = load_head(run_dir / "head")
     test = load_eval_examples(eval_files(recipe), window, need_dna=True)
-    pred_labels = predict(head.to("cpu"), pooled_pair_features(encoder, test, batch), meta["labels"])
+    pred_labels = predict(head.to("cpu"), encode_pairs(encoder, test, batch, meta["context"]), meta["labels"])
     texts = [f"Answer: {p}" for p in pred_labels]  # same parsing path as the LLMs' replies
     truth, pred, scores = score(list(test["answer"]), texts, LabelSet(meta["labels"]), recipe.data.train)
     metrics = {"checkpoint": str(run_dir / "head"), "data": eval_files(recipe), "uses_dna": True, **scores, "fit": fit}

@@ -41,10 +41,10 @@ def generate_replies(model, encoder, processor, examples, *, batch_size: int, ma
     for start in tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch"):
         chunk = order[start : start + batch_size]
         batch = processor.collate([rows[i] for i in chunk], side="left")
-        dna_embeds, dna_mask = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else (None, None)
+        dna = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else {}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             new_tokens = model.generate(
-                batch["input_ids"].to(device), batch["attention_mask"].to(device), dna_embeds, dna_mask,
+                batch["input_ids"].to(device), batch["attention_mask"].to(device), **dna,
                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=end_of_turn,
             )
         for i, tokens, text in zip(chunk, new_tokens.tolist(), tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):

@@ -39,8 +39,12 @@ class DNAFusionLM(nn.Module):
         self.logits = "reply"  # "reply": LM head on labelled tokens only, chunked; "full": every position
         self.logits_chunk = 1024  # positions per LM-head chunk
 
-    def embed(self, input_ids: torch.Tensor, dna_embeds: torch.Tensor | None = None, dna_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Text embeddings with DNA features in the placeholder slots. (batch, tokens, hidden)"""
+    def embed(self, input_ids: torch.Tensor, dna_embeds: torch.Tensor | None = None, dna_mask: torch.Tensor | None = None,
+              dna_spans: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings with DNA features in the placeholder slots. (batch, tokens, hidden)
+
+        ``dna_spans`` (n_seq, 2): where each window's change lies (``processor.dna_inputs``);
+        without it the summary reads the middle of each window."""
         inputs_embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.dna_pad_id  # (batch, tokens)
         n_slots = int(slots.sum())
@@ -52,7 +56,7 @@ class DNAFusionLM(nn.Module):
                 dna_mask = torch.ones(dna_embeds.shape[:2], dtype=torch.bool, device=dna_embeds.device)
             features, feature_mask = self.projector(dna_embeds, dna_mask)  # (n_seq, n_out, hidden), (n_seq, n_out)
             if self.summary is not None:  # per sample: reference block, variant block, summary
-                summary = self.summary(dna_embeds, dna_mask)  # (n_pairs, n_summary, hidden)
+                summary = self.summary(dna_embeds, dna_mask, dna_spans)  # (n_pairs, n_summary, hidden)
                 n_pairs = summary.shape[0]
                 features = torch.cat([features.reshape(n_pairs, -1, features.shape[-1]), summary.to(features.dtype)], 1)
                 feature_mask = torch.cat([feature_mask.reshape(n_pairs, -1), feature_mask.new_ones(summary.shape[:2])], 1)
@@ -68,35 +72,36 @@ class DNAFusionLM(nn.Module):
         return inputs_embeds
 
     def forward(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, labels=None, position_ids=None, cu_seq_lens=None,
-                score_mask=None):
+                score_mask=None, dna_spans=None):
         """With ``labels``: the mean next-token loss over labelled tokens, from logits on those
         tokens only (``logits="reply"``, chunked; see ``dnallm.fusion.packing``) or over every
         position (``logits="full"``, transformers' own loss; ``.logits`` is returned).
         ``cu_seq_lens``: a packed row (``packing.pack_rows``). With ``score_mask``: the tensor
         ``token_logps`` returns (through the forward, so that training engines wrap it)."""
         if score_mask is not None:
-            return self.token_logps(input_ids, attention_mask, score_mask, dna_embeds, dna_mask)
+            return self.token_logps(input_ids, attention_mask, score_mask, dna_embeds, dna_mask, dna_spans)
         if labels is not None and self.logits == "reply":
-            hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens)
+            hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens, dna_spans)
             keep, targets = shifted_targets(labels)
             logps = chunked_token_logps(hidden[:, :-1][keep], targets, self.llm.get_output_embeddings(), self.logits_chunk)
             return CausalLMOutputWithPast(loss=-logps.sum() / max(targets.numel(), 1))
-        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask)
+        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
         return self.llm(inputs_embeds=inputs_embeds, labels=labels, position_ids=position_ids, use_cache=False,
                         **self._attention_kwargs(attention_mask, cu_seq_lens))
 
-    def hidden_states(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, position_ids=None, cu_seq_lens=None):
+    def hidden_states(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, position_ids=None, cu_seq_lens=None,
+                      dna_spans=None):
         """The decoder's last hidden states, before the LM head. (batch, tokens, hidden)"""
-        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask)
+        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
         decoder = self.llm.get_base_model().get_decoder()
         out = decoder(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False,
                       **self._attention_kwargs(attention_mask, cu_seq_lens))
         return out.last_hidden_state
 
-    def token_logps(self, input_ids, attention_mask, score_mask, dna_embeds=None, dna_mask=None) -> torch.Tensor:
+    def token_logps(self, input_ids, attention_mask, score_mask, dna_embeds=None, dna_mask=None, dna_spans=None) -> torch.Tensor:
         """log p(token t | tokens < t) where ``score_mask`` (batch, tokens) is set, 0 elsewhere;
         the LM head runs on those positions only. (batch, tokens), fp32"""
-        hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask)
+        hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, dna_spans=dna_spans)
         keep = score_mask[:, 1:].bool()
         logps = chunked_token_logps(hidden[:, :-1][keep], input_ids[:, 1:][keep], self.llm.get_output_embeddings(), self.logits_chunk)
         out = torch.zeros(input_ids.shape, dtype=logps.dtype, device=logps.device)
@@ -113,9 +118,9 @@ class DNAFusionLM(nn.Module):
         return packed_kwargs(cu_seq_lens.to(self.dna_boundary.device))
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, **generate_kwargs):
+    def generate(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, dna_spans=None, **generate_kwargs):
         """Greedy by default; returns only the new tokens. Expects left-padded prompts."""
-        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask)
+        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("suppress_tokens", [self.dna_start_id, self.dna_pad_id, self.dna_end_id])
         return self.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
@@ -151,7 +156,7 @@ def build_fusion_lm(
     kernel: int = 9,
     summary: str = "none",
     summary_tokens: int = 1,
-    summary_context: int = 9,
+    summary_context: int = 17,
     dtype=torch.float32,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,

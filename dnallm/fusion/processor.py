@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from dnallm.data import chat
+from dnallm.data.dna import change_span
 from dnallm.fusion.packing import pack_rows
 from dnallm.fusion.projector import n_pooled
 
@@ -67,16 +68,40 @@ class DNAChatProcessor:
         return batch
 
 
-def dna_inputs(encoder, sequences: list[str], batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Run the frozen encoder over ``sequences`` in chunks. -> (embeds, mask) or (None, None)."""
+def pair_spans(sequences: list[str]) -> torch.Tensor:
+    """Where each window's changed bases lie, from aligning each (reference, variant) pair
+    (``dnallm.data.dna.change_span``). -> (n_seq, 3) long: start, end, window length in bases."""
+    if len(sequences) % 2:
+        raise ValueError(f"DNA inputs come as (reference, variant) pairs, got {len(sequences)} sequences")
+    rows = []
+    for ref, var in zip(sequences[0::2], sequences[1::2]):
+        ref_span, var_span = change_span(ref, var)
+        rows += [(*ref_span, len(ref)), (*var_span, len(var))]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def dna_inputs(encoder, sequences: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+    """Run the frozen encoder over ``sequences`` (reference, variant, reference, ...) in chunks.
+
+    -> the fusion model's DNA keyword arguments (none when there are no sequences):
+    ``dna_embeds`` (n_seq, positions, hidden), ``dna_mask`` (n_seq, positions) and
+    ``dna_spans`` (n_seq, 2): where each window's changed bases start and end, in encoder
+    positions (bases scaled by positions per base: exact for one token per base).
+    """
     if not sequences:
-        return None, None
+        return {}
     embeds, masks = [], []
     for start in range(0, len(sequences), batch_size):
         e, m = encoder.encode(sequences[start : start + batch_size])
         embeds.append(e)
         masks.append(m)
     longest = max(e.shape[1] for e in embeds)
-    embeds = [torch.nn.functional.pad(e, (0, 0, 0, longest - e.shape[1])) for e in embeds]
-    masks = [torch.nn.functional.pad(m, (0, longest - m.shape[1])) for m in masks]
-    return torch.cat(embeds), torch.cat(masks)
+    embeds = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, longest - e.shape[1])) for e in embeds])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, longest - m.shape[1])) for m in masks])
+    bases = pair_spans(sequences).to(mask.device, non_blocking=True)  # (n_seq, 3)
+    positions = mask.sum(1, keepdim=True)  # (n_seq, 1), on the device: no host sync
+    length = bases[:, 2:].clamp(min=1)
+    start = torch.div(bases[:, :1] * positions, length, rounding_mode="floor")
+    end = torch.div(bases[:, 1:2] * positions + length - 1, length, rounding_mode="floor")  # a changed base keeps its token
+    spans = torch.cat([start, torch.where(bases[:, 1:2] > bases[:, :1], end, start)], 1)
+    return {"dna_embeds": embeds, "dna_mask": mask, "dna_spans": spans}

@@ -1,20 +1,30 @@
-"""A few LLM positions that show the variant itself: the (reference, variant) pair side by side.
+"""A few LLM positions that show what the variant changes: the (reference, variant) pair side by side.
 
 The per-position blocks give the LLM every DNA position, but a variant is usually one base
-in a window of a thousand: to find it the LLM would have to compare two long blocks
-position by position. A classifier over the same frozen embeddings sees pooled reference,
-variant and their difference side by side and finds it at once. The summary gives the LLM
-that view: features of the pair, projected to ``n_tokens`` positions after the two blocks.
+in a window of a thousand, and an insertion or deletion shifts every position after it: to
+find the change the LLM would have to align two long blocks itself. The summary does it for
+the LLM: features of the pair, projected to ``n_tokens`` positions after the two blocks. The
+DNA-only baseline head reads the very same features (``PairFeatures``), so the fusion model
+and its baseline see the pair alike.
 
-Views (``kind``, joined with ``+``):
-- ``pooled``: the masked mean of each window, as the DNA-only head sees it. Works for any
-  pair of windows, aligned or not (indels are centred per allele, so they are not).
-- ``centre``: the encoder's positions at the centre of each window, where the variant sits
-  (windows are centred on the allele), ``context`` of them: a single changed base is at
-  full strength there, not diluted by the window's length, and its sequence context (the
-  neighbouring bases that decide, say, a CpG site or a splice motif) comes with it.
-Each view contributes reference, variant and variant - reference: the centre position itself
-at full width, its flanks position by position, each projected to a small width, before the MLP.
+Where the windows differ comes with the inputs (``dna_spans``, from aligning each pair:
+``dnallm.data.dna.change_span``): the left flanks aligned from the left, the right flanks from
+the right, the changed bases between them (none on one side for an insertion or deletion).
+
+Views (``kind``, joined with ``+``), each reading reference, variant and variant - reference:
+- ``pooled``: the masked mean of each window, as a classifier over whole windows sees it.
+- ``aligned``: the positions around the change, laid out so that corresponding positions
+  meet: ``flank`` before the change, the changed positions (up to ``allele``), ``flank``
+  after it; each position's (reference, variant, difference) projected to a small width and
+  laid side by side, so the MLP sees which base sits where; plus each side's allele length
+  (an insertion, a deletion, its size).
+- ``kmers``: k-mer detectors (a convolution ``flank + 1`` positions wide) run over each
+  window's contiguous stretch around the change, max-pooled: every k-mer that overlaps the
+  change is seen whole, so a binding site the variant creates or breaks shows as present in
+  one window and absent in the other.
+- ``centre``: the positions at the middle of each window (windows are centred on the
+  allele), ``context`` of them, compared position by position: the design before
+  alignment, exact for single-base variants only.
 """
 
 from __future__ import annotations
@@ -22,10 +32,49 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dnallm.fusion.classifier import masked_mean, pair_features
 
-VIEWS = ("pooled", "centre")
-SUMMARY_KINDS = ("none", "pooled", "centre", "pooled+centre")
+VIEWS = ("pooled", "aligned", "kmers", "centre")
+DEFAULT_SUMMARY = "pooled+aligned+kmers"
+POSITION_WIDTH = 64  # each aligned position's (reference, variant, difference) projected to this width
+KMER_CHANNELS = 128  # k-mer detectors
+LENGTH_WIDTH = 16  # allele-length embedding per side
+
+
+def masked_mean(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(n_seq, positions, hidden), (n_seq, positions) -> (n_seq, hidden); padding ignored."""
+    weights = mask[..., None].to(embeds.dtype)
+    return (embeds * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def pair_features(ref: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Reference, variant and their difference side by side: (..., hidden) x 2 -> (..., 3 * hidden)."""
+    return torch.cat([ref, var, var - ref], dim=-1)
+
+
+def parse_summary(kind: str) -> tuple[str, ...]:
+    """``pooled+aligned`` -> ("pooled", "aligned"); ``none`` -> (). Unknown views are an error."""
+    if kind == "none":
+        return ()
+    views = tuple(kind.split("+"))
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown or len(set(views)) != len(views) or not views:
+        raise ValueError(f"projector.summary must be none or views joined with '+' from {', '.join(VIEWS)} "
+                         f"(e.g. {DEFAULT_SUMMARY}), got {kind!r}")
+    return views
+
+
+def context_sizes(context: int) -> tuple[int, int]:
+    """``context`` encoder positions (odd) -> (flank positions each side of the change, allele slots)."""
+    if context < 1 or context % 2 == 0:
+        raise ValueError(f"projector.summary_context must be odd and >= 1 (a change and equal flanks), got {context}")
+    return context // 2, context // 2 + 1
+
+
+def centre_spans(mask: torch.Tensor) -> torch.Tensor:
+    """(n_seq, positions) -> (n_seq, 2): the middle position of each window, for inputs that
+    come without alignment (windows are centred on the allele)."""
+    middle = mask.sum(1, keepdim=True) // 2
+    return torch.cat([middle, middle + 1], 1)
 
 
 def centre_positions(embeds: torch.Tensor, mask: torch.Tensor, width: int = 1) -> torch.Tensor:
@@ -38,59 +87,130 @@ def centre_positions(embeds: torch.Tensor, mask: torch.Tensor, width: int = 1) -
     """
     count = mask.sum(1, keepdim=True)  # (n_seq, 1)
     index = count // 2 + torch.arange(width, device=embeds.device) - width // 2  # (n_seq, width)
-    inside = (index >= 0) & (index < count)
-    index = index.clamp(0, embeds.shape[1] - 1)
-    picked = embeds.gather(1, index[..., None].expand(-1, -1, embeds.shape[-1]))
-    return picked * inside[..., None].to(picked.dtype)
+    return _gather(embeds, index, (index >= 0) & (index < count))
+
+
+def _gather(embeds: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """embeds (n, positions, hidden) at index (n, k) -> (n, k, hidden), zeros where not ``valid``."""
+    picked = embeds.gather(1, index.clamp(0, embeds.shape[1] - 1)[..., None].expand(-1, -1, embeds.shape[-1]))
+    return picked * valid[..., None].to(picked.dtype)
+
+
+def pair_views(dna_embeds: torch.Tensor, dna_mask: torch.Tensor, dna_spans: torch.Tensor | None, context: int) -> dict:
+    """What ``PairFeatures`` reads of each window, gathered from the frozen embeddings (no
+    parameters: the DNA-only head computes these once and trains on them).
+
+    dna_embeds (n_seq, positions, hidden), dna_mask (n_seq, positions), dna_spans (n_seq, 2)
+    -> ``pooled`` (n_seq, hidden); ``local`` (n_seq, 2 * flank + allele, hidden): the window's
+    contiguous stretch from ``flank`` positions before its change, and ``local_mask``;
+    ``aligned`` / ``aligned_mask``: the same positions laid out so that a pair's two windows
+    line up (slots [0, flank) the left flank, then ``allele`` slots for the changed positions,
+    fewer of them valid for a shorter change, then the right flank); ``allele_len`` (n_seq,):
+    the changed positions; ``centre`` (n_seq, context, hidden).
+    """
+    flank, allele = context_sizes(context)
+    spans = centre_spans(dna_mask) if dna_spans is None else dna_spans.to(dna_mask.device)
+    start, end = spans[:, :1], spans[:, 1:]  # (n_seq, 1) each
+    count = dna_mask.sum(1, keepdim=True)  # (n_seq, 1)
+    slot = torch.arange(2 * flank + allele, device=dna_mask.device)  # (slots,)
+    local = start - flank + slot  # (n_seq, slots)
+    local_mask = (local >= 0) & (local < count) & (local < end + flank)
+    in_allele = (slot >= flank) & (slot < flank + allele)
+    aligned = torch.where(slot < flank + allele, local, end + slot - flank - allele)  # right flank from the change's end
+    aligned_mask = (aligned >= 0) & (aligned < count) & torch.where(in_allele, aligned < end, True)
+    return {
+        "pooled": masked_mean(dna_embeds, dna_mask),
+        "local": _gather(dna_embeds, local, local_mask), "local_mask": local_mask,
+        "aligned": _gather(dna_embeds, aligned, aligned_mask), "aligned_mask": aligned_mask,
+        "allele_len": (end - start).squeeze(1),
+        "centre": centre_positions(dna_embeds, dna_mask, context),
+    }
+
+
+class PairFeatures(nn.Module):
+    """``pair_views`` of (reference, variant) pairs -> one feature vector per pair. (n_pairs, n_features)"""
+
+    def __init__(self, dna_hidden: int, kind: str = DEFAULT_SUMMARY, context: int = 17):
+        super().__init__()
+        self.views = parse_summary(kind)
+        if not self.views:
+            raise ValueError("PairFeatures needs at least one view; projector.summary=none has no summary")
+        self.context = context
+        self.flank, self.allele = context_sizes(context)
+        self.norm = nn.LayerNorm(dna_hidden)
+        n = 0
+        if "pooled" in self.views:
+            n += 3 * dna_hidden
+        if "aligned" in self.views:
+            self.position_proj = _position_proj(dna_hidden)
+            self.allele_length = nn.Embedding(self.allele + 2, LENGTH_WIDTH)  # 0 .. allele, then "longer"
+            n += (2 * self.flank + self.allele) * POSITION_WIDTH + 2 * LENGTH_WIDTH
+        if "kmers" in self.views:
+            self.kmer = nn.Conv1d(dna_hidden, KMER_CHANNELS, kernel_size=self.flank + 1)
+            n += 3 * KMER_CHANNELS
+        if "centre" in self.views:
+            n += 3 * dna_hidden  # the variant's own position at full width
+            if context > 1:
+                self.centre_proj = _position_proj(dna_hidden)
+                n += context * POSITION_WIDTH
+        self.n_features = n
+
+    def forward(self, views: dict) -> torch.Tensor:
+        dtype = self.norm.weight.dtype
+        if views["pooled"].shape[0] % 2:
+            raise ValueError(f"the variant summary reads (reference, variant) pairs, got {views['pooled'].shape[0]} sequences")
+        parts = []
+        if "pooled" in self.views:
+            pooled = self.norm(views["pooled"].to(dtype))  # (2 * n_pairs, hidden)
+            parts.append(pair_features(pooled[0::2], pooled[1::2]))
+        if "aligned" in self.views:
+            slots, valid = self.norm(views["aligned"].to(dtype)), views["aligned_mask"]  # (2 * n_pairs, slots, ...)
+            both = (valid[0::2] | valid[1::2])[..., None].to(dtype)  # (n_pairs, slots, 1)
+            parts.append((self.position_proj(pair_features(slots[0::2], slots[1::2])) * both).flatten(1))
+            length = self.allele_length(views["allele_len"].clamp(0, self.allele + 1))  # (2 * n_pairs, LENGTH_WIDTH)
+            parts.append(torch.cat([length[0::2], length[1::2]], -1))
+        if "kmers" in self.views:
+            mask = views["local_mask"]
+            local = self.norm(views["local"].to(dtype)) * mask[..., None].to(dtype)  # (2 * n_pairs, slots, hidden)
+            hits = self.kmer(local.transpose(1, 2))  # (2 * n_pairs, channels, windows)
+            whole = mask.unfold(1, self.flank + 1, 1).all(-1)  # (2 * n_pairs, windows): k-mers inside the stretch
+            present = hits.masked_fill(~whole[:, None], torch.finfo(hits.dtype).min).amax(-1)
+            present = torch.where(whole.any(1, keepdim=True), present, torch.zeros_like(present))  # (2 * n_pairs, channels)
+            parts.append(pair_features(present[0::2], present[1::2]))
+        if "centre" in self.views:
+            centre = self.norm(views["centre"].to(dtype))
+            pair = pair_features(centre[0::2], centre[1::2])  # (n_pairs, context, 3 * hidden)
+            parts.append(pair[:, self.context // 2])
+            if self.context > 1:
+                parts.append(self.centre_proj(pair).flatten(1))
+        return torch.cat(parts, -1)
+
+
+def _position_proj(dna_hidden: int) -> nn.Module:
+    """One position's (reference, variant, difference) to ``POSITION_WIDTH``, as a k-mer detector's input."""
+    return nn.Sequential(nn.LayerNorm(3 * dna_hidden), nn.Linear(3 * dna_hidden, POSITION_WIDTH), nn.GELU())
 
 
 class VariantSummary(nn.Module):
     """DNA embeddings of pairs (2 * n_pairs, positions, dna_hidden), reference then variant
     -> summary embeddings (n_pairs, n_tokens, llm_hidden)."""
 
-    def __init__(self, dna_hidden: int, llm_hidden: int, kind: str = "pooled+centre", n_tokens: int = 1, context: int = 9):
-        """``context``: encoder positions the centre view reads (odd: the centre and its flanks)."""
+    def __init__(self, dna_hidden: int, llm_hidden: int, kind: str = DEFAULT_SUMMARY, n_tokens: int = 1, context: int = 17):
+        """``context``: encoder positions the local views read (odd: a change and its flanks)."""
         super().__init__()
-        if kind not in SUMMARY_KINDS or kind == "none":
-            raise ValueError(f"projector.summary must be one of {', '.join(SUMMARY_KINDS)}, got {kind!r}")
         if n_tokens < 1:
             raise ValueError(f"projector.summary_tokens must be >= 1, got {n_tokens}")
-        if context < 1 or context % 2 == 0:
-            raise ValueError(f"projector.summary_context must be odd and >= 1 (the centre and equal flanks), got {context}")
-        self.views = tuple(kind.split("+"))
+        self.features = PairFeatures(dna_hidden, kind, context)
         self.n_tokens, self.llm_hidden, self.context = n_tokens, llm_hidden, context
-        self.norm = nn.LayerNorm(dna_hidden)
-        features = 0
-        if "pooled" in self.views:
-            features += 3 * dna_hidden
-        if "centre" in self.views:
-            features += 3 * dna_hidden  # the variant's own position, as the pooled view sees a window
-            if context > 1:
-                # Each context position's (reference, variant, difference) to a small width, then
-                # side by side: the MLP sees which base sits where, as a k-mer detector does.
-                per_position = min(llm_hidden, 256)
-                self.context_proj = nn.Sequential(nn.LayerNorm(3 * dna_hidden), nn.Linear(3 * dna_hidden, per_position), nn.GELU())
-                features += context * per_position
         hidden = max(llm_hidden, 256)  # at least as wide as the DNA-only head's
         self.mlp = nn.Sequential(
-            nn.LayerNorm(features),
-            nn.Linear(features, hidden),
+            nn.LayerNorm(self.features.n_features),
+            nn.Linear(self.features.n_features, hidden),
             nn.GELU(),
             nn.Linear(hidden, n_tokens * llm_hidden),
         )
 
-    def forward(self, dna_embeds: torch.Tensor, dna_mask: torch.Tensor) -> torch.Tensor:
-        if dna_embeds.shape[0] % 2:
-            raise ValueError(f"the variant summary reads (reference, variant) pairs, got {dna_embeds.shape[0]} sequences")
-        x = self.norm(dna_embeds.to(self.norm.weight.dtype))  # (2 * n_pairs, positions, dna_hidden)
-        ref, var, ref_mask, var_mask = x[0::2], x[1::2], dna_mask[0::2], dna_mask[1::2]
-        parts = []
-        if "pooled" in self.views:
-            parts.append(pair_features(masked_mean(ref, ref_mask), masked_mean(var, var_mask)))
-        if "centre" in self.views:
-            centre = pair_features(centre_positions(ref, ref_mask, self.context), centre_positions(var, var_mask, self.context))
-            parts.append(centre[:, self.context // 2])  # (n_pairs, 3 * dna_hidden)
-            if self.context > 1:
-                parts.append(self.context_proj(centre).flatten(1))  # (n_pairs, context * per_position)
-        out = self.mlp(torch.cat(parts, dim=-1))  # (n_pairs, n_tokens * llm_hidden)
+    def forward(self, dna_embeds: torch.Tensor, dna_mask: torch.Tensor, dna_spans: torch.Tensor | None = None) -> torch.Tensor:
+        views = pair_views(dna_embeds, dna_mask, dna_spans, self.context)
+        out = self.mlp(self.features(views))  # (n_pairs, n_tokens * llm_hidden)
         return out.view(-1, self.n_tokens, self.llm_hidden)

@@ -159,13 +159,13 @@ class ModelSession:
 
     def _dna_features(self, dna: DNAPair | None):
         if dna is None:
-            return None, None
+            return {}
         if dna not in self._dna_cache:
             # A conversation re-sends the same pair every turn: keep the last few encodings.
             if len(self._dna_cache) >= 4:
                 self._dna_cache.pop(next(iter(self._dna_cache)))
             self._dna_cache[dna] = dna_inputs(self.encoder, [dna.reference, dna.variant], self.recipe.encoder.batch_size)
-        return self._dna_cache[dna]  # (2, positions, hidden), (2, positions)
+        return self._dna_cache[dna]  # the model's DNA keyword arguments
 
     def start(self, conv: Conversation, sampling: Sampling, streamer) -> Generation:
         """Start generating in a worker thread; ``streamer`` (sync or async) receives the text."""
@@ -182,9 +182,8 @@ class ModelSession:
         def run(stop_event: threading.Event) -> torch.Tensor:
             # Autocast state is per thread: set it here, in the worker.
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
-                dna_embeds, dna_mask = self._dna_features(conv.dna)
                 return self.model.generate(
-                    input_ids, torch.ones_like(input_ids), dna_embeds, dna_mask,
+                    input_ids, torch.ones_like(input_ids), **self._dna_features(conv.dna),
                     stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]), **kwargs,
                 )  # (1, new_tokens)
 

@@ -43,11 +43,11 @@ def param_groups(model, recipe: Recipe) -> list[dict]:
 
 def step_batch(engine, encoder, batch: dict, device: str, encoder_batch_size: int):
     """One micro-batch forward: frozen encoder (no graph), then the fusion model."""
-    dna_embeds, dna_mask = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else (None, None)
+    dna = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else {}
     packed = {k: batch[k].to(device) for k in ("position_ids", "cu_seq_lens") if k in batch}
     return engine(
         input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-        labels=batch["labels"].to(device), dna_embeds=dna_embeds, dna_mask=dna_mask, **packed,
+        labels=batch["labels"].to(device), **dna, **packed,
     )
 
 

@@ -22,8 +22,7 @@ class Rollout:
     input_ids: torch.Tensor  # (B*G, P+T) left-padded prompt, then the reply
     attention_mask: torch.Tensor  # (B*G, P+T)
     reply_mask: torch.Tensor  # (B*G, T) 1 on reply tokens up to and including the end of turn
-    dna_embeds: torch.Tensor | None  # (B*G*k, L, H) each prompt's k sequences, repeated for its G replies
-    dna_mask: torch.Tensor | None  # (B*G*k, L)
+    dna: dict  # the model's DNA keyword arguments (B*G*k rows: each prompt's k sequences, repeated for its G replies)
     texts: list[str]
     finished: list[bool]  # ended the turn within max_new_tokens
 
@@ -46,11 +45,11 @@ def sample_replies(model, encoder, processor, examples: list[dict], *, group_siz
     """
     tokenizer = processor.tokenizer
     batch = processor.collate([processor(ex, with_answer=False) for ex in examples], side="left")
-    dna_embeds, dna_mask = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else (None, None)
+    dna = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else {}
     prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     with autocast(device):
         replies = model.generate(
-            prompt_ids, prompt_mask, dna_embeds, dna_mask, do_sample=True, temperature=temperature, top_p=top_p,
+            prompt_ids, prompt_mask, **dna, do_sample=True, temperature=temperature, top_p=top_p,
             top_k=0,  # no top-k cut (transformers' default keeps 50): sample from what the recipe says
             num_return_sequences=group_size, max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -58,15 +57,13 @@ def sample_replies(model, encoder, processor, examples: list[dict], *, group_siz
     is_end = replies == tokenizer.eos_token_id
     reply_mask = (is_end.cumsum(1) - is_end.long()) == 0  # up to and including the first end of turn
     texts = [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(replies, reply_mask)]
-    if dna_embeds is not None:
-        k = len(batch["dna"]) // len(examples)  # sequences per prompt
-        dna_embeds = dna_embeds.unflatten(0, (len(examples), k)).repeat_interleave(group_size, 0).flatten(0, 1)
-        dna_mask = dna_mask.unflatten(0, (len(examples), k)).repeat_interleave(group_size, 0).flatten(0, 1)
+    k = len(batch["dna"]) // len(examples)  # sequences per prompt
+    dna = {key: t.unflatten(0, (len(examples), k)).repeat_interleave(group_size, 0).flatten(0, 1) for key, t in dna.items()}
     return Rollout(
         input_ids=torch.cat([prompt_ids.repeat_interleave(group_size, 0), replies], 1),
         attention_mask=torch.cat([prompt_mask.repeat_interleave(group_size, 0), reply_mask.long()], 1),
         reply_mask=reply_mask.float(),
-        dna_embeds=dna_embeds, dna_mask=dna_mask, texts=texts, finished=is_end.any(1).tolist(),
+        dna=dna, texts=texts, finished=is_end.any(1).tolist(),
     )
 
 
@@ -78,7 +75,7 @@ def reply_logps(forward, rollout: Rollout) -> torch.Tensor:
     # The LM head runs on the reply tokens only, in chunks: no (B*G, P+T, vocab) logits.
     logps = forward(
         input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-        dna_embeds=rollout.dna_embeds, dna_mask=rollout.dna_mask, score_mask=score_mask,
+        **rollout.dna, score_mask=score_mask,
     )
     return logps[:, -n_reply:]
 

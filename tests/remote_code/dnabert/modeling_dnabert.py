@@ -2,9 +2,13 @@
 QKV projection, gated MLP, post-layer norms. ``DNABertModel.forward`` returns a tuple
 ``(sequence_output, pooled_output)``, or all layers' outputs first when
 ``output_all_encoded_layers`` is set.
-"""
 
-import math
+Written the way transformers-4 code was: the embeddings read ``config.pad_token_id`` and the
+encoder ``config.is_decoder`` (defaults of transformers 4's config); the ALiBi table is a plain
+tensor attribute made in ``__init__`` (not a buffer) and the all-zero token types a
+non-persistent buffer, both made in ``__init__`` only, which transformers 5's meta-device build
+leaves without their values.
+"""
 
 import torch
 from torch import nn
@@ -15,9 +19,26 @@ from transformers.modeling_outputs import MaskedLMOutput
 from .configuration_dnabert import DNABertConfig
 
 
-def alibi_slopes(n_heads: int) -> torch.Tensor:
-    """Geometric per-head slopes 2^(-8 h / n_heads), h = 1..n_heads."""
-    return torch.tensor([2 ** (-8 * h / n_heads) for h in range(1, n_heads + 1)])
+def alibi_table(n_heads: int, size: int, device=None) -> torch.Tensor:
+    """(1, heads, size, size): -slope_h * |i - j|, slopes 2^(-8 h / n_heads), h = 1..n_heads."""
+    slopes = torch.tensor([2 ** (-8 * h / n_heads) for h in range(1, n_heads + 1)], device=device)
+    pos = torch.arange(size, device=device)
+    distance = (pos[None, :] - pos[:, None]).abs()  # (size, size)
+    return (-slopes[:, None, None] * distance)[None]
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: DNABertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(2, config.hidden_size)
+        token_types = torch.zeros(config.alibi_starting_size, dtype=torch.long)
+        self.register_buffer("token_type_ids", token_types, persistent=False)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids):  # (batch, length) -> (batch, length, hidden)
+        token_types = self.token_type_ids[: input_ids.shape[1]].expand_as(input_ids)
+        return self.norm(self.word_embeddings(input_ids) + self.token_type_embeddings(token_types))
 
 
 class Layer(nn.Module):
@@ -40,6 +61,30 @@ class Layer(nn.Module):
         return self.mlp_norm(x + self.mlp_out(F.gelu(gate) * value))
 
 
+class Encoder(nn.Module):
+    def __init__(self, config: DNABertConfig):
+        super().__init__()
+        if config.is_decoder:
+            raise ValueError("this encoder is bidirectional only")
+        self.n_heads = config.num_attention_heads
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.alibi = alibi_table(self.n_heads, config.alibi_starting_size)  # plain attribute: not in the state dict
+
+    def forward(self, x, attention_mask):  # x: (batch, length, hidden)
+        n = x.shape[1]
+        if self.alibi.shape[-1] < n:
+            self.alibi = alibi_table(self.n_heads, n, x.device)
+        elif self.alibi.device != x.device:
+            self.alibi = self.alibi.to(x.device)
+        padding = (attention_mask == 0).to(x.dtype) * torch.finfo(x.dtype).min  # (batch, length): padding keys unseen
+        bias = (self.alibi[:, :, :n, :n] + padding[:, None, None, :]).to(x.dtype)  # (batch, heads, length, length)
+        layers = []
+        for layer in self.layers:
+            x = layer(x, bias)
+            layers.append(x)
+        return layers
+
+
 class DNABertPreTrainedModel(PreTrainedModel):
     config_class = DNABertConfig
     base_model_prefix = "bert"
@@ -48,34 +93,18 @@ class DNABertPreTrainedModel(PreTrainedModel):
 class DNABertModel(DNABertPreTrainedModel):
     def __init__(self, config: DNABertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.embedding_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
-        self.register_buffer("slopes", alibi_slopes(config.num_attention_heads), persistent=False)
         self.post_init()
-
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, DNABertModel):
-            module.slopes.copy_(alibi_slopes(module.config.num_attention_heads))
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
                 output_all_encoded_layers=False, masked_tokens_mask=None, **kwargs):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        x = self.embedding_norm(self.word_embeddings(input_ids))
-        n = input_ids.shape[1]
-        pos = torch.arange(n, device=input_ids.device)
-        distance = (pos[None, :] - pos[:, None]).abs()  # (length, length)
-        bias = -self.slopes[:, None, None] * distance  # (heads, length, length)
-        bias = bias[None].masked_fill(attention_mask[:, None, None, :] == 0, -math.inf)  # padding keys unseen
-        layers = []
-        for layer in self.layers:
-            x = layer(x, bias.to(x.dtype))
-            layers.append(x)
-        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
-        return (layers if output_all_encoded_layers else x), pooled
+        layers = self.encoder(self.embeddings(input_ids), attention_mask)
+        pooled = torch.tanh(self.pooler(layers[-1][:, 0])) if self.pooler is not None else None
+        return (layers if output_all_encoded_layers else layers[-1]), pooled
 
 
 class DNABertForMaskedLM(DNABertPreTrainedModel):

@@ -1,13 +1,11 @@
-"""Residual blocks of a depthwise convolution and a gated MLP over (batch, length, d_model).
-
-Causal: position i sees positions <= i. Bidirectional: the same convolution also runs over
-the reversed sequence and the two directions are added.
+"""Residual blocks of a causal depthwise convolution (position i sees positions <= i) and a
+gated MLP over (batch, length, d_model).
 """
 
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithNoAttention, CausalLMOutput, MaskedLMOutput
+from transformers.modeling_outputs import BaseModelOutputWithNoAttention, CausalLMOutput
 
 from .configuration_dnaconv import DNAConvConfig
 
@@ -15,7 +13,7 @@ from .configuration_dnaconv import DNAConvConfig
 class ConvBlock(nn.Module):
     def __init__(self, config: DNAConvConfig):
         super().__init__()
-        self.kernel_size, self.bidirectional = config.kernel_size, config.bidirectional
+        self.kernel_size = config.kernel_size
         self.mix_norm = nn.LayerNorm(config.d_model)
         self.conv = nn.Conv1d(config.d_model, config.d_model, config.kernel_size, groups=config.d_model)
         self.mlp_norm = nn.LayerNorm(config.d_model)
@@ -27,10 +25,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x):  # (batch, length, d_model)
         h = self.mix_norm(x).transpose(1, 2)
-        mixed = self.causal_conv(h)
-        if self.bidirectional:
-            mixed = mixed + self.causal_conv(h.flip(-1)).flip(-1)
-        x = x + mixed.transpose(1, 2)
+        x = x + self.causal_conv(h).transpose(1, 2)
         gate, value = self.up(self.mlp_norm(x)).chunk(2, dim=-1)
         return x + self.down(F.silu(gate) * value)
 
@@ -74,16 +69,3 @@ class DNAConvForCausalLM(DNAConvPreTrainedModel):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         return CausalLMOutput(loss=loss, logits=logits)
-
-
-class DNAConvForMaskedLM(DNAConvPreTrainedModel):
-    def __init__(self, config: DNAConvConfig):
-        super().__init__(config)
-        self.backbone = DNAConvModel(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.post_init()
-
-    def forward(self, input_ids=None, labels=None, **kwargs):
-        logits = self.lm_head(self.backbone(input_ids, **kwargs).last_hidden_state)
-        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=logits)
