@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -172,9 +173,8 @@ def disk_error_message(error: OSError) -> str | None:
     if error.errno not in DISK_ERRNOS:
         return None
     path = Path(error.filename) if error.filename else None
-    where = f"cannot write {path}" if path else "cannot write"
-    return f"{where}: {error.strerror or os.strerror(error.errno)} ({_free_space(path)}); free space or fix the folder's " \
-           "permissions and run again (an interrupted run resumes from its last complete checkpoint or shard)"
+    return f"{path or 'a file'}: {error.strerror or os.strerror(error.errno)} ({_free_space(path)}); free space, or fix the " \
+           "folder's permissions or mount, and run again (an interrupted run resumes from its last complete checkpoint or shard)"
 
 
 def _free_space(path: Path | None) -> str:
@@ -204,11 +204,10 @@ def _as_output_error(error: BaseException, tmp: Path | str, path: Path) -> OSErr
         inside_tmp = error.filename and str(error.filename).startswith(str(tmp))
         name = str(error.filename).replace(str(tmp), str(path), 1) if inside_tmp else str(path)
         return OSError(error.errno, error.strerror, name)
-    message = str(error)
-    if type(error).__name__ == "SafetensorError" and "os error" in message:  # safetensors' Rust I/O errors
-        code = int(message.rsplit("os error", 1)[1].strip(" )"))
-        if code in DISK_ERRNOS:
-            return OSError(code, os.strerror(code), str(path))
+    # safetensors' Rust I/O errors: "... Read-only file system (os error 30) at path ..."
+    code = re.search(r"\(os error (\d+)\)", str(error)) if type(error).__name__ == "SafetensorError" else None
+    if code and int(code.group(1)) in DISK_ERRNOS:
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path))
     return None
 
 
@@ -228,7 +227,7 @@ def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | Non
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         _raise_as_output_error(e, tmp, path)
         raise
 
@@ -292,9 +291,17 @@ def atomic_open(path: str | Path, mode: str = "w"):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(Path(tmp))
         _raise_as_output_error(e, tmp, path)
         raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file; a failure here (a read-only disk refuses even that) must not hide the error being raised."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def file_figures():

@@ -381,3 +381,21 @@ def test_api_says_what_the_object_is(project, coverage, in_project):
         dnallm.embed("/nope", ["ACGT"])
     assert "model='/nope': no such model folder" in str(err.value) and "as model=" in str(err.value)
     assert "command line" not in str(err.value)
+
+
+def test_a_write_refused_by_the_disk_names_the_output_not_its_temporary_file(tmp_path):
+    """What the one line is built from, for each kind of write: the output's own path and errno."""
+    from dnallm.io import atomic_directory, atomic_write_text, disk_error_message, save_tensors
+
+    with small_disk(tmp_path / "ro", "1m", readonly=True) as ro:
+        writes = {
+            "text": (lambda: atomic_write_text(ro / "metrics.json", "{}"), ro / "metrics.json"),
+            "tensors": (lambda: save_tensors({"x": torch.zeros(4)}, ro / "shard.safetensors"), ro / "shard.safetensors"),
+            "folder": (lambda: atomic_directory(ro / "checkpoint-2").__enter__(), ro / "checkpoint-2"),
+        }
+        for kind, (write, path) in writes.items():
+            with pytest.raises(OSError) as err:
+                write()
+            line = disk_error_message(err.value)
+            assert line and line.startswith(f"{path}: Read-only file system (") and "free there" in line, (kind, line)
+        assert all_files(ro) == []
