@@ -22,8 +22,8 @@ def _make_tiny(args) -> None:
 
     data_dir = args.out / "data" / "planted"
     check_outputs(dirs=[args.out])
-    check_fresh([args.out / "tiny" / "genos", args.out / "tiny" / "qwen3", *(data_dir / f"{name}.jsonl" for name in SPLITS)],
-                overwrite=args.overwrite)
+    models = [args.out / "tiny" / "genos", args.out / "tiny" / "qwen3"]
+    check_fresh([*models, *(data_dir / f"{name}.jsonl" for name in SPLITS)], overwrite=args.overwrite)
     paths = make_tiny(args.out / "tiny", seed=args.seed)
     records = planted_records(args.records, n_classes=args.classes, seed=args.seed)
     n_val = n_test = len(records) // 10
@@ -109,7 +109,8 @@ def _cache_embeddings(args) -> None:
 
 def _demo(args) -> None:
     """Tiny checkpoints + planted data -> train on CPU -> evaluate -> print metrics."""
-    ns = argparse.Namespace(out=TINY_DIR, seed=0, records=600, classes=4, overwrite=True)  # the same seed: the same models
+    # overwrite: the same seed builds the same models and data again
+    ns = argparse.Namespace(out=TINY_DIR, seed=0, records=600, classes=4, overwrite=True)
     _make_tiny(ns)
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "kegg" / "tiny.yaml"
     if not recipe.is_file():

@@ -42,7 +42,8 @@ def check_outputs(files=(), *, dirs=(), inputs=()) -> None:
             if _same_path(out, src):
                 raise OutputPathError(f"output {out} is the input {src}{_resolved_note(out, src)}; write the output to another path")
             if src.is_dir() and out.resolve().is_relative_to(src.resolve()):
-                raise OutputPathError(f"output {out} is inside the input folder {src}; write the output to another path")
+                raise OutputPathError(f"output {out} is inside the input folder {src}; "
+                                      "write the output to another path")
         for other in outputs[:i]:
             if _same_path(out, other):
                 raise OutputPathError(f"outputs {other} and {out} are the same file{_resolved_note(out, other)}; give them different paths")
@@ -173,8 +174,9 @@ def disk_error_message(error: OSError) -> str | None:
     if error.errno not in DISK_ERRNOS:
         return None
     path = Path(error.filename) if error.filename else None
-    return f"{path or 'a file'}: {error.strerror or os.strerror(error.errno)} ({_free_space(path)}); free space, or fix the " \
-           "folder's permissions or mount, and run again (an interrupted run resumes from its last complete checkpoint or shard)"
+    reason = error.strerror or os.strerror(error.errno)
+    return (f"{path or 'a file'}: {reason} ({_free_space(path)}); free space, or fix the folder's permissions or "
+            "mount, and run again (an interrupted run resumes from its last complete checkpoint or shard)")
 
 
 def _free_space(path: Path | None) -> str:
@@ -297,7 +299,8 @@ def atomic_open(path: str | Path, mode: str = "w"):
 
 
 def _discard(tmp: Path) -> None:
-    """Remove a temporary file; a failure here (a read-only disk refuses even that) must not hide the error being raised."""
+    """Remove a temporary file; a failure here (a read-only disk refuses even that) must not hide
+    the error being raised."""
     try:
         tmp.unlink(missing_ok=True)
     except OSError:

@@ -33,7 +33,8 @@ from dnallm.hub import ModelNotFound
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-WORK = ("training:", "caching embeddings:", "annotating:", "predicting:", "evaluating:", "generating:")  # progress bars
+# progress bars: their absence shows that no work began
+WORK = ("training:", "caching embeddings:", "annotating:", "predicting:", "evaluating:", "generating:")
 
 # Holds the lock of a folder (argv[1]) or a file (argv[2] == "file") until killed.
 HOLD_LOCK = (
@@ -63,7 +64,8 @@ def no_work(err: str) -> None:
 @contextmanager
 def lock_holder(path: Path, kind: str = "folder"):
     """Another process holding ``path``'s lock; yields its PID."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), kind], stdout=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), kind], stdout=subprocess.PIPE, text=True,
+                            env=ENV)
     try:
         assert proc.stdout.readline() == "held\n"
         yield proc
@@ -77,7 +79,8 @@ def small_disk(where: Path, size: str, readonly: bool = False):
     """A tmpfs of ``size`` mounted at ``where`` (root only)."""
     where.mkdir(parents=True, exist_ok=True)
     options = f"size={size}" + (",ro" if readonly else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                             text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}); the disk cases need root")
     try:
@@ -96,6 +99,11 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
+def fasta_text(seqs: dict[str, str], width: int) -> str:
+    return "".join(f">{name}\n" + "".join(seq[i : i + width] + "\n" for i in range(0, len(seq), width))
+                   for name, seq in seqs.items())
+
+
 def all_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
@@ -110,8 +118,8 @@ def log_lines(run_dir: Path) -> list[dict]:
 def test_a_second_train_into_a_running_output_dir_stops_at_once(project, tmp_path, capsys):
     out = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "dnallm", "train", *map(str, kegg_recipe(project, out, "train.max_steps=40", "train.save_every=10",
-                                                                         "train.log_every=5"))],
+        [sys.executable, "-m", "dnallm", "train",
+         *map(str, kegg_recipe(project, out, "train.max_steps=40", "train.save_every=10", "train.log_every=5"))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=project["root"])
     try:
         deadline = time.monotonic() + 240
@@ -121,7 +129,8 @@ def test_a_second_train_into_a_running_output_dir_stops_at_once(project, tmp_pat
         started = time.monotonic()
         code, err = run(capsys, "train", *kegg_recipe(project, out, "train.max_steps=20", "train.save_every=5"))
         line = error_line(err)
-        assert code == 2 and f"output_dir {out} is in use by another run (PID {first.pid} on {socket.gethostname()})" in line, line
+        holder = f"(PID {first.pid} on {socket.gethostname()})"
+        assert code == 2 and f"output_dir {out} is in use by another run {holder}" in line, line
         assert time.monotonic() - started < 30
         no_work(err)
     finally:
@@ -134,7 +143,8 @@ def test_a_second_train_into_a_running_output_dir_stops_at_once(project, tmp_pat
     assert not (out / ".dnallm.lock").exists()
 
 
-def test_cache_and_annotate_refuse_a_locked_output_and_a_killed_holder_blocks_nothing(project, tmp_path, in_project, capsys):
+def test_cache_and_annotate_refuse_a_locked_output_and_a_killed_holder_blocks_nothing(project, tmp_path, in_project,
+                                                                                     capsys):
     cache = tmp_path / "cache"
     cache_args = ["cache-embeddings", KEGG_TINY, f"data.train={project['data'] / 'train.jsonl'}", "data.val=",
                   f"encoder.cache_dir={cache}", *models(project)]
@@ -146,7 +156,8 @@ def test_cache_and_annotate_refuse_a_locked_output_and_a_killed_holder_blocks_no
     out = tmp_path / "ann" / "a.vcf"
     progress = out.with_name("a.vcf.progress.jsonl")
     with lock_holder(progress, "file") as holder:
-        code, err = run(capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"], "--out", out)
+        code, err = run(capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"],
+                        "--out", out)
         assert code == 2 and f"progress log {progress} is in use by another run (PID {holder.pid}" in error_line(err)
         no_work(err)
     assert not out.exists()
@@ -169,29 +180,28 @@ def test_outputs_may_not_name_the_checkpoints_files_or_the_fasta_index(project, 
     before = digest(recipe, fai)
     vcf = write_vcf(tmp_path / "in.vcf", [cases(project["seqs"])["snv"]])
     variants = ["--vcf", vcf, "--fasta", project["fasta"]]
-    code, err = run(capsys, "annotate", project["checkpoint"], *variants, "--out", tmp_path / "ann" / "y.vcf", "--tsv", recipe)
+    code, err = run(capsys, "annotate", project["checkpoint"], *variants, "--out", tmp_path / "ann" / "y.vcf",
+                    "--tsv", recipe)
     line = error_line(err)
-    assert code == 2 and f"output {recipe} is the input" in line or f"inside the input folder {project['checkpoint']}" in line, line
+    assert code == 2 and f"output {recipe} is inside the input folder {project['checkpoint']}" in line, line
     code, err = run(capsys, "windows", *variants, "--flank", "20", "--out", fai)
     assert code == 2 and f"output {fai} is the input {fai}" in error_line(err)
     assert digest(recipe, fai) == before
-    code, err = run(capsys, "annotate", project["checkpoint"], *variants, "--out", tmp_path / "ann" / "z.vcf", "--batch-size", "4")
+    code, err = run(capsys, "annotate", project["checkpoint"], *variants, "--out", tmp_path / "ann" / "z.vcf",
+                    "--batch-size", "4")
     assert code == 0, err[-2000:]  # the checkpoint still works
 
 
 def test_a_stale_fasta_index_is_named_before_any_record_is_read(project, tmp_path, capsys):
     fasta = tmp_path / "ref.fa"
-    names = list(project["seqs"])
-    fasta.write_text("".join(f">{n}\n" + "".join(project["seqs"][n][i : i + 60] + "\n" for i in range(0, len(project["seqs"][n]), 60))
-                             for n in names))
+    fasta.write_text(fasta_text(project["seqs"], width=60))
     import pysam
 
     pysam.faidx(str(fasta))
     fai = Path(f"{fasta}.fai")
     index = fai.read_bytes()
     # Rewritten with 70-column lines after indexing: the old index reads line ends as bases.
-    fasta.write_text("".join(f">{n}\n" + "".join(project["seqs"][n][i : i + 70] + "\n" for i in range(0, len(project["seqs"][n]), 70))
-                             for n in names))
+    fasta.write_text(fasta_text(project["seqs"], width=70))
     vcf = write_vcf(tmp_path / "in.vcf", [cases(project["seqs"])["snv"]])
     out = tmp_path / "w.jsonl"
     code, err = run(capsys, "windows", "--vcf", vcf, "--fasta", fasta, "--flank", "20", "--out", out)
@@ -208,7 +218,8 @@ def test_generators_refuse_existing_outputs_without_overwrite(tmp_path, capsys):
     assert run(capsys, *planted)[0] == 0
     before = digest(*sorted((tmp_path / "p").glob("*.jsonl")))
     code, err = run(capsys, *planted[:-4], "--records", "30", "--length", "101", "--seed", "1")
-    assert code == 2 and f"{tmp_path / 'p' / 'train.jsonl'} exists" in error_line(err) and "--overwrite" in error_line(err)
+    line = error_line(err)
+    assert code == 2 and f"{tmp_path / 'p' / 'train.jsonl'} exists" in line and "--overwrite" in line, line
     assert digest(*sorted((tmp_path / "p").glob("*.jsonl"))) == before
     assert run(capsys, *planted[:-4], "--records", "30", "--length", "101", "--seed", "1", "--overwrite")[0] == 0
     assert digest(*sorted((tmp_path / "p").glob("*.jsonl"))) != before
@@ -222,7 +233,8 @@ def test_generators_refuse_existing_outputs_without_overwrite(tmp_path, capsys):
 # ---- cases 2-5: full, read-only and unusable outputs ---------------------------------------------
 
 
-def test_a_full_disk_while_training_leaves_no_partial_checkpoint_and_resume_matches(project, tmp_path, in_project, capsys):
+def test_a_full_disk_while_training_leaves_no_partial_checkpoint_and_resume_matches(project, tmp_path, in_project,
+                                                                                    capsys):
     steps = ("train.max_steps=4", "train.save_every=2", "train.log_every=3", "train.keep_last=0")
     whole = tmp_path / "whole"
     assert run(capsys, "train", *kegg_recipe(project, whole, *steps))[0] == 0
@@ -232,12 +244,15 @@ def test_a_full_disk_while_training_leaves_no_partial_checkpoint_and_resume_matc
         filler = fill(disk, leave=checkpoint_bytes + checkpoint_bytes // 2)  # room for one checkpoint, not two
         code, err = run(capsys, "train", *kegg_recipe(project, out, *steps))
         line = error_line(err)
-        assert code == 2 and "No space left on device" in line and str(out / "checkpoint-4") in line and "free there" in line, line
-        assert all_files(out) == sorted(["train_log.jsonl", *(f"checkpoint-2/{f}" for f in all_files(whole / "checkpoint-2"))])
+        assert code == 2 and "No space left on device" in line and str(out / "checkpoint-4") in line, line
+        assert "free there" in line, line
+        kept = [f"checkpoint-2/{f}" for f in all_files(whole / "checkpoint-2")]
+        assert all_files(out) == sorted(["train_log.jsonl", *kept])
         filler.unlink()  # space freed: resume from the last complete checkpoint
         code, err = run(capsys, "train", *kegg_recipe(project, out, *steps, "train.resume_from_checkpoint=auto"))
         assert code == 0, err[-2000:]
-        resumed, expected = load_file(out / "checkpoint-4" / "trainable.safetensors"), load_file(whole / "checkpoint-4" / "trainable.safetensors")
+        resumed = load_file(out / "checkpoint-4" / "trainable.safetensors")
+        expected = load_file(whole / "checkpoint-4" / "trainable.safetensors")
         assert all(torch.equal(resumed[k], expected[k]) for k in expected)
         # Logged numbers too (case 19): the loss average restarts at each checkpoint, as a resume does.
         assert [{k: v for k, v in e.items() if "per_s" not in k and "seconds" not in k} for e in log_lines(out)] == \
@@ -287,7 +302,8 @@ def test_unusable_output_paths_are_named_before_any_work(project, coverage, tmp_
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "nowhere")
     code, err = run(capsys, "predict-tracks", coverage["run"], "--region", "chr1:1-600", "--out", dangling)
-    assert code == 2 and f"output {dangling} is a link to {tmp_path / 'nowhere'}, which does not exist" in error_line(err)
+    line = error_line(err)
+    assert code == 2 and f"output {dangling} is a link to {tmp_path / 'nowhere'}, which does not exist" in line, line
     no_work(err)
     assert not (tmp_path / "nowhere").exists() and taken.read_text() == "a user's file\n"
     folder = tmp_path / "preds"
@@ -309,7 +325,8 @@ def test_non_utf8_jsonl_names_file_line_and_byte(project, tmp_path, capsys):
     bad.write_bytes(good[:first_end] + good[first_end : first_end + 40] + b"\xff" + good[first_end + 40 :])
     code, err = run(capsys, "split", bad, "--out", tmp_path / "split")
     line = error_line(err)
-    assert code == 2 and f"{bad}:2: not UTF-8 text (byte 0xff at byte offset {first_end + 40} of the file)" in line, line
+    assert code == 2 and f"{bad}:2: not UTF-8 text (byte 0xff at byte offset {first_end + 40} of the file)" in line, \
+        line
     assert not (tmp_path / "split").exists()
 
 
@@ -333,8 +350,8 @@ def test_encoder_layer_out_of_range_names_the_range_when_the_encoder_loads(proje
 ])
 def test_argument_ranges_are_checked_by_the_parser(args, named, project):
     args = [str(project["checkpoint"]) if a == "CKPT" else a for a in args]
-    result = subprocess.run([sys.executable, "-m", "dnallm", *args], capture_output=True, text=True, env=ENV, timeout=120,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run([sys.executable, "-m", "dnallm", *args], capture_output=True, text=True, env=ENV,
+                            timeout=120, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and named in error_line(result.stderr), result.stderr
 
 
@@ -369,8 +386,8 @@ def test_chat_errors_exit_2_and_a_checkpoint_of_the_other_kind_is_named(project,
 
 def test_api_says_what_the_object_is(project, coverage, in_project):
     kegg = dnallm.load(project["run"], device="cpu")
-    with pytest.raises(TypeError, match=f"{project['run']} is a KEGG fusion model; predict_tracks is for coverage models "
-                                        r"\(dnallm.load of a train-tracks run\)"):
+    with pytest.raises(TypeError, match=f"{project['run']} is a KEGG fusion model; predict_tracks is for coverage "
+                                        r"models \(dnallm.load of a train-tracks run\)"):
         kegg.predict_tracks("chr1:1-100")
     tracks = dnallm.load(coverage["run"], device="cpu")
     with pytest.raises(TypeError, match=f"{coverage['run']} is a coverage-track model; ask is for fusion models"):
@@ -390,7 +407,7 @@ def test_a_write_refused_by_the_disk_names_the_output_not_its_temporary_file(tmp
     with small_disk(tmp_path / "ro", "1m", readonly=True) as ro:
         writes = {
             "text": (lambda: atomic_write_text(ro / "metrics.json", "{}"), ro / "metrics.json"),
-            "tensors": (lambda: save_tensors({"x": torch.zeros(4)}, ro / "shard.safetensors"), ro / "shard.safetensors"),
+            "tensors": (lambda: save_tensors({"x": torch.zeros(4)}, ro / "a.safetensors"), ro / "a.safetensors"),
             "folder": (lambda: atomic_directory(ro / "checkpoint-2").__enter__(), ro / "checkpoint-2"),
         }
         for kind, (write, path) in writes.items():

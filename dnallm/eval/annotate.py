@@ -115,13 +115,14 @@ def annotate(
     if question_template is not None:
         check_question_template(question_template)
     with exclusive_output(progress, "progress log", folder=False):  # one run per output
-        return _annotate(checkpoint, vcf, fasta, out, tsv, progress, gtf=gtf, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                         contig_names=contig_names, strict=strict, question_template=question_template,
-                         max_n_fraction=max_n_fraction, edge=edge, overrides=overrides, stop_after=stop_after)
+        return _annotate(checkpoint, vcf, fasta, out, tsv, progress, gtf=gtf, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, contig_names=contig_names, strict=strict,
+                         question_template=question_template, max_n_fraction=max_n_fraction, edge=edge,
+                         overrides=overrides, stop_after=stop_after)
 
 
-def _annotate(checkpoint: Path, vcf, fasta, out: Path, tsv: Path, progress: Path, *, gtf, batch_size, max_new_tokens, contig_names,
-              strict, question_template, max_n_fraction, edge, overrides, stop_after) -> dict:
+def _annotate(checkpoint: Path, vcf, fasta, out: Path, tsv: Path, progress: Path, *, gtf, batch_size, max_new_tokens,
+              contig_names, strict, question_template, max_n_fraction, edge, overrides, stop_after) -> dict:
     reference = open_fasta(fasta)
     genes = load_genes(gtf, reference, fasta)
     options = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, contig_names=contig_names, strict=strict,

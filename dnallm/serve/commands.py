@@ -46,12 +46,14 @@ def add_commands(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int_in(1, 65535), default=8000)
     p.add_argument("--allowed-hosts", default="", metavar="NAME,...",
-                   help="more names the Host header may carry (default: 127.0.0.1, localhost, ::1 and --host; '*': any)")
+                   help="more names the Host header may carry "
+                        "(default: 127.0.0.1, localhost, ::1 and --host; '*': any)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this key on every route but /health (default: ${API_KEY_ENV})")
     p.add_argument("--model-name", help="model id clients send (default: the recipe's run_name)")
     p.add_argument("--max-body-bytes", type=int_in(1024), default=1 << 20)
     p.add_argument("--max-prompt-tokens", type=int_in(1), default=8192)
-    p.add_argument("--max-queue", type=int_in(0), default=8, help="requests that may wait while one generates; more get 429")
+    p.add_argument("--max-queue", type=int_in(0), default=8,
+                   help="requests that may wait while one generates; more get 429")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
 
@@ -60,7 +62,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
-    p.add_argument("--max-new-tokens", type=int_in(1), default=512, help="longest reply (the server's limit and default)")
+    p.add_argument("--max-new-tokens", type=int_in(1), default=512,
+                   help="longest reply (the server's limit and default)")
     p.add_argument("--max-dna-length", type=int_in(1), default=100_000, help="longest sequence accepted, in bp")
 
 
@@ -109,7 +112,8 @@ def _serve(args) -> None:
     )
     sock = bind(args.host, args.port)  # before the (slow) model load: a port in use fails at once
     try:
-        session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides, name=args.model_name)
+        session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides,
+                                    name=args.model_name)
     except BaseException:
         sock.close()
         raise
@@ -129,9 +133,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
         sock.listen(2048)
     except OSError as e:
-        raise OutputPathError(f"cannot listen on {host}:{port} ({e.strerror or e}); "
-                              + ("another server holds the port: stop it or choose another --port" if e.errno == errno.EADDRINUSE
-                                 else "check --host and --port")) from None
+        fix = ("another server holds the port: stop it or choose another --port" if e.errno == errno.EADDRINUSE
+               else "check --host and --port")
+        raise OutputPathError(f"cannot listen on {host}:{port} ({e.strerror or e}); {fix}") from None
     sock.set_inheritable(True)
     return sock
 

@@ -80,8 +80,8 @@ class Guard:
         headers = Headers(scope=scope)
         host = host_name(headers.get("host", "")).lower()
         if "*" not in self.allowed_hosts and host not in self.allowed_hosts:
-            err = APIError(400, f"Host {host[:100]!r} is not served here; start the server with --allowed-hosts {host[:100] or 'NAME'} "
-                                "to accept it", code="host_not_allowed")
+            err = APIError(400, f"Host {host[:100]!r} is not served here; start the server with "
+                                f"--allowed-hosts {host[:100] or 'NAME'} to accept it", code="host_not_allowed")
             return await error_response(err, {"Connection": "close"})(scope, receive, send)
         if self.api_key and scope["path"] not in PUBLIC_PATHS:
             if not hmac.compare_digest(presented_key(headers).encode(), self.api_key.encode()):
@@ -203,7 +203,8 @@ async def complete(run: Run, completion: Completion, ticket: Ticket, request: Re
     return JSONResponse(completion.response("".join(text), run.finish_reason, run.usage))
 
 
-def create_app(session: ModelSession, limits: Limits, api_key: str | None = None, allowed_hosts=LOOPBACK_NAMES) -> FastAPI:
+def create_app(session: ModelSession, limits: Limits, api_key: str | None = None,
+               allowed_hosts=LOOPBACK_NAMES) -> FastAPI:
     """``allowed_hosts``: names the ``Host`` header may carry (``*``: any)."""
     app = FastAPI(title="dnallm", docs_url=None, redoc_url=None, openapi_url=None)
     slots = Slots(limits.max_queue)
@@ -286,7 +287,8 @@ def server_config(app: FastAPI, limits: Limits, log_level: str = "info"):
 
     return uvicorn.Config(
         app, log_level=log_level, http=guarded_h11(limits.header_timeout_s, limits.max_idle_connections),
-        limit_concurrency=limits.max_queue + limits.max_idle_connections + 64, timeout_keep_alive=5, timeout_graceful_shutdown=5,
+        limit_concurrency=limits.max_queue + limits.max_idle_connections + 64, timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
     )
 
 

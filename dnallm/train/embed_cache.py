@@ -34,7 +34,8 @@ def cache_embeddings(recipe: Recipe, extra_data: list[str] = (), rebuild: bool =
     check_outputs(dirs=[recipe.encoder.cache_dir], inputs=files)
     windows = [seq for f in files for seq in dataset_windows(f, recipe.data.dna_window)]
     device = pick_device()
-    with exclusive_output(recipe.encoder.cache_dir, "encoder.cache_dir"):  # two builders would write the same shard names
+    # Two builders would write the same shard names.
+    with exclusive_output(recipe.encoder.cache_dir, "encoder.cache_dir"):
         encoder = build_encoder(recipe, device, live=True)
         stats = build_cache(
             encoder, windows, recipe.encoder.cache_dir, cache_identity(recipe, device),

@@ -64,7 +64,10 @@ class LiveServer:
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
-        config = server_config(app, limits, "warning") if limits else uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
+        if limits:
+            config = server_config(app, limits, "warning")
+        else:
+            config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()

@@ -44,7 +44,8 @@ def test_chat_command_line_names_bad_dna_before_loading(checkpoint, planted_file
         input="", capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO,
     )
     assert result.returncode == 2
-    assert f"dnallm chat: error: {planted_files['test']}: record index 99 out of range (file has 8 records" in result.stderr
+    named = f"dnallm chat: error: {planted_files['test']}: record index 99 out of range (file has 8 records"
+    assert named in result.stderr
     assert "Traceback" not in result.stderr
 
 
