@@ -241,6 +241,13 @@ class DNAEncoder(nn.Module):
         if per_layer is None:
             raise CheckpointError(f"{self.name_or_path}: the model returns no per-layer hidden states, so "
                                   f"encoder.layer={self.layer} cannot be read; use encoder.layer=-1")
+        if not -len(per_layer) <= self.layer < len(per_layer):
+            # Checked on the probe at load time: a wrong layer fails before any work.
+            n = len(per_layer)
+            raise CheckpointError(
+                f"{self.name_or_path}: layer {self.layer} is out of range: the model gives hidden states 0..{n - 1} "
+                f"(0: the embeddings; -{n}..-1 from the end); set encoder.layer (layer= in dnallm.embed, --layer "
+                "for dnallm embed) within that range")
         return per_layer[self.layer]
 
     @torch.no_grad()
