@@ -6,11 +6,13 @@
       -> Conv1d 64->T,  BatchNorm
       -> * per-track scale -> Softplus -> (B, L, T) >= 0
 
-One output per token, so the trunk's tokenizer must give one token per base.
+One output per token, so the trunk's tokenizer must give one token per base. The trunk is loaded
+as every encoder trunk is (``load_backbone``), but left trainable.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from dnallm.data.coverage import base_lookup
+from dnallm.encoders.hf import load_backbone
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
 
 BASES = "ACGTN"
@@ -91,6 +94,9 @@ class CoverageModel(nn.Module):
         super().__init__()
         self.trunk = trunk
         self.head = head
+        # No KV cache while training, for trunks that keep one; own code may take no use_cache at all.
+        takes_cache = "use_cache" in inspect.signature(trunk.forward).parameters
+        self.trunk_kwargs = {"use_cache": False} if takes_cache else {}
 
     @classmethod
     def from_config(cls, config, n_tracks: int, *, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1, trust_remote_code: bool = False):
@@ -100,9 +106,10 @@ class CoverageModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, n_tracks: int, *, trust_remote_code: bool = False, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1):
-        """Pre-trained trunk (fp32 master weights for full fine-tuning) and a fresh head."""
-        check_remote_code(name_or_path, trust_remote_code, "encoder.trust_remote_code")
-        trunk = AutoModel.from_pretrained(name_or_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        """Pre-trained trunk (fp32 master weights for full fine-tuning) and a fresh head. The trunk
+        comes from ``load_backbone``, as a frozen encoder's does: heads and pooler left out, and a
+        checkpoint's own modelling code made loadable under the installed transformers."""
+        trunk = load_backbone(name_or_path, torch.float32, trust_remote_code)
         return cls(trunk, CoverageHead(trunk.config.hidden_size, n_tracks, channels, kernel_size, dropout))
 
     @property
@@ -116,7 +123,8 @@ class CoverageModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> CoverageOutput:
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        hidden = self.trunk(input_ids=input_ids, attention_mask=mask.long(), use_cache=False).last_hidden_state  # (B, L, H)
+        # (B, L, H): last_hidden_state of a ModelOutput, or the first element of own code's tuple
+        hidden = self.trunk(input_ids=input_ids, attention_mask=mask.long(), **self.trunk_kwargs)[0]
         pred = self.head(hidden, mask).float()  # (B, L, T)
         loss = None
         if targets is not None:
