@@ -25,8 +25,8 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
-from dnallm.encoders.remote_code import (add_removed_methods, fill_config_defaults, loadable, missing_package,
-                                         removed_helpers, restore_buffers, tensors_made_at_init)
+from dnallm.encoders.remote_code import (add_removed_methods, builds_on_meta, fill_config_defaults, loadable,
+                                         missing_package, removed_helpers, restore_buffers)
 from dnallm.hub import CheckpointError, check_remote_code, first_line, remote_code_hint
 
 RECIPE_KEY = "encoder.trust_remote_code"
@@ -126,16 +126,16 @@ def _transformers_quiet():
 
 def _load_own_code(model_class: type, name_or_path: str, config, dtype, kwargs: dict):
     """A checkpoint's own classes, written for transformers 4, loaded under transformers 5 (see
-    ``remote_code``): built on the meta device as transformers does, unless the code made tensors
-    in ``__init__`` that loading cannot fill; then built again, on the CPU, where ``__init__`` gives
-    them their values."""
+    ``remote_code``): built on the meta device as transformers does, unless the code makes tensors
+    in ``__init__`` that a meta build loses or cannot make; then on the CPU, where ``__init__``
+    gives them their values."""
     fill_config_defaults(config)
     add_removed_methods(model_class)
-    model, info = _from_pretrained(loadable(model_class, on_meta=True), name_or_path, config, dtype, kwargs)
-    if tensors_made_at_init(model):
-        off_meta = loadable(model_class, on_meta=False)
-        model, info = _from_pretrained(off_meta, name_or_path, config, dtype, kwargs)
-        restore_buffers(model, off_meta)
+    on_meta = builds_on_meta(model_class, config)
+    as_loaded = loadable(model_class, on_meta)
+    model, info = _from_pretrained(as_loaded, name_or_path, config, dtype, kwargs)
+    if not on_meta:
+        restore_buffers(model, as_loaded)
     model.__class__ = model_class  # the checkpoint's own class, not the loading subclass
     return model, info
 
