@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from dnallm.data.coverage import base_lookup
-from dnallm.encoders.hf import load_backbone
+from dnallm.encoders.hf import build_backbone, load_backbone, run_unpadded, takes_attention_mask
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
 
 BASES = "ACGTN"
@@ -87,6 +87,14 @@ class CoverageOutput:
     loss: torch.Tensor | None = None
 
 
+@torch.no_grad()
+def trunk_width(trunk: nn.Module) -> int:
+    """The trunk's output width, read from a one-token forward pass: families name it differently
+    in their configs (``hidden_size``, ``d_model``)."""
+    ids = torch.zeros(1, 1, dtype=torch.long, device=next(trunk.parameters()).device)
+    return trunk(input_ids=ids)[0].shape[-1]
+
+
 class CoverageModel(nn.Module):
     """Trunk + head, trained end to end; ``loss`` is the MSE on transformed targets over real positions."""
 
@@ -97,12 +105,14 @@ class CoverageModel(nn.Module):
         # No KV cache while training, for trunks that keep one; own code may take no use_cache at all.
         takes_cache = "use_cache" in inspect.signature(trunk.forward).parameters
         self.trunk_kwargs = {"use_cache": False} if takes_cache else {}
+        self.takes_mask = takes_attention_mask(trunk)  # HyenaDNA and Caduceus take none
 
     @classmethod
     def from_config(cls, config, n_tracks: int, *, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1, trust_remote_code: bool = False):
-        """Random trunk weights of ``config``'s shape (benchmarks, or before loading a checkpoint)."""
-        trunk = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-        return cls(trunk, CoverageHead(config.hidden_size, n_tracks, channels, kernel_size, dropout))
+        """Random trunk weights of ``config``'s shape (benchmarks, or before loading a checkpoint),
+        built as ``from_pretrained`` loads them (``build_backbone``)."""
+        trunk = build_backbone(config, trust_remote_code)
+        return cls(trunk, CoverageHead(trunk_width(trunk), n_tracks, channels, kernel_size, dropout))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, n_tracks: int, *, trust_remote_code: bool = False, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1):
@@ -110,7 +120,7 @@ class CoverageModel(nn.Module):
         comes from ``load_backbone``, as a frozen encoder's does: heads and pooler left out, and a
         checkpoint's own modelling code made loadable under the installed transformers."""
         trunk = load_backbone(name_or_path, torch.float32, trust_remote_code)
-        return cls(trunk, CoverageHead(trunk.config.hidden_size, n_tracks, channels, kernel_size, dropout))
+        return cls(trunk, CoverageHead(trunk_width(trunk), n_tracks, channels, kernel_size, dropout))
 
     @property
     def n_tracks(self) -> int:
@@ -121,10 +131,16 @@ class CoverageModel(nn.Module):
         enable_activation_checkpointing(self.trunk, use_reentrant=False)
         self.trunk.config.use_cache = False
 
+    def trunk_hidden(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids and mask -> (B, L, H): the trunk's first output (last_hidden_state of a
+        ModelOutput, or element 0 of own code's tuple); a trunk without a mask never sees padding."""
+        if self.takes_mask:
+            return self.trunk(input_ids=input_ids, attention_mask=mask.long(), **self.trunk_kwargs)[0]
+        return run_unpadded(lambda ids: self.trunk(input_ids=ids, **self.trunk_kwargs)[0], input_ids, mask)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> CoverageOutput:
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        # (B, L, H): last_hidden_state of a ModelOutput, or the first element of own code's tuple
-        hidden = self.trunk(input_ids=input_ids, attention_mask=mask.long(), **self.trunk_kwargs)[0]
+        hidden = self.trunk_hidden(input_ids, mask)  # (B, L, H)
         pred = self.head(hidden, mask).float()  # (B, L, T)
         loss = None
         if targets is not None:
