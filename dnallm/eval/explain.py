@@ -256,7 +256,9 @@ class Explainer:
         table = self.encoder.model.get_input_embeddings().weight  # (vocab, input width)
         inputs = table[dna_ids].detach().requires_grad_(True)  # (2, positions, input width)
         with torch.enable_grad():
-            embeds = self.encoder.hidden_states(dna_ids, dna_mask, inputs_embeds=inputs)  # (2, positions, hidden)
+            # (2, positions, hidden); a model that takes no mask reads the two windows, of one length, unpadded
+            mask_in = dna_mask if self.encoder.takes_mask else None
+            embeds = self.encoder.hidden_states(dna_ids, mask_in, inputs_embeds=inputs)
             logp = self.label_logps(ids, mask, pair_inputs(list(windows), embeds, dna_mask)).sum()
             (grad,) = torch.autograd.grad(logp, inputs)
         rows = table[base_ids].detach().float()  # (4, input width)
