@@ -21,7 +21,7 @@ import torch
 from dnallm.config import load_recipe
 from dnallm.data.kegg import examples_from_records, write_jsonl
 from dnallm.data.synthetic import planted_signal_records
-from dnallm.eval.explain import Explainer, explain_examples, mutations, parse_region
+from dnallm.eval.explain import Explainer, explain_examples, ism_work, parse_region
 from dnallm.train.build import load_checkpoint
 from dnallm.train.engine import pick_device
 
@@ -73,8 +73,8 @@ def main() -> None:
         result = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                   "torch_threads": torch.get_num_threads(), "window": window, "records": args.records,
                   "batch_size": args.batch_size,
-                  "ism_mutated_windows_per_record": len(mutations(
-                      (examples[0]["ref_window"], examples[0]["var_window"]), parse_region(None, window)))}
+                  "ism_forward_passes_and_mutated_windows_per_record": ism_work(
+                      (examples[0]["ref_window"], examples[0]["var_window"]), parse_region(None, window))}
         for method in ("ism", "gradient"):
             seconds = timed(explainer, examples[1:], method, args.batch_size, device)
             result[f"{method}_records_per_s"] = round(args.records / seconds, 3)

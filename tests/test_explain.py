@@ -21,7 +21,7 @@ import pytest
 from dnallm.data.kegg import examples_from_records, read_jsonl, write_jsonl
 from dnallm.data.synthetic import planted_signal_records
 from dnallm.eval.explain import (
-    Explainer, attribution_metrics, explain_examples, mutations, parse_region, planted_positions,
+    Explainer, attribution_metrics, explain_examples, ism_work, parse_region, planted_positions,
 )
 from dnallm.train.build import load_checkpoint
 from dnallm.train.finetune import train
@@ -115,7 +115,8 @@ def test_ism_of_the_centre_64_bp_is_one_batched_pass_over_384_windows(tiny_model
     checkpoint = train(recipe)
     recipe, encoder, model, processor = load_checkpoint(checkpoint, "cpu")
     [example] = list(examples_from_records(records[:1], 96))
-    assert len(mutations((example["ref_window"], example["var_window"]), parse_region(None, 96))) == 384
+    # A flank base is changed in both windows, the variant's base in each: 63 x 3 + 2 x 3 pairs, 384 windows.
+    assert ism_work((example["ref_window"], example["var_window"]), parse_region(None, 96)) == (195, 384)
     encoded, scored = [], []
     real_encode, real_logps = encoder.encode, model.token_logps
     encoder.encode = lambda seqs: encoded.append(len(seqs)) or real_encode(seqs)
@@ -125,7 +126,7 @@ def test_ism_of_the_centre_64_bp_is_one_batched_pass_over_384_windows(tiny_model
     assert e.method == "ism" and e.region == (16, 80)
     # The given pair (encoded for the unmutated score and reused by every mutant), then the mutants in one pass.
     assert encoded == [2, 384], encoded
-    assert scored == [1, 384]
+    assert scored == [1, 195]
 
 
 # ---- the command: outputs, coordinates, bad input ------------------------------------------------
@@ -161,7 +162,8 @@ def test_explain_command_writes_scores_tracks_and_plots_in_genome_coordinates(pl
                   "--out", str(out), "--fasta", str(vcf_records["fasta"]), "--region", "16",
                   "--label", "parkinson's disease")
     assert result.returncode == 0, result.stderr
-    assert "ISM: 2 record(s) x 96 mutated windows" in result.stderr  # the count, stated before the work
+    # The count of mutated windows and forward passes, stated before the work.
+    assert "ISM: 2 record(s), " in result.stderr and " mutated windows in " in result.stderr
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted([
         "scores.tsv", "importance.reference.bedGraph", "importance.variant.bedGraph", "importance.reference.bw",
         "importance.variant.bw", "record-0.png", "record-1.png"])

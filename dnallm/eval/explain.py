@@ -4,15 +4,15 @@ The answer's score is the log-probability of its label tokens (the text after th
 last ``Answer:``), given the prompt and the reply before the label, read by teacher forcing:
 one forward pass per input, nothing generated (``DNAFusionLM.token_logps``). Two methods:
 
-- ``ism``, in-silico mutagenesis: each base of a region changed to each other base, in one
-  window at a time, the other window as given; the score of a mutation is the change of the
-  label's log-probability. The pair's difference is what the model reads as the variant, so
-  a base changed in the variant window alone asks "did the answer need this base of the
-  variant sequence", and in the reference window alone the same of the reference. (Changing
-  a flank base in both windows, "the genome had another base here", would leave the
-  variant's own bases unscored: a substitution changed in both windows is no longer a
-  variant.) The frozen encoder runs once per mutated window; the other window's encoding
-  and the prompt's text are reused.
+- ``ism``, in-silico mutagenesis: each base of a region changed to each other base; the score
+  of a mutation is the change of the label's log-probability. The pair's difference is what
+  the model reads as the variant, so a flank base is changed in both windows ("the genome had
+  another base here": the variant still changes what it changed), and a base the variant
+  changed in its own window only (another reference or another variant allele). Changing a
+  flank base in one window alone would make a second variant, and the model, which aligns
+  the windows and reads the change, would read another change altogether. The frozen encoder
+  runs once per mutated window; an unmutated window's encoding and the prompt's text are
+  reused.
 - ``gradient``, gradient × input: one forward and one backward pass for the whole window,
   through the frozen encoder to its one-hot input where it reads one token per base (each
   base's input embedding row), else on its per-position output embeddings.
@@ -146,6 +146,34 @@ def mutations(windows: tuple[str, str], region: tuple[int, int]) -> list[tuple[i
     return [(w, i, b) for w in range(2) for i in range(*region) for b in range(4) if BASES[b] != windows[w][i]]
 
 
+def mutant_pairs(windows: tuple[str, str], region) -> tuple[list[tuple[str, str]], dict[tuple[int, int, int], int]]:
+    """The (reference, variant) pairs ISM scores, and which pair each mutation of ``mutations`` reads.
+
+    A base the variant changed is changed in its own window; a flank base, shared by the two
+    windows, is changed in both (the genome had another base there), at the position the
+    alignment of the pair gives it in the other window, so that what the variant changes stays
+    as it was. An SNV's flank base is then one pair for both windows' rows."""
+    spans = change_span(*windows)
+    pairs: dict[tuple[str, str], int] = {}
+    slots = {}
+    for w, i, b in mutations(windows, region):
+        pair = list(windows)
+        for side, j in aligned_positions(spans, w, i, [len(s) for s in windows]):
+            pair[side] = pair[side][:j] + BASES[b] + pair[side][j + 1 :]
+        slots[(w, i, b)] = pairs.setdefault(tuple(pair), len(pairs))
+    return list(pairs), slots
+
+
+def aligned_positions(spans, w: int, i: int, lengths: list[int]) -> list[tuple[int, int]]:
+    """(window, position) of base ``i`` of window ``w``: itself, and for a flank base the same base
+    in the other window, where that window holds it."""
+    (s0, s1), (o0, o1) = spans[w], spans[1 - w]
+    if s0 <= i < s1:
+        return [(w, i)]  # a changed base
+    j = i + (o0 - s0) if i < s0 else i + (o1 - s1)
+    return [(w, i)] + ([(1 - w, j)] if 0 <= j < lengths[1 - w] else [])
+
+
 class Explainer:
     """Attribution for one loaded fusion model (``ModelSession``'s parts)."""
 
@@ -202,32 +230,34 @@ class Explainer:
     @torch.no_grad()
     def ism(self, windows, given: dict, ids, mask, label_logp: float, region, batch_size: int,
             progress: bool) -> np.ndarray:
-        todo = mutations(windows, region)
+        pairs, slots = mutant_pairs(windows, region)
         scores = np.zeros((2, region[1] - region[0], 4), dtype=np.float32)
-        batches = range(0, len(todo), batch_size)
+        logps = np.zeros(len(pairs), dtype=np.float32)
+        batches = range(0, len(pairs), batch_size)
         for start in tqdm(batches, desc="ISM", unit="batch", disable=not progress, leave=False):
-            chunk = todo[start : start + batch_size]
-            dna = self.mutant_pairs(windows, given, chunk)
-            logps = self.label_logps(ids, mask, dna, len(chunk)).float().cpu().numpy()
-            for (w, i, b), logp in zip(chunk, logps):
-                scores[w, i - region[0], b] = logp - label_logp
+            chunk = pairs[start : start + batch_size]
+            dna = self.mutant_inputs(windows, given, chunk)
+            logps[start : start + len(chunk)] = self.label_logps(ids, mask, dna, len(chunk)).float().cpu().numpy()
+        for (w, i, b), k in slots.items():
+            scores[w, i - region[0], b] = logps[k] - label_logp
         return scores
 
-    def mutant_pairs(self, windows, given: dict, chunk: list[tuple[int, int, int]]) -> dict:
-        """DNA inputs of one pair per mutation: the mutated window encoded, the other one reused."""
+    def mutant_inputs(self, windows, given: dict, chunk: list[tuple[str, str]]) -> dict:
+        """DNA inputs of the mutant pairs: only their mutated windows encoded, the rest reused."""
         if not given:
             return {}  # a text-only model: the prompt alone, the same for every mutation
-        mutated = [windows[w][:i] + BASES[b] + windows[w][i + 1 :] for w, i, b in chunk]
-        embeds, mask = self.encoder.encode(mutated)  # (n, positions, hidden), (n, positions): the only encoder run
-        rows_e, rows_m, sequences = [], [], []
-        for k, (w, _, _) in enumerate(chunk):
+        changed = [(k, side, pair[side]) for k, pair in enumerate(chunk) for side in range(2)
+                   if pair[side] != windows[side]]
+        # (n, positions, hidden): the only encoder run, on the mutated windows alone
+        embeds, mask = self.encoder.encode([seq for _, _, seq in changed])
+        row = {(k, side): n for n, (k, side, _) in enumerate(changed)}
+        rows_e, rows_m = [], []
+        for k in range(len(chunk)):
             for side in range(2):
-                take = (embeds[k : k + 1], mask[k : k + 1]) if side == w else (
-                    given["dna_embeds"][side : side + 1], given["dna_mask"][side : side + 1])
-                rows_e.append(take[0])
-                rows_m.append(take[1])
-                sequences.append(mutated[k] if side == w else windows[side])
-        return pair_inputs(sequences, *stack_padded(rows_e, rows_m))
+                n = row.get((k, side))
+                rows_e.append(given["dna_embeds"][side : side + 1] if n is None else embeds[n : n + 1])
+                rows_m.append(given["dna_mask"][side : side + 1] if n is None else mask[n : n + 1])
+        return pair_inputs([seq for pair in chunk for seq in pair], *stack_padded(rows_e, rows_m))
 
     def gradient(self, windows, ids, mask, region) -> np.ndarray:
         if not self.processor.uses_dna:
@@ -286,9 +316,17 @@ class Explainer:
         return scores
 
 
-def ism_cost_line(n_records: int, n_mutations: int, batch_size: int) -> str:
-    return (f"ISM: {n_records} record(s) x {n_mutations} mutated windows (2 windows x region bases x 3 other bases) = "
-            f"{n_records * n_mutations} forward passes, in batches of {batch_size}")
+def ism_work(windows: tuple[str, str], region) -> tuple[int, int]:
+    """(forward passes, mutated windows) of ISM over ``region``: 195 and 384 for 64 bp around an SNV."""
+    pairs, _ = mutant_pairs(windows, region)
+    return len(pairs), sum(pair[side] != windows[side] for pair in pairs for side in range(2))
+
+
+def ism_cost_line(examples: list[dict], region, batch_size: int) -> str:
+    work = [ism_work((ex["ref_window"], ex["var_window"]), region) for ex in examples]
+    return (f"ISM: {len(examples)} record(s), {sum(w[1] for w in work)} mutated windows in {sum(w[0] for w in work)} "
+            f"forward passes (region bases x 3 other bases; a flank base changed in both windows), "
+            f"in batches of {batch_size}")
 
 
 def explain_examples(explainer: Explainer, examples: list[dict], *, labels: list[str | None], region=None,
@@ -311,8 +349,7 @@ def explain_examples(explainer: Explainer, examples: list[dict], *, labels: list
         for i, reply in zip(chunk, explainer.predicted_replies([examples[i] for i in chunk], max_new_tokens)):
             replies[i] = reply
     if method == "ism" and progress:
-        n = len(mutations((examples[0]["ref_window"], examples[0]["var_window"]), span))
-        print(ism_cost_line(len(examples), n, batch_size), file=sys.stderr)
+        print(ism_cost_line(examples, span, batch_size), file=sys.stderr)
     out = []
     for i, ex in enumerate(tqdm(examples, desc=f"explaining ({method})", unit="record", disable=not progress)):
         explanation = explainer.explain(ex, replies[i], span, method, batch_size, progress)

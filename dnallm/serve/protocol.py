@@ -86,7 +86,7 @@ class ChatRequest(BaseModel):
     dna: DNAField | None = None
 
 
-EXPLAIN_MAX_REGION = 64  # bases per explain request: ISM of 64 bases is 384 forward passes
+EXPLAIN_MAX_REGION = 64  # bases per explain request: ISM of 64 bases is 384 mutated windows
 
 
 class ExplainRequest(BaseModel):
