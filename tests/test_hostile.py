@@ -145,6 +145,23 @@ def test_a_second_train_into_a_running_output_dir_stops_at_once(project, tmp_pat
     assert not (out / ".dnallm.lock").exists()
 
 
+def test_a_deepspeed_run_into_a_locked_output_dir_stops_at_once(project, tmp_path, in_project, single_process_env,
+                                                                 capsys):
+    """Rank 0 of a DeepSpeed launch (its environment: RANK, WORLD_SIZE, MASTER_*) takes the lock
+    before the process group or the engine starts, and stops at once when it is held."""
+    out = tmp_path / "run"
+    zero2 = REPO / "recipes" / "deepspeed" / "zero2.json"
+    with lock_holder(out) as holder:
+        before = all_files(out)
+        started = time.monotonic()
+        code, err = run(capsys, "train", *kegg_recipe(project, out, f"deepspeed={zero2}", "train.max_steps=2"))
+        line = error_line(err)
+        assert code == 2 and f"output_dir {out} is in use by another run (PID {holder.pid} on " in line, line
+        assert time.monotonic() - started < 30
+        no_work(err)
+        assert all_files(out) == before
+
+
 def test_cache_and_annotate_refuse_a_locked_output_and_a_killed_holder_blocks_nothing(project, tmp_path, in_project,
                                                                                      capsys):
     cache = tmp_path / "cache"
