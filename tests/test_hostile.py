@@ -361,11 +361,12 @@ def test_the_bigwig_size_bound_holds_for_hostile_layouts(tmp_path):
     sparse = rng.random(200_000)
     sparse[::2] = 0
     layouts = {  # (chromosome sizes, entries, skip_zeros)
-        "far-apart single bases": ({"chr1": 2_100_000_000}, [("chr1", i * 4_200_000, rng.random(1)) for i in range(499)],
-                                   False),
+        "far-apart single bases": ({"chr1": 2_100_000_000},
+                                   [("chr1", i * 4_200_000, rng.random(1)) for i in range(499)], False),
         "short runs": ({"chr1": 3_000_000}, [("chr1", i * 100, rng.random(17)) for i in range(5000)], False),
         "many chromosomes with long names": ({f"chrUn_{'x' * 100}_{i}": 700 for i in range(500)},
-                                             [(f"chrUn_{'x' * 100}_{i}", 0, rng.random(700)) for i in range(500)], False),
+                                             [(f"chrUn_{'x' * 100}_{i}", 0, rng.random(700)) for i in range(500)],
+                                             False),
         "alternating zeros": ({"chr1": 300_000}, [("chr1", 0, sparse)], True),
         "one long run": ({"chr1": 3_000_000}, [("chr1", 5, rng.random(2_000_000))], False),
     }
