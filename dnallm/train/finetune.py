@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from dnallm.config import Recipe
 from dnallm.data.kegg import load_examples
+from dnallm.encoders.cache import CachedEncoder
 from dnallm.fusion.packing import reply_targets
 from dnallm.fusion.processor import dna_inputs
 from dnallm.io import save_tensors
@@ -48,19 +49,26 @@ def param_groups(model, recipe: Recipe) -> list[dict]:
 MODEL_TENSORS = ("input_ids", "attention_mask", "labels", "position_ids", "cu_seq_lens", "reply_index", "reply_targets")
 
 
-def training_batch(processor, rows: list[dict]) -> dict:
+def training_batch(processor, rows: list[dict], cache: CachedEncoder | None = None, encoder_batch_size: int = 8) -> dict:
     """``processor.train_batch`` plus, found on the host, where the loss is (``reply_index``,
     ``reply_targets``) and how many tokens it counts (``n_targets``, an int): the step then
-    needs no host sync to select them, and the trainer weights micro-batches by it."""
+    needs no host sync to select them, and the trainer weights micro-batches by it.
+    ``cache``: an embedding cache on the host (``CachedEncoder.on_host``), read here, in the
+    DataLoader's workers, into ``dna_inputs``."""
     batch = processor.train_batch(rows)
     batch.update(reply_targets(batch["labels"]))
     batch["n_targets"] = len(batch["reply_targets"])
+    if cache is not None:
+        batch["dna_inputs"] = dna_inputs(cache, batch["dna"], encoder_batch_size)
     return batch
 
 
 def step_batch(engine, encoder, batch: dict, device: str, encoder_batch_size: int):
     """One micro-batch forward: frozen encoder (no graph), then the fusion model."""
-    dna = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else {}
+    if "dna_inputs" in batch:  # read from the cache ahead of the step (training_batch)
+        dna = {k: v.to(device, non_blocking=True) for k, v in batch["dna_inputs"].items()}
+    else:
+        dna = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else {}
     # non_blocking: from pinned memory (the DataLoader's, on a GPU) the copy overlaps the step.
     tensors = {k: batch[k].to(device, non_blocking=True) for k in MODEL_TENSORS if k in batch}
     if "cu_seq_lens" not in tensors:
@@ -137,8 +145,12 @@ class FineTune:
         return math.ceil(len(self.sampler) / self.recipe.train.micro_batch_size)
 
     def batches(self, epoch: int, skip: int):
-        # pin_memory: on a GPU, the step's host-to-device copies are asynchronous (non_blocking).
-        loading = {"collate_fn": partial(training_batch, self.processor), "pin_memory": self.device.startswith("cuda")}
+        # pin_memory: on a GPU, the step's host-to-device copies are asynchronous (non_blocking). With an
+        # embedding cache, workers read it ahead of the step (on a GPU; on the CPU the step would wait for them).
+        cuda = self.device.startswith("cuda")
+        host_cache = self.encoder.on_host() if isinstance(self.encoder, CachedEncoder) else None
+        loading = {"collate_fn": partial(training_batch, self.processor, cache=host_cache, encoder_batch_size=self.recipe.encoder.batch_size),
+                   "pin_memory": cuda, "num_workers": 2 if cuda and host_cache is not None else 0}
         if self.recipe.train.max_tokens:
             return DataLoader(self.train_rows, batch_sampler=self.plan.for_rank(epoch, self.rank)[skip:], **loading)
         self.sampler.set_epoch(epoch)
