@@ -106,7 +106,8 @@ class LLMConfig:
     # Recompute activations in the backward: false, true (every decoder layer) or N (every N-th layer,
     # the others keep theirs: less recompute where memory allows; docs/gpu.md has the measured choices).
     gradient_checkpointing: bool | int = field(default=False, metadata={"bool_or_int": True})
-    liger: bool = True  # Liger-Kernel's fused Qwen3 kernels when installed and training on CUDA (pip install dnallm-fusion[liger])
+    # Liger-Kernel's fused Qwen3 kernels when installed and training on CUDA (pip install dnallm-fusion[liger])
+    liger: bool = True
 
 
 @dataclass
@@ -273,7 +274,8 @@ def _coerce(value: Any, current: Any, key: str, bool_or_int: bool = False) -> An
     if bool_or_int:
         if isinstance(value, bool) or (isinstance(value, int) and value >= 1):
             return value
-        raise RecipeError(f"recipe key '{key}' expects true, false or a whole number >= 1 (every N-th layer), got {value!r}")
+        raise RecipeError(f"recipe key '{key}' expects true, false or a whole number >= 1 (every N-th layer), "
+                          f"got {value!r}")
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise RecipeError(f"recipe key '{key}' expects true/false, got {value!r}")

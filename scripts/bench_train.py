@@ -27,7 +27,7 @@ leaves the GPU once the cache is built, so the cache modes' memory is their own.
       --tokenizer ~/.cache/dnallm/tokenizer-qwen3 --modes c,p --logits reply,full --batch 8
   # variants side by side in one process (one short GPU call), on the DeepSpeed ZeRO-2 engine
   python scripts/bench_train.py recipes/kegg/genos1b_qwen3_4b.yaml --shape 1.2b:4b --modes c --engine zero2 \
-      --variants "before:train.micro_batch_size=4,lora.dropout=0.05;after:train.max_tokens=12288,llm.gradient_checkpointing=false"
+      --variants "before:train.micro_batch_size=4,lora.dropout=0.05;after:train.max_tokens=12288,lora.dropout=0"
   # memory of one step at the Qwen3-1.7B width and vocabulary (--layers: fewer blocks, same head)
   python scripts/bench_train.py recipes/kegg/genos1b_qwen3_1.7b.yaml --shape tiny:1.7b --layers 2 --modes c \
       --logits reply,full --tokenizer ~/.cache/dnallm/tokenizer-qwen3 --data ../shared/datasets/kegg/val.jsonl
@@ -82,10 +82,12 @@ def parse_args(argv=None):
     p.add_argument("--profile", type=Path, help="write a torch.profiler table of each mode's timed steps (top ops by self time) to this folder")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak of the GPU (H100 SXM: 989)")
     p.add_argument("--engine", choices=("plain", "zero2"), default="plain",
-                   help="the training engine dnallm train builds: plain PyTorch, or DeepSpeed ZeRO-2 (recipes/deepspeed/zero2.json, bf16 on a GPU)")
+                   help="the training engine dnallm train builds: plain PyTorch, or DeepSpeed ZeRO-2 "
+                        "(recipes/deepspeed/zero2.json, bf16 on a GPU)")
     p.add_argument("--variants", default="",
-                   help="variants run one after another in this process, each NAME:key=value,key=value (recipe overrides), "
-                        "separated by ';', e.g. 'before:llm.gradient_checkpointing=true;after:train.max_tokens=12288'")
+                   help="variants run one after another in this process, each NAME:key=value,key=value "
+                        "(recipe overrides), separated by ';', e.g. "
+                        "'before:llm.gradient_checkpointing=true;after:train.max_tokens=12288'")
     return p.parse_args(argv)
 
 
@@ -153,7 +155,9 @@ def micro_batches(processor, rows, recipe, args) -> list[tuple[int, dict]]:
     the last partial one dropped), else ``--batch`` (or the recipe's) samples each."""
     features = [processor(ex) for ex in rows]
     if recipe.train.max_tokens:
-        groups = fill(list(range(len(features))), [len(f["input_ids"]) for f in features], recipe.train.max_tokens)[:-1] or [list(range(len(features)))]
+        lengths = [len(f["input_ids"]) for f in features]
+        everything = list(range(len(features)))
+        groups = fill(everything, lengths, recipe.train.max_tokens)[:-1] or [everything]
     else:
         size = args.batch or recipe.train.micro_batch_size
         groups = [list(range(i, i + size)) for i in range(0, len(features) - size + 1, size)]
@@ -236,7 +240,8 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
         layers = llm.model.layers
         recomputed = sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers) / len(layers)
         out["recomputed_layer_fraction"] = recomputed
-        recompute_per_token = recomputed * (2 * n_trunk + 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq)
+        attention_forward = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq
+        recompute_per_token = recomputed * (2 * n_trunk + attention_forward)
         out["hfu"] = (flops + recompute_per_token * tokens) / elapsed / (args.peak_tflops * 1e12)
     print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
     return out
@@ -278,7 +283,8 @@ def main(argv=None) -> dict:
         report = {**report, "variants": dict(parse_variants(args.variants)),
                   "modes": {f"{n}/{mode}": m for n, rep in reports.items() for mode, m in rep["modes"].items()}}
         first, last = list(reports.values())[0]["modes"], list(reports.values())[-1]["modes"]
-        report["tokens_per_s_ratio_last_to_first"] = {k: last[k]["tokens_per_s"] / first[k]["tokens_per_s"] for k in first if k in last}
+        report["tokens_per_s_ratio_last_to_first"] = {k: last[k]["tokens_per_s"] / first[k]["tokens_per_s"]
+                                                      for k in first if k in last}
     print(json.dumps(report, indent=2))
     return report
 

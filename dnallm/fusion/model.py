@@ -19,7 +19,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, DNA_TOKENS
 from dnallm.fusion.kernels import apply_liger, lean_lora
-from dnallm.fusion.packing import CAUSAL_ONLY, PACKED_ATTENTION, PACKING_ATTENTION, chunked_token_logps, packed_kwargs, register, shifted_targets
+from dnallm.fusion.packing import (CAUSAL_ONLY, PACKED_ATTENTION, PACKING_ATTENTION, chunked_token_logps, packed_kwargs,
+                                   register, shifted_targets)
 from dnallm.fusion.projector import DNAProjector
 from dnallm.fusion.summary import VariantSummary
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
@@ -86,8 +87,8 @@ class DNAFusionLM(nn.Module):
         if score_mask is not None:
             return self.token_logps(input_ids, attention_mask, score_mask, dna_embeds, dna_mask, dna_spans)
         if labels is not None and self.logits == "reply":
-            hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens, dna_spans,
-                                        max_length)
+            hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens,
+                                        dna_spans, max_length)
             if reply_index is None:
                 keep, reply_targets = shifted_targets(labels)
                 chosen = hidden[:, :-1][keep]  # (n, hidden)

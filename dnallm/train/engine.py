@@ -41,8 +41,9 @@ def grad_accum_steps(recipe, world: int) -> int:
     if t.global_batch_size <= 0:
         return t.grad_accum
     if getattr(t, "max_tokens", 0):
-        raise ValueError(f"train.global_batch_size={t.global_batch_size} counts samples, which a token budget (train.max_tokens="
-                         f"{t.max_tokens}) does not fix: set train.grad_accum instead (global_batch_size=0)")
+        raise ValueError(f"train.global_batch_size={t.global_batch_size} counts samples, which a token budget "
+                         f"(train.max_tokens={t.max_tokens}) does not fix: set train.grad_accum instead "
+                         "(global_batch_size=0)")
     per_step = t.micro_batch_size * world
     if t.global_batch_size % per_step:
         raise ValueError(

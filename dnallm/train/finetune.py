@@ -46,10 +46,12 @@ def param_groups(model, recipe: Recipe) -> list[dict]:
 
 
 # What a training batch hands the fusion model's forward, as tensors to move to the device.
-MODEL_TENSORS = ("input_ids", "attention_mask", "labels", "position_ids", "cu_seq_lens", "reply_index", "reply_targets")
+MODEL_TENSORS = ("input_ids", "attention_mask", "labels", "position_ids", "cu_seq_lens",
+                 "reply_index", "reply_targets")
 
 
-def training_batch(processor, rows: list[dict], cache: CachedEncoder | None = None, encoder_batch_size: int = 8) -> dict:
+def training_batch(processor, rows: list[dict], cache: CachedEncoder | None = None,
+                   encoder_batch_size: int = 8) -> dict:
     """``processor.train_batch`` plus, found on the host, where the loss is (``reply_index``,
     ``reply_targets``) and how many tokens it counts (``n_targets``, an int): the step then
     needs no host sync to select them, and the trainer weights micro-batches by it.
@@ -131,9 +133,11 @@ class FineTune:
         self.val_rows = [self.processor(ex) for ex in tqdm(val_ds, desc="tokenizing val", disable=rank != 0)] if val_ds else []
         t = recipe.train
         if t.max_tokens:
-            self.plan = TokenBudgetBatches([len(r["input_ids"]) for r in self.train_rows], t.max_tokens, recipe.seed, world)
+            lengths = [len(r["input_ids"]) for r in self.train_rows]
+            self.plan = TokenBudgetBatches(lengths, t.max_tokens, recipe.seed, world)
         else:
-            self.sampler = DistributedSampler(self.train_rows, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed)
+            self.sampler = DistributedSampler(self.train_rows, num_replicas=world, rank=rank, shuffle=True,
+                                              seed=recipe.seed)
         return model
 
     def param_groups(self, model) -> list[dict]:
@@ -149,8 +153,10 @@ class FineTune:
         # embedding cache, workers read it ahead of the step (on a GPU; on the CPU the step would wait for them).
         cuda = self.device.startswith("cuda")
         host_cache = self.encoder.on_host() if isinstance(self.encoder, CachedEncoder) else None
-        loading = {"collate_fn": partial(training_batch, self.processor, cache=host_cache, encoder_batch_size=self.recipe.encoder.batch_size),
-                   "pin_memory": cuda, "num_workers": 2 if cuda and host_cache is not None else 0}
+        collate = partial(training_batch, self.processor, cache=host_cache,
+                          encoder_batch_size=self.recipe.encoder.batch_size)
+        workers = 2 if cuda and host_cache is not None else 0
+        loading = {"collate_fn": collate, "pin_memory": cuda, "num_workers": workers}
         if self.recipe.train.max_tokens:
             return DataLoader(self.train_rows, batch_sampler=self.plan.for_rank(epoch, self.rank)[skip:], **loading)
         self.sampler.set_epoch(epoch)

@@ -153,7 +153,8 @@ class LossWindow:
         self.start()
 
     def start(self) -> None:
-        self.loss_sum, self.weight, self.counts, self.tick = torch.zeros((), device=self.device), 0.0, Counter(), time.perf_counter()
+        self.loss_sum = torch.zeros((), device=self.device)  # sum of weight x loss, on the device
+        self.weight, self.counts, self.tick = 0.0, Counter(), time.perf_counter()
 
     def add(self, loss: torch.Tensor, counts: dict, weight: float | None) -> None:
         """``weight``: the micro-batch's share (``loss_weights``; None: all alike)."""
