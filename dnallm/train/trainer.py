@@ -136,7 +136,9 @@ def loss_weights(objective, group: list, engine) -> list[float | None]:
 
 def optimizer_step(objective, engine, group: list, window: LossWindow) -> None:
     """One optimizer step over this rank's micro-batches ``group``: forward and backward on each,
-    the optimizer moving on the last (inside ``engine.step``). No host sync here on one rank."""
+    the optimizer moving on the last (inside ``engine.step``). On one rank the loop itself makes
+    the host wait for nothing; the KEGG model's ``embed`` still does, three times (its placeholder
+    count check, and its boolean feature mask forward and backward: ``scripts/count_ops.py``)."""
     for batch, weight in zip(group, loss_weights(objective, group, engine)):
         loss, counts = objective.train_step(engine, batch)
         engine.backward(loss if weight is None else loss * weight)
