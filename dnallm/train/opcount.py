@@ -10,6 +10,9 @@ and each one that makes the host wait for the device's result:
 - ``nonzero``, ``masked_select``, ``unique``: outputs whose size depends on the data;
 - ``index`` / ``index_put_`` with a boolean mask (a ``nonzero`` inside).
 
+``non_view_ops`` leaves out the views (``view``, ``t``, ``transpose``, ``slice``, ...), which change
+a tensor's metadata only: roughly the kernels a GPU would launch.
+
 ``scripts/count_ops.py`` prints the counts; a test keeps them from regressing.
 """
 
@@ -35,17 +38,19 @@ class OpCounter(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.ops, self.syncs = Counter(), Counter()
+        self.ops, self.syncs, self.views = Counter(), Counter(), 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         self.ops[name] += 1
+        self.views += func.is_view  # metadata only (view, t, transpose, slice, ...): no kernel on a GPU
         if name in SYNC_OPS or (name in MASK_INDEX_OPS and _boolean_index(args)):
             self.syncs[name] += 1
         return func(*args, **(kwargs or {}))
 
     def summary(self, top: int = 12) -> dict:
-        return {"aten_ops": sum(self.ops.values()), "host_syncs": sum(self.syncs.values()),
+        total = sum(self.ops.values())
+        return {"aten_ops": total, "non_view_ops": total - self.views, "host_syncs": sum(self.syncs.values()),
                 "syncs_by_op": dict(self.syncs), "top_ops": dict(self.ops.most_common(top))}
 
 
