@@ -117,7 +117,8 @@ def enable_activation_checkpointing(model, every_n_layers: int = 1, **kwargs) ->
     """Recompute activations in the backward pass (transformers' new name, or the old one),
     in every ``every_n_layers``-th decoder layer (the others keep their activations)."""
     if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
+        every = {"every_n_layers": every_n_layers} if every_n_layers > 1 else {}  # a keyword of later releases
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **every)
         return
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if every_n_layers > 1:
