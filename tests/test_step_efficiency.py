@@ -220,3 +220,26 @@ def test_token_budget_and_global_batch_size_are_not_combined(tmp_path, tiny_mode
     recipe = _recipe(tmp_path, tiny_models, planted, "train.max_tokens=600", "train.global_batch_size=8")
     with pytest.raises(ValueError, match="global_batch_size=8 counts samples.*max_tokens=600"):
         grad_accum_steps(recipe, 1)
+
+
+def test_cache_read_ahead_of_the_step_gives_the_steps_dna_inputs(tmp_path, tiny_models, planted):
+    from dnallm.encoders.cache import CachedEncoder, build_cache
+    from dnallm.train.build import cache_identity
+
+    recipe = _recipe(tmp_path, tiny_models, planted)
+    encoder = build_encoder(recipe, "cpu")
+    examples = load_examples(planted / "train.jsonl", recipe.data.dna_window).select(range(3))
+    windows = [w for ex in examples for w in (ex["ref_window"], ex["var_window"])]
+    identity = cache_identity(recipe, "cpu")
+    build_cache(encoder, windows, tmp_path / "cache", identity, batch_size=4)
+    cached = CachedEncoder(tmp_path / "cache", identity, encoder.tokenizer, "cpu")
+    model, tokenizer = build_model(recipe, "cpu", encoder)
+    processor = build_processor(recipe, tokenizer, encoder)
+    rows = [processor(ex) for ex in examples]
+    ahead = training_batch(processor, rows, cache=cached.on_host(), encoder_batch_size=4)["dna_inputs"]
+    in_step = dna_inputs(cached, training_batch(processor, rows)["dna"], 4)
+    assert ahead.keys() == in_step.keys() == {"dna_embeds", "dna_mask", "dna_spans"}
+    for key in ahead:
+        assert torch.equal(ahead[key], in_step[key]), key
+    live = dna_inputs(encoder, windows, 4)["dna_embeds"]
+    torch.testing.assert_close(ahead["dna_embeds"].float(), live, rtol=2e-2, atol=2e-2)  # stored in bf16
