@@ -243,3 +243,30 @@ def test_cache_read_ahead_of_the_step_gives_the_steps_dna_inputs(tmp_path, tiny_
         assert torch.equal(ahead[key], in_step[key]), key
     live = dna_inputs(encoder, windows, 4)["dna_embeds"]
     torch.testing.assert_close(ahead["dna_embeds"].float(), live, rtol=2e-2, atol=2e-2)  # stored in bf16
+
+
+def test_token_budget_trains_on_two_ranks(tmp_path, tiny_models, planted):
+    """Two processes under the DeepSpeed launcher, token-budget micro-batches accumulated two per step:
+    both ranks take every step (a rank with a step fewer would hang the other in its all-reduce)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    args = [
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29657", "--module", "dnallm",
+        "train", str(REPO / "recipes/kegg/tiny.yaml"), f"deepspeed={REPO}/recipes/deepspeed/zero2.json",
+        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={tiny_models['genos']}",
+        f"llm.name_or_path={tiny_models['qwen3']}", f"data.train={planted / 'train.jsonl'}", "data.val=",
+        "train.max_tokens=700", "train.grad_accum=2", "train.epochs=1", "train.max_steps=0", "train.log_every=1",
+        "train.save_every=0",
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # One epoch: every micro-batch of the plan, dealt to two ranks, two per step.
+    objective = FineTune(_recipe(tmp_path, tiny_models, planted, "train.max_tokens=700"))
+    objective.setup("cpu", 0, 2)
+    steps = -(-objective.batches_per_epoch() // 2)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged if "train/loss" in entry] == list(range(1, steps + 1))
