@@ -53,7 +53,8 @@ def locate_models(recipe, relative_to: str | Path | None = None) -> None:
         part.name_or_path = locate_model(part.name_or_path, f"{section}.name_or_path", relative_to)
 
 
-def locate_model(name_or_path: str, key: str, relative_to: str | Path | None = None) -> str:
+def locate_model(name_or_path: str, key: str, relative_to: str | Path | None = None, *, fix: str = "") -> str:
+    """``fix``: how to name another model, where not a recipe key on the command line (say a Python argument)."""
     path = Path(name_or_path).expanduser()
     candidates = [path] if path.is_absolute() else [path, *([Path(relative_to) / path] if relative_to else [])]
     for candidate in candidates:
@@ -63,7 +64,7 @@ def locate_model(name_or_path: str, key: str, relative_to: str | Path | None = N
         return name_or_path
     looked = " or ".join(os.path.abspath(c) for c in candidates)
     raise ModelNotFound(f"{key}={name_or_path!r}: no such model folder (looked for {looked}); "
-                        f"pass {key}=PATH (or a hub ID) on the command line")
+                        + (fix or f"pass {key}=PATH (or a hub ID) on the command line"))
 
 
 def check_remote_code(name_or_path: str, trust_remote_code: bool, recipe_key: str) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pysam
 
+from dnallm.data.genome import stale_index_message
+
 
 CONTIG_NAMINGS = ("exact", "add-chr", "strip-chr")
 
@@ -120,6 +122,9 @@ def open_fasta(path: str | Path) -> pysam.FastaFile:
             f"{path} is compressed with plain gzip, which cannot be indexed for random access; "
             f"decompress it (gunzip {path}) or recompress it with bgzip (gunzip -c {path} | bgzip > {path})"
         )
+    stale = stale_index_message(path)
+    if stale:
+        raise InputError(stale)
     try:
         with quiet_htslib():
             return pysam.FastaFile(str(path))

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file
 
 from dnallm.config import RecipeError
+from dnallm.hub import CheckpointError
 from dnallm.io import atomic_directory, save_tensors
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -61,8 +62,24 @@ def resolve_checkpoint(path: str | Path, marker: str = "trainable.safetensors") 
         return path
     found = list_checkpoints(path, marker)
     if not found:
+        _refuse_other_kind(path, marker)
         raise FileNotFoundError(f"no checkpoint found at {path} (expected {marker} or checkpoint-*/ inside)")
     return found[-1]
+
+
+# The weights file each kind of checkpoint holds, and what the kind is for.
+CHECKPOINT_KINDS = {
+    "trainable.safetensors": "a KEGG fusion checkpoint (dnallm train or grpo; for eval, annotate, chat, serve)",
+    "model.safetensors": "a coverage-track checkpoint (dnallm train-tracks; for predict-tracks, eval-tracks)",
+}
+
+
+def _refuse_other_kind(path: Path, marker: str) -> None:
+    """A checkpoint of the other kind is named as such, not reported as missing."""
+    for other, kind in CHECKPOINT_KINDS.items():
+        if other != marker and ((path / other).is_file() or list_checkpoints(path, other)):
+            wanted = CHECKPOINT_KINDS.get(marker, f"a checkpoint holding {marker}")
+            raise CheckpointError(f"{path} is {kind}; this command needs {wanted}")
 
 
 def find_resume_checkpoint(wanted: str, run_dir: str | Path, marker: str = "trainable.safetensors") -> Path | None:
