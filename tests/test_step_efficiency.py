@@ -20,8 +20,9 @@ from dnallm.train.trainer import LossWindow, optimizer_step
 REPO = Path(__file__).resolve().parent.parent
 
 # One step of recipes/kegg/tiny.yaml, micro-batch 4, live encoder, forward + backward + AdamW, as the
-# trainer ran it before these changes (at 99f902c): 2,099 aten operations, 1,385 of them not views, 52 host syncs.
-BASELINE_OPS, BASELINE_NON_VIEW_OPS = 2099, 1385
+# trainer ran it before these changes (at 99f902c, with the recipe's summary now): 2,199 aten operations,
+# 1,458 of them not views, 55 host syncs.
+BASELINE_OPS, BASELINE_NON_VIEW_OPS = 2199, 1458
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,8 @@ def test_one_training_step_launches_few_operations_and_syncs_little(tmp_path, ti
     counts = count_step(_recipe(tmp_path, tiny_models, planted))
     # What remains: the lead's DNA scatter (the placeholder count and the feature mask, forward and backward).
     assert counts["host_syncs"] <= 5, counts["syncs_by_op"]
-    assert counts["aten_ops"] <= 1480, f"{counts['aten_ops']} aten operations (before: {BASELINE_OPS}); {counts['top_ops']}"
-    assert counts["non_view_ops"] <= 930, f"{counts['non_view_ops']} not views (before: {BASELINE_NON_VIEW_OPS})"
+    assert counts["aten_ops"] <= 1550, f"{counts['aten_ops']} aten operations (before: {BASELINE_OPS}); {counts['top_ops']}"
+    assert counts["non_view_ops"] <= 980, f"{counts['non_view_ops']} not views (before: {BASELINE_NON_VIEW_OPS})"
     packed = count_step(_recipe(tmp_path, tiny_models, planted, "train.max_tokens=600"))
     assert packed["host_syncs"] <= 5, packed["syncs_by_op"]
 
