@@ -18,10 +18,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, DNA_TOKENS
-from dnallm.fusion.packing import PACKED_ATTENTION, PACKING_ATTENTION, chunked_token_logps, packed_kwargs, register, shifted_targets
+from dnallm.fusion.kernels import apply_liger, lean_lora
+from dnallm.fusion.packing import (CAUSAL_ONLY, PACKED_ATTENTION, PACKING_ATTENTION, chunked_token_logps, packed_kwargs,
+                                   register, shifted_targets)
 from dnallm.fusion.projector import DNAProjector
 from dnallm.fusion.summary import VariantSummary
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
+from dnallm.norms import fused_rms_norm
 
 
 class DNAFusionLM(nn.Module):
@@ -72,30 +75,38 @@ class DNAFusionLM(nn.Module):
         return inputs_embeds
 
     def forward(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, labels=None, position_ids=None, cu_seq_lens=None,
-                score_mask=None, dna_spans=None):
+                score_mask=None, dna_spans=None, reply_index=None, reply_targets=None, max_length=None):
         """With ``labels``: the mean next-token loss over labelled tokens, from logits on those
         tokens only (``logits="reply"``, chunked; see ``dnallm.fusion.packing``) or over every
         position (``logits="full"``, transformers' own loss; ``.logits`` is returned).
-        ``cu_seq_lens``: a packed row (``packing.pack_rows``). With ``score_mask``: the tensor
-        ``token_logps`` returns (through the forward, so that training engines wrap it)."""
+        ``cu_seq_lens``: a packed row (``packing.pack_rows``), ``max_length`` its longest sample.
+        ``reply_index`` / ``reply_targets``: the labelled positions, found on the host
+        (``packing.reply_targets``; without them the mask over ``labels`` is applied here,
+        which waits for the device). With ``score_mask``: the tensor ``token_logps`` returns
+        (through the forward, so that training engines wrap it)."""
         if score_mask is not None:
             return self.token_logps(input_ids, attention_mask, score_mask, dna_embeds, dna_mask, dna_spans)
         if labels is not None and self.logits == "reply":
-            hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens, dna_spans)
-            keep, targets = shifted_targets(labels)
-            logps = chunked_token_logps(hidden[:, :-1][keep], targets, self.llm.get_output_embeddings(), self.logits_chunk)
-            return CausalLMOutputWithPast(loss=-logps.sum() / max(targets.numel(), 1))
+            hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens,
+                                        dna_spans, max_length)
+            if reply_index is None:
+                keep, reply_targets = shifted_targets(labels)
+                chosen = hidden[:, :-1][keep]  # (n, hidden)
+            else:
+                chosen = hidden.flatten(0, 1).index_select(0, reply_index)  # (n, hidden)
+            logps = chunked_token_logps(chosen, reply_targets, self.llm.get_output_embeddings(), self.logits_chunk)
+            return CausalLMOutputWithPast(loss=-logps.sum() / max(reply_targets.numel(), 1))
         inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
         return self.llm(inputs_embeds=inputs_embeds, labels=labels, position_ids=position_ids, use_cache=False,
-                        **self._attention_kwargs(attention_mask, cu_seq_lens))
+                        **self._attention_kwargs(attention_mask, cu_seq_lens, max_length))
 
     def hidden_states(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, position_ids=None, cu_seq_lens=None,
-                      dna_spans=None):
+                      dna_spans=None, max_length=None):
         """The decoder's last hidden states, before the LM head. (batch, tokens, hidden)"""
         inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
         decoder = self.llm.get_base_model().get_decoder()
         out = decoder(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False,
-                      **self._attention_kwargs(attention_mask, cu_seq_lens))
+                      **self._attention_kwargs(attention_mask, cu_seq_lens, max_length))
         return out.last_hidden_state
 
     def token_logps(self, input_ids, attention_mask, score_mask, dna_embeds=None, dna_mask=None, dna_spans=None) -> torch.Tensor:
@@ -108,14 +119,19 @@ class DNAFusionLM(nn.Module):
         out[:, 1:] = out[:, 1:].masked_scatter(keep, logps)
         return out
 
-    def _attention_kwargs(self, attention_mask, cu_seq_lens) -> dict:
+    def _attention_kwargs(self, attention_mask, cu_seq_lens, max_length: int | None = None) -> dict:
+        """``attention_mask`` None: causal attention alone (right-padded rows, where padding only
+        follows real tokens); an SDPA-based implementation then gets no mask to build or check."""
         if cu_seq_lens is None:
+            impl = self.llm.get_base_model().config._attn_implementation
+            if attention_mask is None and impl in ("sdpa", *PACKING_ATTENTION):
+                return {"attention_mask": CAUSAL_ONLY}
             return {"attention_mask": attention_mask}
         impl = self.llm.get_base_model().config._attn_implementation
         if impl not in PACKING_ATTENTION:
             raise ValueError(f"a packed batch needs an attention implementation that reads cu_seq_lens ({', '.join(PACKING_ATTENTION)}); "
                              f"this LLM uses {impl!r}: build it with packing=True (recipe: train.packing=true)")
-        return packed_kwargs(cu_seq_lens.to(self.dna_boundary.device))
+        return packed_kwargs(cu_seq_lens.to(self.dna_boundary.device), max_length)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, dna_spans=None, **generate_kwargs):
@@ -159,8 +175,9 @@ def build_fusion_lm(
     summary_context: int = 17,
     dtype=torch.float32,
     trust_remote_code: bool = False,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool | int = False,
     packing: bool = False,
+    liger_device: str = "",
     logits: str = "reply",
     logits_chunk: int = 1024,
     llm: nn.Module | None = None,
@@ -171,6 +188,10 @@ def build_fusion_lm(
     ``packing``: attention that reads packed rows (``dnallm.fusion.packing``); the LLM keeps
     its own implementation if that is already a varlen flash-attention one.
     ``logits``: ``reply`` (LM head on labelled tokens only, ``logits_chunk`` at a time) or ``full``.
+    ``gradient_checkpointing``: recompute every decoder layer (True), every N-th (an int N), or none.
+    ``liger_device``: the device the model will train on; on CUDA, Liger-Kernel's Qwen3 kernels
+    where installed (``dnallm.fusion.kernels``). LoRA projections and RMSNorm always take the
+    lean forms there.
     ``llm``: an already built causal LM to wrap instead of loading weights (benchmarks of
     published shapes from their configs); the tokenizer still comes from ``llm_name_or_path``.
     """
@@ -186,8 +207,11 @@ def build_fusion_lm(
     token_ids = add_dna_tokens(tokenizer, llm)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if liger_device:
+        apply_liger(llm, liger_device)
     if gradient_checkpointing:
-        enable_activation_checkpointing(llm, use_reentrant=False)
+        every = 1 if gradient_checkpointing is True else int(gradient_checkpointing)
+        enable_activation_checkpointing(llm, every_n_layers=every, use_reentrant=False)
     config = LoraConfig(
         r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
         target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
@@ -195,6 +219,8 @@ def build_fusion_lm(
     with warnings.catch_warnings():  # peft still asks under the attribute's old name
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         llm = get_peft_model(llm, config)
+    lean_lora(llm)
+    fused_rms_norm(llm)
     llm_hidden = llm.get_input_embeddings().weight.shape[1]
     projector = DNAProjector(dna_hidden, llm_hidden, kind=projector_kind, pool=pool, kernel=kernel)
     variant_summary = None if summary == "none" else VariantSummary(

@@ -9,6 +9,7 @@ from dnallm.config import Recipe, apply_overrides, kegg_recipe_class, recipe_fro
 from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.cache import CacheIdentity, CachedEncoder, weights_fingerprint
 from dnallm.fusion import build_fusion_lm
+from dnallm.fusion.kernels import compile_layers
 from dnallm.fusion.processor import DNAChatProcessor
 from dnallm.hub import locate_model, locate_models, resolve_dtype
 from dnallm.train.checkpoint import load_trainable, resolve_checkpoint
@@ -79,7 +80,8 @@ def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder
         dtype=resolve_dtype(recipe.llm.dtype, device),
         trust_remote_code=recipe.llm.trust_remote_code,
         gradient_checkpointing=recipe.llm.gradient_checkpointing,
-        packing=recipe.train.packing,
+        packing=recipe.train.packing or recipe.train.max_tokens > 0,
+        liger_device=device if recipe.llm.liger else "",
         logits=recipe.train.logits,
         logits_chunk=recipe.train.logits_chunk,
         llm=llm,
@@ -87,6 +89,8 @@ def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
+    if recipe.train.compile:
+        compile_layers(model.llm)
     return (model.to(device) if place else model), tokenizer
 
 
@@ -97,7 +101,7 @@ def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncod
         tokenizer, dna_tokenizer, pool=projector_positions(recipe, dna_tokenizer)[0],
         summary_tokens=0 if recipe.projector.summary == "none" else recipe.projector.summary_tokens,
         system_prompt=recipe.data.system_prompt, with_reasoning=recipe.data.with_reasoning,
-        packing=recipe.train.packing,
+        packing=recipe.train.packing or recipe.train.max_tokens > 0,
     )
 
 
