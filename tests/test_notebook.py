@@ -22,5 +22,5 @@ def test_quickstart_runs(tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 3  # confusion matrix, embeddings, coverage track
+    assert len(images) == 4  # confusion matrix, which bases made the answer, embeddings, coverage track
     assert (tmp_path / "work" / "run").is_dir() and (tmp_path / "work" / "coverage").is_dir()
