@@ -33,13 +33,10 @@ from dnallm.encoders import DNAEncoder
 from dnallm.eval.answers import Prediction, predict_batch
 from dnallm.eval.kegg import max_new_tokens_for
 from dnallm.fusion.summary import masked_mean
-from dnallm.hub import resolve_dtype
+from dnallm.hub import list_checkpoints, pick_device, resolve_checkpoint, resolve_dtype
 from dnallm.io import atomic_open, save_tensors
 from dnallm.serve.session import Conversation, ModelSession, Sampling
-from dnallm.train import checkpoint as fusion_checkpoint
 from dnallm.train import coverage as coverage_objective
-from dnallm.train.checkpoint import list_checkpoints
-from dnallm.train.engine import pick_device
 
 POOLS = ("mean", "max", "last", "none")
 
@@ -141,7 +138,7 @@ def load(checkpoint: str | Path, *, device: str | None = None, overrides: list[s
         from dnallm.eval.coverage_predict import Predictor
 
         return TrackModel(Predictor(path, device=device, overrides=overrides))
-    fusion_checkpoint.resolve_checkpoint(path)  # a clear error when there is none
+    resolve_checkpoint(path)  # a clear error when there is none
     return Model(ModelSession.load(path, device=device, overrides=overrides))
 
 

@@ -19,10 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-def distributed_env() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size) as set by deepspeed, torchrun or accelerate launchers."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+from dnallm.hub import distributed_env, pick_device  # noqa: F401 (the training side's names)
 
 
 def fast_forward(scheduler, steps: int) -> None:
@@ -129,17 +126,6 @@ def single_process_defaults() -> None:
         port = sock.getsockname()[1]
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
         os.environ.setdefault(key, value)
-
-
-def pick_device() -> str:
-    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
-        _, local_rank, _ = distributed_env()
-        torch.cuda.set_device(local_rank)
-        # What stays fp32 on the GPU (trainable projector and head, master weights' matmuls) uses TF32.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        return f"cuda:{local_rank}"
-    return "cpu"
 
 
 def resolve_deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: int, max_grad_norm: float, lr: float, weight_decay: float, device: str) -> dict:

@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 
 from dnallm.config import Recipe
 from dnallm.data.kegg import load_examples
+from dnallm.encoders.cache import require_cached
 from dnallm.fusion.processor import dna_inputs
 from dnallm.io import save_tensors
 from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.checkpoint import load_trainable
-from dnallm.train.embed_cache import require_cached
 from dnallm.train.engine import zero_stage
 from dnallm.train.trainer import fit
 
@@ -137,6 +137,7 @@ class FineTune:
         return {n: engine.full_param(p) for n, p in engine.module.named_parameters() if p.requires_grad}
 
     def write_checkpoint_files(self, directory: Path, model, tensors: dict) -> None:
+        model.config.save(directory)  # what rebuilds the model (DNAFusionLM.from_pretrained)
         save_adapter(model, tensors, directory / "adapter")
 
     def load_checkpoint_tensors(self, model, checkpoint: Path) -> None:
