@@ -30,13 +30,13 @@ from dnallm.data.genome import Genome, Region
 from dnallm.data.kegg import examples_from_records, read_jsonl
 from dnallm.data.vcf import InputError
 from dnallm.encoders import DNAEncoder
+from dnallm.encoders.coverage_pretrained import WEIGHTS as COVERAGE_WEIGHTS
 from dnallm.eval.answers import Prediction, predict_batch
 from dnallm.eval.kegg import max_new_tokens_for
 from dnallm.fusion.summary import masked_mean
 from dnallm.hub import list_checkpoints, pick_device, resolve_checkpoint, resolve_dtype
 from dnallm.io import atomic_open, save_tensors
 from dnallm.serve.session import Conversation, ModelSession, Sampling
-from dnallm.train import coverage as coverage_objective
 
 POOLS = ("mean", "max", "last", "none")
 
@@ -134,7 +134,7 @@ def load(checkpoint: str | Path, *, device: str | None = None, overrides: list[s
     ``["llm.name_or_path=/models/Qwen3-4B"]``.
     """
     path = Path(checkpoint)
-    if list_checkpoints(path, coverage_objective.WEIGHTS) or (path / coverage_objective.WEIGHTS).is_file():
+    if list_checkpoints(path, COVERAGE_WEIGHTS) or (path / COVERAGE_WEIGHTS).is_file():
         from dnallm.eval.coverage_predict import Predictor
 
         return TrackModel(Predictor(path, device=device, overrides=overrides))

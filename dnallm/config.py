@@ -41,16 +41,16 @@ _RANGE_OK = {"ge": lambda v, x: v >= x, "gt": lambda v, x: v > x, "le": lambda v
 class TrainConfig:
     """The ``train`` section of every objective: schedule, batch, checkpoints, resume."""
 
-    epochs: float = check(3.0, gt=0)
+    epochs: float = check(3.0, gt=0)  # passes over the training data (max_steps > 0 overrides)
     max_steps: int = check(0, ge=0)  # > 0 overrides epochs
-    micro_batch_size: int = check(1, ge=1)
+    micro_batch_size: int = check(1, ge=1)  # samples per forward on each rank
     global_batch_size: int = check(0, ge=0)  # micro_batch_size x grad_accum x ranks; 0: use grad_accum
     grad_accum: int = check(8, ge=1)  # used when global_batch_size is 0
-    lr: float = check(1e-4, gt=0)
-    weight_decay: float = check(0.0, ge=0)
-    warmup_ratio: float = check(0.05, ge=0, le=1)
+    lr: float = check(1e-4, gt=0)  # peak learning rate (linear warm-up, then cosine decay)
+    weight_decay: float = check(0.0, ge=0)  # AdamW weight decay (LoRA weights; the projector gets none)
+    warmup_ratio: float = check(0.05, ge=0, le=1)  # fraction of the steps spent warming the learning rate up
     max_grad_norm: float = check(1.0, ge=0)  # 0: no clipping
-    log_every: int = check(10, ge=1)
+    log_every: int = check(10, ge=1)  # optimizer steps between log lines
     save_every: int = check(0, ge=0)  # optimizer steps; 0: only at the end
     keep_last: int = check(2, ge=0)  # checkpoints of this run kept; 0: all
     report_to: list = check([], choices=("tensorboard", "wandb"))  # experiment trackers
@@ -66,9 +66,9 @@ class RecipeBase:
     """
 
     objective: ClassVar[str] = "run"
-    run_name: str = ""
-    output_dir: str = ""
-    seed: int = 42
+    run_name: str = ""  # name of the run in logs and trackers; default: the objective
+    output_dir: str = ""  # where checkpoints and logs go; default: runs/<objective>
+    seed: int = 42  # seeds Python, NumPy and torch (every rank), and the data order
     deepspeed: str = ""  # path to a DeepSpeed JSON; empty: plain PyTorch
 
     def __post_init__(self):
@@ -87,11 +87,11 @@ class RecipeBase:
 
 @dataclass
 class DataConfig:
-    train: str = ""
-    val: str = ""
-    dna_window: int = check(1024, ge=1)
-    with_reasoning: bool = False
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    train: str = ""  # training records (KEGG-format JSONL)
+    val: str = ""  # validation records, scored at each checkpoint; empty: none
+    dna_window: int = check(1024, ge=1)  # bases of each sequence read, centred on the variant
+    with_reasoning: bool = False  # train on the reasoning before 'Answer:' too
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # the chat's system turn (default: the BioReason prompt)
     use_dna: bool = True  # False: text-only baseline, no DNA blocks in the prompt
 
 
@@ -102,7 +102,7 @@ class EncoderModel:
     name_or_path: str = "BGI-HangzhouAI/Genos-1.2B"  # hub ID or local folder
     trust_remote_code: bool = False  # run the checkpoint's own modelling code
     layer: int = -1  # hidden layer whose states are read (-1: the last)
-    dtype: str = check("auto", choices=DTYPES)
+    dtype: str = check("auto", choices=DTYPES)  # precision of the encoder's forward
 
 
 @dataclass
@@ -131,6 +131,7 @@ class LoraSection:
     r: int = check(16, ge=1)  # LoRA rank
     alpha: int = check(32, gt=0)  # LoRA scale numerator (scale = alpha / r)
     dropout: float = check(0.05, ge=0, lt=1)  # dropout on the LoRA input
+    # LLM linear layers that get LoRA adapters
     target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
@@ -156,7 +157,7 @@ class FusionTrainConfig(TrainConfig):
 
 @dataclass
 class EvalConfig:
-    batch_size: int = check(8, ge=1)
+    batch_size: int = check(8, ge=1)  # prompts per generation batch (eval, annotate, predict)
     max_new_tokens: int = check(0, ge=0)  # 0: the longest training reply (reasoning, answer, end of turn) + 32
 
 
@@ -209,40 +210,40 @@ AUTOSOMES = [f"chr{i}" for i in range(1, 23)]
 
 @dataclass
 class TrackDataConfig:
-    fasta: str = ""
+    fasta: str = ""  # reference genome (FASTA, indexed or bgzipped)
     tracks: str = ""  # track sheet (YAML or TSV)
     bigwig_contigs: str = check("same", choices=("same", "add_chr", "strip_chr"))  # FASTA -> bigWig contig names
     strict_contigs: bool = True  # every bigWig contig must be in the FASTA
-    chroms: list = field(default_factory=lambda: list(AUTOSOMES))
-    val_chroms: list = field(default_factory=list)
-    test_chroms: list = field(default_factory=list)
+    chroms: list = field(default_factory=lambda: list(AUTOSOMES))  # contigs to train on
+    val_chroms: list = field(default_factory=list)  # contigs held out for validation
+    test_chroms: list = field(default_factory=list)  # contigs held out for evaluation
     val_regions: str = ""  # BED of held-out regions (on top of, or instead of, val_chroms)
-    test_regions: str = ""
-    window: int = check(32768, ge=1)
-    overlap: int = check(16384, ge=0)
+    test_regions: str = ""  # BED of regions held out for evaluation
+    window: int = check(32768, ge=1)  # bases per training window
+    overlap: int = check(16384, ge=0)  # bases shared by consecutive windows
     max_n_fraction: float = check(0.5, ge=0, le=1)  # skip windows with more N than this
-    rc_augment: bool = True
-    num_workers: int = check(2, ge=0)
+    rc_augment: bool = True  # train on reverse complements too (strands swapped)
+    num_workers: int = check(2, ge=0)  # data-loading worker processes
 
 
 @dataclass
 class TargetConfig:
-    power: float = check(0.75, gt=0)
+    power: float = check(0.75, gt=0)  # targets raised to this power (< 1 compresses high coverage)
     clip: float = check(384.0, ge=0)  # soft clip threshold in transformed units; 0: none
 
 
 @dataclass
 class TrunkConfig:
-    name_or_path: str = "BGI-HangzhouAI/Genos-1.2B"
-    trust_remote_code: bool = False
-    gradient_checkpointing: bool = False
+    name_or_path: str = "BGI-HangzhouAI/Genos-1.2B"  # DNA trunk to fine-tune: hub ID or local folder
+    trust_remote_code: bool = False  # run the checkpoint's own modelling code
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
 
 
 @dataclass
 class HeadConfig:
-    channels: list = field(default_factory=lambda: [256, 64])
-    kernel_size: int = check(5, ge=1)
-    dropout: float = check(0.1, ge=0, lt=1)
+    channels: list = field(default_factory=lambda: [256, 64])  # output channels of each conv block of the head
+    kernel_size: int = check(5, ge=1)  # conv kernel width of the head, in bases
+    dropout: float = check(0.1, ge=0, lt=1)  # dropout in the head
 
 
 @dataclass

@@ -18,7 +18,8 @@ from dnallm.eval.coverage_predict import Predictor
 from dnallm.eval.coverage_stitch import keep_ranges, plan_windows
 from dnallm.config import load_coverage_recipe
 from dnallm.train.checkpoint import read_state
-from dnallm.train.coverage import build_engine, build_model, load_coverage_checkpoint, train
+from dnallm.encoders.coverage_pretrained import load_coverage_checkpoint
+from dnallm.train.coverage import build_engine, build_model, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "coverage" / "tiny.yaml"

@@ -27,12 +27,12 @@ from dnallm.io import atomic_directory
 
 @dataclass
 class DNAHeadConfig:
-    hidden: int = 256
-    dropout: float = 0.1
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1.0e-3
-    weight_decay: float = 0.01
+    hidden: int = 256  # hidden units of the DNA-only classifier
+    dropout: float = 0.1  # dropout of the classifier
+    epochs: int = 100  # passes over the training pairs
+    batch_size: int = 64  # pairs per step
+    lr: float = 1.0e-3  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
 
 
 @torch.no_grad()

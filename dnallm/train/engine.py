@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dnallm.hub import distributed_env, pick_device  # noqa: F401 (the training side's names)
+from dnallm.hub import autocast, distributed_env, pick_device  # noqa: F401 (the training side's names)
 
 
 def fast_forward(scheduler, steps: int) -> None:
@@ -170,7 +170,7 @@ class TorchEngine:
         self.rank, self.world_size = 0, 1
 
     def __call__(self, **batch):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
+        with autocast(self.device):
             return self.module(**batch)
 
     def load_master_weights(self, values: dict[str, torch.Tensor]) -> None:
