@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from dnallm.config import Recipe
 from dnallm.encoders.cache import build_cache, dataset_windows
