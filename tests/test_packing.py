@@ -159,3 +159,19 @@ def test_packed_batch_without_packing_attention_names_the_switch(tiny_models, se
 def test_an_unknown_logits_setting_is_named_before_any_weights_load(tmp_path):
     with pytest.raises(RecipeError, match=r"^recipe key 'logits' must be one of reply, full, got 'some'$"):
         DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tmp_path / "no-such-llm")}, "logits": "some"})
+
+
+def test_the_per_sample_loop_on_a_gpu_is_named_once_with_its_reason():
+    import warnings
+
+    from dnallm.fusion.packing import packed_kernel, varlen_blocker, warn_per_sample
+
+    query = torch.zeros(1, 2, 3, 8)  # (batch, heads, tokens, dim), fp32 on the CPU
+    assert varlen_blocker(query) == "not on a GPU" and packed_kernel(query) == "per-sample"
+    reason = "float32 activations (varlen needs float16 or bfloat16)"
+    warn_per_sample.cache_clear()
+    with pytest.warns(RuntimeWarning, match=r"runs one SDPA call per sample, not one varlen call: float32 activations"):
+        warn_per_sample(reason)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_per_sample(reason)  # said once, not at every layer and step

@@ -12,6 +12,7 @@ import atexit
 import json
 import os
 import re
+import sys
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -316,8 +317,13 @@ class DeepSpeedEngine:
             self._linked_at = self.engine.global_steps
         try:
             out = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
-        except (ValueError, KeyError):  # no optimizer step taken yet (ZeRO-1/2: ValueError, ZeRO-3: KeyError)
-            return None
+        except (ValueError, KeyError) as e:  # no optimizer step taken yet (ZeRO-1/2: ValueError, ZeRO-3: KeyError)
+            if self.engine.global_steps == 0:
+                return None
+            # After a step the moments exist: a checkpoint without them would not resume exactly.
+            shape = tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 keeps the whole shape aside
+            raise RuntimeError(f"cannot gather the optimizer moments of a parameter of shape {shape} at step "
+                               f"{self.engine.global_steps} ({type(e).__name__}: {e})") from e
         if any(v is None for v in out.values()) or self.rank != 0:
             return None  # gathered on every rank (a collective), kept on rank 0 only
         return {k: v.detach().float().cpu() for k, v in out.items()}
@@ -325,6 +331,10 @@ class DeepSpeedEngine:
     def load_moments(self, moments: dict[nn.Parameter, dict[str, torch.Tensor]], step: int) -> None:
         from deepspeed.utils import safe_set_full_optimizer_state
 
+        if not self.adam and step > 0:
+            # Said, not silent: only Adam's moments are saved un-partitioned (see __init__).
+            print(f"resume: {type(self._inner_optimizer()).__name__} state is not kept under DeepSpeed; the step and "
+                  "learning-rate schedule resume, the optimizer's running statistics start afresh", file=sys.stderr)
         if self.adam:
             self._link_moments(create=True)
             self._linked_at = None
