@@ -338,7 +338,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def _check_choice(key: str, value, choices: tuple, joined: str) -> None:
     items = value if isinstance(value, list) else (value.split(joined) if joined else [value])
     bad = [v for v in items if v not in choices]
-    if bad or (joined and len(items) > 1 and choices[0] in items):  # "none" stands alone
+    # "none" stands alone, and a view is named once
+    if bad or (joined and len(items) > 1 and (choices[0] in items or len(set(items)) < len(items))):
         how = f"one of {', '.join(choices[1:])} or several joined with '{joined}', or {choices[0]}" if joined else \
             f"one of {', '.join(choices)}"
         close = difflib.get_close_matches(str(bad[0]), choices, n=1) if bad else []

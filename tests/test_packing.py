@@ -115,7 +115,7 @@ def test_token_logps_match_a_full_log_softmax(setup):
     score = batch["labels"] != -100  # score the reply tokens
     with torch.no_grad():
         got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], dna_embeds=dna, dna_mask=dna_mask,
-                    score_mask=score.long())
+                    score_mask=score.long()).token_logps
         model.logits = "full"
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], dna_embeds=dna, dna_mask=dna_mask,
                        labels=batch["labels"]).logits

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 
 from dnallm.data.coverage import base_lookup
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
@@ -154,7 +154,3 @@ def base_token_ids(tokenizer) -> np.ndarray:
 def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-
-def trunk_config(name_or_path: str, trust_remote_code: bool = False):
-    check_remote_code(name_or_path, trust_remote_code, "encoder.trust_remote_code")
-    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

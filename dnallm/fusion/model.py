@@ -13,12 +13,13 @@ builds it, ``from_pretrained`` rebuilds a checkpoint (``dnallm.fusion.pretrained
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import ModelOutput
 
 from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, DNA_TOKENS
 from dnallm.fusion.config import DNAFusionConfig
@@ -26,6 +27,15 @@ from dnallm.fusion.packing import PACKED_ATTENTION, PACKING_ATTENTION, chunked_t
 from dnallm.fusion.projector import DNAProjector
 from dnallm.fusion.summary import VariantSummary
 from dnallm.hub import check_remote_code, enable_activation_checkpointing, resolve_dtype
+
+
+@dataclass
+class DNAFusionOutput(ModelOutput):
+    """What ``DNAFusionLM.forward`` returns, whichever of its three uses it served."""
+
+    loss: torch.Tensor | None = None  # () mean next-token loss over the labelled tokens (with labels)
+    logits: torch.Tensor | None = None  # (batch, tokens, vocab) where the LM head ran at every position
+    token_logps: torch.Tensor | None = None  # (batch, tokens) fp32 log p of each token where score_mask is set
 
 
 class DNAFusionLM(nn.Module):
@@ -138,18 +148,21 @@ class DNAFusionLM(nn.Module):
         """With ``labels``: the mean next-token loss over labelled tokens, from logits on those
         tokens only (``logits="reply"``, chunked; see ``dnallm.fusion.packing``) or over every
         position (``logits="full"``, transformers' own loss; ``.logits`` is returned).
-        ``cu_seq_lens``: a packed row (``packing.pack_rows``). With ``score_mask``: the tensor
-        ``token_logps`` returns (through the forward, so that training engines wrap it)."""
+        ``cu_seq_lens``: a packed row (``packing.pack_rows``). With ``score_mask``: ``.token_logps``
+        as ``token_logps`` gives them (through the forward, so that training engines wrap it).
+        Without either: ``.logits`` at every position. -> ``DNAFusionOutput``"""
         if score_mask is not None:
-            return self.token_logps(input_ids, attention_mask, score_mask, dna_embeds, dna_mask, dna_spans)
+            return DNAFusionOutput(token_logps=self.token_logps(input_ids, attention_mask, score_mask, dna_embeds,
+                                                                dna_mask, dna_spans))
         if labels is not None and self.logits == "reply":
             hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens, dna_spans)
             keep, targets = shifted_targets(labels)
             logps = chunked_token_logps(hidden[:, :-1][keep], targets, self.llm.get_output_embeddings(), self.logits_chunk)
-            return CausalLMOutputWithPast(loss=-logps.sum() / max(targets.numel(), 1))
+            return DNAFusionOutput(loss=-logps.sum() / max(targets.numel(), 1))
         inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
-        return self.llm(inputs_embeds=inputs_embeds, labels=labels, position_ids=position_ids, use_cache=False,
-                        **self._attention_kwargs(attention_mask, cu_seq_lens))
+        out = self.llm(inputs_embeds=inputs_embeds, labels=labels, position_ids=position_ids, use_cache=False,
+                       **self._attention_kwargs(attention_mask, cu_seq_lens))
+        return DNAFusionOutput(loss=out.loss, logits=out.logits)
 
     def hidden_states(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, position_ids=None, cu_seq_lens=None,
                       dna_spans=None):

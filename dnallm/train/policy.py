@@ -63,7 +63,7 @@ def reply_logps(forward, rollout: Rollout) -> torch.Tensor:
     logps = forward(
         input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
         **rollout.dna, score_mask=score_mask,
-    )
+    ).token_logps
     return logps[:, -n_reply:]
 
 
