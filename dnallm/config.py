@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import yaml
 
 from dnallm.data.chat import DEFAULT_SYSTEM_PROMPT
+from dnallm.data.dna import CONTIG_RULES
 
 
 class RecipeError(ValueError):
@@ -212,7 +213,7 @@ AUTOSOMES = [f"chr{i}" for i in range(1, 23)]
 class TrackDataConfig:
     fasta: str = ""  # reference genome (FASTA, indexed or bgzipped)
     tracks: str = ""  # track sheet (YAML or TSV)
-    bigwig_contigs: str = check("same", choices=("same", "add_chr", "strip_chr"))  # FASTA -> bigWig contig names
+    bigwig_contigs: str = check("same", choices=CONTIG_RULES)  # FASTA -> bigWig contig names (add_chr: 1 -> chr1)
     strict_contigs: bool = True  # every bigWig contig must be in the FASTA
     chroms: list = field(default_factory=lambda: list(AUTOSOMES))  # contigs to train on
     val_chroms: list = field(default_factory=list)  # contigs held out for validation

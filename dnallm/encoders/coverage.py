@@ -19,9 +19,9 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from dnallm.data.coverage import base_lookup
+from dnallm.data.dna import ALPHABET
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
 
-BASES = "ACGTN"
 
 
 class BatchNormFP32(nn.BatchNorm1d):
@@ -145,10 +145,10 @@ def base_token_ids(tokenizer) -> np.ndarray:
         if token_ids.setdefault(base, token_id) != token_id:
             raise ValueError(f"the encoder tokenizer maps base {base} to different tokens by context; per-base coverage needs a fixed token per base")
     unk = tokenizer.unk_token_id
-    missing = [b for b in BASES if token_ids.get(b) is None or (token_ids[b] == unk and unk is not None)]
+    missing = [b for b in ALPHABET if token_ids.get(b) is None or (token_ids[b] == unk and unk is not None)]
     if missing:
         raise ValueError(f"the encoder tokenizer has no token for base(s) {', '.join(missing)}")
-    return base_lookup({b: token_ids[b] for b in BASES})
+    return base_lookup({b: token_ids[b] for b in ALPHABET})
 
 
 def pad_token_id(tokenizer) -> int:

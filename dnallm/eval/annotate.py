@@ -97,7 +97,7 @@ def run_fingerprint(checkpoint: Path, vcf, fasta, gtf, options: dict) -> dict:
 
 def annotate(
     checkpoint: str | Path, vcf: str | Path, fasta: str | Path, out: str | Path, *, tsv: str | Path | None = None,
-    batch_size: int = 0, max_new_tokens: int = 0, contig_names: str = "exact", strict: bool = False,
+    batch_size: int = 0, max_new_tokens: int = 0, contig_names: str = "same", strict: bool = False,
     gtf: str | Path | None = None, question_template: str | None = None, max_n_fraction: float = 0.25,
     edge: str = "pad", overrides: list[str] | tuple = (), stop_after: int | None = None,
 ) -> dict:
