@@ -227,7 +227,7 @@ def test_grpo_command_rejects_a_checkpoint_of_another_model_shape(tiny_models, p
     # A validation file GRPO would not read is refused, not ignored.
     assert main([*args[:-1], f"data.val={planted / 'train.jsonl'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: data.val=") and "GRPO does not validate" in err[0], err
+    assert len(err) == 1 and err[0].startswith("dnallm grpo: error: data.val=") and "GRPO does not validate" in err[0], err
 
 
 def test_each_batch_of_replies_serves_updates_per_batch_steps(tiny_models, planted, under_trained, tmp_path):
