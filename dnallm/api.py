@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dnallm.data.dna import RecordError, clean_sequence
+from dnallm.data.dna import RecordError, clean_sequence, text_lines
 from dnallm.data.genome import Genome, Region
 from dnallm.data.kegg import examples_from_records, read_jsonl
 from dnallm.data.vcf import InputError
@@ -34,19 +34,37 @@ from dnallm.encoders.coverage_pretrained import WEIGHTS as COVERAGE_WEIGHTS
 from dnallm.eval.answers import Prediction, predict_batch
 from dnallm.eval.kegg import max_new_tokens_for
 from dnallm.fusion.summary import masked_mean
-from dnallm.hub import list_checkpoints, pick_device, resolve_checkpoint, resolve_dtype
+from dnallm.hub import list_checkpoints, locate_model, pick_device, resolve_checkpoint, resolve_dtype
 from dnallm.io import atomic_open, save_tensors
 from dnallm.serve.session import Conversation, ModelSession, Sampling
 
 POOLS = ("mean", "max", "last", "none")
 
 
-class Model:
+class WrongKind:
+    """What one kind of model answers when asked for the other kind's method: what the model
+    is, and which kind the method is for, instead of an AttributeError."""
+
+    kind, other_kind, other_methods = "", "", ()
+    source = "this checkpoint"
+
+    def __getattr__(self, name: str):
+        if name in self.other_methods:
+            raise TypeError(f"{self.source} is {self.kind}; {name} is for {self.other_kind}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+class Model(WrongKind):
     """A trained fusion checkpoint (frozen encoder + projector + LoRA LLM)."""
 
-    def __init__(self, session: ModelSession, max_dna_length: int = 100_000):
+    kind = "a KEGG fusion model"
+    other_kind = "coverage models (dnallm.load of a train-tracks run)"
+    other_methods = ("predict_tracks", "track_names")
+
+    def __init__(self, session: ModelSession, max_dna_length: int = 100_000, source: str | Path = "this checkpoint"):
         self.session = session
         self.max_dna_length = max_dna_length
+        self.source = str(source)
 
     @property
     def recipe(self):
@@ -103,12 +121,17 @@ class Tracks:
     values: np.ndarray  # (bases, tracks), float32, raw units (the bigWigs' scale)
 
 
-class TrackModel:
+class TrackModel(WrongKind):
     """A trained coverage checkpoint: per-base, stranded coverage for a genome region."""
 
-    def __init__(self, predictor):
+    kind = "a coverage-track model"
+    other_kind = "fusion models that answer questions (dnallm.load of a train run)"
+    other_methods = ("ask", "predict", "session")
+
+    def __init__(self, predictor, source: str | Path = "this checkpoint"):
         self.predictor = predictor
         self.recipe = predictor.recipe
+        self.source = str(source)
 
     @property
     def track_names(self) -> list[str]:
@@ -137,9 +160,9 @@ def load(checkpoint: str | Path, *, device: str | None = None, overrides: list[s
     if list_checkpoints(path, COVERAGE_WEIGHTS) or (path / COVERAGE_WEIGHTS).is_file():
         from dnallm.eval.coverage_predict import Predictor
 
-        return TrackModel(Predictor(path, device=device, overrides=overrides))
+        return TrackModel(Predictor(path, device=device, overrides=overrides), source=path)
     resolve_checkpoint(path)  # a clear error when there is none
-    return Model(ModelSession.load(path, device=device, overrides=overrides))
+    return Model(ModelSession.load(path, device=device, overrides=overrides), source=path)
 
 
 @torch.no_grad()
@@ -151,15 +174,21 @@ def embed(model: str | Path | DNAEncoder, sequences: list[str], *, layer: int = 
     ``DNAEncoder`` already loaded. ``pool``: ``mean`` over positions, ``max``, ``last``
     (the last real position, natural for causal models such as Genos) -> ``(n, hidden)``
     float32 on the CPU; ``none`` -> one ``(positions, hidden)`` tensor per sequence.
+    ``sequences`` is a list: a single string is refused (it would read as one-base sequences).
     """
     if pool not in POOLS:
         raise ValueError(f"pool={pool!r}: choose one of {', '.join(POOLS)}")
+    if isinstance(sequences, (str, bytes)):
+        # A string is iterable, as one-base sequences: never what is meant.
+        raise TypeError(f"sequences: give a list of sequences, got one {type(sequences).__name__} of {len(sequences)} "
+                        f"characters; for one sequence pass [sequence]")
     if isinstance(model, DNAEncoder):
         encoder = model
         if layer != encoder.layer:
             raise ValueError(f"layer={layer}, but the encoder given reads layer {encoder.layer}; load it with layer={layer}")
     else:
         device = device or pick_device()
+        model = locate_model(str(model), "model", fix="pass a model folder or a hub ID as model=")
         encoder = DNAEncoder(str(model), layer=layer, dtype=resolve_dtype(dtype, device), device=device, trust_remote_code=trust_remote_code)
     cleaned = [_clean(seq, i) for i, seq in enumerate(sequences)]
     out: list[torch.Tensor] = []
@@ -193,7 +222,7 @@ def read_sequences(path: str | Path, field: str = "sequence") -> tuple[list[str]
         return [rec.get("name") or rec["_where"] for rec in records], [rec[field] for rec in records]
     from dnallm.serve.inputs import parse_fasta
 
-    records = parse_fasta(path.read_text(encoding="utf-8"), str(path))
+    records = parse_fasta("".join(line for _, line in text_lines(path)), str(path))
     return [name for name, _ in records], [seq for _, seq in records]
 
 

@@ -11,19 +11,22 @@ from pathlib import Path
 from dnallm import cli_tracks, cli_vcf
 
 TINY_DIR = Path(".dnallm")
+SPLITS = ("train", "val", "test")
 
 
 def _make_tiny(args) -> None:
     from dnallm.data.kegg import write_jsonl
     from dnallm.data.synthetic import planted_records
-    from dnallm.io import check_outputs
+    from dnallm.io import check_fresh, check_outputs
     from dnallm.tiny import make_tiny
 
+    data_dir = args.out / "data" / "planted"
     check_outputs(dirs=[args.out])
+    models = [args.out / "tiny" / "genos", args.out / "tiny" / "qwen3"]
+    check_fresh([*models, *(data_dir / f"{name}.jsonl" for name in SPLITS)], overwrite=args.overwrite)
     paths = make_tiny(args.out / "tiny", seed=args.seed)
     records = planted_records(args.records, n_classes=args.classes, seed=args.seed)
     n_val = n_test = len(records) // 10
-    data_dir = args.out / "data" / "planted"
     write_jsonl(data_dir / "val.jsonl", records[:n_val])
     write_jsonl(data_dir / "test.jsonl", records[n_val : n_val + n_test])
     write_jsonl(data_dir / "train.jsonl", records[n_val + n_test :])
@@ -106,7 +109,8 @@ def _cache_embeddings(args) -> None:
 
 def _demo(args) -> None:
     """Tiny checkpoints + planted data -> train on CPU -> evaluate -> print metrics."""
-    ns = argparse.Namespace(out=TINY_DIR, seed=0, records=600, classes=4)
+    # overwrite: the same seed builds the same models and data again
+    ns = argparse.Namespace(out=TINY_DIR, seed=0, records=600, classes=4, overwrite=True)
     _make_tiny(ns)
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "kegg" / "tiny.yaml"
     if not recipe.is_file():
@@ -127,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--records", type=int, default=600)
     p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--overwrite", action="store_true", help="replace models and data already in --out")
     p.set_defaults(func=_make_tiny)
 
     p = sub.add_parser("train", help="train from a recipe; key=value overrides any recipe field")
@@ -204,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if "DS_ACCELERATOR" not in os.environ and not _cuda_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
     args = build_parser().parse_args(argv)
+    from dnallm.io import disk_error_message
     from dnallm.train.trainer import PREEMPTED_EXIT, Preempted
 
     try:
@@ -217,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("DNALLM_DEBUG"):
             raise
         print(f"dnallm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A full, read-only or foreign disk: the user's to fix too; any other OSError is a bug.
+        message = disk_error_message(e)
+        if message is None or os.environ.get("DNALLM_DEBUG"):
+            raise
+        print(f"dnallm {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

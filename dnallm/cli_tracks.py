@@ -13,8 +13,11 @@ TINY_DIR = Path(".dnallm")
 
 def _make_tiny_tracks(args) -> None:
     from dnallm.data.synthetic_tracks import write_synthetic_tracks
+    from dnallm.io import check_fresh, check_outputs
     from dnallm.tiny import make_tiny_genos
 
+    check_outputs(dirs=[args.out])
+    check_fresh([args.out / "tiny" / "genos", args.out / "tracks"], overwrite=args.overwrite)
     genos = make_tiny_genos(args.out / "tiny" / "genos", seed=args.seed)
     paths = write_synthetic_tracks(args.out / "tracks", n_chroms=args.chroms, chrom_length=args.length, seed=args.seed)
     print(json.dumps({"genos": str(genos), **{k: str(v) for k, v in paths.items()}}, indent=2))
@@ -84,6 +87,7 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chroms", type=int, default=5)
     p.add_argument("--length", type=int, default=40_000, help="bp per chromosome")
+    p.add_argument("--overwrite", action="store_true", help="replace the model and tracks already in --out")
     p.set_defaults(func=_make_tiny_tracks)
 
     p = sub.add_parser("train-tracks", help="fine-tune a DNA model to predict coverage tracks; key=value overrides any recipe field")

@@ -144,8 +144,11 @@ class ProjectorConfig:
     # Variant summary after the two blocks (dnallm/fusion/summary.py): none, or views joined with "+" from
     # pooled | aligned | kmers | centre. "none" is the published layout (two DNA blocks only).
     summary: str = check("pooled+aligned+kmers", choices=("none", *SUMMARY_VIEWS), joined="+")
-    summary_tokens: int = check(4, ge=1)  # LLM positions the summary takes (more positions, more of the attention)
+    summary_tokens: int = check(16, ge=1)  # LLM positions the summary takes (more positions, more of the attention)
     summary_context: int = check(17, ge=1)  # bases the local views read around the change: flanks of context // 2 (odd)
+    # Stage 1: epochs the summary's pair encoder trains as a classifier of the training answers before the LLM
+    # trains on it (0: from random weights). The DNA-only baseline head's code; seconds on cached embeddings.
+    pretrain_epochs: int = check(30, ge=0)
 
 
 @dataclass

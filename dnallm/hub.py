@@ -57,7 +57,8 @@ def locate_models(recipe, relative_to: str | Path | None = None) -> None:
         part.name_or_path = locate_model(part.name_or_path, f"{section}.name_or_path", relative_to)
 
 
-def locate_model(name_or_path: str, key: str, relative_to: str | Path | None = None) -> str:
+def locate_model(name_or_path: str, key: str, relative_to: str | Path | None = None, *, fix: str = "") -> str:
+    """``fix``: how to name another model, where not a recipe key on the command line (say a Python argument)."""
     path = Path(name_or_path).expanduser()
     candidates = [path] if path.is_absolute() else [path, *([Path(relative_to) / path] if relative_to else [])]
     for candidate in candidates:
@@ -67,7 +68,7 @@ def locate_model(name_or_path: str, key: str, relative_to: str | Path | None = N
         return name_or_path
     looked = " or ".join(os.path.abspath(c) for c in candidates)
     raise ModelNotFound(f"{key}={name_or_path!r}: no such model folder (looked for {looked}); "
-                        f"pass {key}=PATH (or a hub ID) on the command line")
+                        + (fix or f"pass {key}=PATH (or a hub ID) on the command line"))
 
 
 def check_remote_code(name_or_path: str, trust_remote_code: bool, recipe_key: str) -> None:
@@ -147,8 +148,24 @@ def resolve_checkpoint(path: str | Path, marker: str = "trainable.safetensors") 
         return path
     found = list_checkpoints(path, marker)
     if not found:
+        _refuse_other_kind(path, marker)
         raise FileNotFoundError(f"no checkpoint found at {path} (expected {marker} or checkpoint-*/ inside)")
     return found[-1]
+
+
+# The weights file each kind of checkpoint holds, and what the kind is for.
+CHECKPOINT_KINDS = {
+    "trainable.safetensors": "a KEGG fusion checkpoint (dnallm train or grpo; for eval, annotate, chat, serve)",
+    "model.safetensors": "a coverage-track checkpoint (dnallm train-tracks; for predict-tracks, eval-tracks)",
+}
+
+
+def _refuse_other_kind(path: Path, marker: str) -> None:
+    """A checkpoint of the other kind is named as such, not reported as missing."""
+    for other, kind in CHECKPOINT_KINDS.items():
+        if other != marker and ((path / other).is_file() or list_checkpoints(path, other)):
+            wanted = CHECKPOINT_KINDS.get(marker, f"a checkpoint holding {marker}")
+            raise CheckpointError(f"{path} is {kind}; this command needs {wanted}")
 
 
 def load_trainable(model, checkpoint: str | Path, file: str = "trainable.safetensors") -> None:

@@ -7,8 +7,10 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from dnallm.encoders import DNAEncoder
 from dnallm.encoders.coverage import CoverageHead, CoverageModel, base_token_ids, load_tokenizer
 from dnallm.hub import RemoteCodeNotAllowed
+from encoder_families import caduceus, dnabert2
 
 
 def test_head_gives_one_non_negative_value_per_base_and_track():
@@ -70,3 +72,48 @@ def test_remote_code_needs_the_recipe_flag(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(RemoteCodeNotAllowed, match="encoder.trust_remote_code=true"):
         CoverageModel.from_pretrained(str(tmp_path), n_tracks=2)
+
+
+def test_trunk_with_its_own_code_loads_as_the_encoder_does_and_trains(tmp_path):
+    # DNABERT-2's traits: a config without pad_token_id, an ALiBi table made at init (lost on the
+    # meta device), tuple outputs and no use_cache argument. Plain AutoModel.from_pretrained fails on it.
+    family = dnabert2(tmp_path / "dnabert2")
+    model = CoverageModel.from_pretrained(str(family.path), n_tracks=2, trust_remote_code=True, channels=(8, 4),
+                                          dropout=0.0)
+    assert type(model.trunk).__name__ == "DNABertModel" and model.trunk.pooler is None
+    encoder = DNAEncoder(str(family.path), trust_remote_code=True)
+    seqs = ["ACGTTGCAAGGCTTACGATCGGATCCATGCAA" * 2, "TTGACCGTAGCATG"]
+    batch = encoder.tokenizer(seqs)
+    model.eval()
+    with torch.no_grad():
+        hidden = model.trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"].long())[0]
+    embeds, mask = encoder.encode(seqs)
+    torch.testing.assert_close(hidden[mask], embeds[mask])  # the same trunk, the same numbers
+    model.train()
+    targets = torch.rand(*batch["input_ids"].shape, 2)
+    model(batch["input_ids"], batch["attention_mask"], targets).loss.backward()
+    trunk = dict(model.trunk.named_parameters())
+    assert all(p.requires_grad for p in trunk.values())  # fine-tuned, not frozen as the encoder is
+    assert not [n for n, p in trunk.items() if p.grad is None or not p.grad.abs().sum() > 0]
+
+
+def test_trunk_without_an_attention_mask_never_sees_padding_and_trains(tmp_path):
+    # Caduceus's interface: bidirectional, no attention mask, its width named d_model.
+    family = caduceus(tmp_path / "caduceus")
+    model = CoverageModel.from_pretrained(str(family.path), n_tracks=2, trust_remote_code=True, channels=(8, 4),
+                                          dropout=0.0)
+    assert model.head.blocks[0][0].in_channels == family.width
+    ids = torch.randint(7, 12, (2, 40))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 25:] = False
+    padded = ids.clone()
+    padded[1, 25:] = 4  # [PAD]
+    model.eval()
+    with torch.no_grad():
+        batch = model.trunk_hidden(padded, mask)  # (2, 40, hidden)
+        alone = model.trunk_hidden(ids[1:, :25], mask[1:, :25])  # (1, 25, hidden)
+    torch.testing.assert_close(batch[1, :25], alone[0])  # a bidirectional trunk would read padding back otherwise
+    assert not batch[1, 25:].any()
+    model.train()
+    model(padded, mask, torch.rand(2, 40, 2)).loss.backward()
+    assert not [n for n, p in model.trunk.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]

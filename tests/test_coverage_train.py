@@ -8,6 +8,7 @@ import numpy as np
 import pyBigWig
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dnallm.cli import main
 from dnallm.io import new_file_mode
@@ -17,9 +18,12 @@ from dnallm.eval.coverage import evaluate_tracks
 from dnallm.eval.coverage_predict import Predictor
 from dnallm.eval.coverage_stitch import keep_ranges, plan_windows
 from dnallm.config import load_coverage_recipe
+from dnallm.encoders.hf import load_backbone
 from dnallm.train.checkpoint import read_state
 from dnallm.encoders.coverage_pretrained import load_coverage_checkpoint
 from dnallm.train.coverage import build_engine, build_model, train
+
+from encoder_families import hyenadna
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "coverage" / "tiny.yaml"
@@ -170,3 +174,22 @@ def test_deepspeed_zero_trains_with_adafactor_and_saves_whole_weights(tiny_model
     genos = AutoConfig.from_pretrained(tiny_models["genos"])  # 128 rows: Genos's padded vocabulary
     assert saved["trunk.embed_tokens.weight"].shape == (genos.vocab_size, genos.hidden_size)  # gathered, not a ZeRO-3 partition
     assert not torch.equal(saved["head.track_scale"], torch.ones(4))  # the head was trained
+
+
+def test_trunk_of_its_own_code_trains_and_its_checkpoint_rebuilds_it(coverage_data, tmp_path):
+    # HyenaDNA's interface: own code, d_model, no attention mask, one token per base.
+    family = hyenadna(tmp_path / "hyenadna")
+    recipe = load_coverage_recipe(TINY_RECIPE, [
+        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={family.path}", "encoder.trust_remote_code=true",
+        f"data.fasta={coverage_data['fasta']}", f"data.tracks={coverage_data['tracks']}", "train.max_steps=2",
+        "eval.max_val_windows=8",
+    ])
+    checkpoint = train(recipe)
+    assert (checkpoint / "trunk" / "modeling_dnaconv.py").exists()  # the code travels with the checkpoint
+    _, model, _, tracks, _ = load_coverage_checkpoint(checkpoint)
+    assert type(model.trunk).__name__ == "DNAConvModel" and len(tracks) == 4
+    saved = load_file(checkpoint / "model.safetensors")
+    trained = {k: v for k, v in model.state_dict().items() if k.startswith("trunk.")}
+    assert trained and all(torch.equal(v, saved[k]) for k, v in trained.items())
+    pretrained = load_backbone(str(family.path), torch.float32, trust_remote_code=True).state_dict()
+    assert any(not torch.equal(v, trained[f"trunk.{k}"]) for k, v in pretrained.items())  # fine-tuned, not frozen

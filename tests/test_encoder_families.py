@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, modeling_utils, pytorch_utils
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from dnallm.cli import main
 from dnallm.config import load_recipe
@@ -19,8 +20,8 @@ from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.hf import PROBE
-from dnallm.encoders.remote_code import (fill_config_defaults, find_pruneable_heads_and_indices, removed_helpers,
-                                         tensors_made_at_init)
+from dnallm.encoders.remote_code import (builds_on_meta, fill_config_defaults, find_pruneable_heads_and_indices,
+                                         removed_helpers, tensors_made_at_init)
 from dnallm.fusion.projector import n_pooled
 from dnallm.hub import CheckpointError, RemoteCodeNotAllowed
 from dnallm.train.build import build_encoder, build_model, build_processor
@@ -143,14 +144,14 @@ def test_stand_ins_break_under_plain_transformers_as_published_code_does(familie
 
 def test_tensor_made_at_init_is_built_off_meta_keeping_the_random_state(families, tmp_path):
     family = families["dnabert2"]
-    # With the config defaults alone, transformers 5 leaves DNABERT-2's ALiBi table on the meta device
-    # and its token types unwritten.
+    # With the config defaults alone, transformers 5 cannot build DNABERT-2 at all: on the meta device
+    # its ALiBi table multiplies slopes made on the CPU by positions made on meta.
     path = _fresh_copy(family, tmp_path / "meta-dnabert2")
     config = AutoConfig.from_pretrained(path, trust_remote_code=True)
     fill_config_defaults(config)
-    on_meta = AutoModel.from_pretrained(path, config=config, trust_remote_code=True)
-    assert tensors_made_at_init(on_meta) == ["encoder.alibi", "embeddings.token_type_ids"]
-    assert on_meta.encoder.alibi.is_meta
+    with pytest.raises(RuntimeError, match="meta"):
+        AutoModel.from_pretrained(path, config=config, trust_remote_code=True)
+    assert not builds_on_meta(get_class_from_dynamic_module(config.auto_map["AutoModel"], path), config)
 
     torch.manual_seed(5)
     expected = torch.rand(4)
@@ -166,6 +167,19 @@ def test_tensor_made_at_init_is_built_off_meta_keeping_the_random_state(families
     embeds, mask = encoder.encode(["ACGTTGCAAGGCTTACGATCGGATCCATGCAA", "TTGACCGTAGCATG"])
     want = reference.eval()(batch["input_ids"], attention_mask=batch["attention_mask"].long())[0]
     torch.testing.assert_close(embeds[mask], want[mask], rtol=1e-5, atol=1e-6)
+
+
+def test_tensors_a_meta_build_loses_are_named():
+    class MadeAtInit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.ones(3)  # a plain attribute: on meta it has no data, and no checkpoint fills it
+            self.register_buffer("zeros", torch.zeros(2), persistent=False)  # never in a checkpoint
+            self.register_buffer("kept", torch.zeros(2))  # in the checkpoint: loading fills it
+            self.linear = torch.nn.Linear(2, 2)
+
+    with torch.device("meta"):
+        assert tensors_made_at_init(MadeAtInit()) == ["table", "zeros"]
 
 
 def test_removed_helpers_behave_as_transformers_4s(families):

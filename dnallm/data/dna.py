@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 
 BASES = "ACGT"
 ALPHABET = BASES + "N"  # what a window may hold: N for an unknown base
@@ -12,6 +13,20 @@ _INVALID = re.compile(f"[^{ALPHABET}]")
 
 class RecordError(ValueError):
     """A record cannot be used; the message names the record and what is wrong."""
+
+
+def text_lines(path: Path):
+    """(line number, text) of a UTF-8 text file (a byte-order mark allowed). A line that is not
+    UTF-8 raises an error naming the file, the line and the byte offset in the file."""
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte offset "
+                                  f"{offset + e.start} of the file); save the file as UTF-8") from None
+            offset += len(raw)
 
 
 def clean_sequence(seq: str, *, where: str, field: str) -> str:

@@ -25,6 +25,64 @@ class TrackDataError(ValueError):
     """A genome, track or region file cannot be used; the message names the file and place."""
 
 
+def stale_index_problem(fasta: str | Path) -> str | None:
+    """What shows that ``fasta``'s ``.fai`` was built for another version of the file, or None.
+
+    Checked as samtools would trust it: each record's sequence starts just after a line end,
+    its lines are ``linebases`` long and end where the index says, and its last base lies inside
+    the file. A stale index otherwise reads line ends as bases, silently. Only plain FASTA is
+    checked (a bgzipped one's offsets are into the uncompressed text).
+    """
+    fasta, fai = Path(fasta), Path(f"{fasta}.fai")
+    if not fai.is_file() or _is_compressed(fasta):
+        return None
+    size = fasta.stat().st_size
+    with fasta.open("rb") as f:
+        for number, line in enumerate(fai.read_text(errors="replace").splitlines(), start=1):
+            problem = _index_line_problem(f, size, line)
+            if problem:
+                return f"{fai} line {number}: {problem}"
+        # After the last indexed base only line ends may follow: more means records the index lacks.
+        if f.read(4).strip():
+            return f"{fai}: the FASTA goes on after the index's last record"
+    return None
+
+
+def _index_line_problem(f, size: int, line: str) -> str | None:
+    fields = line.split("\t")
+    try:
+        name, (length, offset, line_bases, line_width) = fields[0], map(int, fields[1:5])
+    except ValueError:
+        return f"not a FASTA index line ({line[:60]!r})"
+    full_lines, rest = divmod(length - 1, line_bases) if length else (0, 0)
+    last_base = offset + full_lines * line_width + rest
+    if last_base >= size:
+        return f"record {name} ends at byte {last_base:,}, past the end of the FASTA ({size:,} bytes)"
+    f.seek(max(offset - 1, 0))
+    if offset and f.read(1) != b"\n":
+        return f"record {name}'s sequence does not start after a line end (byte {offset:,})"
+    if length > line_bases:
+        f.seek(offset + line_bases)
+        if f.read(line_width - line_bases).strip() or f.read(1).isspace():
+            return f"record {name}'s lines are not {line_bases} bases long"
+    f.seek(last_base + 1)  # the caller reads on from the end of this record
+    return None
+
+
+def _is_compressed(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def stale_index_message(fasta: str | Path) -> str | None:
+    """One line for a stale ``.fai``, naming the fix; None when the index fits (or is absent)."""
+    problem = stale_index_problem(fasta)
+    if problem is None:
+        return None
+    return f"{fasta}: its index does not match the file ({problem}); the FASTA changed after it was indexed: " \
+           f"delete {fasta}.fai (it is rebuilt) or run samtools faidx {fasta}"
+
+
 @dataclass(frozen=True, order=True)
 class Region:
     chrom: str
@@ -75,6 +133,9 @@ class Genome:
         if self._fasta is None or self._pid != os.getpid():
             import pyfaidx
 
+            stale = stale_index_message(self.path)
+            if stale:
+                raise TrackDataError(stale)
             try:
                 self._fasta = pyfaidx.Fasta(str(self.path), as_raw=True, sequence_always_upper=True)
             except Exception as err:  # pyfaidx raises several types for a malformed file

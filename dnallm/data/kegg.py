@@ -9,7 +9,7 @@ from pathlib import Path
 
 import datasets
 
-from dnallm.data.dna import RecordError, centre_window, check_pair, clean_sequence
+from dnallm.data.dna import RecordError, centre_window, check_pair, clean_sequence, text_lines
 from dnallm.io import atomic_write_text
 
 TEXT_FIELDS = ("question", "answer")
@@ -22,19 +22,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     records = []
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                # Without its line end, a line cut short is reported at its end, not at column 1 of a next line.
-                rec = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            rec["_where"] = f"{path}:{lineno}"
-            records.append(rec)
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            # Without its line end, a line cut short is reported at its end, not at column 1 of a next line.
+            rec = json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        rec["_where"] = f"{path}:{lineno}"
+        records.append(rec)
     if not records:
         raise RecordError(f"{path}: empty dataset (no records)")
     return records

@@ -18,6 +18,7 @@ from pathlib import Path
 import pysam
 
 from dnallm.data.dna import ALPHABET, CONTIG_RULES, rename_contig
+from dnallm.data.genome import stale_index_message
 
 # Why an ALT allele gets no window. Symbolic and breakend ALTs are valid VCF, just not
 # sequence we can spell out; the others point at a problem with the inputs.
@@ -119,6 +120,9 @@ def open_fasta(path: str | Path) -> pysam.FastaFile:
             f"{path} is compressed with plain gzip, which cannot be indexed for random access; "
             f"decompress it (gunzip {path}) or recompress it with bgzip (gunzip -c {path} | bgzip > {path})"
         )
+    stale = stale_index_message(path)
+    if stale:
+        raise InputError(stale)
     try:
         with quiet_htslib():
             return pysam.FastaFile(str(path))

@@ -6,20 +6,23 @@
       -> Conv1d 64->T,  BatchNorm
       -> * per-track scale -> Softplus -> (B, L, T) >= 0
 
-One output per token, so the trunk's tokenizer must give one token per base.
+One output per token, so the trunk's tokenizer must give one token per base. The trunk is loaded
+as every encoder trunk is (``load_backbone``), but left trainable.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
 from dnallm.data.coverage import base_lookup
 from dnallm.data.dna import ALPHABET
+from dnallm.encoders.hf import build_backbone, load_backbone, run_unpadded, takes_attention_mask
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
 
 
@@ -84,6 +87,14 @@ class CoverageOutput:
     loss: torch.Tensor | None = None
 
 
+@torch.no_grad()
+def trunk_width(trunk: nn.Module) -> int:
+    """The trunk's output width, read from a one-token forward pass: families name it differently
+    in their configs (``hidden_size``, ``d_model``)."""
+    ids = torch.zeros(1, 1, dtype=torch.long, device=next(trunk.parameters()).device)
+    return trunk(input_ids=ids)[0].shape[-1]
+
+
 class CoverageModel(nn.Module):
     """Trunk + head, trained end to end; ``loss`` is the MSE on transformed targets over real positions."""
 
@@ -91,19 +102,25 @@ class CoverageModel(nn.Module):
         super().__init__()
         self.trunk = trunk
         self.head = head
+        # No KV cache while training, for trunks that keep one; own code may take no use_cache at all.
+        takes_cache = "use_cache" in inspect.signature(trunk.forward).parameters
+        self.trunk_kwargs = {"use_cache": False} if takes_cache else {}
+        self.takes_mask = takes_attention_mask(trunk)  # HyenaDNA and Caduceus take none
 
     @classmethod
     def from_config(cls, config, n_tracks: int, *, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1, trust_remote_code: bool = False):
-        """Random trunk weights of ``config``'s shape (benchmarks, or before loading a checkpoint)."""
-        trunk = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-        return cls(trunk, CoverageHead(config.hidden_size, n_tracks, channels, kernel_size, dropout))
+        """Random trunk weights of ``config``'s shape (benchmarks, or before loading a checkpoint),
+        built as ``from_pretrained`` loads them (``build_backbone``)."""
+        trunk = build_backbone(config, trust_remote_code)
+        return cls(trunk, CoverageHead(trunk_width(trunk), n_tracks, channels, kernel_size, dropout))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, n_tracks: int, *, trust_remote_code: bool = False, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1):
-        """Pre-trained trunk (fp32 master weights for full fine-tuning) and a fresh head."""
-        check_remote_code(name_or_path, trust_remote_code, "encoder.trust_remote_code")
-        trunk = AutoModel.from_pretrained(name_or_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
-        return cls(trunk, CoverageHead(trunk.config.hidden_size, n_tracks, channels, kernel_size, dropout))
+        """Pre-trained trunk (fp32 master weights for full fine-tuning) and a fresh head. The trunk
+        comes from ``load_backbone``, as a frozen encoder's does: heads and pooler left out, and a
+        checkpoint's own modelling code made loadable under the installed transformers."""
+        trunk = load_backbone(name_or_path, torch.float32, trust_remote_code)
+        return cls(trunk, CoverageHead(trunk_width(trunk), n_tracks, channels, kernel_size, dropout))
 
     @property
     def n_tracks(self) -> int:
@@ -114,9 +131,16 @@ class CoverageModel(nn.Module):
         enable_activation_checkpointing(self.trunk, use_reentrant=False)
         self.trunk.config.use_cache = False
 
+    def trunk_hidden(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids and mask -> (B, L, H): the trunk's first output (last_hidden_state of a
+        ModelOutput, or element 0 of own code's tuple); a trunk without a mask never sees padding."""
+        if self.takes_mask:
+            return self.trunk(input_ids=input_ids, attention_mask=mask.long(), **self.trunk_kwargs)[0]
+        return run_unpadded(lambda ids: self.trunk(input_ids=ids, **self.trunk_kwargs)[0], input_ids, mask)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> CoverageOutput:
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        hidden = self.trunk(input_ids=input_ids, attention_mask=mask.long(), use_cache=False).last_hidden_state  # (B, L, H)
+        hidden = self.trunk_hidden(input_ids, mask)  # (B, L, H)
         pred = self.head(hidden, mask).float()  # (B, L, T)
         loss = None
         if targets is not None:

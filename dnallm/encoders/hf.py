@@ -17,17 +17,19 @@ from __future__ import annotations
 import contextlib
 import inspect
 import random
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer
-from transformers.dynamic_module_utils import get_class_from_dynamic_module
+from transformers.dynamic_module_utils import (TRANSFORMERS_DYNAMIC_MODULE_NAME, custom_object_save,
+                                              get_class_from_dynamic_module)
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
 from dnallm.data.dna import BASES
-from dnallm.encoders.remote_code import (add_removed_methods, fill_config_defaults, loadable, missing_package,
-                                         removed_helpers, restore_buffers, tensors_made_at_init)
+from dnallm.encoders.remote_code import (add_removed_methods, builds_on_meta, fill_config_defaults, loadable,
+                                         missing_package, removed_helpers, restore_buffers)
 from dnallm.hub import CheckpointError, check_remote_code, first_line, remote_code_hint
 
 RECIPE_KEY = "encoder.trust_remote_code"
@@ -80,7 +82,7 @@ def load_backbone(name_or_path: str, dtype, trust_remote_code: bool, device: str
     with _running_own_code(name_or_path, trust_remote_code):
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         model_class, take_base = _trunk_class(config, name_or_path, trust_remote_code)
-    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
+    kwargs = _without_pooler(model_class)
     if device.startswith("cuda"):
         kwargs["device_map"] = {"": device}
     with torch.random.fork_rng(devices=_cuda_index(device)):
@@ -97,6 +99,40 @@ def load_backbone(name_or_path: str, dtype, trust_remote_code: bool, device: str
         hint = "" if trust_remote_code else remote_code_hint(name_or_path, RECIPE_KEY)
         raise CheckpointError(f"{name_or_path}: the checkpoint lacks or mis-shapes weights the encoder needs: {listed}" + (f"; {hint}" if hint else ""))
     return model.base_model if take_base else model
+
+
+def build_backbone(config, trust_remote_code: bool) -> nn.Module:
+    """The trunk ``load_backbone`` would load for ``config`` (read from a checkpoint folder, or made
+    for a benchmark), built with random weights that its caller then replaces: a checkpoint's own
+    code made buildable the same way, and built on the CPU, as transformers 4 built it."""
+    name_or_path = config.name_or_path
+    if name_or_path:  # a checkpoint folder: its own code runs only when asked
+        check_remote_code(name_or_path, trust_remote_code, RECIPE_KEY)
+    with _running_own_code(name_or_path, trust_remote_code):
+        model_class, take_base = _trunk_class(config, name_or_path, trust_remote_code)
+        if _runs_own_code(config, trust_remote_code):
+            fill_config_defaults(config)
+            add_removed_methods(model_class)
+            model = loadable(model_class, on_meta=False)._from_config(config, **_without_pooler(model_class))
+            model.__class__ = model_class  # the checkpoint's own class, not the building subclass
+        else:  # as AutoModel.from_config builds it
+            model = model_class._from_config(config, **_without_pooler(model_class))
+    return model.base_model if take_base else model
+
+
+def save_own_code(model: nn.Module, folder: Path) -> None:
+    """Copy the modelling code ``model``'s class came from (its module and the files that module
+    imports relatively) into ``folder``, next to the config whose ``auto_map`` names it, so the folder
+    builds the model again; nothing for transformers' own classes."""
+    if not type(model).__module__.startswith(TRANSFORMERS_DYNAMIC_MODULE_NAME + "."):
+        return
+    custom_object_save(model, folder)
+
+
+def _without_pooler(model_class: type) -> dict:
+    """``add_pooling_layer=False`` where the class's constructor offers it (BERT-like trunks)."""
+    offers = "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+    return {"add_pooling_layer": False} if offers else {}
 
 
 def _cuda_index(device: str) -> list[int]:
@@ -127,16 +163,16 @@ def _transformers_quiet():
 
 def _load_own_code(model_class: type, name_or_path: str, config, dtype, kwargs: dict):
     """A checkpoint's own classes, written for transformers 4, loaded under transformers 5 (see
-    ``remote_code``): built on the meta device as transformers does, unless the code made tensors
-    in ``__init__`` that loading cannot fill; then built again, on the CPU, where ``__init__`` gives
-    them their values."""
+    ``remote_code``): built on the meta device as transformers does, unless the code makes tensors
+    in ``__init__`` that a meta build loses or cannot make; then on the CPU, where ``__init__``
+    gives them their values."""
     fill_config_defaults(config)
     add_removed_methods(model_class)
-    model, info = _from_pretrained(loadable(model_class, on_meta=True), name_or_path, config, dtype, kwargs)
-    if tensors_made_at_init(model):
-        off_meta = loadable(model_class, on_meta=False)
-        model, info = _from_pretrained(off_meta, name_or_path, config, dtype, kwargs)
-        restore_buffers(model, off_meta)
+    on_meta = builds_on_meta(model_class, config)
+    as_loaded = loadable(model_class, on_meta)
+    model, info = _from_pretrained(as_loaded, name_or_path, config, dtype, kwargs)
+    if not on_meta:
+        restore_buffers(model, as_loaded)
     model.__class__ = model_class  # the checkpoint's own class, not the loading subclass
     return model, info
 
@@ -154,6 +190,27 @@ def _running_own_code(name_or_path: str, trust_remote_code: bool):
     except ImportError as e:
         reason = missing_package(e) or f"cannot import what it needs ({first_line(e)})"
         raise CheckpointError(f"{name_or_path}: its own modelling code {reason}") from None
+
+
+def takes_attention_mask(model: nn.Module) -> bool:
+    """Whether ``model``'s forward takes an attention mask (HyenaDNA's and Caduceus's take none)."""
+    return "attention_mask" in inspect.signature(model.forward).parameters
+
+
+def run_unpadded(run, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``run`` (ids -> hidden states) for a model that takes no attention mask: padding would reach
+    real positions (a bidirectional model reads right to left too), so sequences of one token count
+    run together, unpadded. (batch, positions) ids and mask -> (batch, positions, hidden), zeros at
+    padding; differentiable."""
+    lengths = mask.sum(1)  # (batch,)
+    hidden = None
+    for n in lengths.unique().tolist():
+        rows = (lengths == n).nonzero().squeeze(1)
+        part = run(ids[rows, :n])  # (rows, n, hidden)
+        if hidden is None:
+            hidden = part.new_zeros(len(ids), ids.shape[1], part.shape[-1])
+        hidden[rows, :n] = part
+    return hidden
 
 
 class DNATokenizer:
@@ -219,7 +276,7 @@ class DNAEncoder(nn.Module):
         self.model.requires_grad_(False)
         self.model.eval()
         # Models that take no attention mask (HyenaDNA, Caduceus) never see padding: see ``encode``.
-        self.takes_mask = "attention_mask" in inspect.signature(self.model.forward).parameters
+        self.takes_mask = takes_attention_mask(self.model)
         self.hidden_size = self.encode([PROBE[:64]])[0].shape[-1]
 
     @property
@@ -242,6 +299,13 @@ class DNAEncoder(nn.Module):
         if per_layer is None:
             raise CheckpointError(f"{self.name_or_path}: the model returns no per-layer hidden states, so "
                                   f"encoder.layer={self.layer} cannot be read; use encoder.layer=-1")
+        if not -len(per_layer) <= self.layer < len(per_layer):
+            # Checked on the probe at load time: a wrong layer fails before any work.
+            n = len(per_layer)
+            raise CheckpointError(
+                f"{self.name_or_path}: layer {self.layer} is out of range: the model gives hidden states 0..{n - 1} "
+                f"(0: the embeddings; -{n}..-1 from the end); set encoder.layer (layer= in dnallm.embed, --layer "
+                "for dnallm embed) within that range")
         return per_layer[self.layer]
 
     @torch.no_grad()
@@ -251,14 +315,4 @@ class DNAEncoder(nn.Module):
         mask = batch["attention_mask"].to(self.device)
         if self.takes_mask:
             return self.hidden_states(ids, mask).detach(), mask  # (batch, positions, hidden), (batch, positions)
-        # Without a mask, padding would reach real positions (a bidirectional model reads
-        # right to left too): run sequences of one token count together, unpadded.
-        lengths = mask.sum(1)
-        embeds = None
-        for n in lengths.unique().tolist():
-            rows = (lengths == n).nonzero().squeeze(1)
-            part = self.hidden_states(ids[rows, :n], None)  # (rows, n, hidden)
-            if embeds is None:
-                embeds = part.new_zeros(len(ids), ids.shape[1], part.shape[-1])
-            embeds[rows, :n] = part
-        return embeds.detach(), mask
+        return run_unpadded(lambda rows_ids: self.hidden_states(rows_ids, None), ids, mask).detach(), mask

@@ -13,9 +13,11 @@ the model's name, and only for code loaded with ``trust_remote_code``:
   ``get_head_mask`` (called in ``forward``) (``removed_helpers``, ``add_removed_methods``).
 - **Tensors made at init**: transformers 5 builds the model on the meta device and then fills
   what the checkpoint holds. A plain tensor attribute made in ``__init__`` (DNABERT-2's ALiBi
-  table) stays on meta, with no data; a non-persistent buffer (DNABERT-2's ``token_type_ids``)
-  is allocated but never written, unless the class's ``_init_weights`` sets it again, which
-  transformers-4 code does not (``tensors_made_at_init``, ``loadable``).
+  table) stays on meta, with no data, or ``__init__`` fails outright where it mixes tensors made
+  on meta with tensors made on the CPU (DNABERT-2's published ``rebuild_alibi_tensor``); a
+  non-persistent buffer (DNABERT-2's ``token_type_ids``) is allocated but never written, unless
+  the class's ``_init_weights`` sets it again, which transformers-4 code does not
+  (``builds_on_meta``, ``loadable``).
 - **post_init**: transformers 5 reads attributes that ``post_init()`` sets (``all_tied_weights_keys``);
   a class that never calls it cannot be loaded (``loadable``).
 
@@ -152,6 +154,18 @@ def tensors_made_at_init(model: torch.nn.Module) -> list[str]:
     plain = [f"{prefix}.{name}".lstrip(".") for prefix, module in model.named_modules()
              for name, value in vars(module).items() if isinstance(value, torch.Tensor) and value.is_meta]
     return plain + list(_non_persistent_buffers(model))
+
+
+def builds_on_meta(model_class: type, config) -> bool:
+    """Whether ``model_class(config)`` built on the meta device, as transformers 5 builds it,
+    keeps everything its ``__init__`` makes. Building there allocates nothing, so trying costs
+    nothing; code that cannot be built there is built on the CPU, as transformers 4 did."""
+    try:
+        with torch.device("meta"):
+            model = loadable(model_class, on_meta=True)(config)
+    except (RuntimeError, NotImplementedError):  # tensors of two devices, or an op meta cannot run
+        return False
+    return not tensors_made_at_init(model)
 
 
 def loadable(model_class: type, on_meta: bool) -> type:

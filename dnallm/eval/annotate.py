@@ -30,7 +30,7 @@ from dnallm.eval.progress import ProgressLog, ProgressMismatch, file_sha256
 from dnallm.eval.vcf_out import AlleleResult, write_annotated_vcf, write_summary_plot, write_tsv
 from dnallm.fusion import DNAFusionLM
 from dnallm.hub import resolve_checkpoint
-from dnallm.io import check_outputs
+from dnallm.io import check_outputs, exclusive_output
 
 
 def output_paths(out: str | Path, tsv: str | Path | None) -> tuple[Path, Path, Path]:
@@ -108,12 +108,22 @@ def annotate(
     progress log is kept and no output is written (used to test resumption).
     """
     out, tsv, progress = output_paths(out, tsv)
-    check_outputs([out, f"{out}.tbi", tsv, tsv.with_suffix(".png"), progress], inputs=[vcf, fasta, gtf, contig_map_file(contig_names)])
+    checkpoint = resolve_checkpoint(checkpoint)
+    check_outputs([out, f"{out}.tbi", tsv, tsv.with_suffix(".png"), progress],
+                  inputs=[vcf, fasta, gtf, contig_map_file(contig_names), checkpoint])
     if question_template is not None:
         check_question_template(question_template)
+    with exclusive_output(progress, "progress log", folder=False):  # one run per output
+        return _annotate(checkpoint, vcf, fasta, out, tsv, progress, gtf=gtf, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, contig_names=contig_names, strict=strict,
+                         question_template=question_template, max_n_fraction=max_n_fraction, edge=edge,
+                         overrides=overrides, stop_after=stop_after)
+
+
+def _annotate(checkpoint: Path, vcf, fasta, out: Path, tsv: Path, progress: Path, *, gtf, batch_size, max_new_tokens,
+              contig_names, strict, question_template, max_n_fraction, edge, overrides, stop_after) -> dict:
     reference = open_fasta(fasta)
     genes = load_genes(gtf, reference, fasta)
-    checkpoint = resolve_checkpoint(checkpoint)
     options = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, contig_names=contig_names, strict=strict,
                    question_template=question_template, max_n_fraction=max_n_fraction, edge=edge, overrides=list(overrides))
     log = ProgressLog(progress, run_fingerprint(checkpoint, vcf, fasta, gtf, options))

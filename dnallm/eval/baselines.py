@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dnallm.config import Recipe, RecipeError, recipe_from_dict
 from dnallm.data.kegg import load_examples
-from dnallm.eval.dna_only import DNAHeadConfig, encode_pairs, fit_dna_only, load_head, predict
+from dnallm.eval.dna_only import DNAHeadConfig, examples_views, fit_dna_only, load_head, predict
 from dnallm.data.labels import LabelSet
 from dnallm.eval.kegg import OUTPUT_FILES, evaluate, load_eval_examples, score, write_outputs
 from dnallm.eval.plots import plot_comparison
@@ -78,7 +78,7 @@ def run_dna_only(recipe: BaselinesRecipe, out_dir: Path) -> dict:
     train_s = time.perf_counter() - tick
     head, meta = load_head(run_dir / "head")
     test = load_eval_examples(eval_files(recipe), window, need_dna=True)
-    pred_labels = predict(head.to("cpu"), encode_pairs(encoder, test, batch, meta["context"]), meta["labels"])
+    pred_labels = predict(head.to("cpu"), examples_views(encoder, test, batch, meta["context"]), meta["labels"])
     texts = [f"Answer: {p}" for p in pred_labels]  # same parsing path as the LLMs' replies
     truth, pred, scores = score(list(test["answer"]), texts, LabelSet(meta["labels"]), recipe.data.train)
     metrics = {"checkpoint": str(run_dir / "head"), "data": eval_files(recipe), "uses_dna": True, **scores, "fit": fit}

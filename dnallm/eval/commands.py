@@ -47,9 +47,10 @@ def _baselines(args) -> None:
 
 def _planted(args) -> None:
     from dnallm.config import RecipeError
-    from dnallm.io import check_outputs
+    from dnallm.io import check_fresh, check_outputs
 
     check_outputs(dirs=[args.out])
+    check_fresh([args.out / f"{name}.jsonl" for name in ("train", "val", "test")], overwrite=args.overwrite)
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     question = args.question or (VARIANT_EFFECT_QUESTION if labels else QUESTION)
     n_classes = len(labels) if labels else args.classes or FIXED_CLASSES.get(args.signal, 4)
@@ -93,6 +94,7 @@ def add_commands(sub) -> None:
     p.add_argument("--question", help="the question of every record (default: the disease question, or with --labels a variant-effect one)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of records for each of val and test")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace train/val/test JSONL already in --out")
     p.set_defaults(func=_planted)
 
     p = sub.add_parser("hard-kegg", help="copy a KEGG JSONL with every question replaced by one short fixed prompt")

@@ -38,6 +38,7 @@ DEFAULT_SUMMARY = "pooled+aligned+kmers"
 POSITION_WIDTH = 64  # each aligned position's (reference, variant, difference) projected to this width
 KMER_CHANNELS = 128  # k-mer detectors
 LENGTH_WIDTH = 16  # allele-length embedding per side
+SUMMARY_WIDTH = 256  # the pair encoder's output: the summary and the DNA-only head read the pair through it
 
 
 def masked_mean(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -191,6 +192,23 @@ def _position_proj(dna_hidden: int) -> nn.Module:
     return nn.Sequential(nn.LayerNorm(3 * dna_hidden), nn.Linear(3 * dna_hidden, POSITION_WIDTH), nn.GELU())
 
 
+class PairEncoder(nn.Module):
+    """``pair_views`` -> (n_pairs, ``SUMMARY_WIDTH``): the pair features through one hidden layer.
+
+    Shared by the fusion model's variant summary and the DNA-only classifier head, so that the
+    head can train it first (``projector.pretrain_epochs``: ``dnallm.fusion.classifier``)."""
+
+    def __init__(self, dna_hidden: int, kind: str = DEFAULT_SUMMARY, context: int = 17):
+        super().__init__()
+        self.features = PairFeatures(dna_hidden, kind, context)
+        self.context = context
+        self.mlp = nn.Sequential(nn.LayerNorm(self.features.n_features), nn.Linear(self.features.n_features, SUMMARY_WIDTH),
+                                 nn.GELU())
+
+    def forward(self, views: dict) -> torch.Tensor:
+        return self.mlp(self.features(views))
+
+
 class VariantSummary(nn.Module):
     """DNA embeddings of pairs (2 * n_pairs, positions, dna_hidden), reference then variant
     -> summary embeddings (n_pairs, n_tokens, llm_hidden)."""
@@ -200,17 +218,10 @@ class VariantSummary(nn.Module):
         super().__init__()
         if n_tokens < 1:
             raise ValueError(f"projector.summary_tokens must be >= 1, got {n_tokens}")
-        self.features = PairFeatures(dna_hidden, kind, context)
+        self.encoder = PairEncoder(dna_hidden, kind, context)
         self.n_tokens, self.llm_hidden, self.context = n_tokens, llm_hidden, context
-        hidden = max(llm_hidden, 256)  # at least as wide as the DNA-only head's
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(self.features.n_features),
-            nn.Linear(self.features.n_features, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, n_tokens * llm_hidden),
-        )
+        self.out = nn.Linear(SUMMARY_WIDTH, n_tokens * llm_hidden)
 
     def forward(self, dna_embeds: torch.Tensor, dna_mask: torch.Tensor, dna_spans: torch.Tensor | None = None) -> torch.Tensor:
         views = pair_views(dna_embeds, dna_mask, dna_spans, self.context)
-        out = self.mlp(self.features(views))  # (n_pairs, n_tokens * llm_hidden)
-        return out.view(-1, self.n_tokens, self.llm_hidden)
+        return self.out(self.encoder(views)).view(-1, self.n_tokens, self.llm_hidden)  # (n_pairs, n_tokens, llm_hidden)

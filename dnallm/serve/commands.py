@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 
 API_KEY_ENV = "DNALLM_API_KEY"
+
+
+def int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high]; outside it, argparse's one-line usage error (status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low}..{high if high is not None else ''})")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
 
 
 def add_commands(subparsers) -> None:
@@ -17,7 +34,7 @@ def add_commands(subparsers) -> None:
     dna = p.add_argument_group("DNA to start with (or set it later with /dna)")
     dna.add_argument("--fasta", type=Path, help="two FASTA records: reference, then variant")
     dna.add_argument("--jsonl", type=Path, help="a KEGG-format JSONL file; with --record")
-    dna.add_argument("--record", type=int, default=0, help="record index (0-based) in --jsonl")
+    dna.add_argument("--record", type=int_in(0), default=0, help="record index (0-based) in --jsonl")
     dna.add_argument("--ref", help="reference: bases, or a one-record FASTA file")
     dna.add_argument("--var", help="variant: bases, or a one-record FASTA file")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
@@ -27,12 +44,16 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server and browser page for a trained model")
     _common(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int_in(1, 65535), default=8000)
+    p.add_argument("--allowed-hosts", default="", metavar="NAME,...",
+                   help="more names the Host header may carry "
+                        "(default: 127.0.0.1, localhost, ::1 and --host; '*': any)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this key on every route but /health (default: ${API_KEY_ENV})")
     p.add_argument("--model-name", help="model id clients send (default: the recipe's run_name)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
-    p.add_argument("--max-prompt-tokens", type=int, default=8192)
-    p.add_argument("--max-queue", type=int, default=8, help="requests that may wait while one generates; more get 429")
+    p.add_argument("--max-body-bytes", type=int_in(1024), default=1 << 20)
+    p.add_argument("--max-prompt-tokens", type=int_in(1), default=8192)
+    p.add_argument("--max-queue", type=int_in(0), default=8,
+                   help="requests that may wait while one generates; more get 429")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
 
@@ -41,31 +62,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="longest reply (the server's limit and default)")
-    p.add_argument("--max-dna-length", type=int, default=100_000, help="longest sequence accepted, in bp")
+    p.add_argument("--max-new-tokens", type=int_in(1), default=512,
+                   help="longest reply (the server's limit and default)")
+    p.add_argument("--max-dna-length", type=int_in(1), default=100_000, help="longest sequence accepted, in bp")
 
 
 def _chat(args) -> None:
-    from dnallm.data.dna import RecordError
     from dnallm.serve.chat import ChatREPL
-    from dnallm.serve.inputs import DNAInputError
     from dnallm.serve.session import ModelSession, Sampling
 
-    try:
-        start = _start_dna(args)  # before the (slow) model load, so that a typo fails fast
-        session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides)
-        sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-        repl = ChatREPL(session, sampling, args.max_dna_length)
-        if start:
-            repl.set_dna(*start)
-    except (DNAInputError, RecordError, OSError) as e:
-        sys.exit(f"dnallm chat: {e}")
+    start = _start_dna(args)  # before the (slow) model load, so that a typo fails fast
+    session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides)
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    repl = ChatREPL(session, sampling, args.max_dna_length)
+    if start:
+        repl.set_dna(*start)
     repl.run()
 
 
 def _start_dna(args) -> tuple[str, str] | None:
     from dnallm.serve.chat import load_pair
-    from dnallm.serve.inputs import read_sequence_arg
+    from dnallm.serve.inputs import DNAInputError, read_sequence_arg
 
     if args.fasta:
         return load_pair([str(args.fasta)])
@@ -73,26 +90,54 @@ def _start_dna(args) -> tuple[str, str] | None:
         return load_pair([str(args.jsonl), str(args.record)])
     if args.ref or args.var:
         if not (args.ref and args.var):
-            sys.exit("dnallm chat: give both --ref and --var")
+            raise DNAInputError("give both --ref and --var")
         return read_sequence_arg(args.ref), read_sequence_arg(args.var)
     return None
 
 
 def _serve(args) -> None:
     from dnallm.serve.protocol import Limits
-    from dnallm.serve.server import create_app, run_server
+    from dnallm.serve.server import LOOPBACK_NAMES, create_app, run_server
     from dnallm.serve.session import ModelSession
 
     if not _is_loopback(args.host) and not args.api_key:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach it can use the model", file=sys.stderr)
+    allowed_hosts = [*LOOPBACK_NAMES, args.host, *(h.strip() for h in args.allowed_hosts.split(",") if h.strip())]
+    if args.host in ("0.0.0.0", "::") and not args.allowed_hosts:
+        print(f"note: only requests for {', '.join(LOOPBACK_NAMES)} are answered; name the server's other names "
+              "with --allowed-hosts", file=sys.stderr)
     limits = Limits(
         max_body_bytes=args.max_body_bytes, max_dna_length=args.max_dna_length, max_new_tokens=args.max_new_tokens,
         max_prompt_tokens=args.max_prompt_tokens, max_queue=args.max_queue,
     )
-    session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides, name=args.model_name)
-    app = create_app(session, limits, api_key=args.api_key)
+    sock = bind(args.host, args.port)  # before the (slow) model load: a port in use fails at once
+    try:
+        session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides,
+                                    name=args.model_name)
+    except BaseException:
+        sock.close()
+        raise
+    app = create_app(session, limits, api_key=args.api_key, allowed_hosts=allowed_hosts)
     print(f"serving {session.name!r} on http://{args.host}:{args.port}/ (page), /v1/chat/completions (API)", file=sys.stderr)
-    run_server(app, args.host, args.port, limits, log_level=args.log_level)
+    run_server(app, sock, limits, log_level=args.log_level)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; a port in use or a host not of this machine is one line."""
+    from dnallm.io import OutputPathError
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        fix = ("another server holds the port: stop it or choose another --port" if e.errno == errno.EADDRINUSE
+               else "check --host and --port")
+        raise OutputPathError(f"cannot listen on {host}:{port} ({e.strerror or e}); {fix}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _is_loopback(host: str) -> bool:

@@ -31,6 +31,9 @@ class Limits:
     max_new_tokens: int = 512  # also the default when a request gives no max_tokens
     max_prompt_tokens: int = 8192
     max_queue: int = 8  # requests waiting while one generates
+    header_timeout_s: float = 10.0  # a connection must send a request's headers within this
+    body_timeout_s: float = 30.0  # ... and its body within this
+    max_idle_connections: int = 64  # connections without a request in progress; the oldest goes past it
 
 
 class APIError(Exception):
@@ -90,6 +93,7 @@ UNSUPPORTED = ("tools", "functions", "stop", "logprobs", "top_logprobs", "respon
 def parse_request(body) -> ChatRequest:
     if not isinstance(body, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(body).__name__}", code="invalid_body")
+    check_text(body)
     try:
         req = ChatRequest.model_validate(body)
     except ValidationError as e:
@@ -102,6 +106,31 @@ def parse_request(body) -> ChatRequest:
     if req.n != 1:
         raise APIError(400, f"n={req.n}: this server returns one choice per request (n=1)", code="unsupported_parameter", param="n")
     return req
+
+
+def check_text(body) -> None:
+    """Every string of the body is text the tokenizer can take: JSON may carry a lone UTF-16
+    surrogate (``"\\ud800"``), which is no Unicode character and cannot be encoded. Walked
+    without recursion: JSON nested as deep as the parser allows must not exhaust the stack."""
+    pending = [(body, "")]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, str):
+            _check_string(value, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_string(key, path)
+                pending.append((item, f"{path}.{key}" if path else str(key)))
+        elif isinstance(value, list):
+            pending.extend((item, f"{path}.{i}") for i, item in enumerate(value))
+
+
+def _check_string(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise APIError(400, f"{path or 'body'}: character {e.start} is a lone surrogate (U+{ord(text[e.start]):04X}), "
+                            "not Unicode text", code="invalid_text", param=path or None) from None
 
 
 def dna_error(e: DNAInputError, status: int = 422) -> APIError:

@@ -53,18 +53,36 @@ def presented_key(headers: Headers) -> str:
     return headers.get("x-api-key", "")
 
 
-class Guard:
-    """ASGI middleware: API key on every route but ``/health``; body size from Content-Length."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+
+def host_name(host_header: str) -> str:
+    """The name of a ``Host`` header without its port: ``[::1]:8000`` -> ``::1``."""
+    if host_header.startswith("["):
+        return host_header[1:].partition("]")[0]
+    return host_header.rpartition(":")[0] if host_header.count(":") == 1 else host_header
+
+
+class Guard:
+    """ASGI middleware: the ``Host`` header on the allow-list (a web page elsewhere cannot reach a
+    local server through DNS rebinding), the API key on every route but ``/health``, body size
+    from Content-Length."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, allowed_hosts: frozenset[str]):
         self.app = app
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
+        host = host_name(headers.get("host", "")).lower()
+        if "*" not in self.allowed_hosts and host not in self.allowed_hosts:
+            err = APIError(400, f"Host {host[:100]!r} is not served here; start the server with "
+                                f"--allowed-hosts {host[:100] or 'NAME'} to accept it", code="host_not_allowed")
+            return await error_response(err, {"Connection": "close"})(scope, receive, send)
         if self.api_key and scope["path"] not in PUBLIC_PATHS:
             if not hmac.compare_digest(presented_key(headers).encode(), self.api_key.encode()):
                 return await self._unauthorized(scope["path"])(scope, receive, send)
@@ -85,16 +103,25 @@ class Guard:
         return error_response(err, {"WWW-Authenticate": challenge})
 
 
-async def read_json(request: Request, limit: int):
-    """The body as JSON; 413 past ``limit`` bytes (also without Content-Length), 400 if malformed."""
+async def read_json(request: Request, limit: int, timeout_s: float):
+    """The body as JSON; 415 unless sent as JSON, 413 past ``limit`` bytes (also without
+    Content-Length), 408 when not all there within ``timeout_s``, 400 if malformed."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        # A cross-site form or text/plain POST (no CORS preflight) is never read as a request.
+        raise APIError(415, f"Content-Type {media_type[:80] or '(none)'!r}: send the body as application/json",
+                       code="unsupported_media_type")
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
     except ClientDisconnect:
         raise APIError(400, "client disconnected while sending the body", code="client_disconnected") from None
+    except TimeoutError:
+        raise APIError(408, f"request body not received within {timeout_s:g} s", code="body_timeout") from None
     try:
         return json.loads(body)
     except json.JSONDecodeError as e:
@@ -176,7 +203,9 @@ async def complete(run: Run, completion: Completion, ticket: Ticket, request: Re
     return JSONResponse(completion.response("".join(text), run.finish_reason, run.usage))
 
 
-def create_app(session: ModelSession, limits: Limits, api_key: str | None = None) -> FastAPI:
+def create_app(session: ModelSession, limits: Limits, api_key: str | None = None,
+               allowed_hosts=LOOPBACK_NAMES) -> FastAPI:
+    """``allowed_hosts``: names the ``Host`` header may carry (``*``: any)."""
     app = FastAPI(title="dnallm", docs_url=None, redoc_url=None, openapi_url=None)
     slots = Slots(limits.max_queue)
     started = int(time.time())
@@ -210,7 +239,7 @@ def create_app(session: ModelSession, limits: Limits, api_key: str | None = None
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        req: ChatRequest = parse_request(await read_json(request, limits.max_body_bytes))
+        req: ChatRequest = parse_request(await read_json(request, limits.max_body_bytes, limits.body_timeout_s))
         if req.model != session.name:
             raise APIError(404, f"model {req.model!r} not found; this server serves {session.name!r}", code="model_not_found", param="model")
         conv = to_conversation(req, session, limits)
@@ -241,7 +270,8 @@ def create_app(session: ModelSession, limits: Limits, api_key: str | None = None
             raise APIError(404, f"no static file {name!r}", code="not_found")
         return Response(static_text(name), media_type=f"{STATIC[name]}; charset=utf-8")
 
-    app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
+                       allowed_hosts=frozenset(h.lower() for h in allowed_hosts))
     return app
 
 
@@ -249,12 +279,71 @@ def static_text(name: str) -> str:
     return (files("dnallm.serve") / "static" / name).read_text(encoding="utf-8")
 
 
-def run_server(app: FastAPI, host: str, port: int, limits: Limits, log_level: str = "info") -> None:
+def server_config(app: FastAPI, limits: Limits, log_level: str = "info"):
+    """uvicorn's settings: slow and idle connections bounded by ``GuardedH11`` (uvicorn itself
+    times out only keep-alive connections, never a request's headers); the connection cap that
+    answers 503 lies well above the idle cap, so idle connections go before anyone gets a 503."""
     import uvicorn
 
-    # Connections past this get 503 from uvicorn before reaching the app.
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, limit_concurrency=limits.max_queue + 64,
+    return uvicorn.Config(
+        app, log_level=log_level, http=guarded_h11(limits.header_timeout_s, limits.max_idle_connections),
+        limit_concurrency=limits.max_queue + limits.max_idle_connections + 64, timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run()
+
+
+def run_server(app: FastAPI, sock, limits: Limits, log_level: str = "info") -> None:
+    """Serve on ``sock``, bound before the model loaded (a port in use fails first)."""
+    import uvicorn
+
+    uvicorn.Server(server_config(app, limits, log_level)).run(sockets=[sock])
+
+
+def guarded_h11(header_timeout_s: float, max_idle: int) -> type:
+    """uvicorn's h11 protocol with two bounds on connections that hold no request in progress
+    (fresh, between keep-alive requests, or sending headers a byte at a time): each is closed
+    ``header_timeout_s`` after it became idle, and past ``max_idle`` of them the oldest goes."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    idle: dict = {}  # connection -> None, oldest first (one server's)
+
+    class GuardedH11(H11Protocol):
+        _timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._await_request()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._stop_waiting()  # the headers are in: the app's own limits apply from here
+
+        def on_response_complete(self) -> None:
+            if not self.transport.is_closing():
+                self._await_request()  # before super(): a pipelined request it starts ends the wait
+            super().on_response_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._stop_waiting()
+            super().connection_lost(exc)
+
+        def _await_request(self) -> None:
+            self._stop_waiting()
+            if len(idle) >= max_idle:
+                next(iter(idle))._drop()
+            idle[self] = None
+            self._timer = self.loop.call_later(header_timeout_s, self._drop)
+
+        def _stop_waiting(self) -> None:
+            idle.pop(self, None)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _drop(self) -> None:
+            self._stop_waiting()
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11

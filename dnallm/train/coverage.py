@@ -11,7 +11,8 @@ A checkpoint keeps, beside the shared files (``checkpoint.py``)::
 
     model.safetensors   every weight and BatchNorm statistic, fp32
     tracks.json         track names, strands, cell types, scales (output order)
-    trunk/              the trunk's config and tokenizer (no weights)
+    trunk/              the trunk's config and tokenizer (no weights); for a checkpoint's own
+                        modelling code, that code too
 
 Prediction needs nothing but that directory: the trunk is rebuilt from ``trunk/config.json``
 and filled from ``model.safetensors``. Under ZeRO, Adafactor's state stays partitioned, so
@@ -30,6 +31,7 @@ from transformers.optimization import Adafactor
 from dnallm.config import CoverageRecipe
 from dnallm.encoders.coverage import CoverageModel, base_token_ids, load_tokenizer, pad_token_id
 from dnallm.encoders.coverage_pretrained import WEIGHTS, load_weights, target_transform
+from dnallm.encoders.hf import save_own_code
 from dnallm.train import engine as engines
 from dnallm.train.coverage_data import build_datasets, open_sources
 from dnallm.train.coverage_validation import validate
@@ -135,6 +137,7 @@ class Coverage:
     def write_checkpoint_files(self, directory: Path, model, tensors: dict) -> None:
         (directory / "tracks.json").write_text(json.dumps([t.to_dict() for t in self.tracks], indent=2))
         model.trunk.config.save_pretrained(directory / "trunk")
+        save_own_code(model.trunk, directory / "trunk")  # a trunk of the checkpoint's own code is rebuilt from it
         self.tokenizer.save_pretrained(directory / "trunk")
 
     def load_checkpoint_tensors(self, model, checkpoint: Path) -> None:

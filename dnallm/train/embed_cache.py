@@ -6,7 +6,7 @@ from __future__ import annotations
 from dnallm.config import Recipe
 from dnallm.encoders.cache import build_cache, dataset_windows
 from dnallm.hub import pick_device
-from dnallm.io import check_outputs
+from dnallm.io import check_outputs, exclusive_output
 from dnallm.train.build import build_encoder, cache_identity
 
 
@@ -20,9 +20,11 @@ def cache_embeddings(recipe: Recipe, extra_data: list[str] = (), rebuild: bool =
     check_outputs(dirs=[recipe.encoder.cache_dir], inputs=files)
     windows = [seq for f in files for seq in dataset_windows(f, recipe.data.dna_window)]
     device = pick_device()
-    encoder = build_encoder(recipe, device, live=True)
-    stats = build_cache(
-        encoder, windows, recipe.encoder.cache_dir, cache_identity(recipe, device),
-        batch_size=recipe.encoder.batch_size, rebuild=rebuild,
-    )
+    # Two builders would write the same shard names.
+    with exclusive_output(recipe.encoder.cache_dir, "encoder.cache_dir"):
+        encoder = build_encoder(recipe, device, live=True)
+        stats = build_cache(
+            encoder, windows, recipe.encoder.cache_dir, cache_identity(recipe, device),
+            batch_size=recipe.encoder.batch_size, rebuild=rebuild,
+        )
     return {"cache_dir": recipe.encoder.cache_dir, "files": files, **stats}

@@ -20,7 +20,9 @@ from tqdm.auto import tqdm
 
 from dnallm.config import Recipe
 from dnallm.data.kegg import load_examples
+from dnallm.data.labels import LabelSet
 from dnallm.encoders.cache import require_cached
+from dnallm.fusion.classifier import accuracy, encode_pairs, train_classifier
 from dnallm.fusion.processor import dna_inputs
 from dnallm.io import save_tensors
 from dnallm.train.build import build_encoder, build_model, build_processor
@@ -39,6 +41,25 @@ def param_groups(model, recipe: Recipe) -> list[dict]:
         {"params": fusion, "lr": t.projector_lr or t.lr, "weight_decay": 0.0},
         {"params": lora, "lr": t.lr, "weight_decay": t.weight_decay},
     ]
+
+
+def pretrain_summary(model, encoder, examples, recipe: Recipe, device: str) -> dict:
+    """Stage 1 (``projector.pretrain_epochs``): the variant summary's pair encoder learns the
+    training labels as a classifier over the frozen encoder's embeddings (the DNA-only head's
+    code), before the LLM trains on it; then every part trains together. -> what it reached"""
+    epochs = recipe.projector.pretrain_epochs
+    if model.summary is None or encoder is None or not epochs:
+        return {}
+    labels = LabelSet(list(examples["answer"]))
+    targets = torch.tensor([labels.labels.index(labels.canonical(a)) for a in examples["answer"]])
+    context = model.summary.context
+    views = encode_pairs(encoder, list(examples["ref_window"]), list(examples["var_window"]), recipe.encoder.batch_size, context)
+    head, losses = train_classifier(views, targets, len(labels), kind=recipe.projector.summary, context=context, epochs=epochs,
+                                    seed=recipe.seed, device=device, desc="stage 1: the summary's pair encoder")
+    with torch.no_grad():
+        for target, trained in zip(model.summary.encoder.parameters(), head.encoder.parameters()):
+            target.copy_(trained)
+    return {"stage1_loss": round(losses[-1], 4), "stage1_train_accuracy": round(accuracy(head, views, targets), 4)}
 
 
 def step_batch(engine, encoder, batch: dict, device: str, encoder_batch_size: int):
@@ -98,6 +119,7 @@ class FineTune:
             if path:
                 require_cached(self.encoder, path, d.dna_window)
         model, tokenizer = build_model(recipe, device, self.encoder, place=zero_stage(recipe) != 3)
+        self.stage1 = pretrain_summary(model, self.encoder, train_ds, recipe, device) if d.use_dna else {}
         self.processor = build_processor(recipe, tokenizer, self.encoder)
         self.train_rows = [self.processor(ex) for ex in tqdm(train_ds, desc="tokenizing train", disable=rank != 0)]
         self.val_rows = [self.processor(ex) for ex in tqdm(val_ds, desc="tokenizing val", disable=rank != 0)] if val_ds else []
@@ -131,7 +153,7 @@ class FineTune:
         return {"val_loss": loss}, {"val/loss": loss}
 
     def run_report(self) -> dict:
-        return {}
+        return self.stage1
 
     def checkpoint_tensors(self, engine) -> dict:
         return {n: engine.full_param(p) for n, p in engine.module.named_parameters() if p.requires_grad}

@@ -37,8 +37,9 @@ from dnallm.train.policy import group_advantages, policy_loss, reference_logps, 
 from dnallm.train.rewards import Reply, Rewards, correct_label
 from dnallm.train.trainer import fit
 
-# What a GRPO run may set apart from its fine-tuned checkpoint: precision and how logits are computed.
-FREE_KEYS = ("encoder.dtype", "llm.dtype", "logits", "logits_chunk")
+# What a GRPO run may set apart from its fine-tuned checkpoint: precision, how logits are computed, and
+# the fine-tuning's stage 1 (the summary's pretraining), which GRPO does not run.
+FREE_KEYS = ("encoder.dtype", "llm.dtype", "logits", "logits_chunk", "projector.pretrain_epochs")
 CURVES = ("reward", "sampled_accuracy", "kl", "reply_length")
 
 

@@ -64,6 +64,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from dnallm.io import check_outputs, exclusive_output
 from dnallm.train.checkpoint import check_output_dir, load_moments, read_state, restore_rng, save_checkpoint, seed_everything
 from dnallm.train.engine import build_engine, distributed_env, grad_accum_steps, pick_device
 from dnallm.train.tracking import Tracker
@@ -108,6 +109,25 @@ def any_rank(flag: bool, engine) -> bool:
 def fit(objective, stop_after: int | None = None) -> Path:
     """Train and return the last checkpoint. ``stop_after`` ends the run after that many
     optimizer steps of this process, as a crash would (used to test resumption)."""
+    with output_dir_lock(Path(objective.recipe.output_dir)):
+        return _fit(objective, stop_after)
+
+
+@contextmanager
+def output_dir_lock(out_dir: Path):
+    """The run's ``output_dir`` checked and held for the whole run, so that a second run into it
+    (another terminal, a scheduler's retry) stops at once instead of mixing checkpoints and logs.
+    Rank 0 holds it: it alone writes there."""
+    rank = distributed_env()[0]
+    if rank != 0:
+        yield
+        return
+    check_outputs(dirs=[out_dir])
+    with exclusive_output(out_dir, "output_dir"):
+        yield
+
+
+def _fit(objective, stop_after: int | None) -> Path:
     # ---- setup -------------------------------------------------------------------------
     recipe, t = objective.recipe, objective.recipe.train
     rank, _, world = distributed_env()
@@ -199,6 +219,9 @@ def fit(objective, stop_after: int | None = None) -> Path:
                         losses, counts, tick = [], Counter(), time.perf_counter()
                     if round_end and t.save_every and crossed(t.save_every):
                         last_saved, saved_step = checkpoint(step, epoch, micro), step
+                        # A resume starts here with nothing summed: so does the uninterrupted run, and
+                        # both then log the same averages.
+                        losses, counts, tick = [], Counter(), time.perf_counter()
                     if round_end:
                         round_start = step
                     if stop_after is not None and step - start_step >= stop_after:

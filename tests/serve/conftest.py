@@ -52,8 +52,11 @@ def session(checkpoint):
 class LiveServer:
     """A real uvicorn server on a free 127.0.0.1 port, in a background thread."""
 
-    def __init__(self, app, api_key: str | None = None):
+    def __init__(self, app, api_key: str | None = None, limits=None):
+        """``limits``: serve with ``dnallm serve``'s own connection settings (``server_config``)."""
         import uvicorn
+
+        from dnallm.serve.server import server_config
 
         self.api_key = api_key
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -61,7 +64,11 @@ class LiveServer:
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        if limits:
+            config = server_config(app, limits, "warning")
+        else:
+            config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30

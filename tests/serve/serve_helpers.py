@@ -17,6 +17,7 @@ def request(server, method, path, body=None, headers=None, key="server", timeout
     hdrs.update(headers or {})
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
+    if body is not None:
         hdrs.setdefault("Content-Type", "application/json")
     try:
         conn.request(method, path, body=body, headers=hdrs)

@@ -43,8 +43,9 @@ def test_chat_command_line_names_bad_dna_before_loading(checkpoint, planted_file
         [sys.executable, "-m", "dnallm", "chat", str(checkpoint), "--jsonl", str(planted_files["test"]), "--record", "99"],
         input="", capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO,
     )
-    assert result.returncode == 1
-    assert f"dnallm chat: {planted_files['test']}: record index 99 out of range (file has 8 records" in result.stderr
+    assert result.returncode == 2
+    named = f"dnallm chat: error: {planted_files['test']}: record index 99 out of range (file has 8 records"
+    assert named in result.stderr
     assert "Traceback" not in result.stderr
 
 

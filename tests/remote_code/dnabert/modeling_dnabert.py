@@ -5,9 +5,10 @@ QKV projection, gated MLP, post-layer norms. ``DNABertModel.forward`` returns a 
 
 Written the way transformers-4 code was: the embeddings read ``config.pad_token_id`` and the
 encoder ``config.is_decoder`` (defaults of transformers 4's config); the ALiBi table is a plain
-tensor attribute made in ``__init__`` (not a buffer) and the all-zero token types a
-non-persistent buffer, both made in ``__init__`` only, which transformers 5's meta-device build
-leaves without their values.
+tensor attribute made in ``__init__`` (not a buffer), partly on the CPU whatever the default
+device, so ``__init__`` cannot run on the meta device at all; the all-zero token types are a
+non-persistent buffer made in ``__init__`` only, which transformers 5's meta-device build leaves
+without its values.
 """
 
 import torch
@@ -20,8 +21,12 @@ from .configuration_dnabert import DNABertConfig
 
 
 def alibi_table(n_heads: int, size: int, device=None) -> torch.Tensor:
-    """(1, heads, size, size): -slope_h * |i - j|, slopes 2^(-8 h / n_heads), h = 1..n_heads."""
-    slopes = torch.tensor([2 ** (-8 * h / n_heads) for h in range(1, n_heads + 1)], device=device)
+    """(1, heads, size, size): -slope_h * |i - j|, slopes 2^(-8 h / n_heads), h = 1..n_heads.
+
+    The slopes come from the legacy ``torch.Tensor`` constructor, which makes them on the CPU
+    whatever the default device, and the positions from ``arange``, which follows it: built on
+    the meta device, the product mixes two devices and ``__init__`` fails."""
+    slopes = torch.Tensor([2 ** (-8 * h / n_heads) for h in range(1, n_heads + 1)]).to(device)
     pos = torch.arange(size, device=device)
     distance = (pos[None, :] - pos[:, None]).abs()  # (size, size)
     return (-slopes[:, None, None] * distance)[None]
