@@ -124,7 +124,11 @@ class LLMModel:
 
 @dataclass
 class LLMConfig(LLMModel):
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    # Recompute activations in the backward: false, true (every decoder layer) or N (every N-th layer,
+    # the others keep theirs: less recompute where memory allows; docs/gpu.md has the measured choices).
+    gradient_checkpointing: bool | int = field(default=False, metadata={"bool_or_int": True})
+    # Liger-Kernel's fused Qwen3 kernels when installed and training on CUDA (pip install dnallm-fusion[liger])
+    liger: bool = True
 
 
 @dataclass
@@ -157,6 +161,10 @@ class FusionTrainConfig(TrainConfig):
     packing: bool = False  # a micro-batch's samples in one row, attention within each sample: no padding
     logits: str = check("reply", choices=("reply", "full"))  # reply: LM head on the answer tokens only, in chunks | full: at every position
     logits_chunk: int = check(1024, ge=1)  # positions per LM-head chunk (logits="reply")
+    # > 0: each micro-batch takes samples until their tokens would pass this budget (packed rows; micro_batch_size
+    # is then unused): micro-batches of thousands of tokens whatever the sample lengths (dnallm/train/batching.py)
+    max_tokens: int = check(0, ge=0)
+    compile: bool = False  # torch.compile each decoder layer (dynamic token counts)
 
 
 @dataclass
@@ -295,7 +303,12 @@ def _unknown(key: str, cls) -> RecipeError:
     return RecipeError(f"unknown recipe key '{key}'{hint}")
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
+def _coerce(value: Any, current: Any, key: str, bool_or_int: bool = False) -> Any:
+    if bool_or_int:
+        if isinstance(value, bool) or (isinstance(value, int) and value >= 1):
+            return value
+        raise RecipeError(f"recipe key '{key}' expects true, false or a whole number >= 1 (every N-th layer), "
+                          f"got {value!r}")
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise RecipeError(f"recipe key '{key}' expects true/false, got {value!r}")
@@ -324,7 +337,8 @@ def set_key(obj, dotted: str, value: Any) -> None:
             current = getattr(target, part)
             if is_dataclass(current):
                 raise RecipeError(f"recipe key '{dotted}' is a section; set its fields, e.g. {dotted}.{fields(current)[0].name}=...")
-            setattr(target, part, _coerce(value, current, dotted))
+            bool_or_int = next(f for f in fields(target) if f.name == part).metadata.get("bool_or_int", False)
+            setattr(target, part, _coerce(value, current, dotted, bool_or_int))
         else:
             target = getattr(target, part)
 

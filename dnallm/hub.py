@@ -116,12 +116,20 @@ def resolve_dtype(name: str, device: str):
     return dtype
 
 
-def enable_activation_checkpointing(model, **kwargs) -> None:
-    """Recompute activations in the backward pass (transformers' new name, or the old one)."""
+def enable_activation_checkpointing(model, every_n_layers: int = 1, **kwargs) -> None:
+    """Recompute activations in the backward pass (transformers' new name, or the old one),
+    in every ``every_n_layers``-th decoder layer (the others keep their activations)."""
     if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        every = {"every_n_layers": every_n_layers} if every_n_layers > 1 else {}  # a keyword of later releases
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **every)
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if every_n_layers > 1:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for index, layer in enumerate(layers):
+            layer.gradient_checkpointing = index % every_n_layers == 0
 
 
 # ---- checkpoints on disk -----------------------------------------------------------------------

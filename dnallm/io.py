@@ -193,6 +193,52 @@ def _free_space(path: Path | None) -> str:
         free /= 1024
 
 
+def reserve_space(fd: int, length: int, path: str | Path) -> None:
+    """Allocate disk blocks for the first ``length`` bytes of the open file ``fd``, its size unchanged.
+
+    For writers in C that cannot report a full disk (libBigWig): writes inside the reserved
+    range can no longer fail for space, and a disk without room raises ENOSPC (naming
+    ``path``) here, before the writer runs. Where the filesystem cannot allocate ahead
+    (not Linux, some network or FUSE mounts) the free space is checked instead, which a
+    concurrent writer can still beat. ``release_space`` gives back what was not used.
+    """
+    code = _fallocate_keep_size(fd, length)
+    if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        allocated = os.fstat(fd).st_blocks * 512
+        code = errno.ENOSPC if shutil.disk_usage(Path(path).parent).free < length - allocated else 0
+    if code:
+        raise OSError(code, os.strerror(code), str(path))
+
+
+def release_space(path: str | Path) -> None:
+    """Free blocks reserved past the end of ``path`` (truncating to its own size does, on ext4, xfs and tmpfs)."""
+    os.truncate(path, os.stat(path).st_size)
+
+
+def _fallocate_keep_size(fd: int, length: int) -> int:
+    """``fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, length)``: 0, or the errno it failed with."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):  # no fallocate (not Linux)
+        return errno.ENOSYS
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    keep_size = 1  # FALLOC_FL_KEEP_SIZE, linux/falloc.h
+    return 0 if fallocate(fd, keep_size, 0, length) == 0 else ctypes.get_errno()
+
+
+@contextmanager
+def disk_errors_named(tmp: str | Path, path: str | Path):
+    """Inside, a disk error on the temporary ``tmp`` is raised as one on the output ``path``."""
+    try:
+        yield
+    except BaseException as e:
+        _raise_as_output_error(e, tmp, Path(path))
+        raise
+
+
 def _raise_as_output_error(error: BaseException, tmp: Path | str, path: Path) -> None:
     converted = _as_output_error(error, tmp, path)
     if converted is not None:

@@ -9,7 +9,11 @@ Each mode runs once per --logits setting (reply: the LM head on the answer token
 chunks; full: at every position) and reports steady-state samples/s and LLM tokens/s (after
 --warmup steps), peak memory (CUDA when on a GPU, else the process RSS sampled while the mode
 runs, and how far it rose above the RSS at the mode's start) and, on a GPU, the model FLOP
-utilisation (MFU) from the FLOP count stated in the output. Mode (a) times the encoder too, and
+utilisation (MFU) from the FLOP count stated in the output, and the hardware FLOP utilisation (HFU:
+the recomputed forward of checkpointed layers counted too); on the CPU, the aten operations and
+host syncs of one training step (``dnallm.train.opcount``). The engine is the one ``dnallm train``
+builds (``--engine``: plain or DeepSpeed ZeRO-2); ``--variants`` runs several sets of recipe
+overrides one after another in one process. Mode (a) times the encoder too, and
 its MFU counts the encoder's FLOPs with the LLM's. When no mode runs the live encoder, it
 leaves the GPU once the cache is built, so the cache modes' memory is their own.
 
@@ -21,6 +25,9 @@ leaves the GPU once the cache is built, so the cache modes' memory is their own.
   python scripts/bench_train.py recipes/kegg/tiny.yaml data.with_reasoning=true data.dna_window=1024 \
       --data ../shared/datasets/kegg/val.jsonl ../shared/datasets/kegg/test.jsonl \
       --tokenizer ~/.cache/dnallm/tokenizer-qwen3 --modes c,p --logits reply,full --batch 8
+  # variants side by side in one process (one short GPU call), on the DeepSpeed ZeRO-2 engine
+  python scripts/bench_train.py recipes/kegg/genos1b_qwen3_4b.yaml --shape 1.2b:4b --modes c --engine zero2 \
+      --variants "before:train.micro_batch_size=4,lora.dropout=0.05;after:train.max_tokens=12288,lora.dropout=0"
   # memory of one step at the Qwen3-1.7B width and vocabulary (--layers: fewer blocks, same head)
   python scripts/bench_train.py recipes/kegg/genos1b_qwen3_1.7b.yaml --shape tiny:1.7b --layers 2 --modes c \
       --logits reply,full --tokenizer ~/.cache/dnallm/tokenizer-qwen3 --data ../shared/datasets/kegg/val.jsonl
@@ -48,8 +55,10 @@ from dnallm.fusion.projector import DNAProjector
 from dnallm.hub import resolve_dtype
 from dnallm.memory import PeakRSS
 from dnallm.train.build import build_encoder, build_model, build_processor
-from dnallm.train.engine import TorchEngine, pick_device
-from dnallm.train.finetune import param_groups, step_batch
+from dnallm.train.batching import fill
+from dnallm.train.engine import build_engine, pick_device
+from dnallm.train.finetune import param_groups, step_batch, training_batch
+from dnallm.train.opcount import OpCounter
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,6 +81,13 @@ def parse_args(argv=None):
     p.add_argument("--per-sample-attention", action="store_true", help="packed rows: one SDPA call per sample, not one varlen call (for comparison)")
     p.add_argument("--profile", type=Path, help="write a torch.profiler table of each mode's timed steps (top ops by self time) to this folder")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak of the GPU (H100 SXM: 989)")
+    p.add_argument("--engine", choices=("plain", "zero2"), default="plain",
+                   help="the training engine dnallm train builds: plain PyTorch, or DeepSpeed ZeRO-2 "
+                        "(recipes/deepspeed/zero2.json, bf16 on a GPU)")
+    p.add_argument("--variants", default="",
+                   help="variants run one after another in this process, each NAME:key=value,key=value "
+                        "(recipe overrides), separated by ';', e.g. "
+                        "'before:llm.gradient_checkpointing=true;after:train.max_tokens=12288'")
     return p.parse_args(argv)
 
 
@@ -134,12 +150,30 @@ def active_encoder_params(model) -> int:
     return total - experts + experts * cfg.num_experts_per_tok // cfg.num_local_experts
 
 
+def micro_batches(processor, rows, recipe, args) -> list[tuple[int, dict]]:
+    """(samples, batch) as training forms them: ``train.max_tokens`` tokens each (``batching.fill``,
+    the last partial one dropped), else ``--batch`` (or the recipe's) samples each."""
+    features = [processor(ex) for ex in rows]
+    if recipe.train.max_tokens:
+        lengths = [len(f["input_ids"]) for f in features]
+        everything = list(range(len(features)))
+        groups = fill(everything, lengths, recipe.train.max_tokens)[:-1] or [everything]
+    else:
+        size = args.batch or recipe.train.micro_batch_size
+        groups = [list(range(i, i + size)) for i in range(0, len(features) - size + 1, size)]
+    return [(len(g), training_batch(processor, [features[i] for i in g])) for g in groups]
+
+
+def bench_engine(model, recipe, args, device):
+    """The engine ``dnallm train`` builds for the recipe (``--engine zero2``: DeepSpeed ZeRO-2), on a flat schedule."""
+    recipe.deepspeed = str(REPO / "recipes/deepspeed/zero2.json") if args.engine == "zero2" else ""
+    recipe.train.warmup_ratio = 0.0
+    return build_engine(recipe, model, param_groups(model, recipe), total_steps=10**6, grad_accum=1, device=device)
+
+
 def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> dict:
-    engine = TorchEngine(model, param_groups(model, recipe), lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                         grad_accum=1, max_grad_norm=recipe.train.max_grad_norm, device=device)
-    batch_size = args.batch or recipe.train.micro_batch_size
-    batches = [(batch_size, processor.train_batch([processor(ex) for ex in rows[i : i + batch_size]]))
-               for i in range(0, len(rows) - batch_size + 1, batch_size)]
+    engine = bench_engine(model, recipe, args, device)
+    batches = micro_batches(processor, rows, recipe, args)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -169,12 +203,20 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
         if profiler is not None:
             profiler.stop()
             write_profile(profiler, args.profile / f"{name}.txt", device)
+    if not device.startswith("cuda"):  # what a GPU would launch: aten operations and host syncs of one more step
+        with OpCounter() as counter:
+            loss = step_batch(engine, dna_source, batches[0][1], device, recipe.encoder.batch_size).loss
+            engine.backward(loss)
+            engine.step()
     out = {
         "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "step_s": elapsed / args.steps,
+        "tokens_per_micro_batch": tokens / args.steps, "engine": args.engine,
         "llm_tokens_per_sample": tokens / samples, "placeholders_per_window": processor.n_placeholders(rows[0]["ref_window"]),
         "padding_fraction": 1 - tokens / positions, "logits": model.logits, "packed": processor.packing,
         "final_loss": loss.item(), "peak_rss_gib": rss.peak / 2**30, "peak_rss_above_start_gib": rss.rise / 2**30,
     }
+    if not device.startswith("cuda"):
+        out["aten_ops_per_step"], out["host_syncs_per_step"] = sum(counter.ops.values()), sum(counter.syncs.values())
     if device.startswith("cuda"):
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
         llm = model.llm.get_base_model()
@@ -194,6 +236,13 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
             flops += out["encoder_flops_per_sample"] * samples
             out["timed"] = "frozen encoder + LLM step"
         out["mfu"] = flops / elapsed / (args.peak_tflops * 1e12)
+        # Hardware FLOP utilisation: what the GPU computed, the recomputed forward of checkpointed layers included.
+        layers = llm.model.layers
+        recomputed = sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers) / len(layers)
+        out["recomputed_layer_fraction"] = recomputed
+        attention_forward = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq
+        recompute_per_token = recomputed * (2 * n_trunk + attention_forward)
+        out["hfu"] = (flops + recompute_per_token * tokens) / elapsed / (args.peak_tflops * 1e12)
     print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
     return out
 
@@ -208,14 +257,39 @@ def write_profile(profiler, path: Path, device: str) -> None:
     print(f"[profile] {path}", file=sys.stderr, flush=True)
 
 
+def parse_variants(text: str) -> list[tuple[str, list[str]]]:
+    """'a:k=v,k=v;b:k=v' -> [(a, [k=v, k=v]), (b, [k=v])]; empty: one variant, the recipe as given."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, _, overrides = part.partition(":")
+        out.append((name.strip(), [o.strip() for o in overrides.split(",") if o.strip()]))
+    return out or [("", [])]
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.per_sample_attention:
         from dnallm.fusion import packing
 
         packing.USE_VARLEN = False
-    recipe = load_recipe(args.recipe, args.overrides)
     device = pick_device()
+    reports = {}
+    for name, overrides in parse_variants(args.variants):
+        reports[name] = run_variant(args, load_recipe(args.recipe, [*args.overrides, *overrides]), device)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()  # the next variant's memory is its own
+    report = next(iter(reports.values()))
+    if len(reports) > 1:  # one table: each mode under its variant's name
+        report = {**report, "variants": dict(parse_variants(args.variants)),
+                  "modes": {f"{n}/{mode}": m for n, rep in reports.items() for mode, m in rep["modes"].items()}}
+        first, last = list(reports.values())[0]["modes"], list(reports.values())[-1]["modes"]
+        report["tokens_per_s_ratio_last_to_first"] = {k: last[k]["tokens_per_s"] / first[k]["tokens_per_s"]
+                                                      for k in first if k in last}
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def run_variant(args, recipe, device: str) -> dict:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="dnallm-bench-") as tmp:
         tmp = Path(tmp)
@@ -293,7 +367,6 @@ def main(argv=None) -> dict:
             report.setdefault(f"{key}_reply_vs_full", {})[mode] = [reply[key], full[key]]
     if base:
         report["samples_per_s_ratio_to_a"] = {k: v["samples_per_s"] / base["samples_per_s"] for k, v in results.items()}
-    print(json.dumps(report, indent=2))
     return report
 
 

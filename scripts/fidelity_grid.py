@@ -6,7 +6,7 @@ fusion model for every design and compression factor k, all through ``dnallm bas
 with the tiny planted recipe. Prints one JSON document; writes ``grid.md`` and ``grid.json``. Runs already in ``--out``
 are read back, not repeated: a stopped grid goes on where it stopped.
 
-    dnallm make-tiny
+    test -d .dnallm/tiny || dnallm make-tiny
     python scripts/fidelity_grid.py --out runs/fidelity-grid
     python scripts/fidelity_grid.py --signals centre,substitution --designs published,pooled+centre --pools 8
 

@@ -8,7 +8,9 @@ object, then a markdown table:
   - packed attention with Qwen3-4B's heads: one varlen flash-attention call, equal to the
     per-sample loop in outputs and gradients;
   - KEGG step, Genos-1.2B + Qwen3-4B: (a) live encoder, k = 1, and (c) embedding cache, k = 8,
-    both with packed batches and reply-only logits;
+    both with packed batches and reply-only logits, on DeepSpeed ZeRO-2, before (4 samples per
+    micro-batch, every layer recomputed) and after (the recipe's token budget and checkpointing):
+    MFU >= 0.25 after, >= 5x the tokens/s before (cache, k = 8), peak memory < 70 GiB;
   - KEGG step, Genos-10B + Qwen3-4B from the cache, k = 8, packed;
   - Genos-1.2B loaded from a saved checkpoint: straight onto the GPU, not through host memory;
   - ZeRO-3 + parameter offload at Qwen3-4B's width (12 of its 36 blocks): the engine's start-up
@@ -29,11 +31,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+BEFORE, AFTER = "before", "after"  # the throughput check's variants (bench_train.py --variants)
+OLD_CONFIGURATION = "train.max_tokens=0,llm.gradient_checkpointing=true,lora.dropout=0.05"  # with --batch 4
+# What the throughput check must reach on one H100 (docs/gpu.md): MFU of the new defaults, their gain over the
+# configuration before them (cache, k = 8, reply logits), and peak memory.
+MIN_MFU, MIN_GAIN, MAX_PEAK_GIB = 0.25, 5.0, 70.0
+
 GPU_CHECKS = {
     "packed_attention_qwen3_4b_heads": ["check_packed_attention.py"],
     "encoder_load_genos1.2b": ["check_encoder_load.py", "--shape", "1.2b"],
+    # Before (4 samples per micro-batch, every layer recomputed) and after (the recipe: train.max_tokens, the
+    # checkpointing it names), side by side in one process, on the DeepSpeed ZeRO-2 engine dnallm train runs.
     "kegg_genos1.2b_qwen3_4b": ["bench_train.py", "recipes/kegg/genos1b_qwen3_4b.yaml", "--shape", "1.2b:4b", "--modes", "a,c",
-                                "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
+                                "--packing", "--batch", "4", "--steps", "5", "--warmup", "2", "--engine", "zero2",
+                                "--variants", f"{BEFORE}:{OLD_CONFIGURATION};{AFTER}:"],
     "coverage_genos1.2b_32kb": ["bench_coverage.py", "--shape", "1.2b", "--deepspeed", "--steps", "4", "--warmup", "1", "--predict-windows", "8",
                                 "encoder.gradient_checkpointing=true", "data.window=32768", "data.overlap=16384"],
     "zero3_offload_start_qwen3_4b_width": ["check_zero3_start.py", "--shape", "1.2b:4b", "--layers", "12"],
@@ -43,7 +54,8 @@ GPU_CHECKS = {
 CPU_CHECKS = {
     "packed_attention": ["check_packed_attention.py", "--repeats", "2"],
     "kegg_tiny": ["bench_train.py", "recipes/kegg/tiny.yaml", "data.dna_window=256", "--shape", "tiny:tiny", "--modes", "a,c",
-                  "--packing", "--batch", "2", "--steps", "2", "--warmup", "1"],
+                  "--packing", "--batch", "2", "--steps", "2", "--warmup", "1",
+                  "--variants", f"{BEFORE}:train.max_tokens=0;{AFTER}:train.max_tokens=1200"],
     "encoder_load_tiny": ["check_encoder_load.py", "--shape", "tiny"],
     "zero3_offload_start_tiny": ["check_zero3_start.py"],
     "coverage_tiny": ["bench_coverage.py", "--shape", "tiny", "--steps", "2", "--warmup", "1", "--predict-windows", "4",
@@ -105,6 +117,8 @@ def problems(results: dict, cpu: bool) -> list[str]:
             for mode, m in rep["modes"].items():
                 if not m["packed"] or m["padding_fraction"] > 0:
                     out.append(f"{name} {mode}: batches are not packed (padding {m['padding_fraction']:.2f})")
+            if not cpu and "variants" in rep:
+                out += throughput_problems(name, rep["modes"])
         else:
             for phase in ("train", "predict"):
                 if rep[phase].get("trunk_dtype") != half:
@@ -114,8 +128,25 @@ def problems(results: dict, cpu: bool) -> list[str]:
     return out
 
 
+def throughput_problems(name: str, modes: dict) -> list[str]:
+    """The new defaults' MFU (live k = 1 and cache k = 8), their gain over the old configuration, peak memory."""
+    out = []
+    for mode, m in modes.items():
+        if m.get("peak_cuda_gib", 0) >= MAX_PEAK_GIB:
+            out.append(f"{name} {mode}: peak memory {m['peak_cuda_gib']:.1f} GiB, over {MAX_PEAK_GIB:.0f}")
+        if mode.startswith(f"{AFTER}/") and m.get("mfu", 1.0) < MIN_MFU:
+            out.append(f"{name} {mode}: MFU {m['mfu']:.3f}, under {MIN_MFU}")
+    for mode, before in modes.items():
+        after = modes.get(mode.replace(f"{BEFORE}/", f"{AFTER}/", 1))
+        if mode.startswith(f"{BEFORE}/c_") and after and after["tokens_per_s"] < MIN_GAIN * before["tokens_per_s"]:
+            gain = after["tokens_per_s"] / before["tokens_per_s"]
+            out.append(f"{name} {mode}: the new defaults give {gain:.1f}x the tokens/s of the configuration "
+                       f"before them, under {MIN_GAIN:.0f}x")
+    return out
+
+
 def table(results: dict) -> str:
-    rows = ["| check | mode | samples/s | tokens/s | MFU | peak memory GiB | dtype | attention |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| check | mode | samples/s | tokens/s | MFU (HFU) | peak memory GiB | dtype | attention |", "|---|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         if not res["ok"]:
             rows.append(f"| {name} | FAILED: {res['error']} | | | | | | |")
@@ -136,7 +167,8 @@ def table(results: dict) -> str:
             attn = rep["attention"]["implementation"] + f" ({rep['attention'].get('packed_kernel')})" + (f", flash: {rep['attention']['sdpa_flash']}" if "sdpa_flash" in rep["attention"] else "")
             for mode, m in rep["modes"].items():
                 mem = m.get("peak_cuda_gib", m["peak_rss_gib"])
-                mfu = f"{m['mfu']:.3f}" if "mfu" in m else "-"
+                ops = f"- ({m['aten_ops_per_step']} aten ops/step)"
+                mfu = f"{m['mfu']:.3f} ({m['hfu']:.3f})" if "mfu" in m else ops
                 rows.append(f"| {name} | {mode} | {m['samples_per_s']:.2f} | {m['tokens_per_s']:.0f} | {mfu} | {mem:.2f} | {rep['llm_dtype']} | {attn} |")
         else:  # bench_coverage
             t = rep["train"]

@@ -20,6 +20,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import pyBigWig
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -139,6 +141,23 @@ def test_a_second_train_into_a_running_output_dir_stops_at_once(project, tmp_pat
     assert {s["run_id"] for s in states} == {states[0]["run_id"]} and [s["step"] for s in states] == [30, 40]
     assert [e["step"] for e in log_lines(out) if "train/loss" in e] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert not (out / ".dnallm.lock").exists()
+
+
+def test_a_deepspeed_run_into_a_locked_output_dir_stops_at_once(project, tmp_path, in_project, single_process_env,
+                                                                 capsys):
+    """Rank 0 of a DeepSpeed launch (its environment: RANK, WORLD_SIZE, MASTER_*) takes the lock
+    before the process group or the engine starts, and stops at once when it is held."""
+    out = tmp_path / "run"
+    zero2 = REPO / "recipes" / "deepspeed" / "zero2.json"
+    with lock_holder(out) as holder:
+        before = all_files(out)
+        started = time.monotonic()
+        code, err = run(capsys, "train", *kegg_recipe(project, out, f"deepspeed={zero2}", "train.max_steps=2"))
+        line = error_line(err)
+        assert code == 2 and f"output_dir {out} is in use by another run (PID {holder.pid} on " in line, line
+        assert time.monotonic() - started < 30
+        no_work(err)
+        assert all_files(out) == before
 
 
 def test_cache_and_annotate_refuse_a_locked_output_and_a_killed_holder_blocks_nothing(project, tmp_path, in_project,
@@ -275,6 +294,89 @@ def test_a_full_disk_while_caching_leaves_no_partial_shard_and_a_rerun_matches(p
         assert run(capsys, *cache_args(cache))[0] == 0
         rebuilt, expected = load_file(cache / shard.name), load_file(shard)
         assert rebuilt.keys() == expected.keys() and all(torch.equal(rebuilt[k], expected[k]) for k in expected)
+
+
+# Writes random (incompressible) values into a bigWig at argv[1], 100 kb at a time; prints the one line.
+# With argv[2] == "no-fallocate", as on a filesystem that cannot allocate ahead (the free space is checked).
+WRITE_BIGWIG = (
+    "import errno, sys, numpy as np\n"
+    "import dnallm.io\n"
+    "from dnallm.data.bigwig_writer import BigWigWriter\n"
+    "from dnallm.io import disk_error_message\n"
+    "if sys.argv[2:] == ['no-fallocate']:\n"
+    "    dnallm.io._fallocate_keep_size = lambda fd, length: errno.EOPNOTSUPP\n"
+    "values = np.random.default_rng(0).random(1_000_000)\n"
+    "try:\n"
+    "    with BigWigWriter(sys.argv[1], {'chr1': 2_000_000}) as writer:\n"
+    "        for start in range(0, len(values), 100_000):\n"
+    "            writer.add('chr1', start, values[start : start + 100_000])\n"
+    "except OSError as e:\n"
+    "    print(disk_error_message(e))\n"
+)
+
+
+def test_a_full_disk_while_writing_a_bigwig_is_one_line_not_a_hang(tmp_path):
+    """libBigWig spins on a failed write; the writer must stop before it, leaving nothing."""
+    for how in ("fallocate", "no-fallocate"):
+        with small_disk(tmp_path / "disk", "2m") as disk:
+            path = disk / "preds" / "track.bw"
+            done = subprocess.run([sys.executable, "-c", WRITE_BIGWIG, str(path), how], capture_output=True, text=True,
+                                  env=ENV, timeout=120)
+            line = done.stdout.strip()
+            assert done.returncode == 0 and line.startswith(f"{path}: No space left on device ("), \
+                (how, done.stdout + done.stderr)
+            assert "free there" in line, line
+            assert all_files(disk) == [] and shutil.disk_usage(disk).free > 1_900_000  # no temporary file left
+    done = subprocess.run([sys.executable, "-c", WRITE_BIGWIG, str(tmp_path / "track.bw")], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+    assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr  # the same writes, with room
+    with pyBigWig.open(str(tmp_path / "track.bw")) as bw:
+        written = np.array(bw.values("chr1", 0, 1_000_000))
+    assert np.allclose(written, np.random.default_rng(0).random(1_000_000).astype(np.float32))
+
+
+def test_predict_tracks_on_a_full_disk_is_one_line_and_leaves_no_bigwig(coverage, tmp_path):
+    tracks = sorted(p.name for p in coverage["preds"].glob("*.bw"))
+    # Room for the first file's header only, then for each file's header but not for three chromosomes.
+    for leave in (96 << 10, len(tracks) * (96 << 10)):
+        with small_disk(tmp_path / "disk", "1m") as disk:
+            out = disk / "preds"
+            fill(disk, leave=leave)
+            done = subprocess.run([sys.executable, "-m", "dnallm", "predict-tracks", str(coverage["run"]), "--chroms",
+                                   "chr1,chr2,chr3", "--out", str(out)], capture_output=True, text=True, env=ENV,
+                                  timeout=300, stdin=subprocess.DEVNULL)
+            line = error_line(done.stderr)
+            assert done.returncode == 2 and "No space left on device" in line and "free there" in line, line
+            assert any(f"{out / name}:" in line for name in tracks), line
+            assert all_files(disk) == ["filler"], (leave, all_files(disk))
+
+
+def test_the_bigwig_size_bound_holds_for_hostile_layouts(tmp_path):
+    """The space reserved ahead of libBigWig is an upper bound of what it writes, however the values lie."""
+    from dnallm.data.bigwig_writer import BigWigWriter
+
+    rng = np.random.default_rng(1)
+    sparse = rng.random(200_000)
+    sparse[::2] = 0
+    layouts = {  # (chromosome sizes, entries, skip_zeros)
+        "far-apart single bases": ({"chr1": 2_100_000_000},
+                                   [("chr1", i * 4_200_000, rng.random(1)) for i in range(499)], False),
+        "short runs": ({"chr1": 3_000_000}, [("chr1", i * 100, rng.random(17)) for i in range(5000)], False),
+        "many chromosomes with long names": ({f"chrUn_{'x' * 100}_{i}": 700 for i in range(500)},
+                                             [(f"chrUn_{'x' * 100}_{i}", 0, rng.random(700)) for i in range(500)],
+                                             False),
+        "alternating zeros": ({"chr1": 300_000}, [("chr1", 0, sparse)], True),
+        "one long run": ({"chr1": 3_000_000}, [("chr1", 5, rng.random(2_000_000))], False),
+    }
+    for name, (sizes, entries, skip_zeros) in layouts.items():
+        writer = BigWigWriter(tmp_path / "b.bw", sizes, skip_zeros=skip_zeros)
+        for chrom, start, values in entries:
+            writer.add(chrom, start, values)
+        bound = writer.size_bound()
+        writer.close()
+        size = (tmp_path / "b.bw").stat().st_size
+        assert size <= bound, (name, size, bound)
+        assert (tmp_path / "b.bw").stat().st_blocks * 512 < size + (64 << 10), name  # the reserve was given back
 
 
 def test_a_read_only_output_is_refused_before_any_work(project, tmp_path, in_project, capsys):

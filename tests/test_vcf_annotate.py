@@ -45,7 +45,7 @@ def checkpoint(tiny_models, tmp_path_factory) -> Path:
     write_jsonl(out / "train.jsonl", planted_records(64, n_classes=4, length=4001, seed=0))
     recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [
         f"output_dir={out}/run", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={out}/train.jsonl", "data.val=", f"data.dna_window={DNA_WINDOW}", "train.max_steps=150",
+        f"data.train={out}/train.jsonl", "data.val=", f"data.dna_window={DNA_WINDOW}", "train.max_steps=300",
         "train.micro_batch_size=8", "train.save_every=0", "eval.max_new_tokens=12",
     ])
     return train(recipe)

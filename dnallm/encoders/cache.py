@@ -19,6 +19,8 @@ shard of work and resumes from the shards on disk.
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -213,6 +215,13 @@ class CachedEncoder:
         self.hidden_size = manifest["hidden_size"]
         self._files = [safe_open(self.cache_dir / name, framework="pt") for name in manifest["shards"]]
         self._where = {key: f for f in self._files for key in f.keys()}
+
+    def on_host(self) -> CachedEncoder:
+        """The same cache, read into host memory: DataLoader workers read it ahead of the step,
+        which copies the (pinned) result to the device."""
+        host = copy.copy(self)
+        host.device = "cpu"
+        return host
 
     def missing(self, sequences) -> list[str]:
         return [s for s in sequences if sequence_key(s, self.identity) not in self._where]

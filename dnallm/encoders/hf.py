@@ -31,6 +31,7 @@ from dnallm.data.dna import BASES
 from dnallm.encoders.remote_code import (add_removed_methods, builds_on_meta, fill_config_defaults, loadable,
                                          missing_package, removed_helpers, restore_buffers)
 from dnallm.hub import CheckpointError, check_remote_code, first_line, remote_code_hint
+from dnallm.norms import fused_rms_norm
 
 RECIPE_KEY = "encoder.trust_remote_code"
 
@@ -246,12 +247,10 @@ class DNATokenizer:
     def __call__(self, seqs: list[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(list(seqs), add_special_tokens=False)["input_ids"]
         longest = max(len(e) for e in enc)
-        ids = torch.full((len(enc), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(enc), longest), dtype=torch.bool)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)] = torch.tensor(e, dtype=torch.long)
-            mask[i, : len(e)] = True
-        return {"input_ids": ids, "attention_mask": mask}
+        # Padded as lists, then one tensor each: not a copy per sequence.
+        ids = torch.tensor([e + [self.pad_id] * (longest - len(e)) for e in enc], dtype=torch.long)
+        mask = torch.tensor([[True] * len(e) + [False] * (longest - len(e)) for e in enc], dtype=torch.bool)
+        return {"input_ids": ids, "attention_mask": mask, "lengths": [len(e) for e in enc]}
 
 
 class DNAEncoder(nn.Module):
@@ -275,6 +274,7 @@ class DNAEncoder(nn.Module):
         self.model.to(device)
         self.model.requires_grad_(False)
         self.model.eval()
+        fused_rms_norm(self.model)
         # Models that take no attention mask (HyenaDNA, Caduceus) never see padding: see ``encode``.
         self.takes_mask = takes_attention_mask(self.model)
         self.hidden_size = self.encode([PROBE[:64]])[0].shape[-1]
@@ -311,8 +311,11 @@ class DNAEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenizer(sequences)
+        lengths = batch["lengths"]  # on the host: deciding from them makes the host wait for nothing
         ids = batch["input_ids"].to(self.device)
         mask = batch["attention_mask"].to(self.device)
         if self.takes_mask:
-            return self.hidden_states(ids, mask).detach(), mask  # (batch, positions, hidden), (batch, positions)
+            # One token count: no padding, so no mask for the model to build and check.
+            model_mask = mask if min(lengths) < max(lengths) else None
+            return self.hidden_states(ids, model_mask).detach(), mask  # (batch, positions, hidden), (batch, positions)
         return run_unpadded(lambda rows_ids: self.hidden_states(rows_ids, None), ids, mask).detach(), mask

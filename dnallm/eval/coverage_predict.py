@@ -93,7 +93,15 @@ def resolve_regions(genome: Genome, regions: list[str] = (), chroms: list[str] =
 
 
 def open_writers(out_dir: Path, tracks, sizes: dict[str, int]) -> list[BigWigWriter]:
-    return [BigWigWriter(out_dir / f"{t.name}.bw", sizes) for t in tracks]
+    writers = []
+    try:
+        for t in tracks:
+            writers.append(BigWigWriter(out_dir / f"{t.name}.bw", sizes))
+    except BaseException:  # a full disk at the third file: the first two leave no temporary file
+        for w in writers:
+            w.abort()
+        raise
+    return writers
 
 
 def prediction_files(out_dir: str | Path, tracks) -> list[Path]:
@@ -136,8 +144,13 @@ def write_predictions(predictor, genome, todo, mode: str, batch: int, out_dir: P
         for w in writers:
             w.abort()
         raise
-    for w in writers:
-        w.close()
+    for i, w in enumerate(writers):
+        try:
+            w.close()
+        except BaseException:
+            for rest in writers[i + 1 :]:  # no temporary file left behind by the others either
+                rest.abort()
+            raise
     manifest = prediction_manifest(predictor, genome, todo, mode)
     atomic_write_text(out_dir / "prediction.json", json.dumps(manifest, indent=2) + "\n")
     return manifest

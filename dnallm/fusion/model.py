@@ -23,10 +23,13 @@ from transformers.utils import ModelOutput
 
 from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, DNA_TOKENS
 from dnallm.fusion.config import DNAFusionConfig
-from dnallm.fusion.packing import PACKED_ATTENTION, PACKING_ATTENTION, chunked_token_logps, packed_kwargs, register, shifted_targets
+from dnallm.fusion.kernels import apply_liger, lean_lora
+from dnallm.fusion.packing import (CAUSAL_ONLY, PACKED_ATTENTION, PACKING_ATTENTION, chunked_token_logps, packed_kwargs,
+                                   register, shifted_targets)
 from dnallm.fusion.projector import DNAProjector
 from dnallm.fusion.summary import VariantSummary
 from dnallm.hub import check_remote_code, enable_activation_checkpointing, resolve_dtype
+from dnallm.norms import fused_rms_norm
 
 
 @dataclass
@@ -57,8 +60,8 @@ class DNAFusionLM(nn.Module):
 
     @classmethod
     def from_config(cls, config: DNAFusionConfig, dna_hidden: int = 1, dna_tokenizer=None, *, device: str = "cpu",
-                    packing: bool = False, gradient_checkpointing: bool = False, llm: nn.Module | None = None,
-                    place: bool = True):
+                    packing: bool = False, gradient_checkpointing: bool | int = False, liger: bool = False,
+                    llm: nn.Module | None = None, place: bool = True):
         """Load the base LLM, add the DNA tokens, wrap it in LoRA, attach projector and summary.
         -> (model, text tokenizer). Trainable parts are fp32; the frozen base takes ``llm.dtype``.
 
@@ -69,6 +72,9 @@ class DNAFusionLM(nn.Module):
         (under ZeRO-3 the engine partitions it from host memory instead). ``llm``: an already
         built causal LM to wrap instead of loading weights (benchmarks of published shapes
         from their configs); the tokenizer still comes from ``llm.name_or_path``.
+        ``gradient_checkpointing``: recompute every decoder layer (True), every N-th (an int N), or none.
+        ``liger``: on CUDA, Liger-Kernel's Qwen3 kernels where installed (``dnallm.fusion.kernels``).
+        LoRA projections and RMSNorm always take the lean forms there.
         """
         spec = config.llm
         check_remote_code(spec.name_or_path, spec.trust_remote_code, "llm.trust_remote_code")
@@ -82,14 +88,19 @@ class DNAFusionLM(nn.Module):
         token_ids = add_dna_tokens(tokenizer, llm)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        if liger:
+            apply_liger(llm, device)
         if gradient_checkpointing:
-            enable_activation_checkpointing(llm, use_reentrant=False)
+            every = 1 if gradient_checkpointing is True else int(gradient_checkpointing)
+            enable_activation_checkpointing(llm, every_n_layers=every, use_reentrant=False)
         lora = config.lora
         lora_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                  target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
         with warnings.catch_warnings():  # peft still asks under the attribute's old name
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
             llm = get_peft_model(llm, lora_config)
+        lean_lora(llm)
+        fused_rms_norm(llm)
         llm_hidden = llm.get_input_embeddings().weight.shape[1]
         pool, kernel, context = config.positions(dna_tokenizer)
         p = config.projector
@@ -144,33 +155,41 @@ class DNAFusionLM(nn.Module):
         return inputs_embeds
 
     def forward(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, labels=None, position_ids=None, cu_seq_lens=None,
-                score_mask=None, dna_spans=None):
+                score_mask=None, dna_spans=None, reply_index=None, reply_targets=None, max_length=None):
         """With ``labels``: the mean next-token loss over labelled tokens, from logits on those
         tokens only (``logits="reply"``, chunked; see ``dnallm.fusion.packing``) or over every
         position (``logits="full"``, transformers' own loss; ``.logits`` is returned).
-        ``cu_seq_lens``: a packed row (``packing.pack_rows``). With ``score_mask``: ``.token_logps``
+        ``cu_seq_lens``: a packed row (``packing.pack_rows``), ``max_length`` its longest sample.
+        ``reply_index`` / ``reply_targets``: the labelled positions, found on the host
+        (``packing.reply_targets``; without them the mask over ``labels`` is applied here,
+        which waits for the device). With ``score_mask``: ``.token_logps``
         as ``token_logps`` gives them (through the forward, so that training engines wrap it).
         Without either: ``.logits`` at every position. -> ``DNAFusionOutput``"""
         if score_mask is not None:
             return DNAFusionOutput(token_logps=self.token_logps(input_ids, attention_mask, score_mask, dna_embeds,
                                                                 dna_mask, dna_spans))
         if labels is not None and self.logits == "reply":
-            hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens, dna_spans)
-            keep, targets = shifted_targets(labels)
-            logps = chunked_token_logps(hidden[:, :-1][keep], targets, self.llm.get_output_embeddings(), self.logits_chunk)
-            return DNAFusionOutput(loss=-logps.sum() / max(targets.numel(), 1))
+            hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens,
+                                        dna_spans, max_length)
+            if reply_index is None:
+                keep, reply_targets = shifted_targets(labels)
+                chosen = hidden[:, :-1][keep]  # (n, hidden)
+            else:
+                chosen = hidden.flatten(0, 1).index_select(0, reply_index)  # (n, hidden)
+            logps = chunked_token_logps(chosen, reply_targets, self.llm.get_output_embeddings(), self.logits_chunk)
+            return DNAFusionOutput(loss=-logps.sum() / max(reply_targets.numel(), 1))
         inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
         out = self.llm(inputs_embeds=inputs_embeds, labels=labels, position_ids=position_ids, use_cache=False,
-                       **self._attention_kwargs(attention_mask, cu_seq_lens))
+                       **self._attention_kwargs(attention_mask, cu_seq_lens, max_length))
         return DNAFusionOutput(loss=out.loss, logits=out.logits)
 
     def hidden_states(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, position_ids=None, cu_seq_lens=None,
-                      dna_spans=None):
+                      dna_spans=None, max_length=None):
         """The decoder's last hidden states, before the LM head. (batch, tokens, hidden)"""
         inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
         decoder = self.llm.get_base_model().get_decoder()
         out = decoder(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False,
-                      **self._attention_kwargs(attention_mask, cu_seq_lens))
+                      **self._attention_kwargs(attention_mask, cu_seq_lens, max_length))
         return out.last_hidden_state
 
     def token_logps(self, input_ids, attention_mask, score_mask, dna_embeds=None, dna_mask=None, dna_spans=None) -> torch.Tensor:
@@ -183,14 +202,19 @@ class DNAFusionLM(nn.Module):
         out[:, 1:] = out[:, 1:].masked_scatter(keep, logps)
         return out
 
-    def _attention_kwargs(self, attention_mask, cu_seq_lens) -> dict:
+    def _attention_kwargs(self, attention_mask, cu_seq_lens, max_length: int | None = None) -> dict:
+        """``attention_mask`` None: causal attention alone (right-padded rows, where padding only
+        follows real tokens); an SDPA-based implementation then gets no mask to build or check."""
         if cu_seq_lens is None:
+            impl = self.llm.get_base_model().config._attn_implementation
+            if attention_mask is None and impl in ("sdpa", *PACKING_ATTENTION):
+                return {"attention_mask": CAUSAL_ONLY}
             return {"attention_mask": attention_mask}
         impl = self.llm.get_base_model().config._attn_implementation
         if impl not in PACKING_ATTENTION:
             raise ValueError(f"a packed batch needs an attention implementation that reads cu_seq_lens ({', '.join(PACKING_ATTENTION)}); "
                              f"this LLM uses {impl!r}: build it with packing=True (recipe: train.packing=true)")
-        return packed_kwargs(cu_seq_lens.to(self.dna_boundary.device))
+        return packed_kwargs(cu_seq_lens.to(self.dna_boundary.device), max_length)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, dna_spans=None, **generate_kwargs):

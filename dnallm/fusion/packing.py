@@ -140,9 +140,11 @@ def register() -> None:
     AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
 
 
-def pack_rows(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def pack_rows(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor | int]:
     """Processor rows -> one packed row: ``input_ids``, ``labels``, ``position_ids`` (1, tokens),
-    ``attention_mask`` (all ones, for counting), ``cu_seq_lens`` (samples + 1,)."""
+    ``attention_mask`` (all ones, for counting), ``cu_seq_lens`` (samples + 1,) and
+    ``max_length``, the longest sample as a host int (read from a device tensor in the step it
+    would cost a host sync per forward)."""
     lengths = [len(r["input_ids"]) for r in rows]
     ids = [t for r in rows for t in r["input_ids"]]
     # A sample's first token is never a target: in the packed row it would be the previous sample's.
@@ -155,15 +157,22 @@ def pack_rows(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "position_ids": torch.tensor([positions], dtype=torch.long),
         "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
         "cu_seq_lens": cu,
+        "max_length": max(lengths),
     }
 
 
-def packed_kwargs(cu_seq_lens: torch.Tensor) -> dict:
-    """What the decoder needs for a packed row: no padding mask, and the sample boundaries."""
-    longest = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+# Masks given as a dict are used as given: no (tokens x tokens) mask is built, attention is causal.
+CAUSAL_ONLY = {"full_attention": None, "sliding_attention": None}
+
+
+def packed_kwargs(cu_seq_lens: torch.Tensor, longest: int | None = None) -> dict:
+    """What the decoder needs for a packed row: no padding mask, and the sample boundaries.
+    ``longest``: the longest sample (``pack_rows``' ``max_length``); None reads it from
+    ``cu_seq_lens``, a host sync when that tensor is on a GPU."""
+    if longest is None:
+        longest = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
     return {
-        # A dict of masks is used as given: no (tokens x tokens) mask is built for the packed row.
-        "attention_mask": {"full_attention": None, "sliding_attention": None},
+        "attention_mask": CAUSAL_ONLY,  # within each sample: cu_seq_lens
         "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest, "max_length_k": longest,
     }
 
@@ -189,6 +198,17 @@ def chunked_token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch
         else:
             out.append(_chunk_logps(h, t, head))
     return torch.cat(out)
+
+
+def reply_targets(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where the loss is, found on the host before the batch moves (a boolean mask applied on
+    the device would wait for the device to count its elements): ``reply_index`` (n,), the
+    flat positions in (batch x tokens) whose next token is labelled, and ``reply_targets`` (n,),
+    those next tokens."""
+    batch, tokens = labels.shape
+    keep = labels[:, 1:] != IGNORE_INDEX  # (batch, tokens - 1)
+    rows, cols = keep.nonzero(as_tuple=True)
+    return {"reply_index": rows * tokens + cols, "reply_targets": labels[rows, cols + 1]}
 
 
 def shifted_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

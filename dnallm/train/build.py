@@ -11,6 +11,7 @@ from dnallm.config import Recipe
 from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.cache import CachedEncoder, CacheIdentity
 from dnallm.fusion import pretrained
+from dnallm.fusion.kernels import compile_layers
 from dnallm.fusion.config import DNAFusionConfig
 from dnallm.fusion.processor import DNAChatProcessor
 
@@ -36,11 +37,15 @@ def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder
     ``llm``: a causal LM already built (benchmarks of published shapes from their configs,
     without weights on disk).
     """
-    return pretrained.build(DNAFusionConfig.from_recipe(recipe), device, encoder, packing=recipe.train.packing,
-                            gradient_checkpointing=recipe.llm.gradient_checkpointing, llm=llm, place=place)
+    model, tokenizer = pretrained.build(
+        DNAFusionConfig.from_recipe(recipe), device, encoder, packing=recipe.train.packing or recipe.train.max_tokens > 0,
+        gradient_checkpointing=recipe.llm.gradient_checkpointing, liger=recipe.llm.liger, llm=llm, place=False)
+    if recipe.train.compile:
+        compile_layers(model.llm)
+    return (model.to(device) if place else model), tokenizer
 
 
 def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncoder | DNATokenizer | None) -> DNAChatProcessor:
     dna_tokenizer = encoder.tokenizer if isinstance(encoder, (DNAEncoder, CachedEncoder)) else encoder
     return DNAChatProcessor.from_config(DNAFusionConfig.from_recipe(recipe), tokenizer, dna_tokenizer,
-                                        packing=recipe.train.packing)
+                                        packing=recipe.train.packing or recipe.train.max_tokens > 0)

@@ -38,6 +38,10 @@ def grad_accum_steps(recipe, world: int) -> int:
     t = recipe.train
     if t.global_batch_size <= 0:
         return t.grad_accum
+    if getattr(t, "max_tokens", 0):
+        raise ValueError(f"train.global_batch_size={t.global_batch_size} counts samples, which a token budget "
+                         f"(train.max_tokens={t.max_tokens}) does not fix: set train.grad_accum instead "
+                         "(global_batch_size=0)")
     per_step = t.micro_batch_size * world
     if t.global_batch_size % per_step:
         raise ValueError(
@@ -45,6 +49,12 @@ def grad_accum_steps(recipe, world: int) -> int:
             f"{t.micro_batch_size} x {world}; change one of them"
         )
     return t.global_batch_size // per_step
+
+
+def fused_adamw(param_groups: list[dict]) -> torch.optim.AdamW:
+    """AdamW in one kernel over every parameter (CPU and CUDA): the per-parameter loop would
+    launch about ten kernels and read each parameter's step count back to the host."""
+    return torch.optim.AdamW(param_groups, fused=True)
 
 
 def build_engine(recipe, model: nn.Module, param_groups: list[dict], *, total_steps: int, grad_accum: int, device: str,
@@ -63,7 +73,7 @@ def build_engine(recipe, model: nn.Module, param_groups: list[dict], *, total_st
     def scheduler_fn(opt):
         return get_cosine_schedule_with_warmup(opt, warmup, total_steps)
 
-    optimizer_fn = optimizer[1] if optimizer else torch.optim.AdamW
+    optimizer_fn = optimizer[1] if optimizer else fused_adamw
     if recipe.deepspeed:
         config = resolve_deepspeed_config(
             recipe.deepspeed, micro_batch_size=t.micro_batch_size, grad_accum=grad_accum,
@@ -160,7 +170,8 @@ def resolve_deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: in
 class TorchEngine:
     """Single-process PyTorch: autocast to bf16 on CUDA, fp32 on CPU."""
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, grad_accum: int, max_grad_norm: float, device: str, optimizer_fn=torch.optim.AdamW):
+    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, grad_accum: int, max_grad_norm: float, device: str,
+                 optimizer_fn=fused_adamw):
         self.module = model.to(device)
         self.optimizer = optimizer_fn(param_groups)
         self.scheduler = scheduler_fn(self.optimizer)
@@ -204,7 +215,7 @@ class TorchEngine:
     def load_moments(self, moments: dict[nn.Parameter, dict[str, torch.Tensor]], step: int) -> None:
         for p, m in moments.items():
             state = {k: v.to(p.device, p.dtype) for k, v in m.items()}
-            state["step"] = torch.tensor(float(step))
+            state["step"] = torch.tensor(float(step), device=p.device)  # fused AdamW: on the parameter's device
             self.optimizer.state[p] = state
         self.micro_steps = step * self.grad_accum
         fast_forward(self.scheduler, step)
@@ -220,7 +231,7 @@ class TorchEngine:
 class DeepSpeedEngine:
     """``deepspeed.initialize`` around the fusion model (ZeRO stage from the JSON)."""
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, config: dict, device: str, optimizer_fn=torch.optim.AdamW):
+    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, config: dict, device: str, optimizer_fn=fused_adamw):
         """``optimizer_fn`` builds the optimizer unless the JSON has an ``optimizer`` section
         (needed for ZeRO-Offload, whose CPU Adam DeepSpeed builds itself)."""
         import deepspeed

@@ -10,6 +10,7 @@ ranks come from the launcher's environment.
 from __future__ import annotations
 
 import math
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -21,10 +22,12 @@ from tqdm.auto import tqdm
 from dnallm.config import Recipe
 from dnallm.data.kegg import load_examples
 from dnallm.data.labels import LabelSet
-from dnallm.encoders.cache import require_cached
+from dnallm.encoders.cache import CachedEncoder, require_cached
 from dnallm.fusion.classifier import accuracy, encode_pairs, train_classifier
+from dnallm.fusion.packing import reply_targets
 from dnallm.fusion.processor import dna_inputs
 from dnallm.io import save_tensors
+from dnallm.train.batching import TokenBudgetBatches
 from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.checkpoint import load_trainable
 from dnallm.train.engine import zero_stage
@@ -41,6 +44,26 @@ def param_groups(model, recipe: Recipe) -> list[dict]:
         {"params": fusion, "lr": t.projector_lr or t.lr, "weight_decay": 0.0},
         {"params": lora, "lr": t.lr, "weight_decay": t.weight_decay},
     ]
+
+
+# What a training batch hands the fusion model's forward, as tensors to move to the device.
+MODEL_TENSORS = ("input_ids", "attention_mask", "labels", "position_ids", "cu_seq_lens",
+                 "reply_index", "reply_targets")
+
+
+def training_batch(processor, rows: list[dict], cache: CachedEncoder | None = None,
+                   encoder_batch_size: int = 8) -> dict:
+    """``processor.train_batch`` plus, found on the host, where the loss is (``reply_index``,
+    ``reply_targets``) and how many tokens it counts (``n_targets``, an int): the step then
+    needs no host sync to select them, and the trainer weights micro-batches by it.
+    ``cache``: an embedding cache on the host (``CachedEncoder.on_host``), read here, in the
+    DataLoader's workers, into ``dna_inputs``."""
+    batch = processor.train_batch(rows)
+    batch.update(reply_targets(batch["labels"]))
+    batch["n_targets"] = len(batch["reply_targets"])
+    if cache is not None:
+        batch["dna_inputs"] = dna_inputs(cache, batch["dna"], encoder_batch_size)
+    return batch
 
 
 def pretrain_summary(model, encoder, examples, recipe: Recipe, device: str) -> dict:
@@ -64,12 +87,18 @@ def pretrain_summary(model, encoder, examples, recipe: Recipe, device: str) -> d
 
 def step_batch(engine, encoder, batch: dict, device: str, encoder_batch_size: int):
     """One micro-batch forward: frozen encoder (no graph), then the fusion model."""
-    dna = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else {}
-    packed = {k: batch[k].to(device) for k in ("position_ids", "cu_seq_lens") if k in batch}
-    return engine(
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-        labels=batch["labels"].to(device), **dna, **packed,
-    )
+    if "dna_inputs" in batch:  # read from the cache ahead of the step (training_batch)
+        dna = {k: v.to(device, non_blocking=True) for k, v in batch["dna_inputs"].items()}
+    else:
+        dna = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else {}
+    # non_blocking: from pinned memory (the DataLoader's, on a GPU) the copy overlaps the step.
+    tensors = {k: batch[k].to(device, non_blocking=True) for k in MODEL_TENSORS if k in batch}
+    if "cu_seq_lens" not in tensors:
+        # Right-padded rows: padding only follows a sample's tokens, so causal attention alone is exact
+        # for each of them, and no padding mask is built (nor checked on the host) in every forward.
+        tensors["attention_mask"] = None
+    longest = {"max_length": batch["max_length"]} if "max_length" in batch else {}
+    return engine(**tensors, **longest, **dna)
 
 
 @torch.no_grad()
@@ -88,10 +117,10 @@ def validation_loss(engine, encoder, rows: list[dict], processor, recipe: Recipe
         chunk, weight = shard[start : start + size], 1.0
         if not chunk:
             chunk, weight = rows[:1], 0.0
-        batch = processor.train_batch(chunk)
-        n_tokens = int((batch["labels"][:, 1:] != -100).sum()) * weight
+        batch = training_batch(processor, chunk)
+        n_tokens = batch["n_targets"] * weight
         loss = step_batch(engine, encoder, batch, device, recipe.encoder.batch_size).loss
-        total += torch.tensor([loss.item() * n_tokens, n_tokens], dtype=torch.float64, device=device)
+        total += torch.stack([loss.detach().double() * n_tokens, loss.new_tensor(n_tokens, dtype=torch.float64)])
     if engine.world_size > 1:
         torch.distributed.all_reduce(total)
     engine.module.train()
@@ -123,25 +152,46 @@ class FineTune:
         self.processor = build_processor(recipe, tokenizer, self.encoder)
         self.train_rows = [self.processor(ex) for ex in tqdm(train_ds, desc="tokenizing train", disable=rank != 0)]
         self.val_rows = [self.processor(ex) for ex in tqdm(val_ds, desc="tokenizing val", disable=rank != 0)] if val_ds else []
-        self.sampler = DistributedSampler(self.train_rows, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed)
+        t = recipe.train
+        if t.max_tokens:
+            lengths = [len(r["input_ids"]) for r in self.train_rows]
+            self.plan = TokenBudgetBatches(lengths, t.max_tokens, recipe.seed, world)
+        else:
+            self.sampler = DistributedSampler(self.train_rows, num_replicas=world, rank=rank, shuffle=True,
+                                              seed=recipe.seed)
         return model
 
     def param_groups(self, model) -> list[dict]:
         return param_groups(model, self.recipe)
 
     def batches_per_epoch(self) -> int:
+        if self.recipe.train.max_tokens:
+            return len(self.plan)
         return math.ceil(len(self.sampler) / self.recipe.train.micro_batch_size)
 
     def batches(self, epoch: int, skip: int):
+        # pin_memory: on a GPU, the step's host-to-device copies are asynchronous (non_blocking). With an
+        # embedding cache, workers read it ahead of the step (on a GPU; on the CPU the step would wait for them).
+        cuda = self.device.startswith("cuda")
+        host_cache = self.encoder.on_host() if isinstance(self.encoder, CachedEncoder) else None
+        collate = partial(training_batch, self.processor, cache=host_cache,
+                          encoder_batch_size=self.recipe.encoder.batch_size)
+        workers = 2 if cuda and host_cache is not None else 0
+        loading = {"collate_fn": collate, "pin_memory": cuda, "num_workers": workers}
+        if self.recipe.train.max_tokens:
+            return DataLoader(self.train_rows, batch_sampler=self.plan.for_rank(epoch, self.rank)[skip:], **loading)
         self.sampler.set_epoch(epoch)
         # Its own generator: starting an epoch leaves the global RNG (dropout) untouched.
         loader = DataLoader(self.train_rows, batch_size=self.recipe.train.micro_batch_size, sampler=self.sampler,
-                            collate_fn=self.processor.train_batch, generator=torch.Generator().manual_seed(self.recipe.seed + epoch))
+                            generator=torch.Generator().manual_seed(self.recipe.seed + epoch), **loading)
         return islice(loader, skip, None)
 
     def train_step(self, engine, batch: dict):
         loss = step_batch(engine, self.encoder, batch, self.device, self.recipe.encoder.batch_size).loss
         return loss, {"samples": batch["input_ids"].shape[0] * self.world}
+
+    def loss_tokens(self, batch: dict) -> int:
+        return batch["n_targets"]
 
     def train_metrics(self, counts: dict, seconds: float) -> dict:
         return {"train/samples_per_s": counts["samples"] / seconds}

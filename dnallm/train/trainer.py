@@ -32,6 +32,10 @@ The objective contract (an object with these attributes; see ``FineTune`` and ``
 
 Optional:
 
+    loss_tokens(batch) -> int  the tokens ``batch``'s mean loss is over, counted on the host: the
+                           micro-batches of a step are then weighted by them (``loss_weights``),
+                           so the step's loss is the mean over all its tokens on all ranks
+
     steps_per_round        optimizer steps one round of the objective's data serves (default 1).
                            GRPO samples a batch of replies and takes ``grpo.updates_per_batch``
                            steps on it, its ``batches`` yielding each of the round's micro-batches
@@ -59,7 +63,6 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
@@ -104,6 +107,71 @@ def any_rank(flag: bool, engine) -> bool:
     t = torch.tensor([float(flag)], device=engine.device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item())
+
+
+def micro_batches(objective, micro: int, per_epoch: int):
+    """This rank's micro-batches from the ``micro``-th on, epoch after epoch (a step may span two)."""
+    epoch, skip = divmod(micro, per_epoch)
+    while True:
+        yield from objective.batches(epoch, skip)
+        epoch, skip = epoch + 1, 0
+
+
+def loss_weights(objective, group: list, engine) -> list[float | None]:
+    """What each micro-batch's mean loss is multiplied by so that the step's gradient is that of
+    the mean over every loss token of the step, on every rank (torchtune's and HF's token-weighted
+    accumulation): ``n_i x micro-batches x ranks / n_step``, as the engines divide by the two.
+    None (no weighting) for an objective without ``loss_tokens``, or that weights its own (GRPO)."""
+    if not hasattr(objective, "loss_tokens"):
+        return [None] * len(group)
+    counts = [objective.loss_tokens(batch) for batch in group]  # host ints, known before the step
+    total = sum(counts)
+    if engine.world_size > 1:
+        # host sync (several ranks): the step's loss tokens over ranks, once per optimizer step
+        summed = torch.tensor([float(total)], device=engine.device)
+        torch.distributed.all_reduce(summed)
+        total = summed.item()
+    scale = len(group) * engine.world_size / max(total, 1)
+    return [n * scale for n in counts]
+
+
+def optimizer_step(objective, engine, group: list, window: LossWindow) -> None:
+    """One optimizer step over this rank's micro-batches ``group``: forward and backward on each,
+    the optimizer moving on the last (inside ``engine.step``). On one rank the loop itself makes
+    the host wait for nothing; the KEGG model's ``embed`` still does, three times (its placeholder
+    count check, and its boolean feature mask forward and backward: ``scripts/count_ops.py``)."""
+    for batch, weight in zip(group, loss_weights(objective, group, engine)):
+        loss, counts = objective.train_step(engine, batch)
+        engine.backward(loss if weight is None else loss * weight)
+        engine.step()
+        window.add(loss, counts, weight)
+
+
+class LossWindow:
+    """Sums between log lines, kept on the device: reading a loss each micro-batch would wait
+    for the device every time."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.start()
+
+    def start(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)  # sum of weight x loss, on the device
+        self.weight, self.counts, self.tick = 0.0, Counter(), time.perf_counter()
+
+    def add(self, loss: torch.Tensor, counts: dict, weight: float | None) -> None:
+        """``weight``: the micro-batch's share (``loss_weights``; None: all alike)."""
+        weight = 1.0 if weight is None else weight
+        self.loss_sum += loss.detach().float() * weight
+        self.weight += weight
+        self.counts.update(counts)
+
+    def read(self) -> tuple[float, Counter, float]:
+        """(mean loss, token-weighted where the objective counts tokens; summed counts; seconds),
+        and a fresh window."""
+        out = (self.loss_sum.item() / max(self.weight, 1e-12), self.counts, time.perf_counter() - self.tick)
+        self.start()
+        return out
 
 
 def fit(objective, stop_after: int | None = None) -> Path:
@@ -170,10 +238,11 @@ def _fit(objective, stop_after: int | None) -> Path:
             tracker.log(step, scores[1])
         return entry
 
-    def checkpoint(step: int, epoch: int, micro: int, validate: bool = True) -> Path | None:
+    def checkpoint(step: int, micro: int, validate: bool = True) -> Path | None:
         history.append(validation(step) if validate else {"step": step})
+        epoch, batches_done = divmod(micro, per_epoch)
         run_state = {"epoch": epoch, "total_steps": total_steps, "history": history, **report,
-                     "data_order": {"seed": recipe.seed, "epoch": epoch, "batches_done": micro - epoch * per_epoch}}
+                     "data_order": {"seed": recipe.seed, "epoch": epoch, "batches_done": batches_done}}
         return save_checkpoint(out_dir, step, engine, objective, recipe_yaml, run_state, keep_last=t.keep_last, run_id=start.run_id)
 
     if objective.validate_at_start and start_step == 0:
@@ -181,64 +250,52 @@ def _fit(objective, stop_after: int | None) -> Path:
         if len(entry) > 1:
             history.append(entry)
 
-    # ---- loop --------------------------------------------------------------------------
-    total_micro = total_steps * grad_accum
+    # ---- loop: one optimizer step per iteration ------------------------------------------
     micro = start_step * grad_accum
-    epoch, skip = divmod(micro, per_epoch)
+    data = micro_batches(objective, micro, per_epoch)
     step, last_saved, saved_step, preempted = start_step, None, None, False
     round_steps, round_start = getattr(objective, "steps_per_round", 1), start_step
 
     def crossed(every: int) -> bool:  # a multiple of ``every`` in (round_start, step]
         return step // every > round_start // every
 
-    losses, counts, tick = [], Counter(), time.perf_counter()
+    window = LossWindow(engine.device)
     if start.resume and not restore_rng(start.resume, rank):
         print(f"note: {start.resume} holds no random-number state for rank {rank}: dropout masks differ from an uninterrupted run", file=sys.stderr)
     engine.module.train()
     bar = tqdm(total=total_steps, initial=start_step, desc="training", disable=rank != 0)
     with sigterm_flag() as sigterm:
-        while micro < total_micro and not preempted and (stop_after is None or step - start_step < stop_after):
-            for batch in objective.batches(epoch, skip):
-                loss, batch_counts = objective.train_step(engine, batch)
-                engine.backward(loss)
-                engine.step()
-                losses.append(loss.item())
-                counts.update(batch_counts)
-                micro += 1
-                if micro % grad_accum == 0:
-                    step = micro // grad_accum
-                    bar.update(1)
-                    round_end = step % round_steps == 0 or step == total_steps
-                    if round_end and (crossed(t.log_every) or step == total_steps):
-                        lr = engine.scheduler.get_last_lr()[-1]
-                        metrics = {"train/loss": float(np.mean(losses)), "train/lr": lr,
-                                   **objective.train_metrics(counts, time.perf_counter() - tick)}
-                        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", lr=f"{lr:.2e}")
-                        tracker.log(step, metrics)
-                        history.append({"step": step, "loss": metrics["train/loss"]})
-                        losses, counts, tick = [], Counter(), time.perf_counter()
-                    if round_end and t.save_every and crossed(t.save_every):
-                        last_saved, saved_step = checkpoint(step, epoch, micro), step
-                        # A resume starts here with nothing summed: so does the uninterrupted run, and
-                        # both then log the same averages.
-                        losses, counts, tick = [], Counter(), time.perf_counter()
-                    if round_end:
-                        round_start = step
-                    if stop_after is not None and step - start_step >= stop_after:
-                        break
-                    if round_end and step < total_steps and any_rank(sigterm.is_set(), engine):
-                        preempted = True
-                        break
-                if micro >= total_micro:
-                    break
-            else:
-                epoch, skip = epoch + 1, 0
+        while step < total_steps and (stop_after is None or step - start_step < stop_after):
+            group = [next(data) for _ in range(grad_accum)]  # this step's micro-batches on this rank
+            optimizer_step(objective, engine, group, window)
+            micro += grad_accum
+            step += 1
+            bar.update(1)
+            round_end = step % round_steps == 0 or step == total_steps
+            if round_end and (crossed(t.log_every) or step == total_steps):
+                lr = engine.scheduler.get_last_lr()[-1]
+                loss_value, counts, seconds = window.read()  # host sync: once per log line
+                metrics = {"train/loss": loss_value, "train/lr": lr, **objective.train_metrics(counts, seconds)}
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                tracker.log(step, metrics)
+                history.append({"step": step, "loss": loss_value})
+            if round_end and t.save_every and crossed(t.save_every):
+                last_saved, saved_step = checkpoint(step, micro), step
+                # A resume starts here with nothing summed: so does the uninterrupted run, and
+                # both then log the same averages.
+                window.start()
+            if round_end:
+                round_start = step
+            # host sync (several ranks): the SIGTERM flag is all-reduced once per round
+            if round_end and step < total_steps and any_rank(sigterm.is_set(), engine):
+                preempted = True
+                break
         bar.close()
 
         # ---- final checkpoint (SIGTERM now waits for it) ------------------------------------
         # Decided on the step, not the path: only rank 0 gets a path, and every rank must take part.
         if saved_step != step:
-            last_saved = checkpoint(step, epoch, micro, validate=not preempted)  # preempted: save, quickly
+            last_saved = checkpoint(step, micro, validate=not preempted)  # preempted: save, quickly
     tracker.close()
     if rank == 0:
         print(json.dumps({"checkpoint": str(last_saved), "step": step, **(history[-1] if history else {})}))
