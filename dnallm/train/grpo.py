@@ -110,6 +110,8 @@ class GRPO(FineTune):
     round's replies on the first micro-batch it meets of a round, and every micro-batch of
     the round is served once per optimizer step (``steps_per_round``)."""
 
+    loss_tokens = None  # its loss weighs every reply token of the step itself (policy_loss's n_tokens)
+
     def __init__(self, recipe: GRPORecipe):
         super().__init__(recipe)
         g = recipe.grpo
