@@ -31,17 +31,14 @@ from dnallm.data.genome import Genome, Region
 from dnallm.data.kegg import examples_from_records, read_jsonl
 from dnallm.data.vcf import InputError
 from dnallm.encoders import DNAEncoder
+from dnallm.encoders.coverage_pretrained import WEIGHTS as COVERAGE_WEIGHTS
 from dnallm.eval.answers import Prediction, predict_batch
 from dnallm.eval.explain import Explanation
 from dnallm.eval.kegg import max_new_tokens_for
 from dnallm.fusion.summary import masked_mean
-from dnallm.hub import locate_model, resolve_dtype
+from dnallm.hub import list_checkpoints, locate_model, pick_device, resolve_checkpoint, resolve_dtype
 from dnallm.io import atomic_open, save_tensors
 from dnallm.serve.session import Conversation, ModelSession, Sampling
-from dnallm.train import checkpoint as fusion_checkpoint
-from dnallm.train import coverage as coverage_objective
-from dnallm.train.checkpoint import list_checkpoints
-from dnallm.train.engine import pick_device
 
 POOLS = ("mean", "max", "last", "none")
 
@@ -177,11 +174,11 @@ def load(checkpoint: str | Path, *, device: str | None = None, overrides: list[s
     ``["llm.name_or_path=/models/Qwen3-4B"]``.
     """
     path = Path(checkpoint)
-    if list_checkpoints(path, coverage_objective.WEIGHTS) or (path / coverage_objective.WEIGHTS).is_file():
+    if list_checkpoints(path, COVERAGE_WEIGHTS) or (path / COVERAGE_WEIGHTS).is_file():
         from dnallm.eval.coverage_predict import Predictor
 
         return TrackModel(Predictor(path, device=device, overrides=overrides), source=path)
-    fusion_checkpoint.resolve_checkpoint(path)  # a clear error when there is none
+    resolve_checkpoint(path)  # a clear error when there is none
     return Model(ModelSession.load(path, device=device, overrides=overrides), source=path)
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from dnallm.data.dna import CONTIG_RULES
+
 TINY_DIR = Path(".dnallm")
 
 
@@ -75,7 +77,7 @@ def _prediction_args(p: argparse.ArgumentParser) -> None:
 
 def _gene_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gtf", help="gene models (GTF or GFF3) for gene-level metrics and the plot")
-    p.add_argument("--gtf-contigs", default="same", choices=["same", "add_chr", "strip_chr"], help="FASTA -> GTF contig names")
+    p.add_argument("--gtf-contigs", default="same", choices=CONTIG_RULES, help="FASTA -> GTF contig names")
     p.add_argument("--observed", help="track sheet of observed bigWigs (default: the recipe's data.tracks)")
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 def _add_variant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vcf", type=Path, required=True, help="VCF or BCF, plain or bgzipped; need not be sorted or indexed")
     p.add_argument("--fasta", type=Path, required=True, help="reference FASTA, plain or bgzipped; a missing .fai index is built")
-    p.add_argument("--contig-names", default="exact", metavar="exact|add-chr|strip-chr|FILE",
-                   help="how VCF contig names map to FASTA names: exact (default), add-chr (1 -> chr1, MT -> chrM), "
-                        "strip-chr (chr1 -> 1, chrM -> MT), or a two-column file (VCF name, FASTA name)")
+    p.add_argument("--contig-names", default="same", metavar="same|add_chr|strip_chr|FILE",
+                   help="how VCF contig names map to FASTA names: same (default), add_chr (1 -> chr1, MT -> chrM), "
+                        "strip_chr (chr1 -> 1, chrM -> MT), or a two-column file (VCF name, FASTA name)")
     p.add_argument("--strict", action="store_true", help="fail on a REF mismatch or a contig missing from the FASTA instead of skipping it")
     p.add_argument("--gtf", type=Path, help="GTF or GFF3 (may be gzipped): names the gene in the question")
     p.add_argument("--question", dest="question_template", metavar="TEMPLATE",

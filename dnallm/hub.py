@@ -1,10 +1,14 @@
-"""Loading from the Hugging Face hub or a local path, with remote code only on request."""
+"""Loading from the Hugging Face hub or a local path, with remote code only on request; finding
+and reading back checkpoints; the device a process runs on."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
 from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -101,8 +105,6 @@ def remote_code_hint(name_or_path: str, recipe_key: str) -> str:
 
 def resolve_dtype(name: str, device: str):
     """'auto' -> bfloat16 on CUDA, float32 on CPU; otherwise a torch dtype by name."""
-    import torch
-
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
@@ -128,3 +130,92 @@ def enable_activation_checkpointing(model, every_n_layers: int = 1, **kwargs) ->
         layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
         for index, layer in enumerate(layers):
             layer.gradient_checkpointing = index % every_n_layers == 0
+
+
+# ---- checkpoints on disk -----------------------------------------------------------------------
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(run_dir: str | Path, marker: str = "trainable.safetensors") -> list[Path]:
+    """Complete ``checkpoint-<step>`` directories (holding ``marker``) of a run, oldest first."""
+    run_dir = Path(run_dir)
+    found = []
+    if run_dir.is_dir():
+        for p in run_dir.iterdir():
+            m = CHECKPOINT_RE.match(p.name)
+            if m and (p / marker).is_file():
+                found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: str | Path, marker: str = "trainable.safetensors") -> Path:
+    """A checkpoint directory, or the latest complete one inside a run directory."""
+    path = Path(path)
+    if (path / marker).is_file():
+        return path
+    found = list_checkpoints(path, marker)
+    if not found:
+        _refuse_other_kind(path, marker)
+        raise FileNotFoundError(f"no checkpoint found at {path} (expected {marker} or checkpoint-*/ inside)")
+    return found[-1]
+
+
+# The weights file each kind of checkpoint holds, and what the kind is for.
+CHECKPOINT_KINDS = {
+    "trainable.safetensors": "a KEGG fusion checkpoint (dnallm train or grpo; for eval, annotate, chat, serve)",
+    "model.safetensors": "a coverage-track checkpoint (dnallm train-tracks; for predict-tracks, eval-tracks)",
+}
+
+
+def _refuse_other_kind(path: Path, marker: str) -> None:
+    """A checkpoint of the other kind is named as such, not reported as missing."""
+    for other, kind in CHECKPOINT_KINDS.items():
+        if other != marker and ((path / other).is_file() or list_checkpoints(path, other)):
+            wanted = CHECKPOINT_KINDS.get(marker, f"a checkpoint holding {marker}")
+            raise CheckpointError(f"{path} is {kind}; this command needs {wanted}")
+
+
+def load_trainable(model, checkpoint: str | Path, file: str = "trainable.safetensors") -> None:
+    """Load trainable values into a freshly built model; every trainable tensor must be present."""
+    checkpoint = Path(checkpoint)
+    values = load_file(checkpoint / file)
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = expected - values.keys(), values.keys() - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"{checkpoint}: trainable tensors do not match the model built from its recipe "
+            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in values.items():
+            if params[name].shape != value.shape:
+                raise ValueError(f"{checkpoint}: '{name}' has shape {tuple(value.shape)}, model expects {tuple(params[name].shape)}")
+            params[name].copy_(value.to(params[name].dtype))
+
+
+# ---- device ------------------------------------------------------------------------------------
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) as set by deepspeed, torchrun or accelerate launchers."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def pick_device() -> str:
+    """This process's GPU (its launcher's local rank) when there is one, else the CPU."""
+    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
+        _, local_rank, _ = distributed_env()
+        torch.cuda.set_device(local_rank)
+        # What stays fp32 on the GPU (trainable projector and head, master weights' matmuls) uses TF32.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return f"cuda:{local_rank}"
+    return "cpu"
+
+
+def autocast(device: str):
+    """bf16 autocast on a GPU (mixed precision over the bf16 bases), none on the CPU (fp32).
+    Its state is per thread: enter it in the thread that runs the model."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))

@@ -35,7 +35,8 @@ from dnallm.eval.coverage_predict import Predictor  # noqa: E402
 from dnallm.eval.coverage_stitch import plan_windows  # noqa: E402
 from dnallm.tiny import build_dna_tokenizer, genos_config  # noqa: E402
 from dnallm.config import load_coverage_recipe  # noqa: E402
-from dnallm.train.coverage import build_engine, target_transform  # noqa: E402
+from dnallm.encoders.coverage_pretrained import target_transform  # noqa: E402
+from dnallm.train.coverage import build_engine  # noqa: E402
 from dnallm.train.engine import pick_device  # noqa: E402
 
 RECIPES = {"tiny": REPO / "recipes/coverage/tiny.yaml", "1.2b": REPO / "recipes/coverage/genos1b_bcell_nk.yaml", "10b": REPO / "recipes/coverage/genos1b_bcell_nk.yaml"}

@@ -22,7 +22,7 @@ from dnallm.config import load_recipe
 from dnallm.data.kegg import examples_from_records, write_jsonl
 from dnallm.data.synthetic import planted_signal_records
 from dnallm.eval.explain import Explainer, explain_examples, ism_work, parse_region
-from dnallm.train.build import load_checkpoint
+from dnallm.fusion.model import DNAFusionLM
 from dnallm.train.engine import pick_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,7 +64,8 @@ def main() -> None:
     device = args.device or pick_device()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or tiny_checkpoint(Path(tmp), args.window)
-        recipe, encoder, model, processor = load_checkpoint(checkpoint, device)
+        loaded = DNAFusionLM.from_pretrained(checkpoint, device)
+        recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
         window = recipe.data.dna_window
         records = planted_signal_records(args.records + 1, length=2 * window + 1, seed=1, signal="centre")
         examples = list(examples_from_records(records, window))

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from dnallm.cli import main as dnallm_main  # noqa: E402
 from dnallm.encoders import DNAEncoder  # noqa: E402
-from dnallm.encoders.remote_code import V4_CONFIG_DEFAULTS, fill_config_defaults, removed_helpers  # noqa: E402
+from dnallm.encoders.remote_code import fill_config_defaults, removed_helpers  # noqa: E402
 from dnallm.hub import CheckpointError  # noqa: E402
 
 SEQUENCES = ["ACGTTGCAAGGCTTACGATCGGATCCATGCAAGTCA" * 3, "TTGACCGTAGCATGCA"]

@@ -16,7 +16,7 @@ from dnallm.config import load_recipe
 from dnallm.data.kegg import examples_from_records, read_jsonl, write_jsonl
 from dnallm.data.synthetic import FIXED_CLASSES, planted_signal_records
 from dnallm.eval.explain import Explainer, attribution_metrics, explain_examples, planted_positions
-from dnallm.train.build import load_checkpoint
+from dnallm.fusion.model import DNAFusionLM
 from dnallm.train.finetune import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,8 @@ def planted_checkpoint(models: dict, root: Path, signal: str, steps: int) -> dic
 
 def explain_planted(entry: dict, method: str, n_records: int, batch_size: int = 192, **kwargs):
     """The model's own answers for the first ``n_records`` test records, explained."""
-    recipe, encoder, model, processor = load_checkpoint(entry["checkpoint"], "cpu")
+    loaded = DNAFusionLM.from_pretrained(entry["checkpoint"], "cpu")
+    recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
     examples = list(examples_from_records(read_jsonl(entry["test"])[:n_records], recipe.data.dna_window))
     explainer = Explainer(model, encoder, processor, device="cpu", encoder_batch_size=recipe.encoder.batch_size)
     return explain_examples(explainer, examples, labels=[None] * len(examples), method=method, batch_size=batch_size,

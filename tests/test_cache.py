@@ -13,7 +13,8 @@ from dnallm.encoders.cache import CacheError, CachedEncoder, build_cache
 from dnallm.eval.kegg import evaluate
 from dnallm.fusion.processor import dna_inputs
 from dnallm.train.build import build_encoder, build_model, build_processor, cache_identity
-from dnallm.train.embed_cache import cache_embeddings, dataset_windows
+from dnallm.encoders.cache import dataset_windows
+from dnallm.train.embed_cache import cache_embeddings
 from dnallm.train.finetune import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,8 @@ from dnallm.eval.coverage_stitch import keep_ranges, plan_windows
 from dnallm.config import load_coverage_recipe
 from dnallm.encoders.hf import load_backbone
 from dnallm.train.checkpoint import read_state
-from dnallm.train.coverage import build_engine, build_model, load_coverage_checkpoint, train
+from dnallm.encoders.coverage_pretrained import load_coverage_checkpoint
+from dnallm.train.coverage import build_engine, build_model, train
 
 from encoder_families import hyenadna
 

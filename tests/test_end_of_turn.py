@@ -6,7 +6,7 @@ from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from dnallm.eval.answers import predict_batch
 from dnallm.eval.kegg import generate_answers
-from dnallm.fusion.model import build_fusion_lm
+from dnallm.fusion import DNAFusionConfig, DNAFusionLM
 from dnallm.fusion.processor import DNAChatProcessor
 from dnallm.tiny import qwen3_config
 
@@ -43,7 +43,8 @@ def base_style_llm(tiny_models, out):
 
 def test_eval_and_annotate_stop_at_the_end_of_turn(tiny_models, tmp_path):
     path = base_style_llm(tiny_models, tmp_path / "base-style")
-    model, tokenizer = build_fusion_lm(str(path), 8, lora=LORA)
+    config = DNAFusionConfig.from_dict({"llm": {"name_or_path": str(path)}, "lora": LORA, "projector": {"summary": "none"}})
+    model, tokenizer = DNAFusionLM.from_config(config, 8)
     assert tokenizer.eos_token == "<|endoftext|>"
     processor = DNAChatProcessor(tokenizer, None)
     examples = [{"question": "Which disease?", "answer": "x"}, {"question": "Which disease does this variant cause?", "answer": "y"}]

@@ -23,7 +23,7 @@ from dnallm.data.synthetic import planted_signal_records
 from dnallm.eval.explain import (
     Explainer, attribution_metrics, explain_examples, ism_work, parse_region, planted_positions,
 )
-from dnallm.train.build import load_checkpoint
+from dnallm.fusion.model import DNAFusionLM
 from dnallm.train.finetune import train
 from tests.vcf_data import write_fasta, write_vcf
 
@@ -113,7 +113,8 @@ def test_ism_of_the_centre_64_bp_is_one_batched_pass_over_384_windows(tiny_model
     recipe = planted_script.tiny_recipe(tiny_models, data / "train.jsonl", tmp_path / "run", "train.max_steps=1",
                                         "data.dna_window=96")
     checkpoint = train(recipe)
-    recipe, encoder, model, processor = load_checkpoint(checkpoint, "cpu")
+    loaded = DNAFusionLM.from_pretrained(checkpoint, "cpu")
+    recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
     [example] = list(examples_from_records(records[:1], 96))
     # A flank base is changed in both windows, the variant's base in each: 63 x 3 + 2 x 3 pairs, 384 windows.
     assert ism_work((example["ref_window"], example["var_window"]), parse_region(None, 96)) == (195, 384)

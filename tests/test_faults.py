@@ -27,8 +27,8 @@ from dnallm.config import recipe_from_dict
 from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.data.synthetic_tracks import write_synthetic_tracks
+from dnallm.fusion import DNAFusionLM
 from dnallm.hub import ModelNotFound, locate_models
-from dnallm.train.build import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 KEGG_TINY = REPO / "recipes" / "kegg" / "tiny.yaml"
@@ -212,6 +212,7 @@ def test_checkpoint_with_models_that_cannot_be_found_names_the_key(project, tmp_
     # As checkpoints written before paths were pinned hold them: relative to the training folder.
     old = tmp_path / "old" / "checkpoint-1"
     shutil.copytree(project["checkpoint"], old)
+    (old / "fusion_config.json").unlink()  # they had no model config either: the recipe describes the model
     recipe = yaml.safe_load((old / "recipe.yaml").read_text())
     recipe["encoder"]["name_or_path"], recipe["llm"]["name_or_path"] = ".dnallm/tiny/genos", ".dnallm/tiny/qwen3"
     (old / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -226,8 +227,9 @@ def test_checkpoint_with_models_that_cannot_be_found_names_the_key(project, tmp_
         assert "pass encoder.name_or_path=PATH" in line  # how to override
     assert not out.exists() and not Path(f"{out}.progress.jsonl").exists() and not (tmp_path / "eval").exists()
     # The override it names works.
-    recipe, *_ = load_checkpoint(old, "cpu", [f"encoder.name_or_path={project['genos']}", f"llm.name_or_path={project['qwen3']}"])
-    assert recipe.llm.name_or_path == str(project["qwen3"].resolve())
+    moved = [f"encoder.name_or_path={project['genos']}", f"llm.name_or_path={project['qwen3']}"]
+    loaded = DNAFusionLM.from_pretrained(old, "cpu", moved)
+    assert loaded.model.config.llm.name_or_path == str(project["qwen3"].resolve())
 
 
 def test_model_paths_resolve_against_the_checkpoint_and_hub_ids_stay_ids(project, elsewhere):

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, IGNORE_INDEX
 from dnallm.encoders import DNATokenizer
-from dnallm.fusion import build_fusion_lm
+from dnallm.fusion import DNAFusionConfig, DNAFusionLM
 from dnallm.fusion.processor import DNAChatProcessor
 from dnallm.fusion.projector import DNAProjector
 
@@ -23,7 +23,8 @@ def _example(answer="prion disease", ref="ACGTACGTACGTACGTACGTACGT", var="ACGTAC
 @pytest.fixture(scope="module")
 def fusion(tiny_models):
     torch.manual_seed(0)
-    model, tok = build_fusion_lm(str(tiny_models["qwen3"]), DNA_HIDDEN, lora=LORA, projector_kind="conv", pool=4, kernel=8)
+    config = DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tiny_models["qwen3"])}, "lora": LORA, "projector": {"kind": "conv", "pool": 4, "kernel": 8, "summary": "none"}})
+    model, tok = DNAFusionLM.from_config(config, DNA_HIDDEN)
     processor = DNAChatProcessor(tok, DNATokenizer(str(tiny_models["genos"])), pool=4)
     return model.eval(), tok, processor
 
@@ -122,8 +123,8 @@ def test_text_only_prompts_have_no_dna_blocks(tiny_models):
 @pytest.fixture(scope="module")
 def fusion_with_summary(tiny_models):
     torch.manual_seed(0)
-    model, tok = build_fusion_lm(str(tiny_models["qwen3"]), DNA_HIDDEN, lora=LORA, projector_kind="conv", pool=4, kernel=8,
-                                 summary="pooled+centre", summary_tokens=2)
+    config = DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tiny_models["qwen3"])}, "lora": LORA, "projector": {"kind": "conv", "pool": 4, "kernel": 8, "summary": "pooled+centre", "summary_tokens": 2}})
+    model, tok = DNAFusionLM.from_config(config, DNA_HIDDEN)
     processor = DNAChatProcessor(tok, DNATokenizer(str(tiny_models["genos"])), pool=4, summary_tokens=2)
     return model.eval(), tok, processor
 

@@ -105,7 +105,7 @@ _GENERATION_MEMORY = """
 import json, sys
 import torch
 from transformers import AutoModelForCausalLM, LogitsProcessorList
-from dnallm.eval.answers import ChosenTokenLogps
+from dnallm.fusion.generate import ChosenTokenLogps
 from dnallm.memory import PeakRSS
 
 torch.manual_seed(0)

@@ -17,10 +17,11 @@ from dnallm.data.kegg import load_examples, write_jsonl
 from dnallm.data.labels import LabelSet
 from dnallm.data.synthetic import planted_records
 from dnallm.eval.kegg import evaluate
+from dnallm.fusion import DNAFusionConfig
 from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.checkpoint import load_trainable
 from dnallm.train.finetune import train
-from dnallm.train.grpo import grpo
+from dnallm.train.grpo import FREE_KEYS, grpo
 from dnallm.train.policy import group_advantages, policy_loss, reference_logps, reply_logps, sample_replies
 from dnallm.train.rewards import Reply, Rewards
 
@@ -219,6 +220,14 @@ def test_grpo_command_rejects_a_checkpoint_of_another_model_shape(tiny_models, p
     assert "error: grpo.init_from:" in err and "lora.r=8" in err and "lora.r=4" in err
     assert main(args[:2] + ["grpo.init_from="]) == 2
     assert "grpo.init_from is empty" in capsys.readouterr().err
+    # The whole model description is compared: the summary too, which no hand-written key list had.
+    assert main([*args[:-1], "projector.summary=pooled"]) == 2
+    err = capsys.readouterr().err
+    assert "projector.summary='pooled+aligned+kmers'" in err and "projector.summary='pooled'" in err, err
+    # A validation file GRPO would not read is refused, not ignored.
+    assert main([*args[:-1], f"data.val={planted / 'train.jsonl'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dnallm grpo: error: data.val=") and "GRPO does not validate" in err[0], err
 
 
 def test_each_batch_of_replies_serves_updates_per_batch_steps(tiny_models, planted, under_trained, tmp_path):
@@ -236,12 +245,8 @@ def test_each_batch_of_replies_serves_updates_per_batch_steps(tiny_models, plant
 
 @pytest.mark.parametrize("size", ["4b", "1.7b"])
 def test_kegg_grpo_recipes_continue_their_fine_tuning_recipe(size):
-    from dnallm.train.grpo import MODEL_KEYS
-
     sft = load_recipe(REPO / f"recipes/kegg/genos1b_qwen3_{size}.yaml")
     rl = load_recipe(REPO / f"recipes/kegg/grpo_genos1b_qwen3_{size}.yaml", cls=GRPORecipe)
     assert rl.grpo.init_from == sft.output_dir and rl.output_dir != sft.output_dir
-    theirs, ours = sft.to_dict(), rl.to_dict()
-    for key in (*MODEL_KEYS, "encoder.name_or_path", "llm.name_or_path", "data.train", "data.with_reasoning"):
-        section, name = key.split(".")
-        assert theirs[section][name] == ours[section][name], key
+    assert DNAFusionConfig.from_recipe(rl).differences(DNAFusionConfig.from_recipe(sft), ignore=FREE_KEYS) == []
+    assert rl.data.train == sft.data.train

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +29,6 @@ from test_faults import KEGG_TINY, coverage, digest, error_line, in_project, pro
 from vcf_data import cases, write_vcf
 
 import dnallm
-from dnallm.cli import main
 from dnallm.hub import ModelNotFound
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from dnallm.encoders import DNAEncoder
-from dnallm.fusion import build_fusion_lm
+from dnallm.fusion import DNAFusionConfig, DNAFusionLM
 from dnallm.hub import RemoteCodeNotAllowed
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -63,7 +63,8 @@ def test_remote_code_refused_unless_allowed(tiny_models, tmp_path):
 
 def test_dna_tokens_added_and_embeddings_resized(tiny_models):
     base = AutoTokenizer.from_pretrained(tiny_models["qwen3"])
-    model, tok = build_fusion_lm(str(tiny_models["qwen3"]), 64, lora=LORA)
+    config = DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tiny_models["qwen3"])}, "lora": LORA, "projector": {"summary": "none"}})
+    model, tok = DNAFusionLM.from_config(config, 64)
     assert len(tok) == len(base) + 3
     table = model.llm.get_input_embeddings().weight
     assert table.shape[0] >= len(tok) and table.shape[0] % 64 == 0

@@ -4,13 +4,19 @@ batches with logits everywhere; GRPO's reply scores match a full log-softmax."""
 import pytest
 import torch
 
+from dnallm.config import RecipeError
 from dnallm.encoders import DNATokenizer
-from dnallm.fusion import build_fusion_lm
+from dnallm.fusion import DNAFusionConfig, DNAFusionLM
 from dnallm.fusion.packing import chunked_token_logps, pack_rows
 from dnallm.fusion.processor import DNAChatProcessor
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]}
 DNA_HIDDEN = 16
+
+
+def fusion_config(tiny_models) -> DNAFusionConfig:
+    projector = {"kind": "conv", "pool": 4, "kernel": 8, "summary": "pooled+centre", "summary_tokens": 2, "summary_context": 5}
+    return DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tiny_models["qwen3"])}, "lora": LORA, "projector": projector})
 
 
 def _examples():
@@ -26,8 +32,7 @@ def _examples():
 @pytest.fixture(scope="module")
 def setup(tiny_models):
     torch.manual_seed(0)
-    model, tok = build_fusion_lm(str(tiny_models["qwen3"]), DNA_HIDDEN, lora=LORA, projector_kind="conv", pool=4, kernel=8,
-                                 summary="pooled+centre", summary_tokens=2, summary_context=5, packing=True)
+    model, tok = DNAFusionLM.from_config(fusion_config(tiny_models), DNA_HIDDEN, packing=True)
     for p in model.parameters():  # LoRA B starts at zero: give every trainable tensor a gradient path
         if p.requires_grad:
             p.data.normal_(0, 0.05)
@@ -110,7 +115,7 @@ def test_token_logps_match_a_full_log_softmax(setup):
     score = batch["labels"] != -100  # score the reply tokens
     with torch.no_grad():
         got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], dna_embeds=dna, dna_mask=dna_mask,
-                    score_mask=score.long())
+                    score_mask=score.long()).token_logps
         model.logits = "full"
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], dna_embeds=dna, dna_mask=dna_mask,
                        labels=batch["labels"]).logits
@@ -144,8 +149,7 @@ def test_chunked_logps_keep_one_chunk_of_logits_for_the_backward():
 
 def test_packed_batch_without_packing_attention_names_the_switch(tiny_models, setup):
     _, processor, rows, dna, dna_mask = setup
-    plain, _ = build_fusion_lm(str(tiny_models["qwen3"]), DNA_HIDDEN, lora=LORA, projector_kind="conv", pool=4, kernel=8,
-                               summary="pooled+centre", summary_tokens=2, summary_context=5)
+    plain, _ = DNAFusionLM.from_config(fusion_config(tiny_models), DNA_HIDDEN)
     batch = pack_rows(rows, processor.tokenizer.pad_token_id)
     with pytest.raises(ValueError, match=r"train\.packing=true"):
         plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"], dna_embeds=dna,
@@ -153,5 +157,21 @@ def test_packed_batch_without_packing_attention_names_the_switch(tiny_models, se
 
 
 def test_an_unknown_logits_setting_is_named_before_any_weights_load(tmp_path):
-    with pytest.raises(ValueError, match=r"train\.logits must be reply .* or full, got 'some'"):
-        build_fusion_lm(str(tmp_path / "no-such-llm"), DNA_HIDDEN, lora=LORA, logits="some")
+    with pytest.raises(RecipeError, match=r"^recipe key 'logits' must be one of reply, full, got 'some'$"):
+        DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tmp_path / "no-such-llm")}, "logits": "some"})
+
+
+def test_the_per_sample_loop_on_a_gpu_is_named_once_with_its_reason():
+    import warnings
+
+    from dnallm.fusion.packing import packed_kernel, varlen_blocker, warn_per_sample
+
+    query = torch.zeros(1, 2, 3, 8)  # (batch, heads, tokens, dim), fp32 on the CPU
+    assert varlen_blocker(query) == "not on a GPU" and packed_kernel(query) == "per-sample"
+    reason = "float32 activations (varlen needs float16 or bfloat16)"
+    warn_per_sample.cache_clear()
+    with pytest.warns(RuntimeWarning, match=r"runs one SDPA call per sample, not one varlen call: float32 activations"):
+        warn_per_sample(reason)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_per_sample(reason)  # said once, not at every layer and step

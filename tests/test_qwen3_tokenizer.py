@@ -15,7 +15,7 @@ from dnallm.cli import main
 from dnallm.data.kegg import read_jsonl, write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.encoders import DNATokenizer
-from dnallm.fusion.model import build_fusion_lm
+from dnallm.fusion import DNAFusionConfig, DNAFusionLM
 from dnallm.fusion.processor import DNAChatProcessor
 from dnallm.fusion.projector import n_pooled
 from dnallm.tiny import QWEN3_VOCAB
@@ -27,7 +27,8 @@ EXAMPLE = {"question": "Which disease does this variant contribute to?", "answer
 
 
 def test_prompt_layout_and_loss_mask_under_qwen3s_template(tiny_qwen3_real_tokenizer, tiny_models):
-    model, tokenizer = build_fusion_lm(str(tiny_qwen3_real_tokenizer), 64, lora=LORA)
+    config = DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tiny_qwen3_real_tokenizer)}, "lora": LORA, "projector": {"summary": "none"}})
+    model, tokenizer = DNAFusionLM.from_config(config, 64)
     assert len(tokenizer) == 151_669 + 3 and model.llm.get_input_embeddings().weight.shape[0] == QWEN3_VOCAB  # spare rows, no resize
     think, end_think, dna_pad = (tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>", "<|dna_pad|>"))
     dna_tokenizer = DNATokenizer(str(tiny_models["genos"]))

@@ -12,8 +12,9 @@ from dnallm.config import load_recipe
 from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.eval.kegg import evaluate
+from dnallm.fusion import DNAFusionConfig, DNAFusionLM
 from dnallm.fusion.processor import dna_inputs
-from dnallm.train.build import build_encoder, build_model, build_processor, load_checkpoint
+from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.checkpoint import read_state, save_checkpoint
 from dnallm.train.engine import TorchEngine
 from dnallm.data.kegg import load_examples
@@ -92,7 +93,10 @@ def test_save_then_load_gives_identical_logits(tmp_path, tiny_models, planted):
         with torch.no_grad():
             return m.eval()(batch["input_ids"], batch["attention_mask"], **dna).logits
 
-    _, encoder2, loaded, _ = load_checkpoint(checkpoint, "cpu")
+    pretrained = DNAFusionLM.from_pretrained(checkpoint, "cpu")
+    encoder2, loaded = pretrained.dna_source, pretrained.model
+    # the model is rebuilt from the description saved beside its weights
+    assert DNAFusionConfig.load(checkpoint) == loaded.config == DNAFusionConfig.from_recipe(recipe)
     assert torch.equal(logits(model, encoder), logits(loaded, encoder2))
     fresh, _ = build_model(recipe, "cpu", encoder)
     assert not torch.allclose(logits(fresh, encoder), logits(loaded, encoder2))
@@ -160,7 +164,8 @@ def test_two_processes_under_the_deepspeed_launcher(tmp_path, tiny_models, plant
     history = read_state(run / "checkpoint-4")["history"]
     assert [h["step"] for h in history if "val_loss" in h] == [2, 4]
     # the padding batch counts zero: the loss is the single-process loss of the five rows
-    recipe, encoder, model, processor = load_checkpoint(run / "checkpoint-4", "cpu")
+    loaded = DNAFusionLM.from_pretrained(run / "checkpoint-4", "cpu")
+    recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
     engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: None,
                          grad_accum=1, max_grad_norm=0.0, device="cpu")
     rows = [processor(ex) for ex in load_examples(val, recipe.data.dna_window)]

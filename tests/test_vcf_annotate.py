@@ -30,8 +30,8 @@ from dnallm.eval.annotate import annotate
 from dnallm.eval.answers import label_start
 from dnallm.eval.kegg import generate_answers
 from dnallm.eval.progress import ProgressMismatch
+from dnallm.fusion import DNAFusionLM
 from dnallm.fusion.processor import dna_inputs
-from dnallm.train.build import load_checkpoint
 from dnallm.train.finetune import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,7 +123,8 @@ def test_answers_match_eval_and_probability_matches_forced_decoding(checkpoint, 
     vcf_to_kegg(inputs["vcf"], inputs["fasta"], tmp_path / "windows.jsonl", opts=WindowOptions(flank=20, max_n_fraction=1.0))
     examples = load_examples(tmp_path / "windows.jsonl", DNA_WINDOW)
     records = [json.loads(line) for line in (tmp_path / "windows.jsonl").read_text().splitlines()]
-    recipe, encoder, model, processor = load_checkpoint(checkpoint, "cpu")
+    loaded = DNAFusionLM.from_pretrained(checkpoint, "cpu")
+    recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
     texts = generate_answers(model, encoder, processor, examples, batch_size=4, max_new_tokens=recipe.eval.max_new_tokens,
                              encoder_batch_size=8, device="cpu")
     compared = 0

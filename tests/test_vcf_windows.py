@@ -162,9 +162,9 @@ def test_strict_fails_on_missing_contig(genome, tmp_path):
 def test_chromosome_naming_is_an_explicit_choice(genome, tmp_path):
     seqs, _ = genome
     ensembl = renamed(list(cases(seqs).values()), {"chr1": "1", "chr2": "2", "chrM": "MT", "chr9": "9"})
-    with pytest.raises(InputError, match=r"record 1 \(1:3\): contig '1' is not in .*ref\.fa, which names it 'chr1'; .*--contig-names add-chr"):
+    with pytest.raises(InputError, match=r"record 1 \(1:3\): contig '1' is not in .*ref\.fa, which names it 'chr1'; .*--contig-names add_chr"):
         run_windows(genome, tmp_path, rows=ensembl)
-    summary, out = run_windows(genome, tmp_path, rows=ensembl, contig_names="add-chr")
+    summary, out = run_windows(genome, tmp_path, rows=ensembl, contig_names="add_chr")
     got = by_id(out)
     assert got["v_mt/" + cases(seqs)["mito"][4][0]]["chrom"] == "MT"  # MT -> chrM
     assert summary["skipped"]["missing_contig"] == 1  # 9 -> chr9, absent from the FASTA

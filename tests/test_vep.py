@@ -77,3 +77,15 @@ def test_planted_binary_task_trains_scores_and_appears_in_baselines(tmp_path, ti
         metrics = json.loads((out / run / "eval" / "metrics.json").read_text())
         assert len(pairs) == metrics["n"] == 20 and actual > 0
         assert metrics["binary"]["f1"] == pytest.approx(f1) == rows[{"dna_text": "dna+text", "dna_only": "dna-only"}[run]]["positive_f1"]
+
+
+def test_the_eval_table_says_where_the_label_set_came_from(tmp_path):
+    from dnallm.config import Recipe
+    from dnallm.eval.kegg import score, training_label_set
+
+    recipe = Recipe()
+    recipe.data.train = str(tmp_path / "moved" / "train.jsonl")  # trained from a file no longer there
+    labels, source = training_label_set(recipe, {"answer": ["a", "b", "c"]})
+    assert labels.labels == ["a", "b", "c"] and source == "eval data (training file not found)"
+    _, _, m = score(["a", "b", "c"], ["Answer: a", "Answer: b", "Answer: a"], labels, source)
+    assert "\nlabel set: eval data (training file not found)" in metrics_summary(m)

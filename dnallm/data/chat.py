@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 DNA_START, DNA_PAD, DNA_END = "<|dna_start|>", "<|dna_pad|>", "<|dna_end|>"
 DNA_TOKENS = (DNA_START, DNA_PAD, DNA_END)
 IGNORE_INDEX = -100
@@ -85,21 +83,24 @@ def end_of_turn_id(tokenizer) -> int:
     return tok_id
 
 
-def pad_batch(rows: list[dict], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
-    """Pad ``input_ids``/``labels`` to the longest row; ``side='left'`` for generation."""
+def pad_batch(rows: list[dict], pad_id: int, side: str = "right") -> dict:
+    """Pad ``input_ids``/``labels`` to the longest row; ``side='left'`` for generation. -> long tensors"""
+    import torch  # here: the recipe schema (dnallm.config) reads this module's prompt without torch
+
     longest = max(len(r["input_ids"]) for r in rows)
     ids, labels, mask = [], [], []
     for r in rows:
         n_pad = longest - len(r["input_ids"])
         pad = [pad_id] * n_pad
         lab_pad = [IGNORE_INDEX] * n_pad
+        row_labels = r.get("labels", [IGNORE_INDEX] * len(r["input_ids"]))  # a prompt to generate from has none
         if side == "left":
             ids.append(pad + r["input_ids"])
-            labels.append(lab_pad + r["labels"])
+            labels.append(lab_pad + row_labels)
             mask.append([0] * n_pad + [1] * len(r["input_ids"]))
         else:
             ids.append(r["input_ids"] + pad)
-            labels.append(r["labels"] + lab_pad)
+            labels.append(row_labels + lab_pad)
             mask.append([1] * len(r["input_ids"]) + [0] * n_pad)
     return {
         "input_ids": torch.tensor(ids, dtype=torch.long),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 
-ALPHABET = "ACGTN"
+BASES = "ACGT"
+ALPHABET = BASES + "N"  # what a window may hold: N for an unknown base
 _INVALID = re.compile(f"[^{ALPHABET}]")
 
 
@@ -130,3 +132,36 @@ def change_span(ref: str, var: str) -> tuple[tuple[int, int], tuple[int, int]]:
     r1 = len(ref) - start_r - right
     v1 = len(var) - start_r - shift_r - right
     return (r0, max(r0, r1)), (v0, max(v0, v1))
+
+
+# ---- contig names ---------------------------------------------------------------------------
+# How another file (VCF, bigWig, GTF) names the FASTA's contigs: one vocabulary for every
+# command, and one rule for the mitochondrion: chrM with the prefix, MT without.
+
+CONTIG_RULES = ("same", "add_chr", "strip_chr")
+_INVERSE_RULE = {"same": "same", "add_chr": "strip_chr", "strip_chr": "add_chr"}
+
+
+def rename_contig(name: str, rule: str) -> str:
+    """``name`` as ``rule`` spells it: ``add_chr`` 1 -> chr1, MT (or M) -> chrM; ``strip_chr``
+    chr1 -> 1, chrM -> MT; ``same`` unchanged."""
+    if rule == "same":
+        return name
+    if rule == "add_chr":
+        return "chrM" if name in ("MT", "M") else name if name.startswith("chr") else f"chr{name}"
+    if rule == "strip_chr":
+        return "MT" if name == "chrM" else name[3:] if name.startswith("chr") else name
+    raise ValueError(f"unknown contig naming {rule!r}; use one of {', '.join(CONTIG_RULES)}")
+
+
+def fasta_contig(name: str, rule: str) -> str:
+    """The FASTA name of a contig another file names under ``rule`` (``rename_contig`` undone)."""
+    if rule not in _INVERSE_RULE:
+        raise ValueError(f"unknown contig naming {rule!r}; use one of {', '.join(CONTIG_RULES)}")
+    return rename_contig(name, _INVERSE_RULE[rule])
+
+
+def contig_key(name: str) -> str:
+    """One key per contig whatever the naming style (chr1 = 1, chrM = MT = M), to match annotations."""
+    name = name[3:] if name.lower().startswith("chr") else name
+    return "MT" if name in ("M", "m") else name

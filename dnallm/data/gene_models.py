@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnallm.data.genes import open_text, parse_attributes
-from dnallm.data.genome import Region, TrackDataError, rename_contig
+from dnallm.data.dna import fasta_contig
+from dnallm.data.genome import Region, TrackDataError
 
 @dataclass
 class Gene:
@@ -85,16 +86,6 @@ def read_genes(path: str | Path, contig_rule: str = "same") -> list[Gene]:
             name = names.get(gene_id, gene_id)
         if strand not in "+-" or not strand:
             continue
-        gene = genes.setdefault(gene_id, Gene(gene_id, name, _to_fasta(chrom, contig_rule), strand))
+        gene = genes.setdefault(gene_id, Gene(gene_id, name, fasta_contig(chrom, contig_rule), strand))
         gene.exons = _merge(gene.exons + intervals)
     return sorted(genes.values(), key=lambda g: (g.chrom, g.start))
-
-
-def _to_fasta(chrom: str, rule: str) -> str:
-    """Inverse of ``rename_contig``: the FASTA name of an annotation contig."""
-    if rule == "add_chr":
-        return chrom[3:] if chrom.startswith("chr") else chrom
-    if rule == "strip_chr":
-        return chrom if chrom.startswith("chr") else f"chr{chrom}"
-    rename_contig(chrom, rule)
-    return chrom

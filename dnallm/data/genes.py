@@ -14,16 +14,11 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from dnallm.data.dna import RecordError
+from dnallm.data.dna import RecordError, contig_key
 
 _GTF_ATTR = re.compile(r'(\S+)\s+"([^"]*)"')
 # Attribute keys holding a readable gene name, best first (GTF and GFF3 spellings).
 NAME_KEYS = ("gene_name", "Name", "gene", "gene_id", "ID")
-
-
-def canonical_contig(name: str) -> str:
-    name = name[3:] if name.lower().startswith("chr") else name
-    return "MT" if name in ("M", "m") else name
 
 
 def parse_attributes(text: str) -> dict[str, str]:
@@ -74,7 +69,7 @@ class GeneIndex:
                     continue
                 gene = _gene_from_line(line, f"{path}:{lineno}")
                 if gene:
-                    genes[canonical_contig(gene[0])].append(gene[1:])
+                    genes[contig_key(gene[0])].append(gene[1:])
         if not genes:
             raise RecordError(f"{path}: no 'gene' features found; is it a GTF or GFF3 file?")
         return cls(dict(genes), str(path))
@@ -84,7 +79,7 @@ class GeneIndex:
         return set(self._genes)
 
     def names_at(self, contig: str, pos: int) -> list[str]:
-        key = canonical_contig(contig)
+        key = contig_key(contig)
         if key not in self._genes:
             return []
         genes, max_end = self._genes[key], self._max_end[key]
@@ -99,7 +94,7 @@ class GeneIndex:
 
     def check_contigs(self, fasta_contigs, fasta_path) -> None:
         """Fail early when the annotation and the reference share no chromosome."""
-        if not self.contigs & {canonical_contig(c) for c in fasta_contigs}:
+        if not self.contigs & {contig_key(c) for c in fasta_contigs}:
             raise RecordError(
                 f"{self.source}: none of its chromosomes ({', '.join(sorted(self.contigs)[:5])}) is in "
                 f"{fasta_path} ({', '.join(list(fasta_contigs)[:5])}); is it the annotation of this assembly?"

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dnallm.data.dna import ALPHABET, rename_contig
+
 IUPAC_AMBIGUOUS = "RYSWKMBDHVU"  # read as N: the model has no token for them
-_COMPLEMENT = bytes.maketrans(b"ACGTN", b"TGCAN")
+_COMPLEMENT = bytes.maketrans(ALPHABET.encode(), b"TGCAN")
 _BASE_TO_N = bytes.maketrans(IUPAC_AMBIGUOUS.encode(), b"N" * len(IUPAC_AMBIGUOUS))
-_INVALID = re.compile(rb"[^ACGTN]")
-CONTIG_RULES = ("same", "add_chr", "strip_chr")
+_INVALID = re.compile(f"[^{ALPHABET}]".encode())
 
 
 class TrackDataError(ValueError):
@@ -97,20 +98,6 @@ class Region:
 
     def overlaps(self, other: "Region") -> bool:
         return self.chrom == other.chrom and self.start < other.end and other.start < self.end
-
-
-def rename_contig(name: str, rule: str) -> str:
-    """The name a FASTA contig has in another file (bigWig, GTF) under ``rule``.
-
-    ``add_chr``: FASTA ``1`` is ``chr1`` there; ``strip_chr``: FASTA ``chr1`` is ``1`` there.
-    """
-    if rule == "same":
-        return name
-    if rule == "add_chr":
-        return name if name.startswith("chr") else f"chr{name}"
-    if rule == "strip_chr":
-        return name[3:] if name.startswith("chr") else name
-    raise TrackDataError(f"unknown contig naming rule {rule!r}; use one of {', '.join(CONTIG_RULES)}")
 
 
 def suggest_rule(fasta_names, other_names) -> str | None:

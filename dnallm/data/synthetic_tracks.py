@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from dnallm.data.bigwig_writer import BigWigWriter
-from dnallm.data.genome import rename_contig
+from dnallm.data.dna import rename_contig
 from dnallm.io import atomic_write_text
 
 CELL_LEVELS = {"B": 40.0, "NK": 20.0}

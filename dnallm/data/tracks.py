@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dnallm.data.genome import Genome, Region, TrackDataError, names_preview, rename_contig, suggest_rule
+from dnallm.data.dna import rename_contig
+from dnallm.data.genome import Genome, Region, TrackDataError, names_preview, suggest_rule
 
 STRANDS = ("+", "-", ".")
 _COLUMNS = ("name", "file", "strand", "cell_type")

@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pysam
 
+from dnallm.data.dna import ALPHABET, CONTIG_RULES, rename_contig
 from dnallm.data.genome import stale_index_message
-
-
-CONTIG_NAMINGS = ("exact", "add-chr", "strip-chr")
 
 # Why an ALT allele gets no window. Symbolic and breakend ALTs are valid VCF, just not
 # sequence we can spell out; the others point at a problem with the inputs.
@@ -38,7 +36,7 @@ SKIP_REASONS = {
     "allele_too_long": "both alleles are longer than twice the flank, so their sequences share no flanks",
 }
 
-_BASES = re.compile(r"^[ACGTN]+$")
+_BASES = re.compile(f"^[{ALPHABET}]+$")
 
 
 class InputError(ValueError):
@@ -149,18 +147,6 @@ def count_alleles(path: str | Path) -> int:
 # ---- contig names --------------------------------------------------------------------
 
 
-def _add_chr(name: str) -> str:
-    if name in ("MT", "M"):
-        return "chrM"
-    return name if name.startswith("chr") else f"chr{name}"
-
-
-def _strip_chr(name: str) -> str:
-    if name == "chrM":
-        return "MT"
-    return name[3:] if name.startswith("chr") else name
-
-
 def read_contig_map(path: Path) -> dict[str, str]:
     """Two whitespace-separated columns per line: VCF name, FASTA name ('#' comments)."""
     mapping = {}
@@ -178,30 +164,27 @@ def read_contig_map(path: Path) -> dict[str, str]:
 
 def contig_map_file(spec: str) -> Path | None:
     """The two-column map file that ``--contig-names`` names, if it names one."""
-    return None if spec in CONTIG_NAMINGS else Path(spec)
+    return None if spec in CONTIG_RULES else Path(spec)
 
 
 def contig_namer(spec: str) -> Callable[[str], str]:
-    """VCF contig name -> FASTA contig name: 'exact', 'add-chr' (1 -> chr1, MT -> chrM),
-    'strip-chr' (chr1 -> 1, chrM -> MT), or a two-column file (unlisted names kept)."""
-    if spec == "exact":
-        return lambda name: name
-    if spec == "add-chr":
-        return _add_chr
-    if spec == "strip-chr":
-        return _strip_chr
+    """VCF contig name -> FASTA contig name: a naming rule applied to the VCF's names
+    (``dnallm.data.dna.rename_contig``: add_chr 1 -> chr1, MT -> chrM; strip_chr chr1 -> 1,
+    chrM -> MT; same) or a two-column file (unlisted names kept)."""
+    if spec in CONTIG_RULES:
+        return lambda name: rename_contig(name, spec)
     path = Path(spec)
     if not path.is_file():
-        raise InputError(f"contig naming must be one of {', '.join(CONTIG_NAMINGS)} or a two-column file; {spec!r} is neither")
+        raise InputError(f"contig naming must be one of {', '.join(CONTIG_RULES)} or a two-column file; {spec!r} is neither")
     mapping = read_contig_map(path)
     return lambda name: mapping.get(name, name)
 
 
 def other_naming(name: str, fasta_contigs: set[str]) -> tuple[str, str] | None:
-    """(option, FASTA name) when another built-in naming would find ``name`` in the FASTA."""
-    for option, rename in (("add-chr", _add_chr), ("strip-chr", _strip_chr)):
-        if rename(name) != name and rename(name) in fasta_contigs:
-            return option, rename(name)
+    """(rule, FASTA name) when another naming rule would find ``name`` in the FASTA."""
+    for rule in CONTIG_RULES[1:]:
+        if rename_contig(name, rule) != name and rename_contig(name, rule) in fasta_contigs:
+            return rule, rename_contig(name, rule)
     return None
 
 
@@ -248,7 +231,7 @@ class VariantReader:
     ``unsorted`` names the first record out of order ('' for a sorted file).
     """
 
-    def __init__(self, vcf_path: str | Path, fasta: pysam.FastaFile, fasta_path: str | Path, *, contig_names: str = "exact", strict: bool = False):
+    def __init__(self, vcf_path: str | Path, fasta: pysam.FastaFile, fasta_path: str | Path, *, contig_names: str = "same", strict: bool = False):
         self.vcf_path = Path(vcf_path)
         self.fasta = fasta
         self.fasta_path = Path(fasta_path)

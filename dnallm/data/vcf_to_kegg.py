@@ -63,7 +63,7 @@ def load_genes(gtf: str | Path | None, fasta, fasta_path) -> GeneIndex | None:
 
 def vcf_to_kegg(
     vcf: str | Path, fasta: str | Path, out: str | Path, *, opts: WindowOptions = WindowOptions(),
-    contig_names: str = "exact", strict: bool = False, gtf: str | Path | None = None,
+    contig_names: str = "same", strict: bool = False, gtf: str | Path | None = None,
     question_template: str | None = None, answer: str = DEFAULT_ANSWER,
 ) -> dict:
     """Write one KEGG-format record per usable ALT allele to ``out`` and every skipped

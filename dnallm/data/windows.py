@@ -26,10 +26,10 @@ import re
 import string
 from dataclasses import dataclass
 
-from dnallm.data.dna import centre_window
+from dnallm.data.dna import BASES, centre_window
 from dnallm.data.vcf import Allele, InputError
 
-_NOT_ACGT = re.compile(r"[^ACGT]")
+_NOT_ACGT = re.compile(f"[^{BASES}]")
 
 DEFAULT_ANSWER = "unknown"
 QUESTION_FIELDS = ("chrom", "chrom_number", "pos", "id", "ref", "alt", "gene")

@@ -30,6 +30,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from dnallm.data.kegg import load_examples
 from dnallm.encoders.hf import DNATokenizer
 from dnallm.io import atomic_write_text, save_tensors
 
@@ -248,3 +249,15 @@ class CachedEncoder:
             embeds[i, : r.shape[0]] = r
             mask[i, : r.shape[0]] = True
         return embeds.to(self.device, non_blocking=True), mask.to(self.device)
+
+
+def dataset_windows(path: str | Path, dna_window: int) -> list[str]:
+    """Reference and variant windows of every record, in record order."""
+    ds = load_examples(path, dna_window)
+    return [seq for ref, var in zip(ds["ref_window"], ds["var_window"]) for seq in (ref, var)]
+
+
+def require_cached(encoder, path: str | Path, dna_window: int) -> None:
+    """With a cache as DNA source, fail before training if any window of ``path`` is absent."""
+    if isinstance(encoder, CachedEncoder):
+        encoder.require(dataset_windows(path, dna_window), str(path))

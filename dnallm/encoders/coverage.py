@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 from dnallm.data.coverage import base_lookup
+from dnallm.data.dna import ALPHABET
 from dnallm.encoders.hf import build_backbone, load_backbone, run_unpadded, takes_attention_mask
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
 
-BASES = "ACGTN"
 
 
 class BatchNormFP32(nn.BatchNorm1d):
@@ -169,16 +169,12 @@ def base_token_ids(tokenizer) -> np.ndarray:
         if token_ids.setdefault(base, token_id) != token_id:
             raise ValueError(f"the encoder tokenizer maps base {base} to different tokens by context; per-base coverage needs a fixed token per base")
     unk = tokenizer.unk_token_id
-    missing = [b for b in BASES if token_ids.get(b) is None or (token_ids[b] == unk and unk is not None)]
+    missing = [b for b in ALPHABET if token_ids.get(b) is None or (token_ids[b] == unk and unk is not None)]
     if missing:
         raise ValueError(f"the encoder tokenizer has no token for base(s) {', '.join(missing)}")
-    return base_lookup({b: token_ids[b] for b in BASES})
+    return base_lookup({b: token_ids[b] for b in ALPHABET})
 
 
 def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-
-def trunk_config(name_or_path: str, trust_remote_code: bool = False):
-    check_remote_code(name_or_path, trust_remote_code, "encoder.trust_remote_code")
-    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

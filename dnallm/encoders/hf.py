@@ -27,6 +27,7 @@ from transformers.dynamic_module_utils import (TRANSFORMERS_DYNAMIC_MODULE_NAME,
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
+from dnallm.data.dna import BASES
 from dnallm.encoders.remote_code import (add_removed_methods, builds_on_meta, fill_config_defaults, loadable,
                                          missing_package, removed_helpers, restore_buffers)
 from dnallm.hub import CheckpointError, check_remote_code, first_line, remote_code_hint
@@ -37,7 +38,7 @@ RECIPE_KEY = "encoder.trust_remote_code"
 
 def _random_dna(n_bases: int, seed: int) -> str:
     rng = random.Random(seed)  # one generator for the whole sequence: reseeding per base repeats one base
-    return "".join(rng.choice("ACGT") for _ in range(n_bases))
+    return "".join(rng.choice(BASES) for _ in range(n_bases))
 
 
 # A fixed pseudo-random DNA sequence of all four bases: measures bases per token (a BPE

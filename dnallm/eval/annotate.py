@@ -28,10 +28,9 @@ from dnallm.eval.answers import Prediction, predict_batch
 from dnallm.eval.kegg import max_new_tokens_for
 from dnallm.eval.progress import ProgressLog, ProgressMismatch, file_sha256
 from dnallm.eval.vcf_out import AlleleResult, write_annotated_vcf, write_summary_plot, write_tsv
+from dnallm.fusion import DNAFusionLM
+from dnallm.hub import resolve_checkpoint
 from dnallm.io import check_outputs, exclusive_output
-from dnallm.train.build import load_checkpoint
-from dnallm.train.checkpoint import resolve_checkpoint
-from dnallm.train.engine import pick_device
 
 
 def output_paths(out: str | Path, tsv: str | Path | None) -> tuple[Path, Path, Path]:
@@ -98,7 +97,7 @@ def run_fingerprint(checkpoint: Path, vcf, fasta, gtf, options: dict) -> dict:
 
 def annotate(
     checkpoint: str | Path, vcf: str | Path, fasta: str | Path, out: str | Path, *, tsv: str | Path | None = None,
-    batch_size: int = 0, max_new_tokens: int = 0, contig_names: str = "exact", strict: bool = False,
+    batch_size: int = 0, max_new_tokens: int = 0, contig_names: str = "same", strict: bool = False,
     gtf: str | Path | None = None, question_template: str | None = None, max_n_fraction: float = 0.25,
     edge: str = "pad", overrides: list[str] | tuple = (), stop_after: int | None = None,
 ) -> dict:
@@ -130,11 +129,11 @@ def _annotate(checkpoint: Path, vcf, fasta, out: Path, tsv: Path, progress: Path
     log = ProgressLog(progress, run_fingerprint(checkpoint, vcf, fasta, gtf, options))
     done = log.load()  # a resumption with other inputs fails here, before the models load
 
-    device = pick_device()
-    recipe, encoder, model, processor = load_checkpoint(checkpoint, device, overrides)
-    max_new_tokens = max_new_tokens or max_new_tokens_for(recipe, processor.tokenizer)[0]
-    predict = partial(predict_batch, model, encoder, processor, max_new_tokens=max_new_tokens,
-                      encoder_batch_size=recipe.encoder.batch_size, device=device)
+    loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides)
+    recipe = loaded.recipe
+    max_new_tokens = max_new_tokens or max_new_tokens_for(recipe, loaded.processor.tokenizer)[0]
+    predict = partial(predict_batch, loaded.model, loaded.dna_source, loaded.processor, max_new_tokens=max_new_tokens,
+                      encoder_batch_size=recipe.encoder.batch_size, device=loaded.device)
     runner = BatchRunner(predict, log, done, batch_size or recipe.eval.batch_size, stop_after)
     opts = WindowOptions(crop=recipe.data.dna_window, edge=edge, max_n_fraction=max_n_fraction)
     reader = VariantReader(vcf, reference, fasta, contig_names=contig_names, strict=strict)

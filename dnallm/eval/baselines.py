@@ -23,11 +23,11 @@ from dnallm.data.labels import LabelSet
 from dnallm.eval.kegg import OUTPUT_FILES, evaluate, load_eval_examples, score, write_outputs
 from dnallm.eval.plots import plot_comparison
 from dnallm.eval.table import markdown_table, text_table
-from dnallm.hub import locate_models
+from dnallm.fusion.config import DNAFusionConfig
+from dnallm.fusion.pretrained import dna_source
+from dnallm.hub import locate_models, pick_device
 from dnallm.io import atomic_write_text, check_outputs
 from dnallm.fusion.summary import DEFAULT_SUMMARY
-from dnallm.train.build import build_encoder, projector_positions
-from dnallm.train.engine import pick_device
 from dnallm.train.finetune import train
 
 MODELS = ("dna+text", "text-only", "dna-only")
@@ -39,7 +39,7 @@ class BaselinesRecipe(Recipe):
     """A KEGG recipe plus the test file, which models to run, and the DNA-only head's settings."""
 
     test: str = ""  # one KEGG JSONL, or several joined by commas (e.g. val + test)
-    models: list = field(default_factory=lambda: list(MODELS))
+    models: list = field(default_factory=lambda: list(MODELS))  # which baselines to run: dna+text, text-only, dna-only
     dna_head: DNAHeadConfig = field(default_factory=DNAHeadConfig)
 
 
@@ -65,11 +65,13 @@ def run_llm(recipe: BaselinesRecipe, name: str, out_dir: Path) -> dict:
 def run_dna_only(recipe: BaselinesRecipe, out_dir: Path) -> dict:
     run_dir = out_dir / RUN_DIRS["dna-only"]
     device = pick_device()
-    encoder = build_encoder(kegg_recipe(recipe, run_dir, use_dna=True), device)
+    fusion = kegg_recipe(recipe, run_dir, use_dna=True)
+    config = DNAFusionConfig.from_recipe(fusion)
+    encoder = dna_source(config, device, cache_dir=fusion.encoder.cache_dir, cache_dtype=fusion.encoder.cache_dtype)
     window, batch = recipe.data.dna_window, recipe.encoder.batch_size
     # The fusion model's own pair features, so that the baseline reads the DNA as it does.
     kind = DEFAULT_SUMMARY if recipe.projector.summary == "none" else recipe.projector.summary
-    context = projector_positions(recipe, encoder.tokenizer)[2]
+    context = config.positions(encoder.tokenizer)[2]
     tick = time.perf_counter()
     fit = fit_dna_only(encoder, load_examples(recipe.data.train, window), recipe.dna_head, kind=kind, context=context,
                        encoder_batch_size=batch, seed=recipe.seed, out_dir=run_dir / "head")

@@ -15,11 +15,11 @@ from dnallm.data.gene_models import Gene, read_genes
 from dnallm.data.genome import Genome, Region, TrackDataError
 from dnallm.data.tracks import CoverageReader, Track, read_track_sheet
 from dnallm.data.regions import parse_region, read_bed
+from dnallm.encoders.coverage_pretrained import read_recipe, read_tracks, resolve_checkpoint
 from dnallm.eval.coverage_metrics import CoverageMetrics
 from dnallm.eval.coverage_plot import plot_tracks
 from dnallm.eval.coverage_predict import Predictor, merge_regions, prediction_files, resolve_regions, write_predictions
 from dnallm.io import atomic_write_text, check_outputs
-from dnallm.train.coverage import read_recipe, read_tracks, resolve_checkpoint
 
 
 def observed_tracks(sheet: str | Path, expected: list[Track]) -> list[Track]:

@@ -18,7 +18,7 @@ import torch
 from dnallm.data.gene_models import Gene
 from dnallm.data.genome import Region
 from dnallm.data.tracks import Track
-from dnallm.train.coverage_validation import RunningPearson
+from dnallm.data.transform import RunningPearson
 
 
 def _r(value: float) -> float | None:

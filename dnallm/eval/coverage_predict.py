@@ -14,10 +14,10 @@ from dnallm.data.bigwig_writer import BigWigWriter
 from dnallm.data.genome import Genome, Region, TrackDataError
 from dnallm.data.regions import parse_region
 from dnallm.encoders.coverage import base_token_ids, pad_token_id
+from dnallm.encoders.coverage_pretrained import load_coverage_checkpoint, read_recipe, read_tracks, resolve_checkpoint
 from dnallm.eval.coverage_stitch import plan_windows, stitch
+from dnallm.hub import autocast, pick_device
 from dnallm.io import atomic_write_text, check_outputs
-from dnallm.train.coverage import load_coverage_checkpoint, read_recipe, read_tracks, resolve_checkpoint
-from dnallm.train.engine import pick_device
 
 
 class Predictor:
@@ -59,7 +59,7 @@ class Predictor:
             for row, c in enumerate(codes):
                 ids[row, : len(c)] = torch.from_numpy(self.lookup[c])
                 mask[row, : len(c)] = True
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
+            with autocast(self.device):
                 pred = self.model(ids.to(self.device), mask.to(self.device)).pred  # (B, L, T)
             raw = self.transform.inverse(pred.float()).cpu().numpy()
             for row, c in enumerate(codes):

@@ -21,11 +21,11 @@ from dnallm.io import atomic_directory
 
 @dataclass
 class DNAHeadConfig:
-    dropout: float = 0.1
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1.0e-3
-    weight_decay: float = 0.01
+    dropout: float = 0.1  # dropout of the classifier
+    epochs: int = 100  # passes over the training pairs
+    batch_size: int = 64  # pairs per step
+    lr: float = 1.0e-3  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
 
 
 def examples_views(encoder, examples, batch_size: int, context: int) -> dict:

@@ -559,19 +559,22 @@ def explain_file(checkpoint, data, out, *, record: int | None = None, method: st
     from dnallm.data.windows import window_genome_start
     from dnallm.eval.kegg import max_new_tokens_for
     from dnallm.io import check_outputs
-    from dnallm.train.build import checkpoint_recipe, load_checkpoint
+    from dnallm.fusion.model import DNAFusionLM
+    from dnallm.fusion.pretrained import read_recipe
+    from dnallm.train.checkpoint import resolve_checkpoint
     from dnallm.train.engine import pick_device
 
     records = select_records(data, record)
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: give at least 1")
     check_outputs([*output_paths(out, True, fasta).values()], dirs=[out], inputs=[data, fasta])
-    window = checkpoint_recipe(checkpoint, overrides).data.dna_window
+    window = read_recipe(resolve_checkpoint(checkpoint), overrides).data.dna_window
     # Bad records and a bad region fail before any model loads.
     examples = list(examples_from_records(records, window, need_dna=True, need_answer=False))
     pick_method(method, parse_region(region, window))
     device = device or pick_device()
-    recipe, encoder, model, processor = load_checkpoint(checkpoint, device, overrides)
+    loaded = DNAFusionLM.from_pretrained(checkpoint, device, overrides)
+    recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
     tick = time.perf_counter()
     explainer = Explainer(model, encoder, processor, device=device, encoder_batch_size=recipe.encoder.batch_size)
     explanations = explain_examples(

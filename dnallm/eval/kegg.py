@@ -17,11 +17,10 @@ from dnallm.data.kegg import DNA_FIELDS, load_examples, read_jsonl
 from dnallm.data.labels import LabelSet
 from dnallm.eval.metrics import classification_metrics
 from dnallm.eval.plots import plot_confusion
-from dnallm.fusion.processor import dna_inputs
+from dnallm.encoders.cache import require_cached
+from dnallm.fusion import DNAFusionLM
+from dnallm.fusion.generate import Sampling, generate
 from dnallm.io import atomic_write_text, check_outputs
-from dnallm.train.build import load_checkpoint
-from dnallm.train.embed_cache import require_cached
-from dnallm.train.engine import pick_device
 
 
 @torch.no_grad()
@@ -32,24 +31,17 @@ def generate_replies(model, encoder, processor, examples, *, batch_size: int, ma
     by length (KEGG questions range from a line to a page), so that little of each batch is
     padding; the replies are put back in input order.
     """
-    tokenizer = processor.tokenizer
-    end_of_turn = chat.end_of_turn_id(tokenizer)
     rows = [processor(ex, with_answer=False) for ex in examples]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     texts: list[str] = [""] * len(rows)
     truncated: list[bool] = [False] * len(rows)
+    sampling = Sampling(max_new_tokens=max_new_tokens)
     for start in tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch"):
         chunk = order[start : start + batch_size]
-        batch = processor.collate([rows[i] for i in chunk], side="left")
-        dna = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else {}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            new_tokens = model.generate(
-                batch["input_ids"].to(device), batch["attention_mask"].to(device), **dna,
-                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=end_of_turn,
-            )
-        for i, tokens, text in zip(chunk, new_tokens.tolist(), tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            texts[i] = text
-            truncated[i] = end_of_turn not in tokens and len(tokens) >= max_new_tokens
+        replies = generate(model, processor, encoder, [rows[i] for i in chunk], sampling, device=device,
+                           encoder_batch_size=encoder_batch_size)
+        for i, text, cut in zip(chunk, replies.texts, replies.cut):
+            texts[i], truncated[i] = text, cut
     return texts, truncated
 
 
@@ -147,8 +139,8 @@ def write_outputs(out_dir: str | Path, metrics: dict, truth: list[str], pred: li
 def evaluate(checkpoint: str | Path, data, out_dir: str | Path, overrides: list[str] | tuple = ()) -> dict:
     """Generate, parse and score answers for ``data`` (one path or several, merged)."""
     check_outputs([Path(out_dir) / name for name in OUTPUT_FILES], dirs=[out_dir], inputs=as_paths(data))
-    device = pick_device()
-    recipe, encoder, model, processor = load_checkpoint(checkpoint, device, overrides)
+    loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides)
+    recipe, encoder, model, processor, device = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor, loaded.device
     examples = load_eval_examples(data, recipe.data.dna_window, need_dna=recipe.data.use_dna)
     for path in as_paths(data):
         require_cached(encoder, path, recipe.data.dna_window)

@@ -37,6 +37,9 @@ def metrics_summary(metrics: dict, max_classes: int = 12) -> str:
         ["macro over", "labels", "zero_division", "macro_P", "macro_R", "macro_F1"],
         [[over[k.split("_")[0]], m["labels"], m["zero_division"], m["precision"], m["recall"], m["f1"]] for k, m in metrics["macro"].items()],
     )
+    if metrics.get("label_source"):
+        # Macro scores depend on the label set: say whether it came from the training file or (moved) the eval data.
+        macro += f"\nlabel set: {metrics['label_source']}"
     parts = [overall, macro]
     if "binary" in metrics:
         b = metrics["binary"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pysam
 
+from dnallm.data.dna import ALPHABET
 from dnallm.data.vcf import Allele, open_vcf, quiet_htslib
 from dnallm.eval.answers import Prediction
 from dnallm.io import atomic_open, save_figure
@@ -20,7 +21,7 @@ INFO_FIELDS = {
     "DNALLM_SKIP": ("A", "String", "Why an ALT allele has no DNALLM_LABEL: the skip reason (see docs/vcf.md), or no_answer when the reply had no 'Answer:' line"),
 }
 TSV_COLUMNS = ("record", "alt_index", "chrom", "pos", "id", "ref", "alt", "gene", "status", "label", "probability", "padded_bases", "reply", "detail")
-_BASES = re.compile(r"^[ACGTNacgtn]+$")
+_BASES = re.compile(f"^[{ALPHABET}]+$", re.IGNORECASE)
 _PERCENT = {c: f"%{ord(c):02X}" for c in "% ,:;=\t\r\n"}
 
 

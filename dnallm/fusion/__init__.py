@@ -1,6 +1,7 @@
-"""Where DNA enters the LLM: projector, placeholder scatter, the composite model."""
+"""Where DNA enters the LLM: projector, placeholder scatter, the composite model and its config."""
 
-from dnallm.fusion.model import DNAFusionLM, build_fusion_lm
+from dnallm.fusion.config import DNAFusionConfig
+from dnallm.fusion.model import DNAFusionLM
 from dnallm.fusion.projector import DNAProjector
 
-__all__ = ["DNAFusionLM", "DNAProjector", "build_fusion_lm"]
+__all__ = ["DNAFusionConfig", "DNAFusionLM", "DNAProjector"]

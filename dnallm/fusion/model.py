@@ -5,31 +5,47 @@ embeddings and ``masked_scatter``s them into the ``<|dna_pad|>`` positions of th
 embeddings, in prompt order: sample 0 reference block, sample 0 variant block, sample 0
 variant summary (when the model has one, see ``dnallm.fusion.summary``), sample 1 reference
 block, ... ``<|dna_start|>``/``<|dna_end|>`` get trainable rows of their own.
+
+The model is described by a ``DNAFusionConfig`` (``dnallm.fusion.config``): ``from_config``
+builds it, ``from_pretrained`` rebuilds a checkpoint (``dnallm.fusion.pretrained``).
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import ModelOutput
 
 from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, DNA_TOKENS
+from dnallm.fusion.config import DNAFusionConfig
 from dnallm.fusion.kernels import apply_liger, lean_lora
 from dnallm.fusion.packing import (CAUSAL_ONLY, PACKED_ATTENTION, PACKING_ATTENTION, chunked_token_logps, packed_kwargs,
                                    register, shifted_targets)
 from dnallm.fusion.projector import DNAProjector
 from dnallm.fusion.summary import VariantSummary
-from dnallm.hub import check_remote_code, enable_activation_checkpointing
+from dnallm.hub import check_remote_code, enable_activation_checkpointing, resolve_dtype
 from dnallm.norms import fused_rms_norm
 
 
+@dataclass
+class DNAFusionOutput(ModelOutput):
+    """What ``DNAFusionLM.forward`` returns, whichever of its three uses it served."""
+
+    loss: torch.Tensor | None = None  # () mean next-token loss over the labelled tokens (with labels)
+    logits: torch.Tensor | None = None  # (batch, tokens, vocab) where the LM head ran at every position
+    token_logps: torch.Tensor | None = None  # (batch, tokens) fp32 log p of each token where score_mask is set
+
+
 class DNAFusionLM(nn.Module):
-    def __init__(self, llm: nn.Module, projector: DNAProjector, token_ids: dict[str, int], summary: VariantSummary | None = None):
+    def __init__(self, config: DNAFusionConfig, llm: nn.Module, projector: DNAProjector, token_ids: dict[str, int],
+                 summary: VariantSummary | None = None):
         super().__init__()
+        self.config = config
         self.llm = llm
         self.projector = projector
         self.summary = summary
@@ -39,8 +55,72 @@ class DNAFusionLM(nn.Module):
         table = llm.get_input_embeddings().weight
         # Rows for <|dna_start|>, <|dna_end|>: start at the mean text embedding, then train.
         self.dna_boundary = nn.Parameter(table.detach().float().mean(0, keepdim=True).repeat(2, 1))
-        self.logits = "reply"  # "reply": LM head on labelled tokens only, chunked; "full": every position
-        self.logits_chunk = 1024  # positions per LM-head chunk
+        self.logits = config.logits  # "reply": LM head on labelled tokens only, chunked; "full": every position
+        self.logits_chunk = config.logits_chunk  # positions per LM-head chunk
+
+    @classmethod
+    def from_config(cls, config: DNAFusionConfig, dna_hidden: int = 1, dna_tokenizer=None, *, device: str = "cpu",
+                    packing: bool = False, gradient_checkpointing: bool | int = False, liger: bool = False,
+                    llm: nn.Module | None = None, place: bool = True):
+        """Load the base LLM, add the DNA tokens, wrap it in LoRA, attach projector and summary.
+        -> (model, text tokenizer). Trainable parts are fp32; the frozen base takes ``llm.dtype``.
+
+        ``dna_hidden``, ``dna_tokenizer``: the encoder's width and tokenizer (bases -> positions,
+        ``DNAFusionConfig.positions``; none: one position per base). ``packing``: attention that
+        reads packed rows (``dnallm.fusion.packing``); the LLM keeps its own implementation if
+        that is already a varlen flash-attention one. ``place``: move the model to ``device``
+        (under ZeRO-3 the engine partitions it from host memory instead). ``llm``: an already
+        built causal LM to wrap instead of loading weights (benchmarks of published shapes
+        from their configs); the tokenizer still comes from ``llm.name_or_path``.
+        ``gradient_checkpointing``: recompute every decoder layer (True), every N-th (an int N), or none.
+        ``liger``: on CUDA, Liger-Kernel's Qwen3 kernels where installed (``dnallm.fusion.kernels``).
+        LoRA projections and RMSNorm always take the lean forms there.
+        """
+        spec = config.llm
+        check_remote_code(spec.name_or_path, spec.trust_remote_code, "llm.trust_remote_code")
+        tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
+        if llm is None:
+            llm = AutoModelForCausalLM.from_pretrained(spec.name_or_path, dtype=resolve_dtype(spec.dtype, device),
+                                                       trust_remote_code=spec.trust_remote_code)
+        if packing and llm.config._attn_implementation not in PACKING_ATTENTION:
+            register()
+            llm.set_attn_implementation(PACKED_ATTENTION)
+        token_ids = add_dna_tokens(tokenizer, llm)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if liger:
+            apply_liger(llm, device)
+        if gradient_checkpointing:
+            every = 1 if gradient_checkpointing is True else int(gradient_checkpointing)
+            enable_activation_checkpointing(llm, every_n_layers=every, use_reentrant=False)
+        lora = config.lora
+        lora_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        with warnings.catch_warnings():  # peft still asks under the attribute's old name
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            llm = get_peft_model(llm, lora_config)
+        lean_lora(llm)
+        fused_rms_norm(llm)
+        llm_hidden = llm.get_input_embeddings().weight.shape[1]
+        pool, kernel, context = config.positions(dna_tokenizer)
+        p = config.projector
+        projector = DNAProjector(dna_hidden, llm_hidden, kind=p.kind, pool=pool, kernel=kernel)
+        summary = None if p.summary == "none" else VariantSummary(
+            dna_hidden, llm_hidden, kind=p.summary, n_tokens=p.summary_tokens, context=context)
+        model = cls(config, llm, projector, token_ids, summary)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+        return (model.to(device) if place else model), tokenizer
+
+    @classmethod
+    def from_pretrained(cls, checkpoint, device: str | None = None, overrides=()):
+        """A checkpoint (or a run directory: its latest) rebuilt from its ``fusion_config.json``
+        on top of the base models. -> ``Pretrained`` (model, processor, DNA source, the run's
+        recipe); see ``dnallm.fusion.pretrained.load_pretrained``."""
+        from dnallm.fusion.pretrained import load_pretrained
+
+        return load_pretrained(checkpoint, device, overrides)
 
     def embed(self, input_ids: torch.Tensor, dna_embeds: torch.Tensor | None = None, dna_mask: torch.Tensor | None = None,
               dna_spans: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,10 +162,12 @@ class DNAFusionLM(nn.Module):
         ``cu_seq_lens``: a packed row (``packing.pack_rows``), ``max_length`` its longest sample.
         ``reply_index`` / ``reply_targets``: the labelled positions, found on the host
         (``packing.reply_targets``; without them the mask over ``labels`` is applied here,
-        which waits for the device). With ``score_mask``: the tensor ``token_logps`` returns
-        (through the forward, so that training engines wrap it)."""
+        which waits for the device). With ``score_mask``: ``.token_logps``
+        as ``token_logps`` gives them (through the forward, so that training engines wrap it).
+        Without either: ``.logits`` at every position. -> ``DNAFusionOutput``"""
         if score_mask is not None:
-            return self.token_logps(input_ids, attention_mask, score_mask, dna_embeds, dna_mask, dna_spans)
+            return DNAFusionOutput(token_logps=self.token_logps(input_ids, attention_mask, score_mask, dna_embeds,
+                                                                dna_mask, dna_spans))
         if labels is not None and self.logits == "reply":
             hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens,
                                         dna_spans, max_length)
@@ -95,10 +177,11 @@ class DNAFusionLM(nn.Module):
             else:
                 chosen = hidden.flatten(0, 1).index_select(0, reply_index)  # (n, hidden)
             logps = chunked_token_logps(chosen, reply_targets, self.llm.get_output_embeddings(), self.logits_chunk)
-            return CausalLMOutputWithPast(loss=-logps.sum() / max(reply_targets.numel(), 1))
+            return DNAFusionOutput(loss=-logps.sum() / max(reply_targets.numel(), 1))
         inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
-        return self.llm(inputs_embeds=inputs_embeds, labels=labels, position_ids=position_ids, use_cache=False,
-                        **self._attention_kwargs(attention_mask, cu_seq_lens, max_length))
+        out = self.llm(inputs_embeds=inputs_embeds, labels=labels, position_ids=position_ids, use_cache=False,
+                       **self._attention_kwargs(attention_mask, cu_seq_lens, max_length))
+        return DNAFusionOutput(loss=out.loss, logits=out.logits)
 
     def hidden_states(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, position_ids=None, cu_seq_lens=None,
                       dna_spans=None, max_length=None):
@@ -141,9 +224,6 @@ class DNAFusionLM(nn.Module):
         generate_kwargs.setdefault("suppress_tokens", [self.dna_start_id, self.dna_pad_id, self.dna_end_id])
         return self.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {name: p for name, p in self.named_parameters() if p.requires_grad}
-
 
 def add_dna_tokens(tokenizer, llm) -> dict[str, int]:
     """Add the DNA special tokens; grow the embedding table only if it has no spare rows.
@@ -160,71 +240,3 @@ def add_dna_tokens(tokenizer, llm) -> dict[str, int]:
             for table in {id(t): t for t in (llm.get_input_embeddings(), llm.get_output_embeddings()) if t is not None}.values():
                 table.weight[old_rows:] = table.weight[:old_rows].mean(0)
     return {tok: tokenizer.convert_tokens_to_ids(tok) for tok in DNA_TOKENS}
-
-
-def build_fusion_lm(
-    llm_name_or_path: str,
-    dna_hidden: int,
-    *,
-    lora: dict,
-    projector_kind: str = "mlp",
-    pool: int = 1,
-    kernel: int = 9,
-    summary: str = "none",
-    summary_tokens: int = 1,
-    summary_context: int = 17,
-    dtype=torch.float32,
-    trust_remote_code: bool = False,
-    gradient_checkpointing: bool | int = False,
-    packing: bool = False,
-    liger_device: str = "",
-    logits: str = "reply",
-    logits_chunk: int = 1024,
-    llm: nn.Module | None = None,
-):
-    """Load the causal LM, add DNA tokens, wrap in LoRA, attach a projector. -> (model, tokenizer)
-
-    ``summary``: the variant-summary view (``none``: the two DNA blocks only).
-    ``packing``: attention that reads packed rows (``dnallm.fusion.packing``); the LLM keeps
-    its own implementation if that is already a varlen flash-attention one.
-    ``logits``: ``reply`` (LM head on labelled tokens only, ``logits_chunk`` at a time) or ``full``.
-    ``gradient_checkpointing``: recompute every decoder layer (True), every N-th (an int N), or none.
-    ``liger_device``: the device the model will train on; on CUDA, Liger-Kernel's Qwen3 kernels
-    where installed (``dnallm.fusion.kernels``). LoRA projections and RMSNorm always take the
-    lean forms there.
-    ``llm``: an already built causal LM to wrap instead of loading weights (benchmarks of
-    published shapes from their configs); the tokenizer still comes from ``llm_name_or_path``.
-    """
-    if logits not in ("reply", "full"):
-        raise ValueError(f"train.logits must be reply (LM head on the labelled tokens only) or full, got {logits!r}")
-    check_remote_code(llm_name_or_path, trust_remote_code, "llm.trust_remote_code")
-    tokenizer = AutoTokenizer.from_pretrained(llm_name_or_path, trust_remote_code=trust_remote_code)
-    if llm is None:
-        llm = AutoModelForCausalLM.from_pretrained(llm_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
-    if packing and llm.config._attn_implementation not in PACKING_ATTENTION:
-        register()
-        llm.set_attn_implementation(PACKED_ATTENTION)
-    token_ids = add_dna_tokens(tokenizer, llm)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if liger_device:
-        apply_liger(llm, liger_device)
-    if gradient_checkpointing:
-        every = 1 if gradient_checkpointing is True else int(gradient_checkpointing)
-        enable_activation_checkpointing(llm, every_n_layers=every, use_reentrant=False)
-    config = LoraConfig(
-        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-        target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
-    )
-    with warnings.catch_warnings():  # peft still asks under the attribute's old name
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        llm = get_peft_model(llm, config)
-    lean_lora(llm)
-    fused_rms_norm(llm)
-    llm_hidden = llm.get_input_embeddings().weight.shape[1]
-    projector = DNAProjector(dna_hidden, llm_hidden, kind=projector_kind, pool=pool, kernel=kernel)
-    variant_summary = None if summary == "none" else VariantSummary(
-        dna_hidden, llm_hidden, kind=summary, n_tokens=summary_tokens, context=summary_context)
-    model = DNAFusionLM(llm, projector, token_ids, variant_summary)
-    model.logits, model.logits_chunk = logits, logits_chunk
-    return model, tokenizer

@@ -20,6 +20,7 @@ neither in the forward nor in the backward.
 from __future__ import annotations
 
 import inspect
+import warnings
 from functools import lru_cache
 
 import torch
@@ -43,8 +44,11 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         raise ValueError(f"packed attention expects one packed row, got a batch of {query.shape[0]}")
     groups = getattr(module, "num_key_value_groups", 1)
     dropout = dropout if module.training else 0.0
-    if packed_kernel(query, dropout) == "varlen":
+    blocker = varlen_blocker(query, dropout)
+    if not blocker:
         return varlen_causal(query, key, value, cu_seq_lens_q, scaling, groups, max_length_q), None
+    if query.is_cuda and USE_VARLEN:
+        warn_per_sample(blocker)
     return per_sample_causal(query, key, value, cu_seq_lens_q, scaling, groups, dropout), None
 
 
@@ -56,8 +60,31 @@ def packed_kernel(query: torch.Tensor, dropout: float = 0.0) -> str:
     attention dropout, a torch with ``torch.nn.attention.varlen``); else ``per-sample``: one
     SDPA call per sample. On a GPU the loop costs a kernel launch, and with cuDNN's SDPA a
     graph lookup of about a millisecond of CPU time, per sample, layer and pass."""
-    usable = USE_VARLEN and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0 and query.shape[-1] <= 256
-    return "varlen" if usable and _varlen_api() is not None else "per-sample"
+    return "per-sample" if varlen_blocker(query, dropout) else "varlen"
+
+
+def varlen_blocker(query: torch.Tensor, dropout: float = 0.0) -> str:
+    """Why the packed row cannot be one varlen call ('' when it can)."""
+    if not USE_VARLEN:
+        return "USE_VARLEN is off"
+    if not query.is_cuda:
+        return "not on a GPU"
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        return f"{str(query.dtype).removeprefix('torch.')} activations (varlen needs float16 or bfloat16)"
+    if dropout:
+        return f"attention dropout {dropout} (varlen runs without)"
+    if query.shape[-1] > 256:
+        return f"head size {query.shape[-1]} (varlen takes up to 256)"
+    if _varlen_api() is None:
+        return f"torch {torch.__version__} has no torch.nn.attention.varlen"
+    return ""
+
+
+@lru_cache(maxsize=None)
+def warn_per_sample(blocker: str) -> None:
+    """Once per reason: a GPU running the per-sample loop is slower than it need be, so say so."""
+    warnings.warn(f"packed attention on the GPU runs one SDPA call per sample, not one varlen call: {blocker}",
+                  RuntimeWarning, stacklevel=3)
 
 
 @lru_cache(maxsize=1)

@@ -11,6 +11,7 @@ import torch
 
 from dnallm.data import chat
 from dnallm.data.dna import change_span
+from dnallm.fusion.config import DNAFusionConfig
 from dnallm.fusion.packing import pack_rows
 from dnallm.fusion.projector import n_pooled
 
@@ -28,6 +29,15 @@ class DNAChatProcessor:
         self.system_prompt = system_prompt
         self.with_reasoning = with_reasoning
         self.packing = packing
+
+    @classmethod
+    def from_config(cls, config: DNAFusionConfig, tokenizer, dna_tokenizer=None, packing: bool = False) -> "DNAChatProcessor":
+        """The prompt layout of the model ``config`` describes (``DNAFusionLM.from_config``'s tokenizer)."""
+        return cls(
+            tokenizer, dna_tokenizer if config.use_dna else None, pool=config.positions(dna_tokenizer)[0],
+            summary_tokens=0 if config.projector.summary == "none" else config.projector.summary_tokens,
+            system_prompt=config.system_prompt, with_reasoning=config.with_reasoning, packing=packing,
+        )
 
     @property
     def uses_dna(self) -> bool:

@@ -32,8 +32,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dnallm.config import SUMMARY_VIEWS
 
-VIEWS = ("pooled", "aligned", "kmers", "centre")
 DEFAULT_SUMMARY = "pooled+aligned+kmers"
 POSITION_WIDTH = 64  # each aligned position's (reference, variant, difference) projected to this width
 KMER_CHANNELS = 128  # k-mer detectors
@@ -57,9 +57,9 @@ def parse_summary(kind: str) -> tuple[str, ...]:
     if kind == "none":
         return ()
     views = tuple(kind.split("+"))
-    unknown = [v for v in views if v not in VIEWS]
+    unknown = [v for v in views if v not in SUMMARY_VIEWS]
     if unknown or len(set(views)) != len(views) or not views:
-        raise ValueError(f"projector.summary must be none or views joined with '+' from {', '.join(VIEWS)} "
+        raise ValueError(f"projector.summary must be none or views joined with '+' from {', '.join(SUMMARY_VIEWS)} "
                          f"(e.g. {DEFAULT_SUMMARY}), got {kind!r}")
     return views
 

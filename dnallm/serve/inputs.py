@@ -14,7 +14,6 @@ from pathlib import Path
 from dnallm.data.dna import ALPHABET, RecordError, check_pair
 from dnallm.data.kegg import read_jsonl
 
-FIELDS = ("reference", "variant")
 _WHITESPACE = re.compile(r"\s+")
 _INVALID = re.compile(f"[^{ALPHABET}]")
 # <reference>ACGT...</reference> and <variant>...</variant> anywhere in a user message.

@@ -1,34 +1,28 @@
 """A trained checkpoint loaded once, answering conversations with streamed text.
 
 The terminal chat and the HTTP server share this: they build a ``Conversation`` (turns,
-an optional DNA pair and the turn that carries it), and ``ModelSession.start`` runs
-``DNAFusionLM.generate`` in a worker thread that feeds a transformers text streamer.
+an optional DNA pair and the turn that carries it), and ``ModelSession.start`` runs the
+one generation path (``dnallm.fusion.generate``) in a worker thread that feeds a
+transformers text streamer.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import TextIteratorStreamer
 
 from dnallm.data import chat
 from dnallm.eval.explain import Explainer, Explanation, explain_examples
+from dnallm.fusion import DNAFusionLM
+from dnallm.fusion.generate import Replies, Sampling, generate
 from dnallm.fusion.processor import dna_inputs
 from dnallm.serve.inputs import DNAPair, prepare_pair
-from dnallm.train.build import load_checkpoint
-from dnallm.train.engine import pick_device
 
-
-@dataclass
-class Sampling:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy, as in evaluation
-    top_p: float = 1.0
-    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added logit
+__all__ = ["Conversation", "Generation", "ModelSession", "Sampling"]
 
 
 @dataclass
@@ -41,36 +35,13 @@ class Conversation:
     system_prompt: str | None = None  # None: the prompt the checkpoint was trained with
 
 
-class _StopOnEvent(StoppingCriteria):
-    """Ends generation after the current token once ``event`` is set (cancel, disconnect)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class _LogitBias(LogitsProcessor):
-    def __init__(self, bias: dict[int, float]):
-        self.ids = torch.tensor(list(bias), dtype=torch.long)
-        self.values = torch.tensor(list(bias.values()), dtype=torch.float32)
-
-    def __call__(self, input_ids, scores: torch.Tensor) -> torch.Tensor:
-        # scores: (batch, vocab)
-        scores = scores.clone()
-        scores[:, self.ids.to(scores.device)] += self.values.to(scores.device, scores.dtype)
-        return scores
-
-
 class Generation:
     """One ``generate`` call running in a worker thread; its text arrives through the streamer."""
 
-    def __init__(self, run, streamer, max_new_tokens: int, eos_id: int):
+    def __init__(self, run, streamer):
         self.stop_event = threading.Event()
-        self.max_new_tokens = max_new_tokens
-        self.eos_id = eos_id
         self.new_tokens: list[int] = []
+        self.cut = False  # stopped at max_new_tokens before ending the turn
         self.error: BaseException | None = None
         self._streamer = streamer
         self._thread = threading.Thread(target=self._work, args=(run,), name="dnallm-generate", daemon=True)
@@ -78,7 +49,8 @@ class Generation:
 
     def _work(self, run) -> None:
         try:
-            self.new_tokens = run(self.stop_event)[0].tolist()
+            replies = run(self.stop_event)
+            self.new_tokens, self.cut = replies.tokens[0].tolist(), replies.cut[0]
         except BaseException as e:  # handed to the reader in join(); the thread must not die silently
             self.error = e
             self._streamer.end()  # wake the reader; generate() did not get to end the stream
@@ -104,8 +76,7 @@ class Generation:
     @property
     def finish_reason(self) -> str:
         """OpenAI's vocabulary: 'length' when cut at max_new_tokens, else 'stop'."""
-        hit_eos = bool(self.new_tokens) and self.new_tokens[-1] == self.eos_id
-        return "length" if len(self.new_tokens) >= self.max_new_tokens and not hit_eos else "stop"
+        return "length" if self.cut else "stop"
 
 
 class ModelSession:
@@ -117,13 +88,12 @@ class ModelSession:
         self.tokenizer = processor.tokenizer
         self.device = device
         self.name = name or recipe.run_name
-        self._dna_cache: dict[DNAPair, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._dna_cache: dict[DNAPair, dict] = {}  # pair -> the model's DNA keyword arguments
 
     @classmethod
     def load(cls, checkpoint: str | Path, *, device: str | None = None, overrides=(), name: str | None = None) -> "ModelSession":
-        device = device or pick_device()
-        recipe, encoder, model, processor = load_checkpoint(checkpoint, device, overrides)
-        return cls(recipe, encoder, model, processor, device, name)
+        loaded = DNAFusionLM.from_pretrained(checkpoint, device, overrides)
+        return cls(loaded.recipe, loaded.dna_source, loaded.model, loaded.processor, loaded.device, name)
 
     @property
     def uses_dna(self) -> bool:
@@ -182,25 +152,13 @@ class ModelSession:
 
     def start(self, conv: Conversation, sampling: Sampling, streamer) -> Generation:
         """Start generating in a worker thread; ``streamer`` (sync or async) receives the text."""
-        input_ids = torch.tensor([self.prompt_ids(conv)], device=self.device)  # (1, tokens)
-        kwargs = dict(
-            max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_id, streamer=streamer,
-        )
-        if sampling.temperature > 0:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-        if sampling.logit_bias:
-            kwargs["logits_processor"] = LogitsProcessorList([_LogitBias(sampling.logit_bias)])
+        rows = [{"input_ids": self.prompt_ids(conv), "dna": []}]  # the DNA comes encoded (_dna_features)
 
-        def run(stop_event: threading.Event) -> torch.Tensor:
-            # Autocast state is per thread: set it here, in the worker.
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
-                return self.model.generate(
-                    input_ids, torch.ones_like(input_ids), **self._dna_features(conv.dna),
-                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]), **kwargs,
-                )  # (1, new_tokens)
+        def run(stop_event: threading.Event) -> Replies:
+            return generate(self.model, self.processor, self.encoder, rows, sampling, device=self.device,
+                            dna=self._dna_features(conv.dna), streamer=streamer, stop=stop_event)
 
-        return Generation(run, streamer, sampling.max_new_tokens, self.eos_id)
+        return Generation(run, streamer)
 
     def text_streamer(self, timeout: float | None = None) -> TextIteratorStreamer:
         return TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)

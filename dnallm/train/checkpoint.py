@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -33,53 +32,13 @@ import torch
 from safetensors.torch import load_file
 
 from dnallm.config import RecipeError
-from dnallm.hub import CheckpointError
+from dnallm.hub import list_checkpoints, load_trainable, resolve_checkpoint  # noqa: F401 (the training side's names)
 from dnallm.io import atomic_directory, save_tensors
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.safetensors"
 RNG = "rng_state.safetensors"
 LOG = "train_log.jsonl"
-
-
-def list_checkpoints(run_dir: str | Path, marker: str = "trainable.safetensors") -> list[Path]:
-    """Complete ``checkpoint-<step>`` directories (holding ``marker``) of a run, oldest first."""
-    run_dir = Path(run_dir)
-    found = []
-    if run_dir.is_dir():
-        for p in run_dir.iterdir():
-            m = CHECKPOINT_RE.match(p.name)
-            if m and (p / marker).is_file():
-                found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def resolve_checkpoint(path: str | Path, marker: str = "trainable.safetensors") -> Path:
-    """A checkpoint directory, or the latest complete one inside a run directory."""
-    path = Path(path)
-    if (path / marker).is_file():
-        return path
-    found = list_checkpoints(path, marker)
-    if not found:
-        _refuse_other_kind(path, marker)
-        raise FileNotFoundError(f"no checkpoint found at {path} (expected {marker} or checkpoint-*/ inside)")
-    return found[-1]
-
-
-# The weights file each kind of checkpoint holds, and what the kind is for.
-CHECKPOINT_KINDS = {
-    "trainable.safetensors": "a KEGG fusion checkpoint (dnallm train or grpo; for eval, annotate, chat, serve)",
-    "model.safetensors": "a coverage-track checkpoint (dnallm train-tracks; for predict-tracks, eval-tracks)",
-}
-
-
-def _refuse_other_kind(path: Path, marker: str) -> None:
-    """A checkpoint of the other kind is named as such, not reported as missing."""
-    for other, kind in CHECKPOINT_KINDS.items():
-        if other != marker and ((path / other).is_file() or list_checkpoints(path, other)):
-            wanted = CHECKPOINT_KINDS.get(marker, f"a checkpoint holding {marker}")
-            raise CheckpointError(f"{path} is {kind}; this command needs {wanted}")
 
 
 def find_resume_checkpoint(wanted: str, run_dir: str | Path, marker: str = "trainable.safetensors") -> Path | None:
@@ -247,25 +206,6 @@ def save_checkpoint(run_dir: str | Path, step: int, engine, objective, recipe_ya
                 shutil.rmtree(old, ignore_errors=True)
     engine.barrier()
     return path
-
-
-def load_trainable(model, checkpoint: str | Path, file: str = "trainable.safetensors") -> None:
-    """Load trainable values into a freshly built model; every trainable tensor must be present."""
-    checkpoint = Path(checkpoint)
-    values = load_file(checkpoint / file)
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
-    missing, unexpected = expected - values.keys(), values.keys() - expected
-    if missing or unexpected:
-        raise ValueError(
-            f"{checkpoint}: trainable tensors do not match the model built from its recipe "
-            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
-        )
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in values.items():
-            if params[name].shape != value.shape:
-                raise ValueError(f"{checkpoint}: '{name}' has shape {tuple(value.shape)}, model expects {tuple(params[name].shape)}")
-            params[name].copy_(value.to(params[name].dtype))
 
 
 def load_moments(model, checkpoint: str | Path) -> dict:

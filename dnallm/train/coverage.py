@@ -25,24 +25,17 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from transformers.optimization import Adafactor
 
-from dnallm.config import CoverageRecipe, apply_overrides, recipe_from_dict
-from dnallm.data.tracks import Track
-from dnallm.data.transform import TargetTransform
+from dnallm.config import CoverageRecipe
 from dnallm.encoders.coverage import CoverageModel, base_token_ids, load_tokenizer, pad_token_id
+from dnallm.encoders.coverage_pretrained import WEIGHTS, load_weights, target_transform
 from dnallm.encoders.hf import save_own_code
 from dnallm.train import engine as engines
-from dnallm.train.checkpoint import resolve_checkpoint as resolve_any
 from dnallm.train.coverage_data import build_datasets, open_sources
 from dnallm.train.coverage_validation import validate
 from dnallm.train.trainer import fit
-
-WEIGHTS = "model.safetensors"
-
 
 def adafactor(recipe: CoverageRecipe) -> tuple[str, object]:
     """transformers' Adafactor with a fixed, scheduled learning rate (no relative steps): (name, builder)."""
@@ -74,11 +67,6 @@ def build_engine(recipe: CoverageRecipe, model, total_steps: int, grad_accum: in
     """The shared engine with this objective's optimizer (Adafactor)."""
     return engines.build_engine(recipe, model, param_groups(model, recipe), total_steps=total_steps, grad_accum=grad_accum,
                                 device=device, optimizer=adafactor(recipe))
-
-
-def target_transform(recipe: CoverageRecipe, tracks: list[Track]) -> TargetTransform:
-    scales = tuple(t.scale for t in tracks)
-    return TargetTransform(recipe.target.power, recipe.target.clip, scales if any(s != 1 for s in scales) else ())
 
 
 class Coverage:
@@ -159,47 +147,3 @@ class Coverage:
 def train(recipe: CoverageRecipe, stop_after: int | None = None) -> Path:
     """Train and return the last checkpoint (``trainer.fit``)."""
     return fit(Coverage(recipe), stop_after)
-
-
-# ---- reading a checkpoint back ------------------------------------------------------------------
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A coverage checkpoint directory, or the latest complete one inside a run directory."""
-    return resolve_any(path, WEIGHTS)
-
-
-def read_recipe(checkpoint: Path, overrides=()) -> CoverageRecipe:
-    recipe = recipe_from_dict(yaml.safe_load((checkpoint / "recipe.yaml").read_text()), cls=CoverageRecipe)
-    return apply_overrides(recipe, overrides)
-
-
-def read_tracks(checkpoint: Path) -> list[Track]:
-    return [Track(**t) for t in json.loads((checkpoint / "tracks.json").read_text())]
-
-
-def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    values = load_file(checkpoint / WEIGHTS)
-    missing, unexpected = model.load_state_dict(values, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{checkpoint}: weights do not match the model its recipe builds "
-            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
-        )
-
-
-def load_coverage_checkpoint(checkpoint: str | Path, device: str = "cpu", overrides=()):
-    """-> (recipe, model in eval mode, tokenizer, tracks, transform), from the checkpoint alone."""
-    from transformers import AutoConfig
-
-    checkpoint = resolve_checkpoint(checkpoint)
-    recipe = read_recipe(checkpoint, overrides)
-    tracks = read_tracks(checkpoint)
-    remote = recipe.encoder.trust_remote_code
-    config = AutoConfig.from_pretrained(checkpoint / "trunk", trust_remote_code=remote)
-    h = recipe.head
-    model = CoverageModel.from_config(config, len(tracks), channels=h.channels, kernel_size=h.kernel_size, dropout=h.dropout, trust_remote_code=remote)
-    load_weights(model, checkpoint)
-    model.to(device).eval()
-    tokenizer = load_tokenizer(str(checkpoint / "trunk"), remote)
-    return recipe, model, tokenizer, tracks, target_transform(recipe, tracks)

@@ -5,46 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dnallm.data.transform import TargetTransform
-
-
-class RunningPearson:
-    """Pearson correlation per track from running sums, so a genome never sits in memory.
-
-    Sums are float64: n, Σx, Σy, Σx², Σy², Σxy per track; ``merge`` or all-reduce them to
-    combine batches or ranks.
-    """
-
-    def __init__(self, n_tracks: int):
-        self.sums = torch.zeros(6, n_tracks, dtype=torch.float64)
-
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """``x``, ``y``: (N, n_tracks), paired values."""
-        x, y = x.detach().double().cpu(), y.detach().double().cpu()
-        self.sums += torch.stack([torch.full_like(x[0], len(x)), x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0), (x * y).sum(0)])
-
-    def merge(self, other: "RunningPearson") -> None:
-        self.sums += other.sums
-
-    def all_reduce(self, device: str) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            sums = self.sums.to(device)
-            torch.distributed.all_reduce(sums)
-            self.sums = sums.cpu()
-
-    @property
-    def n(self) -> int:
-        return int(self.sums[0].max())
-
-    def value(self) -> np.ndarray:
-        """(n_tracks,) Pearson r; NaN where a side is constant or there are < 2 values."""
-        n, sx, sy, sxx, syy, sxy = self.sums.numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cov = sxy - sx * sy / n
-            var_x, var_y = sxx - sx * sx / n, syy - sy * sy / n
-            r = cov / np.sqrt(var_x * var_y)
-        r[(n < 2) | (var_x <= 0) | (var_y <= 0)] = np.nan
-        return np.clip(r, -1.0, 1.0)
+from dnallm.data.transform import RunningPearson, TargetTransform
 
 
 @torch.no_grad()

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from dnallm.config import Recipe
-from dnallm.data.kegg import load_examples
-from dnallm.encoders.cache import CachedEncoder, build_cache
+from dnallm.encoders.cache import build_cache, dataset_windows
+from dnallm.hub import pick_device
 from dnallm.io import check_outputs, exclusive_output
 from dnallm.train.build import build_encoder, cache_identity
-from dnallm.train.engine import pick_device
-
-
-def dataset_windows(path: str | Path, dna_window: int) -> list[str]:
-    """Reference and variant windows of every record, in record order."""
-    ds = load_examples(path, dna_window)
-    return [seq for ref, var in zip(ds["ref_window"], ds["var_window"]) for seq in (ref, var)]
-
-
-def require_cached(encoder, path: str | Path, dna_window: int) -> None:
-    """With a cache as DNA source, fail before training if any window of ``path`` is absent."""
-    if isinstance(encoder, CachedEncoder):
-        encoder.require(dataset_windows(path, dna_window), str(path))
 
 
 def cache_embeddings(recipe: Recipe, extra_data: list[str] = (), rebuild: bool = False) -> dict:

@@ -12,6 +12,7 @@ import atexit
 import json
 import os
 import re
+import sys
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,10 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-def distributed_env() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size) as set by deepspeed, torchrun or accelerate launchers."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+from dnallm.hub import autocast, distributed_env, pick_device  # noqa: F401 (the training side's names)
 
 
 def fast_forward(scheduler, steps: int) -> None:
@@ -141,17 +139,6 @@ def single_process_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-def pick_device() -> str:
-    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
-        _, local_rank, _ = distributed_env()
-        torch.cuda.set_device(local_rank)
-        # What stays fp32 on the GPU (trainable projector and head, master weights' matmuls) uses TF32.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        return f"cuda:{local_rank}"
-    return "cpu"
-
-
 def resolve_deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: int, max_grad_norm: float, lr: float, weight_decay: float, device: str) -> dict:
     """Read a DeepSpeed JSON and fill its ``"auto"`` values from the recipe."""
     config = json.loads(Path(path).read_text())
@@ -195,7 +182,7 @@ class TorchEngine:
         self.rank, self.world_size = 0, 1
 
     def __call__(self, **batch):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
+        with autocast(self.device):
             return self.module(**batch)
 
     def load_master_weights(self, values: dict[str, torch.Tensor]) -> None:
@@ -341,8 +328,13 @@ class DeepSpeedEngine:
             self._linked_at = self.engine.global_steps
         try:
             out = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
-        except (ValueError, KeyError):  # no optimizer step taken yet (ZeRO-1/2: ValueError, ZeRO-3: KeyError)
-            return None
+        except (ValueError, KeyError) as e:  # no optimizer step taken yet (ZeRO-1/2: ValueError, ZeRO-3: KeyError)
+            if self.engine.global_steps == 0:
+                return None
+            # After a step the moments exist: a checkpoint without them would not resume exactly.
+            shape = tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 keeps the whole shape aside
+            raise RuntimeError(f"cannot gather the optimizer moments of a parameter of shape {shape} at step "
+                               f"{self.engine.global_steps} ({type(e).__name__}: {e})") from e
         if any(v is None for v in out.values()) or self.rank != 0:
             return None  # gathered on every rank (a collective), kept on rank 0 only
         return {k: v.detach().float().cpu() for k, v in out.items()}
@@ -350,6 +342,10 @@ class DeepSpeedEngine:
     def load_moments(self, moments: dict[nn.Parameter, dict[str, torch.Tensor]], step: int) -> None:
         from deepspeed.utils import safe_set_full_optimizer_state
 
+        if not self.adam and step > 0:
+            # Said, not silent: only Adam's moments are saved un-partitioned (see __init__).
+            print(f"resume: {type(self._inner_optimizer()).__name__} state is not kept under DeepSpeed; the step and "
+                  "learning-rate schedule resume, the optimizer's running statistics start afresh", file=sys.stderr)
         if self.adam:
             self._link_moments(create=True)
             self._linked_at = None

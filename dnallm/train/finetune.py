@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from dnallm.config import Recipe
 from dnallm.data.kegg import load_examples
 from dnallm.data.labels import LabelSet
-from dnallm.encoders.cache import CachedEncoder
+from dnallm.encoders.cache import CachedEncoder, require_cached
 from dnallm.fusion.classifier import accuracy, encode_pairs, train_classifier
 from dnallm.fusion.packing import reply_targets
 from dnallm.fusion.processor import dna_inputs
@@ -30,7 +30,6 @@ from dnallm.io import save_tensors
 from dnallm.train.batching import TokenBudgetBatches
 from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.checkpoint import load_trainable
-from dnallm.train.embed_cache import require_cached
 from dnallm.train.engine import zero_stage
 from dnallm.train.trainer import fit
 
@@ -210,6 +209,7 @@ class FineTune:
         return {n: engine.full_param(p) for n, p in engine.module.named_parameters() if p.requires_grad}
 
     def write_checkpoint_files(self, directory: Path, model, tensors: dict) -> None:
+        model.config.save(directory)  # what rebuilds the model (DNAFusionLM.from_pretrained)
         save_adapter(model, tensors, directory / "adapter")
 
     def load_checkpoint_tensors(self, model, checkpoint: Path) -> None:

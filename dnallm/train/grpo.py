@@ -19,25 +19,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DistributedSampler
 
 from dnallm.config import GRPORecipe, RecipeError
 from dnallm.data.kegg import load_examples
 from dnallm.data.labels import LabelSet
+from dnallm.encoders.cache import require_cached
+from dnallm.fusion.config import DNAFusionConfig
+from dnallm.fusion.pretrained import read_config
+from dnallm.hub import locate_models
 from dnallm.io import save_figure
 from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.checkpoint import LOG, load_trainable, resolve_checkpoint
-from dnallm.train.embed_cache import require_cached
 from dnallm.train.engine import distributed_env, grad_accum_steps, zero_stage
 from dnallm.train.finetune import FineTune
 from dnallm.train.policy import group_advantages, policy_loss, reference_logps, reply_logps, sample_replies
 from dnallm.train.rewards import Reply, Rewards, correct_label
 from dnallm.train.trainer import fit
 
-# What the fine-tuned checkpoint and this recipe must agree on for its weights to fit.
-MODEL_KEYS = ("data.dna_window", "data.use_dna", "encoder.layer", "lora.r", "lora.alpha", "lora.target_modules",
-              "projector.kind", "projector.pool", "projector.kernel")
+# What a GRPO run may set apart from its fine-tuned checkpoint: precision, how logits are computed, and
+# the fine-tuning's stage 1 (the summary's pretraining), which GRPO does not run.
+FREE_KEYS = ("encoder.dtype", "llm.dtype", "logits", "logits_chunk", "projector.pretrain_epochs")
 CURVES = ("reward", "sampled_accuracy", "kl", "reply_length")
 
 
@@ -46,12 +48,16 @@ def init_checkpoint(recipe: GRPORecipe) -> Path:
     if not recipe.grpo.init_from:
         raise RecipeError("grpo.init_from is empty: set it to the fine-tuned checkpoint (or its run directory), e.g. grpo.init_from=runs/kegg-tiny")
     checkpoint = resolve_checkpoint(recipe.grpo.init_from)
-    theirs, ours = yaml.safe_load((checkpoint / "recipe.yaml").read_text()), recipe.to_dict()
-    for key in MODEL_KEYS:
-        section, name = key.split(".")
-        if section in theirs and name in theirs[section] and theirs[section][name] != ours[section][name]:
-            raise RecipeError(f"grpo.init_from: {checkpoint} was fine-tuned with {key}={theirs[section][name]!r}, "
-                              f"this recipe has {key}={ours[section][name]!r}; make them equal")
+    theirs = read_config(checkpoint)
+    locate_models(theirs, relative_to=checkpoint)
+    ours = DNAFusionConfig.from_recipe(recipe)
+    locate_models(ours)
+    differences = ours.differences(theirs, ignore=FREE_KEYS)
+    if differences:
+        theirs_text = ", ".join(f"{key}={value!r}" for key, _, value in differences)
+        ours_text = ", ".join(f"{key}={value!r}" for key, value, _ in differences)
+        raise RecipeError(f"grpo.init_from: {checkpoint} was fine-tuned with {theirs_text}, this recipe has {ours_text}; "
+                          "make them equal")
     return checkpoint
 
 
@@ -104,11 +110,14 @@ class GRPO(FineTune):
     round's replies on the first micro-batch it meets of a round, and every micro-batch of
     the round is served once per optimizer step (``steps_per_round``)."""
 
+    loss_tokens = None  # its loss weighs every reply token of the step itself (policy_loss's n_tokens)
+
     def __init__(self, recipe: GRPORecipe):
         super().__init__(recipe)
         g = recipe.grpo
-        if g.group_size < 2:
-            raise RecipeError(f"grpo.group_size={g.group_size}: a group needs at least 2 replies to compare")
+        if recipe.data.val:  # rewards on held-out prompts are `dnallm eval`'s work, not a training signal
+            raise RecipeError(f"data.val={recipe.data.val!r}: GRPO does not validate; set data.val= (empty) and run "
+                              "`dnallm eval RUN_DIR --data FILE` on the result")
         self.init = init_checkpoint(recipe)  # before anything loads
         self.rewards = Rewards(g)
         self.steps_per_round = g.updates_per_batch
@@ -200,7 +209,7 @@ class GRPO(FineTune):
         return mean_over_ranks(means, self.device)
 
     def validate(self, engine):
-        return None  # data.val is not used
+        return None  # data.val is refused when the objective is made
 
     def run_report(self) -> dict:
         return {"init_from": str(self.init)}

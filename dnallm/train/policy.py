@@ -7,12 +7,11 @@ The reference policy is the same model with its LoRA adapters switched off (peft
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from dnallm.fusion.processor import dna_inputs
+from dnallm.fusion.generate import Sampling, generate
 
 
 @dataclass
@@ -31,39 +30,27 @@ class Rollout:
         return self.input_ids[:, -self.reply_mask.shape[1] :]
 
 
-def autocast(device: str):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
-
-
 @torch.no_grad()
 def sample_replies(model, encoder, processor, examples: list[dict], *, group_size: int, temperature: float, top_p: float,
                    max_new_tokens: int, encoder_batch_size: int, device: str) -> Rollout:
-    """Sample ``group_size`` replies per example with the KV cache.
+    """Sample ``group_size`` replies per example with the KV cache (``dnallm.fusion.generate``).
 
     The frozen encoder runs once per prompt (or its embeddings come from the cache);
     generation repeats the prompt's embeddings for the G replies.
     """
-    tokenizer = processor.tokenizer
-    batch = processor.collate([processor(ex, with_answer=False) for ex in examples], side="left")
-    dna = dna_inputs(encoder, batch["dna"], encoder_batch_size) if encoder else {}
-    prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    with autocast(device):
-        replies = model.generate(
-            prompt_ids, prompt_mask, **dna, do_sample=True, temperature=temperature, top_p=top_p,
-            top_k=0,  # no top-k cut (transformers' default keeps 50): sample from what the recipe says
-            num_return_sequences=group_size, max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )  # (B*G, T): only the new tokens
-    is_end = replies == tokenizer.eos_token_id
-    reply_mask = (is_end.cumsum(1) - is_end.long()) == 0  # up to and including the first end of turn
-    texts = [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(replies, reply_mask)]
-    k = len(batch["dna"]) // len(examples)  # sequences per prompt
-    dna = {key: t.unflatten(0, (len(examples), k)).repeat_interleave(group_size, 0).flatten(0, 1) for key, t in dna.items()}
+    rows = [processor(ex, with_answer=False) for ex in examples]
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    replies = generate(model, processor, encoder, rows, sampling, device=device, encoder_batch_size=encoder_batch_size,
+                       n=group_size)  # tokens: (B*G, T)
+    k = sum(len(row["dna"]) for row in rows) // len(rows)  # sequences per prompt
+    dna = {key: t.unflatten(0, (len(rows), k)).repeat_interleave(group_size, 0).flatten(0, 1) for key, t in replies.dna.items()}
+    prompt_ids = replies.prompt_ids.repeat_interleave(group_size, 0)
+    prompt_mask = replies.prompt_mask.repeat_interleave(group_size, 0)
     return Rollout(
-        input_ids=torch.cat([prompt_ids.repeat_interleave(group_size, 0), replies], 1),
-        attention_mask=torch.cat([prompt_mask.repeat_interleave(group_size, 0), reply_mask.long()], 1),
-        reply_mask=reply_mask.float(),
-        dna=dna, texts=texts, finished=is_end.any(1).tolist(),
+        input_ids=torch.cat([prompt_ids, replies.tokens], 1),
+        attention_mask=torch.cat([prompt_mask, replies.reply_mask.long()], 1),
+        reply_mask=replies.reply_mask.float(),
+        dna=dna, texts=replies.texts, finished=replies.ended,
     )
 
 
@@ -76,7 +63,7 @@ def reply_logps(forward, rollout: Rollout) -> torch.Tensor:
     logps = forward(
         input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
         **rollout.dna, score_mask=score_mask,
-    )
+    ).token_logps
     return logps[:, -n_reply:]
 
 

@@ -122,7 +122,7 @@ def loss_weights(objective, group: list, engine) -> list[float | None]:
     the mean over every loss token of the step, on every rank (torchtune's and HF's token-weighted
     accumulation): ``n_i x micro-batches x ranks / n_step``, as the engines divide by the two.
     None (no weighting) for an objective without ``loss_tokens``, or that weights its own (GRPO)."""
-    if not hasattr(objective, "loss_tokens"):
+    if getattr(objective, "loss_tokens", None) is None:
         return [None] * len(group)
     counts = [objective.loss_tokens(batch) for batch in group]  # host ints, known before the step
     total = sum(counts)

@@ -7,6 +7,8 @@ import openai
 import pytest
 
 from dnallm.data.chat import parse_answer
+from dnallm.data.kegg import load_examples
+from dnallm.eval.kegg import generate_replies
 from dnallm.serve.session import Conversation, Sampling
 from serve_helpers import health, request, tagged, wait_for
 
@@ -146,3 +148,15 @@ def test_disconnect_while_waiting_for_a_full_reply_frees_the_slot(server, sessio
     conn.close()
     state = wait_for(server, lambda s: s["active"] == 0 and s["cancelled"] == before["cancelled"] + 1, seconds=120)
     assert 0 < state["generated_tokens"] - before["generated_tokens"] < 3000
+
+
+def test_server_replies_as_eval_does_for_the_same_record(client, session, planted_files, test_records):
+    # One generation path: `dnallm eval`'s greedy reply and the HTTP server's are the same text and the same cut.
+    examples = load_examples(planted_files["test"], session.window).select(range(2))
+    texts, cut = generate_replies(session.model, session.encoder, session.processor, examples, batch_size=1,
+                                  max_new_tokens=24, encoder_batch_size=8, device="cpu")
+    for rec, want, was_cut in zip(test_records[:2], texts, cut):
+        resp = client.chat.completions.create(model=session.name, messages=[{"role": "user", "content": tagged(rec)}],
+                                              max_tokens=24)
+        assert resp.choices[0].message.content == want
+        assert resp.choices[0].finish_reason == ("length" if was_cut else "stop")
