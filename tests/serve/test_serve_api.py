@@ -106,10 +106,13 @@ def sse_stream(server, body, read_events=2):
 
 
 def endless(session, rec) -> dict:
-    """A request that cannot end by itself soon: end-of-turn banned, 3000 tokens allowed."""
+    """A request that cannot end by itself soon: end-of-turn banned, 3000 tokens allowed, and a
+    plain-text token favoured, so that every token streams at once as text (a byte token of an
+    unfinished UTF-8 character would be held back by the streamer until the character ends)."""
+    plain = session.tokenizer.convert_tokens_to_ids("A")
     return {
         "model": session.name, "messages": [{"role": "user", "content": tagged(rec)}], "stream": True,
-        "max_tokens": 3000, "logit_bias": {str(session.eos_id): -100},
+        "max_tokens": 3000, "logit_bias": {str(session.eos_id): -100, str(plain): 100},
     }
 
 
