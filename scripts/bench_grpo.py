@@ -43,7 +43,7 @@ def timed(fn, *args, **kwargs):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="working directory (models, data, runs)")
-    parser.add_argument("--sft-steps", type=int, default=75, help="fine-tuning steps before stopping early (of 300)")
+    parser.add_argument("--sft-steps", type=int, default=95, help="fine-tuning steps before stopping early (of 300)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="for the GRPO recipe, e.g. train.max_steps=40")
     args = parser.parse_args()

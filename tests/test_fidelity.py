@@ -50,10 +50,11 @@ def _whole_replies(result: dict) -> None:
         assert metrics.get("truncated", 0) == 0 and metrics["no_answer"] == 0, (name, metrics)
 
 
-# Every signal at k = 8 (the real recipes' compression) and at k = 1, each for STEPS steps,
-# far below the recipe's 600. scripts/fidelity_grid.py runs the same grid at the recipe's steps.
+# Every signal at k = 8 (the real recipes' compression) and at k = 1, each for STEPS steps, half
+# the recipe's 600. `python scripts/fidelity_grid.py --designs pooled+aligned+kmers --records 700
+# --test 100 train.max_steps=300` runs the same grid and prints its table (docs/eval.md).
 SIGNALS = ("motif", "flank", "kmer", "centre", "substitution", "site", "indel", "repeat")
-STEPS = 150
+STEPS = 300
 CASES = [(signal, k) for k in (8, 1) for signal in SIGNALS]
 
 

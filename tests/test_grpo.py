@@ -26,7 +26,7 @@ from dnallm.train.policy import group_advantages, policy_loss, reference_logps, 
 from dnallm.train.rewards import Reply, Rewards
 
 REPO = Path(__file__).resolve().parent.parent
-STOP_SFT_AFTER = 75
+STOP_SFT_AFTER = 95
 LABELS = LabelSet(["parkinson's disease", "alzheimer's disease", "prion disease"])
 
 
@@ -47,8 +47,8 @@ def _paths(tiny_models, planted, out):
 
 @pytest.fixture(scope="module")
 def under_trained(tmp_path_factory, tiny_models, planted):
-    """The tiny fine-tuning recipe stopped after 75 of its 300 steps: it answers in format,
-    but right on only 20 % of the test set (chance: 25 %; 100 % by step 110)."""
+    """The tiny fine-tuning recipe stopped after 95 of its 300 steps: it answers in format,
+    and is right on half of the test set (chance: 25 %; 100 % by step 110)."""
     out = tmp_path_factory.mktemp("sft") / "run"
     recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [*_paths(tiny_models, planted, out), "train.save_every=0"])
     return train(recipe, stop_after=STOP_SFT_AFTER)
