@@ -77,8 +77,17 @@ class Model(WrongKind):
         """``eval.max_new_tokens``, or (unset) the longest training reply plus a margin, as ``dnallm eval`` uses."""
         return max_new_tokens_for(self.recipe, self.session.tokenizer)[0]
 
-    def ask(self, reference: str | None = None, variant: str | None = None, question: str = "", *, stream: bool = False,
-            max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0) -> str | Iterator[str]:
+    def ask(
+        self,
+        reference: str | None = None,
+        variant: str | None = None,
+        question: str = "",
+        *,
+        stream: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+    ) -> str | Iterator[str]:
         """The model's reply to ``question`` about the variant (greedy unless ``temperature`` > 0).
 
         Sequences are checked and cut to the training window as in training; ``stream=True``
@@ -90,12 +99,18 @@ class Model(WrongKind):
             raise ValueError("give both reference= and variant= (or neither, for a text-only model)")
         if reference is None and self.session.uses_dna:
             raise ValueError(f"{self.recipe.run_name} reads DNA: give reference= and variant=")
-        dna = self.session.prepare_dna(reference, variant, self.max_dna_length) if reference is not None and self.session.uses_dna else None
+        dna = (
+            self.session.prepare_dna(reference, variant, self.max_dna_length)
+            if reference is not None and self.session.uses_dna
+            else None
+        )
         conv = Conversation(turns=[{"role": "user", "content": question}], dna=dna)
         sampling = Sampling(max_new_tokens=max_new_tokens or self.max_new_tokens, temperature=temperature, top_p=top_p)
         return self.session.stream(conv, sampling) if stream else self.session.reply(conv, sampling)
 
-    def predict(self, records: list[dict] | str | Path, *, batch_size: int | None = None, progress: bool = False) -> list[Prediction]:
+    def predict(
+        self, records: list[dict] | str | Path, *, batch_size: int | None = None, progress: bool = False
+    ) -> list[Prediction]:
         """Greedy answers for KEGG-format records (``question``, ``reference_sequence``,
         ``variant_sequence``; ``answer`` not needed) or a JSONL file of them, in batches.
 
@@ -105,17 +120,35 @@ class Model(WrongKind):
         if isinstance(records, (str, Path)):
             records = read_jsonl(records)
         s = self.session
-        examples = list(examples_from_records(records, self.recipe.data.dna_window, need_dna=s.uses_dna, need_answer=False))
+        examples = list(
+            examples_from_records(records, self.recipe.data.dna_window, need_dna=s.uses_dna, need_answer=False)
+        )
         batch = batch_size or self.recipe.eval.batch_size
         out: list[Prediction] = []
         for start in tqdm(range(0, len(examples), batch), desc="predicting", unit="batch", disable=not progress):
-            out += predict_batch(s.model, s.encoder, s.processor, examples[start : start + batch], max_new_tokens=self.max_new_tokens,
-                                 encoder_batch_size=self.recipe.encoder.batch_size, device=s.device)
+            out += predict_batch(
+                s.model,
+                s.encoder,
+                s.processor,
+                examples[start : start + batch],
+                max_new_tokens=self.max_new_tokens,
+                encoder_batch_size=self.recipe.encoder.batch_size,
+                device=s.device,
+            )
         return out
 
-    def explain(self, reference: str, variant: str, question: str, *, label: str | None = None,
-                method: str | None = None, region: int | str | None = None, batch_size: int = 64,
-                progress: bool = False) -> Explanation:
+    def explain(
+        self,
+        reference: str,
+        variant: str,
+        question: str,
+        *,
+        label: str | None = None,
+        method: str | None = None,
+        region: int | str | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> Explanation:
         """Which bases of the two windows move the answer's label (``dnallm.eval.explain``).
 
         ``label``: the label to explain (default: the model's own answer, generated once);
@@ -126,8 +159,17 @@ class Model(WrongKind):
         if not question.strip():
             raise ValueError("question: give the question whose answer to explain")
         dna = self.session.prepare_dna(reference, variant, self.max_dna_length)
-        return self.session.explain(dna, question, label=label, method=method, region=region, batch_size=batch_size,
-                                    max_new_tokens=self.max_new_tokens, progress=progress)
+        return self.session.explain(
+            dna,
+            question,
+            label=label,
+            method=method,
+            region=region,
+            batch_size=batch_size,
+            max_new_tokens=self.max_new_tokens,
+            progress=progress,
+        )
+
 
 @dataclass
 class Tracks:
@@ -154,19 +196,30 @@ class TrackModel(WrongKind):
     def track_names(self) -> list[str]:
         return [t.name for t in self.predictor.tracks]
 
-    def predict_tracks(self, region: str, *, fasta: str | Path | None = None, stitch: str | None = None, batch_size: int | None = None) -> Tracks:
+    def predict_tracks(
+        self, region: str, *, fasta: str | Path | None = None, stitch: str | None = None, batch_size: int | None = None
+    ) -> Tracks:
         """Coverage for ``region`` (``chr1:1,001-2,000``, 1-based inclusive, or a contig name),
         read from ``fasta`` (default: the recipe's ``data.fasta``), stitched as ``predict-tracks`` does."""
         from dnallm.data.regions import parse_region
 
         genome = Genome(fasta or self.recipe.data.fasta)
         where = parse_region(region, genome.sizes)
-        chunks = [values for _, values in self.predictor.region(
-            genome, where, stitch_mode=stitch or self.recipe.eval.stitch, batch_size=batch_size or self.recipe.eval.batch_size)]
+        chunks = [
+            values
+            for _, values in self.predictor.region(
+                genome,
+                where,
+                stitch_mode=stitch or self.recipe.eval.stitch,
+                batch_size=batch_size or self.recipe.eval.batch_size,
+            )
+        ]
         return Tracks(where, self.track_names, np.concatenate(chunks))
 
 
-def load(checkpoint: str | Path, *, device: str | None = None, overrides: list[str] | tuple = ()) -> Model | TrackModel:
+def load(
+    checkpoint: str | Path, *, device: str | None = None, overrides: list[str] | tuple = ()
+) -> Model | TrackModel:
     """A run directory (its latest checkpoint) or a ``checkpoint-N`` directory, of either
     recipe: a fusion model (``Model``) or a coverage model (``TrackModel``).
 
@@ -183,8 +236,18 @@ def load(checkpoint: str | Path, *, device: str | None = None, overrides: list[s
 
 
 @torch.no_grad()
-def embed(model: str | Path | DNAEncoder, sequences: list[str], *, layer: int = -1, pool: str = "mean", batch_size: int = 8,
-          device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False, progress: bool = False) -> torch.Tensor | list[torch.Tensor]:
+def embed(
+    model: str | Path | DNAEncoder,
+    sequences: list[str],
+    *,
+    layer: int = -1,
+    pool: str = "mean",
+    batch_size: int = 8,
+    device: str | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    progress: bool = False,
+) -> torch.Tensor | list[torch.Tensor]:
     """Frozen-encoder embeddings of DNA ``sequences`` from hidden layer ``layer`` (-1: last).
 
     ``model``: a Hugging Face ID or folder (Genos, or any ``AutoModel`` DNA model), or a
@@ -197,16 +260,26 @@ def embed(model: str | Path | DNAEncoder, sequences: list[str], *, layer: int = 
         raise ValueError(f"pool={pool!r}: choose one of {', '.join(POOLS)}")
     if isinstance(sequences, (str, bytes)):
         # A string is iterable, as one-base sequences: never what is meant.
-        raise TypeError(f"sequences: give a list of sequences, got one {type(sequences).__name__} of {len(sequences)} "
-                        f"characters; for one sequence pass [sequence]")
+        raise TypeError(
+            f"sequences: give a list of sequences, got one {type(sequences).__name__} of {len(sequences)} "
+            f"characters; for one sequence pass [sequence]"
+        )
     if isinstance(model, DNAEncoder):
         encoder = model
         if layer != encoder.layer:
-            raise ValueError(f"layer={layer}, but the encoder given reads layer {encoder.layer}; load it with layer={layer}")
+            raise ValueError(
+                f"layer={layer}, but the encoder given reads layer {encoder.layer}; load it with layer={layer}"
+            )
     else:
         device = device or pick_device()
         model = locate_model(str(model), "model", fix="pass a model folder or a hub ID as model=")
-        encoder = DNAEncoder(str(model), layer=layer, dtype=resolve_dtype(dtype, device), device=device, trust_remote_code=trust_remote_code)
+        encoder = DNAEncoder(
+            str(model),
+            layer=layer,
+            dtype=resolve_dtype(dtype, device),
+            device=device,
+            trust_remote_code=trust_remote_code,
+        )
     cleaned = [_clean(seq, i) for i, seq in enumerate(sequences)]
     out: list[torch.Tensor] = []
     for start in tqdm(range(0, len(cleaned), batch_size), desc="embedding", unit="batch", disable=not progress):
@@ -235,7 +308,9 @@ def read_sequences(path: str | Path, field: str = "sequence") -> tuple[list[str]
         records = read_jsonl(path)
         for rec in records:
             if not isinstance(rec.get(field), str):
-                raise RecordError(f"{rec['_where']}: no string field '{field}' (fields: {', '.join(k for k in rec if k != '_where')}); choose one with --field")
+                raise RecordError(
+                    f"{rec['_where']}: no string field '{field}' (fields: {', '.join(k for k in rec if k != '_where')}); choose one with --field"
+                )
         return [rec.get("name") or rec["_where"] for rec in records], [rec[field] for rec in records]
     from dnallm.serve.inputs import parse_fasta
 
@@ -243,7 +318,9 @@ def read_sequences(path: str | Path, field: str = "sequence") -> tuple[list[str]
     return [name for name, _ in records], [seq for _, seq in records]
 
 
-def save_embeddings(path: str | Path, vectors: torch.Tensor | None, names: list[str] = (), metadata: dict[str, str] | None = None) -> None:
+def save_embeddings(
+    path: str | Path, vectors: torch.Tensor | None, names: list[str] = (), metadata: dict[str, str] | None = None
+) -> None:
     """``(n, hidden)`` embeddings to ``.safetensors`` (tensor ``embeddings``; names and
     ``metadata`` in its header) or ``.npy`` (the array alone), written whole.
     ``vectors=None`` only checks the suffix."""
@@ -256,7 +333,9 @@ def save_embeddings(path: str | Path, vectors: torch.Tensor | None, names: list[
         with atomic_open(path, "wb") as f:
             np.save(f, vectors.numpy())
     else:
-        save_tensors({"embeddings": vectors.contiguous()}, path, metadata={**(metadata or {}), "names": json.dumps(list(names))})
+        save_tensors(
+            {"embeddings": vectors.contiguous()}, path, metadata={**(metadata or {}), "names": json.dumps(list(names))}
+        )
 
 
 def _clean(seq: str, index: int) -> str:

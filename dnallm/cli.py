@@ -62,7 +62,9 @@ def _split(args) -> None:
     from dnallm.data.kegg import read_jsonl, split_records, write_jsonl
     from dnallm.io import check_outputs
 
-    check_outputs([args.out / f"{name}.jsonl" for name in ("train", "val", "test")], dirs=[args.out], inputs=[args.file])
+    check_outputs(
+        [args.out / f"{name}.jsonl" for name in ("train", "val", "test")], dirs=[args.out], inputs=[args.file]
+    )
     splits = split_records(read_jsonl(args.file), seed=args.seed)
     for name, records in splits.items():
         write_jsonl(args.out / f"{name}.jsonl", records)
@@ -72,15 +74,28 @@ def _split(args) -> None:
 def _data(args) -> None:
     from dnallm.data.sources import prepare_dataset
 
-    summary = prepare_dataset(args.name, args.out, local=args.source, dna_window=args.dna_window, seed=args.seed,
-                              drop_invalid=args.drop_invalid, overwrite=args.overwrite)
+    summary = prepare_dataset(
+        args.name,
+        args.out,
+        local=args.source,
+        dna_window=args.dna_window,
+        seed=args.seed,
+        drop_invalid=args.drop_invalid,
+        overwrite=args.overwrite,
+    )
     labels = summary["labels"]
-    shown = ", ".join(f"{k} {v}" for k, v in list(labels.items())[:6]) + (f" and {len(labels) - 6} more" if len(labels) > 6 else "")
-    print(f"{summary['source']} ({summary['splits']}): " + ", ".join(f"{k} {v}" for k, v in summary["records"].items()))
+    shown = ", ".join(f"{k} {v}" for k, v in list(labels.items())[:6]) + (
+        f" and {len(labels) - 6} more" if len(labels) > 6 else ""
+    )
+    print(
+        f"{summary['source']} ({summary['splits']}): " + ", ".join(f"{k} {v}" for k, v in summary["records"].items())
+    )
     print(f"{len(labels)} labels: {shown}")
     ref, var = summary["reference_bp"], summary["variant_bp"]
-    print(f"reference {ref['min']}-{ref['max']} bp (median {ref['median']:g}), variant {var['min']}-{var['max']} bp "
-          f"(median {var['median']:g}), {summary['unequal_lengths']} pairs of unequal length")
+    print(
+        f"reference {ref['min']}-{ref['max']} bp (median {ref['median']:g}), variant {var['min']}-{var['max']} bp "
+        f"(median {var['median']:g}), {summary['unequal_lengths']} pairs of unequal length"
+    )
     if summary["dropped"]:
         print(f"{summary['dropped']} records left out (--drop-invalid), e.g. {summary['dropped_examples'][0]}")
     print(f"wrote {args.out}/train.jsonl, val.jsonl, test.jsonl, summary.json")
@@ -91,8 +106,16 @@ def _embed(args) -> None:
 
     save_embeddings(args.out, None)  # a bad suffix fails before the model loads
     names, sequences = read_sequences(args.input, field=args.field)
-    vectors = embed(args.model, sequences, layer=args.layer, pool=args.pool, batch_size=args.batch_size, device=args.device,
-                    trust_remote_code=args.trust_remote_code, progress=True)
+    vectors = embed(
+        args.model,
+        sequences,
+        layer=args.layer,
+        pool=args.pool,
+        batch_size=args.batch_size,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        progress=True,
+    )
     save_embeddings(args.out, vectors, names, {"model": str(args.model), "layer": str(args.layer), "pool": args.pool})
     print(json.dumps({"out": str(args.out), "sequences": len(names), "shape": list(vectors.shape)}))
 
@@ -119,7 +142,11 @@ def _demo(args) -> None:
     from dnallm.config import load_recipe
 
     run_dir = load_recipe(recipe, args.overrides).output_dir
-    _eval(argparse.Namespace(checkpoint=run_dir, data=TINY_DIR / "data/planted/test.jsonl", out=Path(run_dir) / "eval", overrides=[]))
+    _eval(
+        argparse.Namespace(
+            checkpoint=run_dir, data=TINY_DIR / "data/planted/test.jsonl", out=Path(run_dir) / "eval", overrides=[]
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,15 +166,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("grpo", help="reinforce a fine-tuned checkpoint (grpo.init_from) with GRPO; key=value overrides any recipe field")
+    p = sub.add_parser(
+        "grpo",
+        help="reinforce a fine-tuned checkpoint (grpo.init_from) with GRPO; key=value overrides any recipe field",
+    )
     p.add_argument("recipe", type=Path)
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. grpo.init_from=runs/kegg-tiny grpo.group_size=8")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. grpo.init_from=runs/kegg-tiny grpo.group_size=8"
+    )
     p.set_defaults(func=_grpo)
 
     p = sub.add_parser("eval", help="generate answers for a KEGG-format file and score them")
     p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
-    p.add_argument("--data", type=Path, action="append", required=True, help="a KEGG JSONL file; repeat to score several together (val + test)")
-    p.add_argument("--out", type=Path, required=True, help="directory for metrics.json, predictions.csv, confusion.png")
+    p.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="a KEGG JSONL file; repeat to score several together (val + test)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="directory for metrics.json, predictions.csv, confusion.png"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
     p.set_defaults(func=_eval)
 
@@ -159,33 +199,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dnallm.data.sources import SOURCES
 
-    p = sub.add_parser("data", help="fetch a published dataset (hub ID or local copy), clean and check it, write train/val/test JSONL")
+    p = sub.add_parser(
+        "data", help="fetch a published dataset (hub ID or local copy), clean and check it, write train/val/test JSONL"
+    )
     p.add_argument("name", choices=sorted(SOURCES), help="; ".join(f"{k}: {v.hub_id}" for k, v in SOURCES.items()))
-    p.add_argument("--out", type=Path, required=True, help="directory for train.jsonl, val.jsonl, test.jsonl, summary.json")
-    p.add_argument("--from", dest="source", type=Path, help="a local copy: a save_to_disk folder or a folder in the hub's layout")
-    p.add_argument("--dna-window", type=int, default=1024, help="every sequence must hold this many bp (the recipes' data.dna_window)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="directory for train.jsonl, val.jsonl, test.jsonl, summary.json"
+    )
+    p.add_argument(
+        "--from", dest="source", type=Path, help="a local copy: a save_to_disk folder or a folder in the hub's layout"
+    )
+    p.add_argument(
+        "--dna-window",
+        type=int,
+        default=1024,
+        help="every sequence must hold this many bp (the recipes' data.dna_window)",
+    )
     p.add_argument("--seed", type=int, default=42, help="seed of the stratified split, when the source has none")
-    p.add_argument("--drop-invalid", action="store_true", help="leave out records that fail the checks (counted) instead of stopping")
+    p.add_argument(
+        "--drop-invalid",
+        action="store_true",
+        help="leave out records that fail the checks (counted) instead of stopping",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     p.set_defaults(func=_data)
 
-    p = sub.add_parser("cache-embeddings", help="run the frozen DNA encoder once; training then reads encoder.cache_dir")
+    p = sub.add_parser(
+        "cache-embeddings", help="run the frozen DNA encoder once; training then reads encoder.cache_dir"
+    )
     p.add_argument("recipe", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. encoder.cache_dir=cache/genos1b")
-    p.add_argument("--data", action="append", default=[], help="another KEGG-format file to cache (e.g. the test split); repeatable")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="another KEGG-format file to cache (e.g. the test split); repeatable",
+    )
     p.add_argument("--rebuild", action="store_true", help="discard a stale cache and build it again")
     p.set_defaults(func=_cache_embeddings)
 
-    p = sub.add_parser("embed", help="frozen-encoder embeddings of the sequences of a FASTA or JSONL file (safetensors or npy)")
+    p = sub.add_parser(
+        "embed", help="frozen-encoder embeddings of the sequences of a FASTA or JSONL file (safetensors or npy)"
+    )
     p.add_argument("input", type=Path, help="FASTA (one embedding per record) or JSONL (one per line, see --field)")
-    p.add_argument("--out", type=Path, required=True, help="FILE.safetensors (embeddings + record names) or FILE.npy (embeddings)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="FILE.safetensors (embeddings + record names) or FILE.npy (embeddings)"
+    )
     p.add_argument("--model", default="BGI-HangzhouAI/Genos-1.2B", help="Hugging Face ID or folder of the DNA model")
     p.add_argument("--layer", type=int, default=-1, help="hidden layer (-1: last)")
     p.add_argument("--pool", choices=["mean", "max", "last"], default="mean", help="over positions")
     p.add_argument("--field", default="sequence", help="JSONL field holding the sequence, e.g. variant_sequence")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
-    p.add_argument("--trust-remote-code", action="store_true", help="run modelling code shipped with the model (Genos needs it)")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="run modelling code shipped with the model (Genos needs it)"
+    )
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("demo", help="tiny end-to-end run on CPU: build, train, evaluate")
@@ -247,8 +315,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dnallm.io import OutputPathError
     from dnallm.serve.inputs import DNAInputError
 
-    return (RecipeError, RecordError, TrackDataError, InputError, ProgressMismatch, OutputPathError, SourceError,
-            DNAInputError, RemoteCodeNotAllowed, CheckpointError, CacheError, FileNotFoundError)
+    return (
+        RecipeError,
+        RecordError,
+        TrackDataError,
+        InputError,
+        ProgressMismatch,
+        OutputPathError,
+        SourceError,
+        DNAInputError,
+        RemoteCodeNotAllowed,
+        CheckpointError,
+        CacheError,
+        FileNotFoundError,
+    )
 
 
 def _cuda_available() -> bool:

@@ -41,19 +41,43 @@ def _predict_tracks(args) -> None:
     from dnallm.eval.coverage_predict import predict_tracks
 
     manifest = predict_tracks(
-        args.checkpoint, args.out, regions=args.region, chroms=_split_list(args.chroms), fasta=args.fasta,
-        stitch_mode=args.stitch, batch_size=args.batch_size, overrides=args.overrides,
+        args.checkpoint,
+        args.out,
+        regions=args.region,
+        chroms=_split_list(args.chroms),
+        fasta=args.fasta,
+        stitch_mode=args.stitch,
+        batch_size=args.batch_size,
+        overrides=args.overrides,
     )
-    print(json.dumps({"out": str(args.out), "regions": manifest["regions"], "bigwigs": [t["prediction"] for t in manifest["tracks"]]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "regions": manifest["regions"],
+                "bigwigs": [t["prediction"] for t in manifest["tracks"]],
+            },
+            indent=2,
+        )
+    )
 
 
 def _eval_tracks(args) -> None:
     from dnallm.eval.coverage import evaluate_tracks
 
     result = evaluate_tracks(
-        args.checkpoint, args.out, regions=args.region, chroms=_split_list(args.chroms), gtf=args.gtf, gtf_contigs=args.gtf_contigs,
-        observed=args.observed, fasta=args.fasta, plot_region=args.plot_region, stitch_mode=args.stitch,
-        batch_size=args.batch_size, overrides=args.overrides,
+        args.checkpoint,
+        args.out,
+        regions=args.region,
+        chroms=_split_list(args.chroms),
+        gtf=args.gtf,
+        gtf_contigs=args.gtf_contigs,
+        observed=args.observed,
+        fasta=args.fasta,
+        plot_region=args.plot_region,
+        stitch_mode=args.stitch,
+        batch_size=args.batch_size,
+        overrides=args.overrides,
     )
     print(json.dumps({k: result[k] for k in ("n_bases", "tracks", "plot")}, indent=2))
     print(f"wrote {args.out}/metrics.json, {args.out}/plot.png and {args.out}/predictions/")
@@ -62,16 +86,24 @@ def _eval_tracks(args) -> None:
 def _plot_tracks(args) -> None:
     from dnallm.eval.coverage import plot_prediction
 
-    print(plot_prediction(args.predictions, args.region, args.out, gtf=args.gtf, gtf_contigs=args.gtf_contigs, observed=args.observed))
+    print(
+        plot_prediction(
+            args.predictions, args.region, args.out, gtf=args.gtf, gtf_contigs=args.gtf_contigs, observed=args.observed
+        )
+    )
 
 
 def _prediction_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
-    p.add_argument("--region", action="append", default=[], metavar="CHROM:START-END", help="1-based inclusive; repeatable")
+    p.add_argument(
+        "--region", action="append", default=[], metavar="CHROM:START-END", help="1-based inclusive; repeatable"
+    )
     p.add_argument("--chroms", help="whole chromosomes, comma-separated, e.g. chr8,chr9")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--fasta", help="reference FASTA (default: the recipe's data.fasta)")
-    p.add_argument("--stitch", choices=["centre", "mean"], help="keep each window's centre, or average overlaps (default: recipe)")
+    p.add_argument(
+        "--stitch", choices=["centre", "mean"], help="keep each window's centre, or average overlaps (default: recipe)"
+    )
     p.add_argument("--batch-size", type=int, help="windows per forward (default: recipe eval.batch_size)")
 
 
@@ -82,7 +114,10 @@ def _gene_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("make-tiny-tracks", help="tiny Genos-shaped checkpoint + synthetic genome, bigWigs, GTF for recipes/coverage/tiny.yaml")
+    p = sub.add_parser(
+        "make-tiny-tracks",
+        help="tiny Genos-shaped checkpoint + synthetic genome, bigWigs, GTF for recipes/coverage/tiny.yaml",
+    )
     p.add_argument("--out", type=Path, default=TINY_DIR)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chroms", type=int, default=5)
@@ -90,7 +125,9 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the model and tracks already in --out")
     p.set_defaults(func=_make_tiny_tracks)
 
-    p = sub.add_parser("train-tracks", help="fine-tune a DNA model to predict coverage tracks; key=value overrides any recipe field")
+    p = sub.add_parser(
+        "train-tracks", help="fine-tune a DNA model to predict coverage tracks; key=value overrides any recipe field"
+    )
     p.add_argument("recipe", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_train_tracks)

@@ -137,7 +137,9 @@ class LoraSection:
     alpha: int = check(32, gt=0)  # LoRA scale numerator (scale = alpha / r)
     dropout: float = check(0.05, ge=0, lt=1)  # dropout on the LoRA input
     # LLM linear layers that get LoRA adapters
-    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    target_modules: list = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 @dataclass
@@ -149,7 +151,9 @@ class ProjectorConfig:
     # pooled | aligned | kmers | centre. "none" is the published layout (two DNA blocks only).
     summary: str = check("pooled+aligned+kmers", choices=("none", *SUMMARY_VIEWS), joined="+")
     summary_tokens: int = check(16, ge=1)  # LLM positions the summary takes (more positions, more of the attention)
-    summary_context: int = check(17, ge=1)  # bases the local views read around the change: flanks of context // 2 (odd)
+    summary_context: int = check(
+        17, ge=1
+    )  # bases the local views read around the change: flanks of context // 2 (odd)
     # Stage 1: epochs the summary's pair encoder trains as a classifier of the training answers before the LLM
     # trains on it (0: from random weights). The DNA-only baseline head's code; seconds on cached embeddings.
     pretrain_epochs: int = check(30, ge=0)
@@ -159,7 +163,9 @@ class ProjectorConfig:
 class FusionTrainConfig(TrainConfig):
     projector_lr: float = check(0.0, ge=0)  # 0: same as lr
     packing: bool = False  # a micro-batch's samples in one row, attention within each sample: no padding
-    logits: str = check("reply", choices=("reply", "full"))  # reply: LM head on the answer tokens only, in chunks | full: at every position
+    logits: str = check(
+        "reply", choices=("reply", "full")
+    )  # reply: LM head on the answer tokens only, in chunks | full: at every position
     logits_chunk: int = check(1024, ge=1)  # positions per LM-head chunk (logits="reply")
     # > 0: each micro-batch takes samples until their tokens would pass this budget (packed rows; micro_batch_size
     # is then unused): micro-batches of thousands of tokens whatever the sample lengths (dnallm/train/batching.py)
@@ -214,6 +220,7 @@ class GRPORecipe(Recipe):
 def kegg_recipe_class(tree: dict):
     """The recipe class a saved KEGG ``recipe.yaml`` was written from."""
     return GRPORecipe if "grpo" in tree else Recipe
+
 
 # ---- coverage tracks: DNA trunk + conv head on RNA-seq bigWigs ------------------------------
 
@@ -307,8 +314,9 @@ def _coerce(value: Any, current: Any, key: str, bool_or_int: bool = False) -> An
     if bool_or_int:
         if isinstance(value, bool) or (isinstance(value, int) and value >= 1):
             return value
-        raise RecipeError(f"recipe key '{key}' expects true, false or a whole number >= 1 (every N-th layer), "
-                          f"got {value!r}")
+        raise RecipeError(
+            f"recipe key '{key}' expects true, false or a whole number >= 1 (every N-th layer), got {value!r}"
+        )
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise RecipeError(f"recipe key '{key}' expects true/false, got {value!r}")
@@ -336,7 +344,9 @@ def set_key(obj, dotted: str, value: Any) -> None:
         if i == len(parts) - 1:
             current = getattr(target, part)
             if is_dataclass(current):
-                raise RecipeError(f"recipe key '{dotted}' is a section; set its fields, e.g. {dotted}.{fields(current)[0].name}=...")
+                raise RecipeError(
+                    f"recipe key '{dotted}' is a section; set its fields, e.g. {dotted}.{fields(current)[0].name}=..."
+                )
             bool_or_int = next(f for f in fields(target) if f.name == part).metadata.get("bool_or_int", False)
             setattr(target, part, _coerce(value, current, dotted, bool_or_int))
         else:
@@ -358,8 +368,11 @@ def _check_choice(key: str, value, choices: tuple, joined: str) -> None:
     bad = [v for v in items if v not in choices]
     # "none" stands alone, and a view is named once
     if bad or (joined and len(items) > 1 and (choices[0] in items or len(set(items)) < len(items))):
-        how = f"one of {', '.join(choices[1:])} or several joined with '{joined}', or {choices[0]}" if joined else \
-            f"one of {', '.join(choices)}"
+        how = (
+            f"one of {', '.join(choices[1:])} or several joined with '{joined}', or {choices[0]}"
+            if joined
+            else f"one of {', '.join(choices)}"
+        )
         close = difflib.get_close_matches(str(bad[0]), choices, n=1) if bad else []
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise RecipeError(f"recipe key '{key}' must be {how}, got {value!r}{hint}")
@@ -409,7 +422,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple = (
             set_key(recipe, key, value)
     apply_overrides(recipe, overrides)
     if recipe.deepspeed and not Path(recipe.deepspeed).is_file():
-        raise RecipeError(f"recipe key 'deepspeed': no such file {recipe.deepspeed} (e.g. deepspeed=recipes/deepspeed/zero2.json)")
+        raise RecipeError(
+            f"recipe key 'deepspeed': no such file {recipe.deepspeed} (e.g. deepspeed=recipes/deepspeed/zero2.json)"
+        )
     return recipe
 
 

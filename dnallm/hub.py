@@ -67,8 +67,10 @@ def locate_model(name_or_path: str, key: str, relative_to: str | Path | None = N
     if not _looks_like_path(name_or_path):
         return name_or_path
     looked = " or ".join(os.path.abspath(c) for c in candidates)
-    raise ModelNotFound(f"{key}={name_or_path!r}: no such model folder (looked for {looked}); "
-                        + (fix or f"pass {key}=PATH (or a hub ID) on the command line"))
+    raise ModelNotFound(
+        f"{key}={name_or_path!r}: no such model folder (looked for {looked}); "
+        + (fix or f"pass {key}=PATH (or a hub ID) on the command line")
+    )
 
 
 def check_remote_code(name_or_path: str, trust_remote_code: bool, recipe_key: str) -> None:
@@ -82,8 +84,10 @@ def check_remote_code(name_or_path: str, trust_remote_code: bool, recipe_key: st
     except (OSError, ValueError) as e:
         key = f"{recipe_key.rsplit('.', 1)[0]}.name_or_path"
         reason = first_line(e)
-        raise ModelNotFound(f"{key}={name_or_path!r}: cannot load this model ({reason}); "
-                            f"pass {key}=PATH (a local folder or a hub ID) on the command line") from None
+        raise ModelNotFound(
+            f"{key}={name_or_path!r}: cannot load this model ({reason}); "
+            f"pass {key}=PATH (a local folder or a hub ID) on the command line"
+        ) from None
     if trust_remote_code:
         return
     model_type = config_dict.get("model_type")
@@ -191,7 +195,9 @@ def load_trainable(model, checkpoint: str | Path, file: str = "trainable.safeten
     with torch.no_grad():
         for name, value in values.items():
             if params[name].shape != value.shape:
-                raise ValueError(f"{checkpoint}: '{name}' has shape {tuple(value.shape)}, model expects {tuple(params[name].shape)}")
+                raise ValueError(
+                    f"{checkpoint}: '{name}' has shape {tuple(value.shape)}, model expects {tuple(params[name].shape)}"
+                )
             params[name].copy_(value.to(params[name].dtype))
 
 

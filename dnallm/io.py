@@ -40,13 +40,18 @@ def check_outputs(files=(), *, dirs=(), inputs=()) -> None:
     for i, out in enumerate(outputs):
         for src in inputs:
             if _same_path(out, src):
-                raise OutputPathError(f"output {out} is the input {src}{_resolved_note(out, src)}; write the output to another path")
+                raise OutputPathError(
+                    f"output {out} is the input {src}{_resolved_note(out, src)}; write the output to another path"
+                )
             if src.is_dir() and out.resolve().is_relative_to(src.resolve()):
-                raise OutputPathError(f"output {out} is inside the input folder {src}; "
-                                      "write the output to another path")
+                raise OutputPathError(
+                    f"output {out} is inside the input folder {src}; write the output to another path"
+                )
         for other in outputs[:i]:
             if _same_path(out, other):
-                raise OutputPathError(f"outputs {other} and {out} are the same file{_resolved_note(out, other)}; give them different paths")
+                raise OutputPathError(
+                    f"outputs {other} and {out} are the same file{_resolved_note(out, other)}; give them different paths"
+                )
     for d in dirs:
         if d.exists() and not d.is_dir():
             raise OutputPathError(f"output folder {d} is an existing file; name a folder (or a new path)")
@@ -78,8 +83,10 @@ def _check_link(path: Path) -> None:
     """A link is followed to what it names; one that names nothing (dangling) is refused:
     writing through it would create a file somewhere the user did not name."""
     if path.is_symlink() and not path.exists():
-        raise OutputPathError(f"output {path} is a link to {os.readlink(path)}, which does not exist; "
-                              "remove the link or name another path")
+        raise OutputPathError(
+            f"output {path} is a link to {os.readlink(path)}, which does not exist; "
+            "remove the link or name another path"
+        )
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -150,8 +157,9 @@ def _take_lock(path: Path, named: str) -> int:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise OutputPathError(f"{named} is in use by another run ({holder}); wait for it to end, "
-                                  "or write to another folder") from None
+            raise OutputPathError(
+                f"{named} is in use by another run ({holder}); wait for it to end, or write to another folder"
+            ) from None
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
@@ -175,8 +183,10 @@ def disk_error_message(error: OSError) -> str | None:
         return None
     path = Path(error.filename) if error.filename else None
     reason = error.strerror or os.strerror(error.errno)
-    return (f"{path or 'a file'}: {reason} ({_free_space(path)}); free space, or fix the folder's permissions or "
-            "mount, and run again (an interrupted run resumes from its last complete checkpoint or shard)")
+    return (
+        f"{path or 'a file'}: {reason} ({_free_space(path)}); free space, or fix the folder's permissions or "
+        "mount, and run again (an interrupted run resumes from its last complete checkpoint or shard)"
+    )
 
 
 def _free_space(path: Path | None) -> str:

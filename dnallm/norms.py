@@ -16,8 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 # Norms computing weight * x / sqrt(mean(x^2) + variance_epsilon): Gemma's (1 + weight) is not one of them.
-PLAIN_RMS_NORMS = ("Qwen3RMSNorm", "Qwen2RMSNorm", "Qwen3MoeRMSNorm", "LlamaRMSNorm", "MixtralRMSNorm",
-                   "MistralRMSNorm")
+PLAIN_RMS_NORMS = (
+    "Qwen3RMSNorm",
+    "Qwen2RMSNorm",
+    "Qwen3MoeRMSNorm",
+    "LlamaRMSNorm",
+    "MixtralRMSNorm",
+    "MistralRMSNorm",
+)
 
 
 def fused_rms_norm(model: nn.Module) -> int:

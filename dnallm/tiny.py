@@ -15,7 +15,14 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    AutoTokenizer,
+    MixtralConfig,
+    MixtralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from dnallm.data.chat import DEFAULT_SYSTEM_PROMPT
 from dnallm.data.synthetic import DISEASES, QUESTION
@@ -24,9 +31,20 @@ from dnallm.io import atomic_directory
 DNA_VOCAB = ["<pad>", "<unk>", "<s>", "</s>", "<mask>", "A", "C", "G", "T", "N"]
 
 QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 QWEN_ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
 
@@ -55,8 +73,13 @@ def build_dna_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(DNA_VOCAB)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-        mask_token="<mask>", model_max_length=1_048_576,
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        mask_token="<mask>",
+        model_max_length=1_048_576,
     )
 
 
@@ -65,13 +88,18 @@ def build_text_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=QWEN_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:], model_max_length=131072,
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:],
+        model_max_length=131072,
     )
     fast.add_tokens(QWEN_ADDED_TOKENS)
     fast.chat_template = QWEN3_CHAT_TEMPLATE
@@ -87,28 +115,86 @@ def genos_config(size: str, vocab_size: int | None = None) -> MixtralConfig:
     """Genos shapes (12 layers, 16 heads, 8 KV groups, 8 experts top-2) or a tiny one;
     ``vocab_size`` defaults to the padded size of that shape."""
     shapes = {
-        "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-        "1.2b": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=8),
-        "10b": dict(hidden_size=4096, intermediate_size=8192, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=8),
+        "tiny": dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+        ),
+        "1.2b": dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=12,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+        ),
+        "10b": dict(
+            hidden_size=4096,
+            intermediate_size=8192,
+            num_hidden_layers=12,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+        ),
     }[size]
     return MixtralConfig(
-        vocab_size=vocab_size or GENOS_VOCAB[size], num_local_experts=8, num_experts_per_tok=2, rope_theta=5e7,
-        max_position_embeddings=1_048_576, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-        tie_word_embeddings=False, **shapes,
+        vocab_size=vocab_size or GENOS_VOCAB[size],
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        rope_theta=5e7,
+        max_position_embeddings=1_048_576,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        tie_word_embeddings=False,
+        **shapes,
     )
 
 
 def qwen3_config(size: str, vocab_size: int, pad_id: int, eos_id: int) -> Qwen3Config:
     """Published Qwen3 shapes or a tiny one."""
     shapes = {
-        "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
-        "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-        "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-        "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+        "tiny": dict(
+            hidden_size=64,
+            intermediate_size=192,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            tie_word_embeddings=True,
+        ),
+        "1.7b": dict(
+            hidden_size=2048,
+            intermediate_size=6144,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            tie_word_embeddings=True,
+        ),
+        "4b": dict(
+            hidden_size=2560,
+            intermediate_size=9728,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            tie_word_embeddings=True,
+        ),
+        "8b": dict(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            tie_word_embeddings=False,
+        ),
     }[size]
     return Qwen3Config(
-        vocab_size=vocab_size, max_position_embeddings=40960, rope_theta=1_000_000,
-        pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, **shapes,
+        vocab_size=vocab_size,
+        max_position_embeddings=40960,
+        rope_theta=1_000_000,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=None,
+        **shapes,
     )
 
 

@@ -39,7 +39,11 @@ from dnallm.encoders.coverage_pretrained import target_transform  # noqa: E402
 from dnallm.train.coverage import build_engine  # noqa: E402
 from dnallm.train.engine import pick_device  # noqa: E402
 
-RECIPES = {"tiny": REPO / "recipes/coverage/tiny.yaml", "1.2b": REPO / "recipes/coverage/genos1b_bcell_nk.yaml", "10b": REPO / "recipes/coverage/genos1b_bcell_nk.yaml"}
+RECIPES = {
+    "tiny": REPO / "recipes/coverage/tiny.yaml",
+    "1.2b": REPO / "recipes/coverage/genos1b_bcell_nk.yaml",
+    "10b": REPO / "recipes/coverage/genos1b_bcell_nk.yaml",
+}
 
 
 class PeakMemory:
@@ -79,8 +83,12 @@ def bench_predict(predictor: Predictor, genome: Genome, region: Region, batch_si
         sync(predictor.device)
         seconds = time.perf_counter() - start
     return {
-        "windows": len(windows), "batch_size": batch_size, "seconds": round(seconds, 3),
-        "windows_per_s": round(len(windows) / seconds, 3), "output_bp_per_s": round(n_bases / seconds, 1), "peak_memory_mib": round(mem.mib, 1),
+        "windows": len(windows),
+        "batch_size": batch_size,
+        "seconds": round(seconds, 3),
+        "windows_per_s": round(len(windows) / seconds, 3),
+        "output_bp_per_s": round(n_bases / seconds, 1),
+        "peak_memory_mib": round(mem.mib, 1),
     }
 
 
@@ -100,9 +108,13 @@ def bench_train(engine, dataset: CoverageWindows, warmup: int, steps: int) -> di
         seconds = time.perf_counter() - start
     windows = steps * dataset.batch_size
     return {
-        "steps": steps, "micro_batch_size": dataset.batch_size, "seconds": round(seconds, 3), "windows_per_s": round(windows / seconds, 3),
+        "steps": steps,
+        "micro_batch_size": dataset.batch_size,
+        "seconds": round(seconds, 3),
+        "windows_per_s": round(windows / seconds, 3),
         "bases_per_s": round(windows * len(dataset.windows[0]) / seconds, 1),
-        "last_loss": round(out.loss.item(), 4), "peak_memory_mib": round(mem.mib, 1),
+        "last_loss": round(out.loss.item(), 4),
+        "peak_memory_mib": round(mem.mib, 1),
     }
 
 
@@ -113,23 +125,36 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--predict-windows", type=int, default=64, help="windows in the predicted region")
-    parser.add_argument("--deepspeed", action="store_true", help="train through the recipe's DeepSpeed JSON (bf16 on a GPU) rather than plain PyTorch")
+    parser.add_argument(
+        "--deepspeed",
+        action="store_true",
+        help="train through the recipe's DeepSpeed JSON (bf16 on a GPU) rather than plain PyTorch",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
 
-    recipe = load_coverage_recipe(args.recipe or RECIPES[args.shape], [*args.overrides, *([] if args.deepspeed else ["deepspeed="])])
+    recipe = load_coverage_recipe(
+        args.recipe or RECIPES[args.shape], [*args.overrides, *([] if args.deepspeed else ["deepspeed="])]
+    )
     d, t = recipe.data, recipe.train
     device = pick_device()
     torch.manual_seed(recipe.seed)
     tokenizer = build_dna_tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
         stride = d.window - d.overlap
-        length = max(40_000, d.window + stride * max(args.predict_windows, (args.warmup + args.steps) * t.micro_batch_size))
+        length = max(
+            40_000, d.window + stride * max(args.predict_windows, (args.warmup + args.steps) * t.micro_batch_size)
+        )
         paths = write_synthetic_tracks(tmp, n_chroms=1, chrom_length=length, seed=recipe.seed)
         genome, tracks = Genome(paths["fasta"]), read_track_sheet(paths["tracks"])
         transform = target_transform(recipe, tracks)
-        model = CoverageModel.from_config(genos_config(args.shape), len(tracks), channels=recipe.head.channels,
-                                          kernel_size=recipe.head.kernel_size, dropout=recipe.head.dropout)
+        model = CoverageModel.from_config(
+            genos_config(args.shape),
+            len(tracks),
+            channels=recipe.head.channels,
+            kernel_size=recipe.head.kernel_size,
+            dropout=recipe.head.dropout,
+        )
         if recipe.encoder.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         n_params = sum(p.numel() for p in model.parameters())
@@ -142,8 +167,17 @@ def main(argv=None) -> dict:
 
         windows = tile(Region("chr1", 0, length), d.window, stride)
         dataset = CoverageWindows(
-            genome, CoverageReader(tracks), windows, base_token_ids(tokenizer), transform, batch_size=t.micro_batch_size,
-            pad_id=pad_token_id(tokenizer), shuffle=True, seed=recipe.seed, rc_augment=d.rc_augment, partners=strand_partners(tracks),
+            genome,
+            CoverageReader(tracks),
+            windows,
+            base_token_ids(tokenizer),
+            transform,
+            batch_size=t.micro_batch_size,
+            pad_id=pad_token_id(tokenizer),
+            shuffle=True,
+            seed=recipe.seed,
+            rc_augment=d.rc_augment,
+            partners=strand_partners(tracks),
         )
         engine = build_engine(recipe, model, total_steps=args.warmup + args.steps, grad_accum=1, device=device)
         train = bench_train(engine, dataset, args.warmup, args.steps)
@@ -151,11 +185,19 @@ def main(argv=None) -> dict:
         train["trunk_dtype"] = str(next(engine.module.trunk.parameters()).dtype).removeprefix("torch.")
 
     report = {
-        "shape": args.shape, "parameters": n_params, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "threads": torch.get_num_threads(), "window": d.window, "overlap": d.overlap, "n_tracks": len(tracks),
-        "gradient_checkpointing": recipe.encoder.gradient_checkpointing, "optimizer": "Adafactor",
+        "shape": args.shape,
+        "parameters": n_params,
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "threads": torch.get_num_threads(),
+        "window": d.window,
+        "overlap": d.overlap,
+        "n_tracks": len(tracks),
+        "gradient_checkpointing": recipe.encoder.gradient_checkpointing,
+        "optimizer": "Adafactor",
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "tf32": torch.backends.cuda.matmul.allow_tf32, "train": train, "predict": predict,
+        "tf32": torch.backends.cuda.matmul.allow_tf32,
+        "train": train,
+        "predict": predict,
     }
     print(json.dumps(report, indent=2))
     return report

@@ -34,10 +34,19 @@ def tiny_checkpoint(root: Path, window: int) -> Path:
 
     models = make_tiny(root / "tiny")
     write_jsonl(root / "train.jsonl", planted_signal_records(16, length=2 * window + 1, seed=0, signal="centre"))
-    recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={root / 'run'}", f"encoder.name_or_path={models['genos']}", f"llm.name_or_path={models['qwen3']}",
-        f"data.train={root / 'train.jsonl'}", "data.val=", f"data.dna_window={window}", "train.max_steps=1",
-        "train.save_every=0"])
+    recipe = load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={root / 'run'}",
+            f"encoder.name_or_path={models['genos']}",
+            f"llm.name_or_path={models['qwen3']}",
+            f"data.train={root / 'train.jsonl'}",
+            "data.val=",
+            f"data.dna_window={window}",
+            "train.max_steps=1",
+            "train.save_every=0",
+        ],
+    )
     return train(recipe)
 
 
@@ -46,8 +55,9 @@ def timed(explainer, examples, method: str, batch_size: int, device: str) -> flo
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    explain_examples(explainer, examples, labels=[ex["answer"] for ex in examples], method=method,
-                     batch_size=batch_size)
+    explain_examples(
+        explainer, examples, labels=[ex["answer"] for ex in examples], method=method, batch_size=batch_size
+    )
     if device.startswith("cuda"):
         torch.cuda.synchronize()  # the last batch's work, before the clock stops
     return time.perf_counter() - start
@@ -71,11 +81,16 @@ def main() -> None:
         examples = list(examples_from_records(records, window))
         explainer = Explainer(model, encoder, processor, device=device, encoder_batch_size=recipe.encoder.batch_size)
         timed(explainer, examples[:1], "ism", args.batch_size, device)  # warm-up: kernels, allocator
-        result = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-                  "torch_threads": torch.get_num_threads(), "window": window, "records": args.records,
-                  "batch_size": args.batch_size,
-                  "ism_forward_passes_and_mutated_windows_per_record": ism_work(
-                      (examples[0]["ref_window"], examples[0]["var_window"]), parse_region(None, window))}
+        result = {
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "window": window,
+            "records": args.records,
+            "batch_size": args.batch_size,
+            "ism_forward_passes_and_mutated_windows_per_record": ism_work(
+                (examples[0]["ref_window"], examples[0]["var_window"]), parse_region(None, window)
+            ),
+        }
         for method in ("ism", "gradient"):
             seconds = timed(explainer, examples[1:], method, args.batch_size, device)
             result[f"{method}_records_per_s"] = round(args.records / seconds, 3)

@@ -45,7 +45,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="working directory (models, data, runs)")
     parser.add_argument("--sft-steps", type=int, default=95, help="fine-tuning steps before stopping early (of 300)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="for the GRPO recipe, e.g. train.max_steps=40")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="for the GRPO recipe, e.g. train.max_steps=40"
+    )
     args = parser.parse_args()
 
     out = args.out
@@ -54,8 +56,14 @@ def main() -> None:
     write_jsonl(out / "data/test.jsonl", records[60:120])
     write_jsonl(out / "data/train.jsonl", records[120:])
     test = out / "data/test.jsonl"
-    common = [f"encoder.name_or_path={models['genos']}", f"llm.name_or_path={models['qwen3']}",
-              f"data.train={out / 'data/train.jsonl'}", "data.val=", "train.save_every=0", "train.keep_last=0"]
+    common = [
+        f"encoder.name_or_path={models['genos']}",
+        f"llm.name_or_path={models['qwen3']}",
+        f"data.train={out / 'data/train.jsonl'}",
+        "data.val=",
+        "train.save_every=0",
+        "train.keep_last=0",
+    ]
 
     def sft(run: str, *extra: str):
         return load_recipe(REPO / "recipes/kegg/tiny.yaml", [*common, f"output_dir={out / run}", *extra])
@@ -63,7 +71,11 @@ def main() -> None:
     start = train(sft("sft"), stop_after=args.sft_steps)
     before = evaluate(start, test, out / "eval/start")["accuracy"]
 
-    recipe = load_recipe(REPO / "recipes/grpo/tiny.yaml", [*common, f"output_dir={out / 'grpo'}", f"grpo.init_from={start}", *args.overrides], cls=GRPORecipe)
+    recipe = load_recipe(
+        REPO / "recipes/grpo/tiny.yaml",
+        [*common, f"output_dir={out / 'grpo'}", f"grpo.init_from={start}", *args.overrides],
+        cls=GRPORecipe,
+    )
     grpo_ckpt, grpo_wall, grpo_cpu = timed(grpo, recipe)
     grpo_acc = evaluate(grpo_ckpt, test, out / "eval/grpo")["accuracy"]
 
@@ -71,23 +83,51 @@ def main() -> None:
     calibration = 20
     cal_recipe = sft("calibrate", f"train.resume_from_checkpoint={start}", "train.log_every=1")
     _, cal_wall, _ = timed(train, cal_recipe, stop_after=calibration)
-    rates = [json.loads(line)["train/samples_per_s"] for line in (out / "calibrate/train_log.jsonl").read_text().splitlines()]
-    step_s = cal_recipe.train.micro_batch_size / (sum(rates[1:]) / max(1, len(rates) - 1)) if len(rates) > 1 else cal_wall / calibration
+    rates = [
+        json.loads(line)["train/samples_per_s"]
+        for line in (out / "calibrate/train_log.jsonl").read_text().splitlines()
+    ]
+    step_s = (
+        cal_recipe.train.micro_batch_size / (sum(rates[1:]) / max(1, len(rates) - 1))
+        if len(rates) > 1
+        else cal_wall / calibration
+    )
     start_s = max(0.0, cal_wall - calibration * step_s)
     n_more = max(1, round((grpo_wall - start_s) / step_s))
-    more_ckpt, more_wall, more_cpu = timed(train, sft("sft_more", f"train.resume_from_checkpoint={start}"), stop_after=n_more)
+    more_ckpt, more_wall, more_cpu = timed(
+        train, sft("sft_more", f"train.resume_from_checkpoint={start}"), stop_after=n_more
+    )
     more_acc = evaluate(more_ckpt, test, out / "eval/sft_more")["accuracy"]
 
-    print(json.dumps({
-        "start": {"checkpoint": str(start), "sft_steps": args.sft_steps, "test_accuracy": before},
-        "grpo": {"checkpoint": str(grpo_ckpt), "steps": read_state(grpo_ckpt)["step"], "wall_s": grpo_wall, "cpu_s": grpo_cpu,
-                 "test_accuracy": grpo_acc, "gain_points": round(100 * (grpo_acc - before), 1),
-                 "prompts_per_step": recipe.train.micro_batch_size * recipe.train.grad_accum, "group_size": recipe.grpo.group_size},
-        "sft_more": {"checkpoint": str(more_ckpt), "steps": read_state(more_ckpt)["step"] - args.sft_steps, "steps_fitting_grpo_wall": n_more,
-                     "ended_with_its_schedule": read_state(more_ckpt)["step"] == cal_recipe.train.max_steps,
-                     "wall_s": more_wall, "cpu_s": more_cpu, "test_accuracy": more_acc, "gain_points": round(100 * (more_acc - before), 1)},
-        "test_records": 60,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "start": {"checkpoint": str(start), "sft_steps": args.sft_steps, "test_accuracy": before},
+                "grpo": {
+                    "checkpoint": str(grpo_ckpt),
+                    "steps": read_state(grpo_ckpt)["step"],
+                    "wall_s": grpo_wall,
+                    "cpu_s": grpo_cpu,
+                    "test_accuracy": grpo_acc,
+                    "gain_points": round(100 * (grpo_acc - before), 1),
+                    "prompts_per_step": recipe.train.micro_batch_size * recipe.train.grad_accum,
+                    "group_size": recipe.grpo.group_size,
+                },
+                "sft_more": {
+                    "checkpoint": str(more_ckpt),
+                    "steps": read_state(more_ckpt)["step"] - args.sft_steps,
+                    "steps_fitting_grpo_wall": n_more,
+                    "ended_with_its_schedule": read_state(more_ckpt)["step"] == cal_recipe.train.max_steps,
+                    "wall_s": more_wall,
+                    "cpu_s": more_cpu,
+                    "test_accuracy": more_acc,
+                    "gain_points": round(100 * (more_acc - before), 1),
+                },
+                "test_records": 60,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -73,22 +73,34 @@ def main() -> None:
     first_token, total = [], []
     for rec in records:
         body = {
-            "model": session.name, "messages": [{"role": "user", "content": rec["question"]}], "stream": True,
+            "model": session.name,
+            "messages": [{"role": "user", "content": rec["question"]}],
+            "stream": True,
             "dna": {"reference": rec["reference_sequence"], "variant": rec["variant_sequence"]},
-            "max_tokens": args.tokens, "logit_bias": {str(session.eos_id): -100},
+            "max_tokens": args.tokens,
+            "logit_bias": {str(session.eos_id): -100},
         }
         ttft, seconds, _ = timed_stream(port, body)
         first_token.append(ttft)
         total.append(seconds)
     server.should_exit = True
     rates = [(args.tokens - 1) / (t - f) for t, f in zip(total, first_token) if t > f]
-    print(json.dumps({
-        "checkpoint": str(args.checkpoint), "device": session.device, "requests": args.requests,
-        "reply_tokens": args.tokens, "dna_bp": args.length, "dna_window": session.window,
-        "time_to_first_token_s": {"median": statistics.median(first_token), "max": max(first_token)},
-        "decode_tokens_per_s": {"median": statistics.median(rates), "min": min(rates)},
-        "generated_tokens": app.state.slots.generated_tokens,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(args.checkpoint),
+                "device": session.device,
+                "requests": args.requests,
+                "reply_tokens": args.tokens,
+                "dna_bp": args.length,
+                "dna_window": session.window,
+                "time_to_first_token_s": {"median": statistics.median(first_token), "max": max(first_token)},
+                "decode_tokens_per_s": {"median": statistics.median(rates), "min": min(rates)},
+                "generated_tokens": app.state.slots.generated_tokens,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

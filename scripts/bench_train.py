@@ -67,10 +67,23 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--shape", help="ENCODER:LLM published shapes from configs, random init, e.g. 1.2b:4b, 10b:4b (tiny:tiny on CPU)")
-    p.add_argument("--data", type=Path, nargs="+", help="KEGG-format JSONL files (default: planted records of 4,001 bp)")
-    p.add_argument("--tokenizer", type=Path, help="the LLM's tokenizer folder (e.g. Qwen3's own; default: the models' byte-level one)")
-    p.add_argument("--layers", type=int, help="with --shape: decoder blocks of the LLM (width, heads and vocabulary stay the shape's)")
+    p.add_argument(
+        "--shape",
+        help="ENCODER:LLM published shapes from configs, random init, e.g. 1.2b:4b, 10b:4b (tiny:tiny on CPU)",
+    )
+    p.add_argument(
+        "--data", type=Path, nargs="+", help="KEGG-format JSONL files (default: planted records of 4,001 bp)"
+    )
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="the LLM's tokenizer folder (e.g. Qwen3's own; default: the models' byte-level one)",
+    )
+    p.add_argument(
+        "--layers",
+        type=int,
+        help="with --shape: decoder blocks of the LLM (width, heads and vocabulary stay the shape's)",
+    )
     p.add_argument("--logits", default="reply", help="comma-separated: reply, full (train.logits)")
     p.add_argument("--batch", type=int, help="micro-batch size (default: the recipe's)")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per mode")
@@ -78,20 +91,37 @@ def parse_args(argv=None):
     p.add_argument("--k", type=int, default=8, help="compression factor of mode (c)")
     p.add_argument("--modes", default="a,b,c", help="comma-separated: a, b, c, p")
     p.add_argument("--packing", action="store_true", help="pack the micro-batches of every mode (p always packs)")
-    p.add_argument("--per-sample-attention", action="store_true", help="packed rows: one SDPA call per sample, not one varlen call (for comparison)")
-    p.add_argument("--profile", type=Path, help="write a torch.profiler table of each mode's timed steps (top ops by self time) to this folder")
+    p.add_argument(
+        "--per-sample-attention",
+        action="store_true",
+        help="packed rows: one SDPA call per sample, not one varlen call (for comparison)",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="write a torch.profiler table of each mode's timed steps (top ops by self time) to this folder",
+    )
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak of the GPU (H100 SXM: 989)")
-    p.add_argument("--engine", choices=("plain", "zero2"), default="plain",
-                   help="the training engine dnallm train builds: plain PyTorch, or DeepSpeed ZeRO-2 "
-                        "(recipes/deepspeed/zero2.json, bf16 on a GPU)")
-    p.add_argument("--variants", default="",
-                   help="variants run one after another in this process, each NAME:key=value,key=value "
-                        "(recipe overrides), separated by ';', e.g. "
-                        "'before:llm.gradient_checkpointing=true;after:train.max_tokens=12288'")
+    p.add_argument(
+        "--engine",
+        choices=("plain", "zero2"),
+        default="plain",
+        help="the training engine dnallm train builds: plain PyTorch, or DeepSpeed ZeRO-2 "
+        "(recipes/deepspeed/zero2.json, bf16 on a GPU)",
+    )
+    p.add_argument(
+        "--variants",
+        default="",
+        help="variants run one after another in this process, each NAME:key=value,key=value "
+        "(recipe overrides), separated by ';', e.g. "
+        "'before:llm.gradient_checkpointing=true;after:train.max_tokens=12288'",
+    )
     return p.parse_args(argv)
 
 
-def random_models(recipe, shape: str, device: str, tmp: Path, tokenizer: Path | None = None, layers: int | None = None):
+def random_models(
+    recipe, shape: str, device: str, tmp: Path, tokenizer: Path | None = None, layers: int | None = None
+):
     """Published shapes from their configs, random init straight on ``device``; tokenizers
     (char-level DNA, byte-level BPE with Qwen specials) saved to ``tmp`` for the loaders."""
     from transformers import AutoModel, AutoModelForCausalLM
@@ -114,7 +144,9 @@ def random_models(recipe, shape: str, device: str, tmp: Path, tokenizer: Path | 
         enc_model = AutoModel.from_config(genos_config(enc_size), dtype=dtype)
         llm = AutoModelForCausalLM.from_config(config, dtype=dtype)
     recipe.encoder.name_or_path, recipe.llm.name_or_path = str(tmp / "genos"), str(tmp / "qwen3")
-    encoder = DNAEncoder(str(tmp / "genos"), layer=recipe.encoder.layer, device=device, model=enc_model.eval().requires_grad_(False))
+    encoder = DNAEncoder(
+        str(tmp / "genos"), layer=recipe.encoder.layer, device=device, model=enc_model.eval().requires_grad_(False)
+    )
     return encoder, llm
 
 
@@ -185,7 +217,9 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
             if i == args.warmup:
                 sync()
                 if args.profile:
-                    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+                    activities = [torch.profiler.ProfilerActivity.CPU] + (
+                        [torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else []
+                    )
                     profiler = torch.profiler.profile(activities=activities)
                     profiler.start()
                 start = time.perf_counter()
@@ -209,11 +243,19 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
             engine.backward(loss)
             engine.step()
     out = {
-        "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "step_s": elapsed / args.steps,
-        "tokens_per_micro_batch": tokens / args.steps, "engine": args.engine,
-        "llm_tokens_per_sample": tokens / samples, "placeholders_per_window": processor.n_placeholders(rows[0]["ref_window"]),
-        "padding_fraction": 1 - tokens / positions, "logits": model.logits, "packed": processor.packing,
-        "final_loss": loss.item(), "peak_rss_gib": rss.peak / 2**30, "peak_rss_above_start_gib": rss.rise / 2**30,
+        "samples_per_s": samples / elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "step_s": elapsed / args.steps,
+        "tokens_per_micro_batch": tokens / args.steps,
+        "engine": args.engine,
+        "llm_tokens_per_sample": tokens / samples,
+        "placeholders_per_window": processor.n_placeholders(rows[0]["ref_window"]),
+        "padding_fraction": 1 - tokens / positions,
+        "logits": model.logits,
+        "packed": processor.packing,
+        "final_loss": loss.item(),
+        "peak_rss_gib": rss.peak / 2**30,
+        "peak_rss_above_start_gib": rss.rise / 2**30,
     }
     if not device.startswith("cuda"):
         out["aten_ops_per_step"], out["host_syncs_per_step"] = sum(counter.ops.values()), sum(counter.syncs.values())
@@ -226,8 +268,14 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
         head_fraction = 1.0 if model.logits == "full" else targets / tokens  # reply-only: the head runs on the answer
         # Frozen base: forward 2N + input-gradient backward 2N per token (no weight gradients);
         # attention scores and values: 4 * layers * heads * head_dim * seq per token forward, x3 with backward.
-        flops_per_token = 4 * n_trunk + 4 * n_head * head_fraction + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq
-        out["flop_count"] = "per LLM token: 4 N_trunk + 4 N_head x (reply tokens / tokens) + 12 layers heads head_dim seq; mode a adds 2 N_encoder_active per base"
+        flops_per_token = (
+            4 * n_trunk
+            + 4 * n_head * head_fraction
+            + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq
+        )
+        out["flop_count"] = (
+            "per LLM token: 4 N_trunk + 4 N_head x (reply tokens / tokens) + 12 layers heads head_dim seq; mode a adds 2 N_encoder_active per base"
+        )
         out["llm_flops_per_token"] = flops_per_token
         flops = flops_per_token * tokens
         if isinstance(dna_source, DNAEncoder):
@@ -280,11 +328,15 @@ def main(argv=None) -> dict:
             torch.cuda.empty_cache()  # the next variant's memory is its own
     report = next(iter(reports.values()))
     if len(reports) > 1:  # one table: each mode under its variant's name
-        report = {**report, "variants": dict(parse_variants(args.variants)),
-                  "modes": {f"{n}/{mode}": m for n, rep in reports.items() for mode, m in rep["modes"].items()}}
+        report = {
+            **report,
+            "variants": dict(parse_variants(args.variants)),
+            "modes": {f"{n}/{mode}": m for n, rep in reports.items() for mode, m in rep["modes"].items()},
+        }
         first, last = list(reports.values())[0]["modes"], list(reports.values())[-1]["modes"]
-        report["tokens_per_s_ratio_last_to_first"] = {k: last[k]["tokens_per_s"] / first[k]["tokens_per_s"]
-                                                      for k in first if k in last}
+        report["tokens_per_s_ratio_last_to_first"] = {
+            k: last[k]["tokens_per_s"] / first[k]["tokens_per_s"] for k in first if k in last
+        }
     print(json.dumps(report, indent=2))
     return report
 
@@ -302,15 +354,24 @@ def run_variant(args, recipe, device: str) -> dict:
         if data is None:
             data = [tmp / "planted.jsonl"]
             write_jsonl(data[0], planted_records(64, n_classes=4, seed=0))
-        rows = [ex for path in data for ex in load_examples(path, recipe.data.dna_window, need_reasoning=recipe.data.with_reasoning)]
+        rows = [
+            ex
+            for path in data
+            for ex in load_examples(path, recipe.data.dna_window, need_reasoning=recipe.data.with_reasoning)
+        ]
         random.Random(0).shuffle(rows)  # random micro-batches, as training draws them
         recipe.projector.pool = 1
         recipe.train.packing = True  # packed attention: mode p packs; on padded rows it is SDPA
         model, tokenizer = build_model(recipe, device, encoder, llm=llm)
         # One cache for (b) and (c): the frozen encoder's output does not depend on k.
-        identity = CacheIdentity(encoder=recipe.encoder.name_or_path, weights="bench", layer=recipe.encoder.layer,
-                                 dna_window=recipe.data.dna_window, dtype=recipe.encoder.cache_dtype,
-                                 compute_dtype=str(resolve_dtype(recipe.encoder.dtype, device)).removeprefix("torch."))
+        identity = CacheIdentity(
+            encoder=recipe.encoder.name_or_path,
+            weights="bench",
+            layer=recipe.encoder.layer,
+            dna_window=recipe.data.dna_window,
+            dtype=recipe.encoder.cache_dtype,
+            compute_dtype=str(resolve_dtype(recipe.encoder.dtype, device)).removeprefix("torch."),
+        )
         modes = args.modes.split(",")
         cached = None
         if {"b", "c"} & set(modes):
@@ -329,7 +390,9 @@ def run_variant(args, recipe, device: str) -> dict:
                 model.logits = logits
                 processor = build_processor(recipe, tokenizer, encoder)
                 processor.packing = packing
-                results[f"{key}_logits_{logits}"] = run_mode(mode, model, source, processor, rows, recipe, args, device)
+                results[f"{key}_logits_{logits}"] = run_mode(
+                    mode, model, source, processor, rows, recipe, args, device
+                )
 
         if "a" in modes:
             run("a", "a_live_k1", encoder)
@@ -338,8 +401,9 @@ def run_variant(args, recipe, device: str) -> dict:
         if {"c", "p"} & set(modes):
             proj = recipe.projector
             proj.pool, proj.kernel = args.k, max(proj.kernel, args.k)
-            model.projector = DNAProjector(encoder.hidden_size, llm_hidden(model),
-                                           kind=proj.kind, pool=proj.pool, kernel=proj.kernel).to(device)
+            model.projector = DNAProjector(
+                encoder.hidden_size, llm_hidden(model), kind=proj.kind, pool=proj.pool, kernel=proj.kernel
+            ).to(device)
         if "c" in modes:
             run("c", f"c_cache_k{args.k}", cached)
         if "p" in modes:
@@ -348,25 +412,40 @@ def run_variant(args, recipe, device: str) -> dict:
     first = args.logits.split(",")[0]
     base = results.get(f"a_live_k1_logits_{first}")
     report = {
-        "recipe": str(args.recipe), "shape": args.shape or "recipe checkpoints", "device": device_name(device),
-        "dna_window": recipe.data.dna_window, "micro_batch": args.batch or recipe.train.micro_batch_size,
-        "encoder_params": n_params(encoder.model), "llm_params": n_params(model.llm), "trainable_params": n_params(model, True),
+        "recipe": str(args.recipe),
+        "shape": args.shape or "recipe checkpoints",
+        "device": device_name(device),
+        "dna_window": recipe.data.dna_window,
+        "micro_batch": args.batch or recipe.train.micro_batch_size,
+        "encoder_params": n_params(encoder.model),
+        "llm_params": n_params(model.llm),
+        "trainable_params": n_params(model, True),
         "llm_dtype": str(model.llm.get_base_model().dtype).removeprefix("torch."),
         "attention": attention_kernel(model, device),
-        "llm_layers": model.llm.get_base_model().config.num_hidden_layers, "vocab": model.llm.get_output_embeddings().weight.shape[0],
-        "steps": args.steps, "warmup": args.warmup, "modes": results,
+        "llm_layers": model.llm.get_base_model().config.num_hidden_layers,
+        "vocab": model.llm.get_output_embeddings().weight.shape[0],
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "modes": results,
     }
     for logits in args.logits.split(","):
-        padded, packed = results.get(f"c_cache_k{args.k}_logits_{logits}"), results.get(f"p_cache_k{args.k}_packed_logits_{logits}")
+        padded, packed = (
+            results.get(f"c_cache_k{args.k}_logits_{logits}"),
+            results.get(f"p_cache_k{args.k}_packed_logits_{logits}"),
+        )
         if padded and packed:
-            report.setdefault("packed_vs_padded_samples_per_s", {})[logits] = packed["samples_per_s"] / padded["samples_per_s"]
+            report.setdefault("packed_vs_padded_samples_per_s", {})[logits] = (
+                packed["samples_per_s"] / padded["samples_per_s"]
+            )
     for mode in {k.rsplit("_logits_", 1)[0] for k in results}:
         reply, full = results.get(f"{mode}_logits_reply"), results.get(f"{mode}_logits_full")
         if reply and full:
             key = "peak_cuda_gib" if "peak_cuda_gib" in reply else "peak_rss_above_start_gib"
             report.setdefault(f"{key}_reply_vs_full", {})[mode] = [reply[key], full[key]]
     if base:
-        report["samples_per_s_ratio_to_a"] = {k: v["samples_per_s"] / base["samples_per_s"] for k, v in results.items()}
+        report["samples_per_s_ratio_to_a"] = {
+            k: v["samples_per_s"] / base["samples_per_s"] for k, v in results.items()
+        }
     return report
 
 
@@ -377,11 +456,16 @@ def attention_kernel(model, device: str) -> dict:
 
     cfg = model.llm.get_base_model().config
     dtype = model.llm.get_base_model().dtype
-    out = {"implementation": cfg._attn_implementation, "packed_kernel": packed_kernel(torch.empty(0, device=device, dtype=dtype))}
+    out = {
+        "implementation": cfg._attn_implementation,
+        "packed_kernel": packed_kernel(torch.empty(0, device=device, dtype=dtype)),
+    }
     if device.startswith("cuda"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        q = torch.randn(1, cfg.num_attention_heads, 256, cfg.head_dim, device=device, dtype=model.llm.get_base_model().dtype)
+        q = torch.randn(
+            1, cfg.num_attention_heads, 256, cfg.head_dim, device=device, dtype=model.llm.get_base_model().dtype
+        )
         try:
             with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
                 torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)

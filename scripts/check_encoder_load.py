@@ -44,9 +44,14 @@ def main(argv=None) -> dict:
             encoder = DNAEncoder(tmp, dtype=dtype, device=device)
         embeds, _ = encoder.encode(["ACGT" * 64])
     report = {
-        "shape": args.shape, "device": device, "weights_gib": n_bytes / 2**30,
-        "weights_on": str(next(encoder.model.parameters()).device), "dtype": str(embeds.dtype).removeprefix("torch."),
-        "host_rss_rise_gib": rss.rise / 2**30, "host_anon_rise_gib": rss.anon_rise / 2**30, "embeddings": list(embeds.shape),
+        "shape": args.shape,
+        "device": device,
+        "weights_gib": n_bytes / 2**30,
+        "weights_on": str(next(encoder.model.parameters()).device),
+        "dtype": str(embeds.dtype).removeprefix("torch."),
+        "host_rss_rise_gib": rss.rise / 2**30,
+        "host_anon_rise_gib": rss.anon_rise / 2**30,
+        "embeddings": list(embeds.shape),
     }
     if device.startswith("cuda"):
         report["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30

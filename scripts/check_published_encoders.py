@@ -53,8 +53,7 @@ def dnabert2_config(folder: Path) -> dict:
     """The published config.json, shrunk (the tokenizer's vocabulary kept)."""
     published = json.loads((folder / "config.json").read_text())
     published.pop("_name_or_path", None)
-    return {**published, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 96}
+    return {**published, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96}
 
 
 def dnabert2_tokenizer(folder: Path, out: Path) -> None:
@@ -63,29 +62,62 @@ def dnabert2_tokenizer(folder: Path, out: Path) -> None:
 
 
 def caduceus_config(folder: Path) -> dict:
-    auto_map = {"AutoConfig": "configuration_caduceus.CaduceusConfig", "AutoModel": "modeling_caduceus.Caduceus",
-                "AutoModelForMaskedLM": "modeling_caduceus.CaduceusForMaskedLM"}
-    return {"model_type": "caduceus", "auto_map": auto_map, "d_model": 32, "n_layer": 2, "vocab_size": 12,
-            "pad_vocab_size_multiple": 8, "rcps": True, "bidirectional": True, "bidirectional_strategy": "add",
-            "bidirectional_weight_tie": True, "fused_add_norm": False, "rms_norm": True,
-            "complement_map": {str(k): v for k, v in enumerate([0, 1, 2, 3, 4, 5, 6, 10, 9, 8, 7, 11])}}
+    auto_map = {
+        "AutoConfig": "configuration_caduceus.CaduceusConfig",
+        "AutoModel": "modeling_caduceus.Caduceus",
+        "AutoModelForMaskedLM": "modeling_caduceus.CaduceusForMaskedLM",
+    }
+    return {
+        "model_type": "caduceus",
+        "auto_map": auto_map,
+        "d_model": 32,
+        "n_layer": 2,
+        "vocab_size": 12,
+        "pad_vocab_size_multiple": 8,
+        "rcps": True,
+        "bidirectional": True,
+        "bidirectional_strategy": "add",
+        "bidirectional_weight_tie": True,
+        "fused_add_norm": False,
+        "rms_norm": True,
+        "complement_map": {str(k): v for k, v in enumerate([0, 1, 2, 3, 4, 5, 6, 10, 9, 8, 7, 11])},
+    }
 
 
 def caduceus_tokenizer(folder: Path, out: Path) -> None:
     """The hub's tokenizer_config.json: the code's own character tokenizer, by auto_map."""
-    config = {"auto_map": {"AutoTokenizer": ["tokenization_caduceus.CaduceusTokenizer", None]},
-              "tokenizer_class": "CaduceusTokenizer", "characters": list("ACGTN"), "model_max_length": 1024}
+    config = {
+        "auto_map": {"AutoTokenizer": ["tokenization_caduceus.CaduceusTokenizer", None]},
+        "tokenizer_class": "CaduceusTokenizer",
+        "characters": list("ACGTN"),
+        "model_max_length": 1024,
+    }
     (out / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def ntv2_config(folder: Path) -> dict:
-    auto_map = {"AutoConfig": "esm_config.EsmConfig", "AutoModelForMaskedLM": "modeling_esm.EsmForMaskedLM",
-                "AutoModelForTokenClassification": "modeling_esm.EsmForTokenClassification"}
-    return {"model_type": "esm", "auto_map": auto_map, "vocab_size": len(_ntv2_vocab()), "hidden_size": 48,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96, "pad_token_id": 1,
-            "mask_token_id": 2, "position_embedding_type": "rotary", "add_bias_fnn": False,
-            "emb_layer_norm_before": False, "token_dropout": False, "max_position_embeddings": 1026,
-            "tie_word_embeddings": False}
+    auto_map = {
+        "AutoConfig": "esm_config.EsmConfig",
+        "AutoModelForMaskedLM": "modeling_esm.EsmForMaskedLM",
+        "AutoModelForTokenClassification": "modeling_esm.EsmForTokenClassification",
+    }
+    return {
+        "model_type": "esm",
+        "auto_map": auto_map,
+        "vocab_size": len(_ntv2_vocab()),
+        "hidden_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 96,
+        "pad_token_id": 1,
+        "mask_token_id": 2,
+        "position_embedding_type": "rotary",
+        "add_bias_fnn": False,
+        "emb_layer_norm_before": False,
+        "token_dropout": False,
+        "max_position_embeddings": 1026,
+        "tie_word_embeddings": False,
+    }
 
 
 def _ntv2_vocab() -> list[str]:
@@ -102,8 +134,11 @@ def ntv2_tokenizer(folder: Path, out: Path) -> None:
 # family -> (files its code needs, config.json of a tiny checkpoint, tokenizer writer)
 FAMILIES = {
     "dnabert2": (("bert_layers.py", "bert_padding.py", "configuration_bert.py"), dnabert2_config, dnabert2_tokenizer),
-    "caduceus": (("modeling_caduceus.py", "modeling_rcps.py", "configuration_caduceus.py", "tokenization_caduceus.py"),
-                 caduceus_config, caduceus_tokenizer),
+    "caduceus": (
+        ("modeling_caduceus.py", "modeling_rcps.py", "configuration_caduceus.py", "tokenization_caduceus.py"),
+        caduceus_config,
+        caduceus_tokenizer,
+    ),
     "ntv2": (("modeling_esm.py", "esm_config.py"), ntv2_config, ntv2_tokenizer),
 }
 
@@ -121,7 +156,9 @@ def build_checkpoint(folder: Path, out: Path, family: str) -> torch.nn.Module | 
     task_class = next(v for k, v in config_json["auto_map"].items() if k != "AutoConfig" and k != "AutoModel")
     try:
         with removed_helpers():  # the published code was written for transformers 4
-            config = get_class_from_dynamic_module(config_json["auto_map"]["AutoConfig"], str(out)).from_pretrained(out)
+            config = get_class_from_dynamic_module(config_json["auto_map"]["AutoConfig"], str(out)).from_pretrained(
+                out
+            )
             model_class = get_class_from_dynamic_module(task_class, str(out))
     except ImportError:
         return None
@@ -134,9 +171,12 @@ def build_checkpoint(folder: Path, out: Path, family: str) -> torch.nn.Module | 
 
 def check(folder: Path, out: Path, family: str) -> dict:
     files = FAMILIES[family][0]
-    report = {"family": family, "transformers": transformers.__version__,
-              "files": sorted(p.name for p in folder.glob("*.py")),
-              "missing_files": [f for f in files if not (folder / f).exists()]}
+    report = {
+        "family": family,
+        "transformers": transformers.__version__,
+        "files": sorted(p.name for p in folder.glob("*.py")),
+        "missing_files": [f for f in files if not (folder / f).exists()],
+    }
     if report["missing_files"]:
         return report
     written = build_checkpoint(folder, out, family)
@@ -145,9 +185,13 @@ def check(folder: Path, out: Path, family: str) -> dict:
     except CheckpointError as e:  # the same line the command gives, as its exit status 2 shows
         return {**report, "loaded": False, "error": str(e), **_embed_command(out)}
     embeds, mask = encoder.encode(SEQUENCES)  # (batch, positions, hidden), (batch, positions)
-    report.update(loaded=True, trunk_class=type(encoder.model).__name__, hidden_size=encoder.hidden_size,
-                  bases_per_token=encoder.tokenizer.bases_per_token,
-                  max_abs_diff_to_published_code=_difference(encoder, written, embeds, mask))
+    report.update(
+        loaded=True,
+        trunk_class=type(encoder.model).__name__,
+        hidden_size=encoder.hidden_size,
+        bases_per_token=encoder.tokenizer.bases_per_token,
+        max_abs_diff_to_published_code=_difference(encoder, written, embeds, mask),
+    )
     report.update(_embed_command(out))
     return report
 
@@ -172,8 +216,19 @@ def _embed_command(checkpoint: Path) -> dict:
         fasta.write_text("".join(f">s{i}\n{seq}\n" for i, seq in enumerate(SEQUENCES)))
         stderr = io.StringIO()
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):  # its own summary
-            status = dnallm_main(["embed", str(fasta), "--out", f"{tmp}/e.npy", "--model", str(checkpoint),
-                                  "--trust-remote-code", "--device", "cpu"])
+            status = dnallm_main(
+                [
+                    "embed",
+                    str(fasta),
+                    "--out",
+                    f"{tmp}/e.npy",
+                    "--model",
+                    str(checkpoint),
+                    "--trust-remote-code",
+                    "--device",
+                    "cpu",
+                ]
+            )
         shape = list(np.load(f"{tmp}/e.npy").shape) if status == 0 else None
     errors = [line for line in stderr.getvalue().splitlines() if line.startswith("dnallm embed: error")]
     return {"embed_exit_status": status, "embed_error": errors[0] if errors else None, "embed_shape": shape}

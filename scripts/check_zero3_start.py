@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="tiny:tiny", help="ENCODER:LLM, as bench_train.py --shape")
-    p.add_argument("--layers", type=int, help="decoder blocks of the LLM (width, heads and vocabulary stay the shape's)")
+    p.add_argument(
+        "--layers", type=int, help="decoder blocks of the LLM (width, heads and vocabulary stay the shape's)"
+    )
     p.add_argument("--deepspeed", type=Path, default=REPO / "recipes/deepspeed/zero3_offload.json")
     args = p.parse_args(argv)
 
@@ -44,7 +46,9 @@ def main(argv=None) -> dict:
 
     single_process_defaults()
     device = pick_device()
-    recipe = load_recipe(REPO / "recipes/kegg/genos1b_qwen3_4b.yaml", ["data.dna_window=256", f"deepspeed={args.deepspeed}"])
+    recipe = load_recipe(
+        REPO / "recipes/kegg/genos1b_qwen3_4b.yaml", ["data.dna_window=256", f"deepspeed={args.deepspeed}"]
+    )
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="dnallm-zero3-") as tmp:
         encoder, llm = random_models(recipe, args.shape, "cpu", Path(tmp), layers=args.layers)  # in host memory
@@ -57,12 +61,20 @@ def main(argv=None) -> dict:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         with PeakRSS() as rss:
-            engine = build_engine(recipe, model, param_groups(model, recipe), total_steps=1, grad_accum=1, device=device)
-        report = {"shape": args.shape, "layers": args.layers, "device": device, "deepspeed": str(args.deepspeed.name),
-                  "model_gib_bf16": model_bytes / 2**30, "engine_start_s": time.perf_counter() - start,
-                  "partitioned": all(hasattr(p, "ds_id") for p in engine.module.parameters()),
-                  "shards_on": sorted({p.ds_tensor.device.type for p in engine.module.parameters()}),
-                  "host_anon_rise_gib": rss.anon_rise / 2**30}
+            engine = build_engine(
+                recipe, model, param_groups(model, recipe), total_steps=1, grad_accum=1, device=device
+            )
+        report = {
+            "shape": args.shape,
+            "layers": args.layers,
+            "device": device,
+            "deepspeed": str(args.deepspeed.name),
+            "model_gib_bf16": model_bytes / 2**30,
+            "engine_start_s": time.perf_counter() - start,
+            "partitioned": all(hasattr(p, "ds_id") for p in engine.module.parameters()),
+            "shards_on": sorted({p.ds_tensor.device.type for p in engine.module.parameters()}),
+            "host_anon_rise_gib": rss.anon_rise / 2**30,
+        }
         if device.startswith("cuda"):
             report["peak_cuda_at_start_gib"] = torch.cuda.max_memory_allocated() / 2**30
         encoder.model.to(device)  # the frozen encoder, after the start-up peak was read

@@ -41,7 +41,13 @@ def main() -> None:
     report = {"recipe": str(args.recipe), "test": str(args.test), "steps": args.steps, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="dnallm-compression-") as tmp:
         for name, settings in RUNS.items():
-            overrides = [*args.overrides, *settings, f"output_dir={tmp}/{name}", f"train.max_steps={args.steps}", "data.val="]
+            overrides = [
+                *args.overrides,
+                *settings,
+                f"output_dir={tmp}/{name}",
+                f"train.max_steps={args.steps}",
+                "data.val=",
+            ]
             if name.startswith("cache"):
                 overrides.append(f"encoder.cache_dir={tmp}/cache")
             recipe = load_recipe(args.recipe, overrides)
@@ -49,11 +55,17 @@ def main() -> None:
                 cache_embeddings(recipe, [str(args.test)])
             with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the report
                 metrics = evaluate(train(recipe), args.test, f"{tmp}/{name}/eval")
-            report["runs"][name] = {"k": recipe.projector.pool, "cache": bool(recipe.encoder.cache_dir),
-                                    "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+            report["runs"][name] = {
+                "k": recipe.projector.pool,
+                "cache": bool(recipe.encoder.cache_dir),
+                "accuracy": metrics["accuracy"],
+                "macro_f1": metrics["macro_f1"],
+            }
             print(f"[{name}] {json.dumps(report['runs'][name])}", file=sys.stderr, flush=True)
     runs = report["runs"]
-    report["accuracy_points_k8_minus_baseline"] = 100 * (runs["cache_k8"]["accuracy"] - runs["baseline_live_k1"]["accuracy"])
+    report["accuracy_points_k8_minus_baseline"] = 100 * (
+        runs["cache_k8"]["accuracy"] - runs["baseline_live_k1"]["accuracy"]
+    )
     print(json.dumps(report, indent=2))
 
 

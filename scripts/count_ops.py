@@ -1,9 +1,9 @@
 """Aten operations and host syncs of one training step, as JSON (``dnallm.train.opcount``).
 
-  # the tiny recipe's first step: micro-batch 4, live encoder, forward + backward + AdamW
-  python scripts/count_ops.py recipes/kegg/tiny.yaml train.micro_batch_size=4
-  # a step in the steady state (optimizer state already made)
-  python scripts/count_ops.py recipes/kegg/tiny.yaml train.micro_batch_size=4 --steps-before 1
+# the tiny recipe's first step: micro-batch 4, live encoder, forward + backward + AdamW
+python scripts/count_ops.py recipes/kegg/tiny.yaml train.micro_batch_size=4
+# a step in the steady state (optimizer state already made)
+python scripts/count_ops.py recipes/kegg/tiny.yaml train.micro_batch_size=4 --steps-before 1
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ def main(argv=None) -> dict:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--steps-before", type=int, default=0, help="uncounted optimizer steps first (0: count the first)")
     args = p.parse_args(argv)
-    out = {"recipe": str(args.recipe), "overrides": args.overrides, "steps_before": args.steps_before,
-           **count_step(load_recipe(args.recipe, args.overrides), args.steps_before)}
+    out = {
+        "recipe": str(args.recipe),
+        "overrides": args.overrides,
+        "steps_before": args.steps_before,
+        **count_step(load_recipe(args.recipe, args.overrides), args.steps_before),
+    }
     print(json.dumps(out, indent=2))
     return out
 

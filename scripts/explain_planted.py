@@ -26,9 +26,19 @@ STEPS = {"motif": 200, "centre": 200, "substitution": 600}
 
 def tiny_recipe(models: dict, train_file: Path, out: Path, *overrides: str):
     """The planted recipe's model and schedule (recipes/baselines/planted_tiny.yaml) as a plain KEGG recipe."""
-    return load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={out}", f"encoder.name_or_path={models['genos']}", f"llm.name_or_path={models['qwen3']}",
-        f"data.train={train_file}", "data.val=", "train.save_every=0", "train.keep_last=1", *overrides])
+    return load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={out}",
+            f"encoder.name_or_path={models['genos']}",
+            f"llm.name_or_path={models['qwen3']}",
+            f"data.train={train_file}",
+            "data.val=",
+            "train.save_every=0",
+            "train.keep_last=1",
+            *overrides,
+        ],
+    )
 
 
 def planted_checkpoint(models: dict, root: Path, signal: str, steps: int) -> dict:
@@ -47,8 +57,9 @@ def explain_planted(entry: dict, method: str, n_records: int, batch_size: int = 
     recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
     examples = list(examples_from_records(read_jsonl(entry["test"])[:n_records], recipe.data.dna_window))
     explainer = Explainer(model, encoder, processor, device="cpu", encoder_batch_size=recipe.encoder.batch_size)
-    return explain_examples(explainer, examples, labels=[None] * len(examples), method=method, batch_size=batch_size,
-                            **kwargs)
+    return explain_examples(
+        explainer, examples, labels=[None] * len(examples), method=method, batch_size=batch_size, **kwargs
+    )
 
 
 def main() -> None:

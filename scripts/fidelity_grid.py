@@ -38,12 +38,19 @@ DESIGNS = (DEFAULT_SUMMARY, "pooled+aligned", "aligned+kmers", "pooled+centre", 
 def design_overrides(design: str, pool: int) -> list[str]:
     if design == "published":
         return ["projector.kind=mlp", "projector.pool=1", "projector.summary=none"]
-    return ["projector.kind=conv", f"projector.pool={pool}", f"projector.kernel={max(16, 2 * pool)}", f"projector.summary={design}"]
+    return [
+        "projector.kind=conv",
+        f"projector.pool={pool}",
+        f"projector.kernel={max(16, 2 * pool)}",
+        f"projector.summary={design}",
+    ]
 
 
 def write_signal_data(out: Path, signal: str, records: int, n_test: int, seed: int) -> Path:
     data = out / "data" / signal
-    rows = planted_signal_records(records, n_classes=FIXED_CLASSES.get(signal, 4), length=4001, seed=seed, signal=signal)
+    rows = planted_signal_records(
+        records, n_classes=FIXED_CLASSES.get(signal, 4), length=4001, seed=seed, signal=signal
+    )
     write_jsonl(data / "test.jsonl", rows[:n_test])
     write_jsonl(data / "train.jsonl", rows[n_test:])
     return data
@@ -55,10 +62,17 @@ def run(recipe_path: Path, out_dir: Path, data: Path, models: list[str], overrid
     done = out_dir / "comparison.json"
     if done.is_file():
         return {row["model"]: row["accuracy"] for row in json.loads(done.read_text())["rows"]}
-    recipe = load_recipe(recipe_path, [
-        f"output_dir={out_dir}", f"data.train={data / 'train.jsonl'}", f"test={data / 'test.jsonl'}",
-        f"models={','.join(models)}", *overrides,
-    ], cls=BaselinesRecipe)
+    recipe = load_recipe(
+        recipe_path,
+        [
+            f"output_dir={out_dir}",
+            f"data.train={data / 'train.jsonl'}",
+            f"test={data / 'test.jsonl'}",
+            f"models={','.join(models)}",
+            *overrides,
+        ],
+        cls=BaselinesRecipe,
+    )
     result = run_baselines(recipe)
     return {row["model"]: row["accuracy"] for row in result["rows"]}
 
@@ -79,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, default=800)
     ap.add_argument("--test", type=int, default=200, help="test records per signal")
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every run, e.g. train.max_steps=300")
+    ap.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="recipe overrides for every run, e.g. train.max_steps=300"
+    )
     args = ap.parse_args(argv)
     signals, designs = args.signals.split(","), args.designs.split(",")
     pools = [int(k) for k in args.pools.split(",")]
@@ -95,15 +111,31 @@ def main(argv: list[str] | None = None) -> int:
     for design, pool in runs:  # design by design, so that a long grid shows whole rows early
         for signal in signals:
             if signal not in parts:
-                parts[signal] = run(args.recipe, args.out / signal / "parts", data[signal], ["text-only", "dna-only"], args.overrides)
+                parts[signal] = run(
+                    args.recipe, args.out / signal / "parts", data[signal], ["text-only", "dna-only"], args.overrides
+                )
             name = design if design == "published" else f"{design}-k{pool}"
-            acc = run(args.recipe, args.out / signal / name, data[signal], ["dna+text"], [*args.overrides, *design_overrides(design, pool)])
+            acc = run(
+                args.recipe,
+                args.out / signal / name,
+                data[signal],
+                ["dna+text"],
+                [*args.overrides, *design_overrides(design, pool)],
+            )
             fused, dna_only = acc["dna+text"], parts[signal]["dna-only"]
-            rows.append({"signal": signal, "design": design, "k": pool, "dna+text": fused,
-                         "text-only": parts[signal]["text-only"], "dna-only": dna_only,
-                         "chance": round(1 / FIXED_CLASSES.get(signal, 4), 3),
-                         # the fidelity bar: within 2 points of the DNA-only head, and >= 0.95 where it is
-                         "holds": fused >= dna_only - 0.02 and (fused >= 0.95 or dna_only < 0.95)})
+            rows.append(
+                {
+                    "signal": signal,
+                    "design": design,
+                    "k": pool,
+                    "dna+text": fused,
+                    "text-only": parts[signal]["text-only"],
+                    "dna-only": dna_only,
+                    "chance": round(1 / FIXED_CLASSES.get(signal, 4), 3),
+                    # the fidelity bar: within 2 points of the DNA-only head, and >= 0.95 where it is
+                    "holds": fused >= dna_only - 0.02 and (fused >= 0.95 or dna_only < 0.95),
+                }
+            )
             print(json.dumps(rows[-1]), file=sys.stderr)
             write_tables(args.out, rows)
     print(json.dumps({"out": str(args.out), "overrides": args.overrides, "rows": rows}, indent=2))

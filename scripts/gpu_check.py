@@ -42,24 +42,91 @@ GPU_CHECKS = {
     "encoder_load_genos1.2b": ["check_encoder_load.py", "--shape", "1.2b"],
     # Before (4 samples per micro-batch, every layer recomputed) and after (the recipe: train.max_tokens, the
     # checkpointing it names), side by side in one process, on the DeepSpeed ZeRO-2 engine dnallm train runs.
-    "kegg_genos1.2b_qwen3_4b": ["bench_train.py", "recipes/kegg/genos1b_qwen3_4b.yaml", "--shape", "1.2b:4b", "--modes", "a,c",
-                                "--packing", "--batch", "4", "--steps", "5", "--warmup", "2", "--engine", "zero2",
-                                "--variants", f"{BEFORE}:{OLD_CONFIGURATION};{AFTER}:"],
-    "coverage_genos1.2b_32kb": ["bench_coverage.py", "--shape", "1.2b", "--deepspeed", "--steps", "4", "--warmup", "1", "--predict-windows", "8",
-                                "encoder.gradient_checkpointing=true", "data.window=32768", "data.overlap=16384"],
+    "kegg_genos1.2b_qwen3_4b": [
+        "bench_train.py",
+        "recipes/kegg/genos1b_qwen3_4b.yaml",
+        "--shape",
+        "1.2b:4b",
+        "--modes",
+        "a,c",
+        "--packing",
+        "--batch",
+        "4",
+        "--steps",
+        "5",
+        "--warmup",
+        "2",
+        "--engine",
+        "zero2",
+        "--variants",
+        f"{BEFORE}:{OLD_CONFIGURATION};{AFTER}:",
+    ],
+    "coverage_genos1.2b_32kb": [
+        "bench_coverage.py",
+        "--shape",
+        "1.2b",
+        "--deepspeed",
+        "--steps",
+        "4",
+        "--warmup",
+        "1",
+        "--predict-windows",
+        "8",
+        "encoder.gradient_checkpointing=true",
+        "data.window=32768",
+        "data.overlap=16384",
+    ],
     "zero3_offload_start_qwen3_4b_width": ["check_zero3_start.py", "--shape", "1.2b:4b", "--layers", "12"],
-    "kegg_genos10b_qwen3_4b_cache": ["bench_train.py", "recipes/kegg/genos10b_qwen3_4b.yaml", "--shape", "10b:4b", "--modes", "c",
-                                     "--packing", "--batch", "4", "--steps", "5", "--warmup", "2"],
+    "kegg_genos10b_qwen3_4b_cache": [
+        "bench_train.py",
+        "recipes/kegg/genos10b_qwen3_4b.yaml",
+        "--shape",
+        "10b:4b",
+        "--modes",
+        "c",
+        "--packing",
+        "--batch",
+        "4",
+        "--steps",
+        "5",
+        "--warmup",
+        "2",
+    ],
 }
 CPU_CHECKS = {
     "packed_attention": ["check_packed_attention.py", "--repeats", "2"],
-    "kegg_tiny": ["bench_train.py", "recipes/kegg/tiny.yaml", "data.dna_window=256", "--shape", "tiny:tiny", "--modes", "a,c",
-                  "--packing", "--batch", "2", "--steps", "2", "--warmup", "1",
-                  "--variants", f"{BEFORE}:train.max_tokens=0;{AFTER}:train.max_tokens=1200"],
+    "kegg_tiny": [
+        "bench_train.py",
+        "recipes/kegg/tiny.yaml",
+        "data.dna_window=256",
+        "--shape",
+        "tiny:tiny",
+        "--modes",
+        "a,c",
+        "--packing",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--variants",
+        f"{BEFORE}:train.max_tokens=0;{AFTER}:train.max_tokens=1200",
+    ],
     "encoder_load_tiny": ["check_encoder_load.py", "--shape", "tiny"],
     "zero3_offload_start_tiny": ["check_zero3_start.py"],
-    "coverage_tiny": ["bench_coverage.py", "--shape", "tiny", "--steps", "2", "--warmup", "1", "--predict-windows", "4",
-                      "encoder.gradient_checkpointing=true"],
+    "coverage_tiny": [
+        "bench_coverage.py",
+        "--shape",
+        "tiny",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--predict-windows",
+        "4",
+        "encoder.gradient_checkpointing=true",
+    ],
 }
 
 
@@ -74,8 +141,12 @@ def run_check(name: str, argv: list[str], timeout: int) -> dict:
     seconds = round(time.perf_counter() - start, 1)
     if proc.returncode != 0:
         print(proc.stderr[-4000:], file=sys.stderr, flush=True)  # the traceback, for the log
-        return {"ok": False, "seconds": seconds, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
-    return {"ok": True, "seconds": seconds, "report": json.loads(proc.stdout[proc.stdout.index("{"):])}
+        return {
+            "ok": False,
+            "seconds": seconds,
+            "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
+        }
+    return {"ok": True, "seconds": seconds, "report": json.loads(proc.stdout[proc.stdout.index("{") :])}
 
 
 def problems(results: dict, cpu: bool) -> list[str]:
@@ -89,24 +160,36 @@ def problems(results: dict, cpu: bool) -> list[str]:
         rep = res["report"]
         if "kernel" in rep:  # check_packed_attention
             if rep["kernel"] != ("per-sample" if cpu else "varlen"):
-                out.append(f"{name}: packed rows run attention per sample ({rep['kernel']}), not one varlen flash-attention call")
-            if "max_abs_diff_out" in rep and (rep["max_abs_diff_out"] > 0.02 * max(1.0, rep["scale_out"])
-                                              or rep["max_abs_diff_grad"] > 0.02 * rep["scale_grad"]):
-                out.append(f"{name}: varlen attention differs from the per-sample loop (output {rep['max_abs_diff_out']:.3g}, "
-                           f"gradient {rep['max_abs_diff_grad']:.3g})")
+                out.append(
+                    f"{name}: packed rows run attention per sample ({rep['kernel']}), not one varlen flash-attention call"
+                )
+            if "max_abs_diff_out" in rep and (
+                rep["max_abs_diff_out"] > 0.02 * max(1.0, rep["scale_out"])
+                or rep["max_abs_diff_grad"] > 0.02 * rep["scale_grad"]
+            ):
+                out.append(
+                    f"{name}: varlen attention differs from the per-sample loop (output {rep['max_abs_diff_out']:.3g}, "
+                    f"gradient {rep['max_abs_diff_grad']:.3g})"
+                )
         elif "shards_on" in rep:  # check_zero3_start
             if not rep["partitioned"] or rep["shards_on"] != ["cpu"]:
-                out.append(f"{name}: under ZeRO-3 + offload the parameters are not all partitioned with host shards "
-                           f"(partitioned {rep['partitioned']}, shards on {rep['shards_on']})")
+                out.append(
+                    f"{name}: under ZeRO-3 + offload the parameters are not all partitioned with host shards "
+                    f"(partitioned {rep['partitioned']}, shards on {rep['shards_on']})"
+                )
             if not cpu and rep["peak_cuda_at_start_gib"] > 0.5 * rep["model_gib_bf16"]:
-                out.append(f"{name}: ZeRO-3 + offload took {rep['peak_cuda_at_start_gib']:.2f} GiB of GPU memory at start-up "
-                           f"for a {rep['model_gib_bf16']:.2f} GiB model: it went to the GPU whole")
+                out.append(
+                    f"{name}: ZeRO-3 + offload took {rep['peak_cuda_at_start_gib']:.2f} GiB of GPU memory at start-up "
+                    f"for a {rep['model_gib_bf16']:.2f} GiB model: it went to the GPU whole"
+                )
         elif "weights_on" in rep:  # check_encoder_load
             if not rep["weights_on"].startswith("cpu" if cpu else "cuda") or rep["dtype"] != half:
                 out.append(f"{name}: the encoder loaded onto {rep['weights_on']} in {rep['dtype']}")
             if not cpu and rep["host_anon_rise_gib"] > 0.5 * rep["weights_gib"]:
-                out.append(f"{name}: loading took {rep['host_anon_rise_gib']:.1f} GiB of the process's own host memory "
-                           f"for {rep['weights_gib']:.1f} GiB of weights")
+                out.append(
+                    f"{name}: loading took {rep['host_anon_rise_gib']:.1f} GiB of the process's own host memory "
+                    f"for {rep['weights_gib']:.1f} GiB of weights"
+                )
         elif "modes" in rep:
             if rep["llm_dtype"] != half:
                 out.append(f"{name}: the frozen LLM runs in {rep['llm_dtype']}, expected {half}")
@@ -122,7 +205,9 @@ def problems(results: dict, cpu: bool) -> list[str]:
         else:
             for phase in ("train", "predict"):
                 if rep[phase].get("trunk_dtype") != half:
-                    out.append(f"{name}: the trunk {phase}s in {rep[phase].get('trunk_dtype')}, expected {half} (MoE experts follow their weights' dtype)")
+                    out.append(
+                        f"{name}: the trunk {phase}s in {rep[phase].get('trunk_dtype')}, expected {half} (MoE experts follow their weights' dtype)"
+                    )
             if not cpu and not rep.get("tf32"):
                 out.append(f"{name}: TF32 is off for what stays fp32")
     return out
@@ -140,40 +225,65 @@ def throughput_problems(name: str, modes: dict) -> list[str]:
         after = modes.get(mode.replace(f"{BEFORE}/", f"{AFTER}/", 1))
         if mode.startswith(f"{BEFORE}/c_") and after and after["tokens_per_s"] < MIN_GAIN * before["tokens_per_s"]:
             gain = after["tokens_per_s"] / before["tokens_per_s"]
-            out.append(f"{name} {mode}: the new defaults give {gain:.1f}x the tokens/s of the configuration "
-                       f"before them, under {MIN_GAIN:.0f}x")
+            out.append(
+                f"{name} {mode}: the new defaults give {gain:.1f}x the tokens/s of the configuration "
+                f"before them, under {MIN_GAIN:.0f}x"
+            )
     return out
 
 
 def table(results: dict) -> str:
-    rows = ["| check | mode | samples/s | tokens/s | MFU (HFU) | peak memory GiB | dtype | attention |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| check | mode | samples/s | tokens/s | MFU (HFU) | peak memory GiB | dtype | attention |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, res in results.items():
         if not res["ok"]:
             rows.append(f"| {name} | FAILED: {res['error']} | | | | | | |")
             continue
         rep = res["report"]
         if "kernel" in rep:  # check_packed_attention
-            timing = f"per-sample {rep['per_sample_ms']:.2f} ms" + (f", varlen {rep['varlen_ms']:.2f} ms" if "varlen_ms" in rep else "")
-            rows.append(f"| {name} | {rep['kernel']}: one layer fwd+bwd, {timing} | | | | | {rep['dtype']} | {rep['kernel']} |")
+            timing = f"per-sample {rep['per_sample_ms']:.2f} ms" + (
+                f", varlen {rep['varlen_ms']:.2f} ms" if "varlen_ms" in rep else ""
+            )
+            rows.append(
+                f"| {name} | {rep['kernel']}: one layer fwd+bwd, {timing} | | | | | {rep['dtype']} | {rep['kernel']} |"
+            )
         elif "shards_on" in rep:  # check_zero3_start
-            peak = f"{rep['peak_cuda_at_start_gib']:.2f} at start, {rep['peak_cuda_after_step_gib']:.2f} after a step" if "peak_cuda_at_start_gib" in rep else "-"
-            rows.append(f"| {name} | engine start, {rep['model_gib_bf16']:.2f} GiB model, shards on {','.join(rep['shards_on'])}, "
-                        f"{rep['engine_start_s']:.1f} s | | | | {peak} | - | - |")
+            peak = (
+                f"{rep['peak_cuda_at_start_gib']:.2f} at start, {rep['peak_cuda_after_step_gib']:.2f} after a step"
+                if "peak_cuda_at_start_gib" in rep
+                else "-"
+            )
+            rows.append(
+                f"| {name} | engine start, {rep['model_gib_bf16']:.2f} GiB model, shards on {','.join(rep['shards_on'])}, "
+                f"{rep['engine_start_s']:.1f} s | | | | {peak} | - | - |"
+            )
         elif "weights_on" in rep:  # check_encoder_load
-            rows.append(f"| {name} | load from safetensors onto {rep['weights_on']}, host +{rep['host_anon_rise_gib']:.2f} GiB own "
-                        f"(+{rep['host_rss_rise_gib']:.2f} GiB RSS with mapped file pages) | | | | "
-                        f"{rep.get('peak_cuda_gib', rep['weights_gib']):.2f} | {rep['dtype']} | - |")
+            rows.append(
+                f"| {name} | load from safetensors onto {rep['weights_on']}, host +{rep['host_anon_rise_gib']:.2f} GiB own "
+                f"(+{rep['host_rss_rise_gib']:.2f} GiB RSS with mapped file pages) | | | | "
+                f"{rep.get('peak_cuda_gib', rep['weights_gib']):.2f} | {rep['dtype']} | - |"
+            )
         elif "modes" in rep:  # bench_train
-            attn = rep["attention"]["implementation"] + f" ({rep['attention'].get('packed_kernel')})" + (f", flash: {rep['attention']['sdpa_flash']}" if "sdpa_flash" in rep["attention"] else "")
+            attn = (
+                rep["attention"]["implementation"]
+                + f" ({rep['attention'].get('packed_kernel')})"
+                + (f", flash: {rep['attention']['sdpa_flash']}" if "sdpa_flash" in rep["attention"] else "")
+            )
             for mode, m in rep["modes"].items():
                 mem = m.get("peak_cuda_gib", m["peak_rss_gib"])
                 ops = f"- ({m['aten_ops_per_step']} aten ops/step)"
                 mfu = f"{m['mfu']:.3f} ({m['hfu']:.3f})" if "mfu" in m else ops
-                rows.append(f"| {name} | {mode} | {m['samples_per_s']:.2f} | {m['tokens_per_s']:.0f} | {mfu} | {mem:.2f} | {rep['llm_dtype']} | {attn} |")
+                rows.append(
+                    f"| {name} | {mode} | {m['samples_per_s']:.2f} | {m['tokens_per_s']:.0f} | {mfu} | {mem:.2f} | {rep['llm_dtype']} | {attn} |"
+                )
         else:  # bench_coverage
             t = rep["train"]
-            rows.append(f"| {name} | train, window {rep['window']}, checkpointing {rep['gradient_checkpointing']} | {t['windows_per_s']:.2f} windows "
-                        f"| {t['bases_per_s']:.0f} bases | - | {t['peak_memory_mib'] / 1024:.2f} | {rep.get('dtype', '-')} | - |")
+            rows.append(
+                f"| {name} | train, window {rep['window']}, checkpointing {rep['gradient_checkpointing']} | {t['windows_per_s']:.2f} windows "
+                f"| {t['bases_per_s']:.0f} bases | - | {t['peak_memory_mib'] / 1024:.2f} | {rep.get('dtype', '-')} | - |"
+            )
     return "\n".join(rows)
 
 
@@ -182,7 +292,11 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true", help="tiny shapes on the CPU")
     p.add_argument("--only", help="comma-separated check names")
     p.add_argument("--timeout", type=int, default=0, help="seconds per check (default: 180 on a GPU, 300 on the CPU)")
-    p.add_argument("--tokenizer", type=Path, help="the LLM's tokenizer folder for the KEGG checks (e.g. Qwen3's own, as `.ci/fetch-qwen3-tokenizer` saves it)")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="the LLM's tokenizer folder for the KEGG checks (e.g. Qwen3's own, as `.ci/fetch-qwen3-tokenizer` saves it)",
+    )
     args = p.parse_args(argv)
     checks = CPU_CHECKS if args.cpu else GPU_CHECKS
     if args.only:
@@ -191,7 +305,10 @@ def main(argv=None) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print("gpu_check: no CUDA device is visible; run `bash scripts/gpu_check.sh --cpu` for the CPU check", file=sys.stderr)
+            print(
+                "gpu_check: no CUDA device is visible; run `bash scripts/gpu_check.sh --cpu` for the CPU check",
+                file=sys.stderr,
+            )
             return 2
     results = {}
     for name, check in checks.items():

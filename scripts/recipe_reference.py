@@ -30,6 +30,7 @@ Ranges and fixed choices are checked when the recipe loads, before any model doe
 key is named with close suggestions.
 """
 
+
 # (title, command, recipe class): one table per kind of run.
 def recipe_kinds():
     from dnallm.config import CoverageRecipe, GRPORecipe, Recipe
@@ -104,8 +105,14 @@ def escape(text: str) -> str:
 def render() -> str:
     lines = [HEADER]
     for title, command, cls in recipe_kinds():
-        lines += [f"## {title}", "", f"`{command} RECIPE.yaml [key=value ...]` ({cls.__module__}.{cls.__name__})", "",
-                  "| key | type | default | checked | meaning |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## {title}",
+            "",
+            f"`{command} RECIPE.yaml [key=value ...]` ({cls.__module__}.{cls.__name__})",
+            "",
+            "| key | type | default | checked | meaning |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for key, kind, default, checks, meaning in rows(cls()):
             lines.append(f"| `{key}` | {kind} | `{escape(default)}` | {checks} | {escape(meaning)} |")
         lines.append("")
@@ -114,7 +121,6 @@ def render() -> str:
 
 def main() -> int:
     from dnallm.io import atomic_write_text
-
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with docs/recipe.md instead of writing it")

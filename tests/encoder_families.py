@@ -52,9 +52,20 @@ def nucleotide_transformer(out: Path) -> Family:
     tokenizer = EsmTokenizer(str(out / "vocab.txt"), model_max_length=1000)
     (out / "vocab.txt").unlink()
     auto_map = {"AutoConfig": "esm_config.EsmConfig", "AutoModelForMaskedLM": "modeling_esm.EsmForMaskedLM"}
-    _remote(out, "ntv2", auto_map["AutoConfig"], auto_map["AutoModelForMaskedLM"], auto_map, vocab_size=len(vocab),
-            hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, pad_token_id=1,
-            mask_token_id=2)
+    _remote(
+        out,
+        "ntv2",
+        auto_map["AutoConfig"],
+        auto_map["AutoModelForMaskedLM"],
+        auto_map,
+        vocab_size=len(vocab),
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        pad_token_id=1,
+        mask_token_id=2,
+    )
     tokenizer.save_pretrained(out)
     return Family(out, True, 48, 6)
 
@@ -62,7 +73,9 @@ def nucleotide_transformer(out: Path) -> Family:
 def bert(out: Path) -> Family:
     """BertForMaskedLM + a character-level tokenizer (one token per base)."""
     tokenizer = char_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], "[PAD]", "[UNK]")
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=56, num_hidden_layers=2, num_attention_heads=4, intermediate_size=112)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=56, num_hidden_layers=2, num_attention_heads=4, intermediate_size=112
+    )
     torch.manual_seed(0)
     BertForMaskedLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -106,25 +119,63 @@ def dnabert2(out: Path) -> Family:
     rng = random.Random(1)
     corpus = ["".join(rng.choice("ACGT") for _ in range(200)) for _ in range(200)]
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=96, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"],
-                                                         initial_alphabet=list(BASES), show_progress=False))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                                        pad_token="[PAD]", mask_token="[MASK]", model_max_length=512)
-    auto_map = {"AutoConfig": "configuration_dnabert.DNABertConfig", "AutoModel": "modeling_dnabert.DNABertModel",
-                "AutoModelForMaskedLM": "modeling_dnabert.DNABertForMaskedLM"}
-    _remote(out, "dnabert", auto_map["AutoConfig"], auto_map["AutoModelForMaskedLM"], auto_map, vocab_size=len(tokenizer),
-            hidden_size=72, num_hidden_layers=2, num_attention_heads=4, intermediate_size=144)
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=96,
+            special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"],
+            initial_alphabet=list(BASES),
+            show_progress=False,
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+    auto_map = {
+        "AutoConfig": "configuration_dnabert.DNABertConfig",
+        "AutoModel": "modeling_dnabert.DNABertModel",
+        "AutoModelForMaskedLM": "modeling_dnabert.DNABertForMaskedLM",
+    }
+    _remote(
+        out,
+        "dnabert",
+        auto_map["AutoConfig"],
+        auto_map["AutoModelForMaskedLM"],
+        auto_map,
+        vocab_size=len(tokenizer),
+        hidden_size=72,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=144,
+    )
     tokenizer.save_pretrained(out)
     return Family(out, True, 72, 3)  # 96 BPE merges learned on random sequence: 2.8 bases per token on mixed sequence
 
 
 def hyenadna(out: Path) -> Family:
     """HyenaDNA's interface: ``d_model``, causal, no attention mask, weights as ``pytorch_model.bin``."""
-    auto_map = {"AutoConfig": "configuration_dnaconv.DNAConvConfig", "AutoModel": "modeling_dnaconv.DNAConvModel",
-                "AutoModelForCausalLM": "modeling_dnaconv.DNAConvForCausalLM"}
+    auto_map = {
+        "AutoConfig": "configuration_dnaconv.DNAConvConfig",
+        "AutoModel": "modeling_dnaconv.DNAConvModel",
+        "AutoModelForCausalLM": "modeling_dnaconv.DNAConvForCausalLM",
+    }
     tokenizer = char_tokenizer(["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"], "[PAD]", "[UNK]")
-    model = _remote(out, "dnaconv", auto_map["AutoConfig"], auto_map["AutoModelForCausalLM"], auto_map,
-                    vocab_size=len(tokenizer), d_model=40, n_layer=2)
+    model = _remote(
+        out,
+        "dnaconv",
+        auto_map["AutoConfig"],
+        auto_map["AutoModelForCausalLM"],
+        auto_map,
+        vocab_size=len(tokenizer),
+        d_model=40,
+        n_layer=2,
+    )
     for weights in out.glob("*.safetensors"):
         weights.unlink()
     torch.save(model.state_dict(), out / "pytorch_model.bin")
@@ -134,11 +185,22 @@ def hyenadna(out: Path) -> Family:
 
 def caduceus(out: Path) -> Family:
     """Caduceus's interface: ``d_model``, bidirectional, no attention mask, a trunk class without ``post_init``."""
-    auto_map = {"AutoConfig": "configuration_caduceus.CaduceusConfig", "AutoModel": "modeling_caduceus.Caduceus",
-                "AutoModelForMaskedLM": "modeling_caduceus.CaduceusForMaskedLM"}
+    auto_map = {
+        "AutoConfig": "configuration_caduceus.CaduceusConfig",
+        "AutoModel": "modeling_caduceus.Caduceus",
+        "AutoModelForMaskedLM": "modeling_caduceus.CaduceusForMaskedLM",
+    }
     tokenizer = char_tokenizer(["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"], "[PAD]", "[UNK]")
-    _remote(out, "caduceus", auto_map["AutoConfig"], auto_map["AutoModelForMaskedLM"], auto_map,
-            vocab_size=len(tokenizer), d_model=24, n_layer=2)
+    _remote(
+        out,
+        "caduceus",
+        auto_map["AutoConfig"],
+        auto_map["AutoModelForMaskedLM"],
+        auto_map,
+        vocab_size=len(tokenizer),
+        d_model=24,
+        n_layer=2,
+    )
     tokenizer.save_pretrained(out)
     return Family(out, True, 24, 1)
 
@@ -147,5 +209,11 @@ def genos(out: Path) -> Family:
     return Family(make_tiny_genos(out), False, 64, 1)
 
 
-BUILDERS = {"genos": genos, "nucleotide_transformer": nucleotide_transformer, "bert": bert, "dnabert2": dnabert2,
-            "hyenadna": hyenadna, "caduceus": caduceus}
+BUILDERS = {
+    "genos": genos,
+    "nucleotide_transformer": nucleotide_transformer,
+    "bert": bert,
+    "dnabert2": dnabert2,
+    "hyenadna": hyenadna,
+    "caduceus": caduceus,
+}

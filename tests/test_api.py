@@ -26,10 +26,18 @@ REPO = Path(__file__).resolve().parent.parent
 def run_dir(tmp_path_factory, tiny_models) -> Path:
     out = tmp_path_factory.mktemp("api")
     write_jsonl(out / "train.jsonl", planted_records(64, n_classes=4, length=201, seed=3))
-    recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={out / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={out / 'train.jsonl'}", "data.val=", "train.max_steps=8", "train.save_every=0",
-    ])
+    recipe = load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={out / 'run'}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={out / 'train.jsonl'}",
+            "data.val=",
+            "train.max_steps=8",
+            "train.save_every=0",
+        ],
+    )
     train(recipe)
     return out / "run"
 
@@ -43,7 +51,11 @@ def test_ask_streams_the_same_reply_and_predict_batches_match_single_questions(m
     records = planted_records(5, n_classes=4, length=201, seed=11)
     rec = records[0]
     reply = model.ask(reference=rec["reference_sequence"], variant=rec["variant_sequence"], question=rec["question"])
-    pieces = list(model.ask(reference=rec["reference_sequence"], variant=rec["variant_sequence"], question=rec["question"], stream=True))
+    pieces = list(
+        model.ask(
+            reference=rec["reference_sequence"], variant=rec["variant_sequence"], question=rec["question"], stream=True
+        )
+    )
     assert isinstance(reply, str) and reply and "".join(pieces) == reply
     predictions = model.predict([{k: v for k, v in r.items() if k != "answer"} for r in records], batch_size=2)
     assert len(predictions) == 5 and predictions[0].reply == reply  # batched greedy == one question at a time
@@ -90,11 +102,30 @@ def test_embed_command_writes_safetensors_and_npy_equal_to_the_api(tmp_path, tin
     with safe_open(str(out), "pt") as f:
         saved, names = f.get_tensor("embeddings"), json.loads(f.metadata()["names"])
     assert names == ["one", "two"]
-    torch.testing.assert_close(saved, dnallm.embed(str(tiny_models["genos"]), ["ACGTACGTACGT", "GGGGCCCC"], device="cpu"))
+    torch.testing.assert_close(
+        saved, dnallm.embed(str(tiny_models["genos"]), ["ACGTACGTACGT", "GGGGCCCC"], device="cpu")
+    )
     jsonl = tmp_path / "seqs.jsonl"
-    jsonl.write_text(json.dumps({"variant_sequence": "ACGTACGTACGT"}) + "\n" + json.dumps({"variant_sequence": "GGGGCCCC"}) + "\n")
-    assert main(["embed", str(jsonl), "--out", str(tmp_path / "emb.npy"), "--model", str(tiny_models["genos"]),
-                 "--field", "variant_sequence", "--device", "cpu"]) == 0
+    jsonl.write_text(
+        json.dumps({"variant_sequence": "ACGTACGTACGT"}) + "\n" + json.dumps({"variant_sequence": "GGGGCCCC"}) + "\n"
+    )
+    assert (
+        main(
+            [
+                "embed",
+                str(jsonl),
+                "--out",
+                str(tmp_path / "emb.npy"),
+                "--model",
+                str(tiny_models["genos"]),
+                "--field",
+                "variant_sequence",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), saved.numpy(), rtol=1e-5, atol=1e-6)
     assert main(["embed", str(jsonl), "--out", str(tmp_path / "x.npy"), "--model", str(tiny_models["genos"])]) == 2
     assert "seqs.jsonl:1: no string field 'sequence'" in capsys.readouterr().err
@@ -108,9 +139,17 @@ def test_predict_tracks_equals_the_bigwig_of_predict_tracks_command(tmp_path, ti
     from dnallm.config import load_coverage_recipe
 
     data = write_synthetic_tracks(tmp_path / "tracks", n_chroms=5, chrom_length=6_000, seed=0)
-    recipe = load_coverage_recipe(REPO / "recipes/coverage/tiny.yaml", [
-        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"data.fasta={data['fasta']}",
-        f"data.tracks={data['tracks']}", "train.max_steps=2", "eval.max_val_windows=4"])
+    recipe = load_coverage_recipe(
+        REPO / "recipes/coverage/tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"data.fasta={data['fasta']}",
+            f"data.tracks={data['tracks']}",
+            "train.max_steps=2",
+            "eval.max_val_windows=4",
+        ],
+    )
     train_tracks(recipe)
     tracks_model = dnallm.load(tmp_path / "run", device="cpu")
     got = tracks_model.predict_tracks("chr5:1,001-2,500")

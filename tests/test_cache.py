@@ -30,26 +30,52 @@ def data(tmp_path_factory):
 
 
 def _recipe(tmp_path, tiny_models, data, *extra):
-    return load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={data / 'train.jsonl'}", "data.val=", f"encoder.cache_dir={tmp_path / 'cache'}", *extra,
-    ])
+    return load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={data / 'train.jsonl'}",
+            "data.val=",
+            f"encoder.cache_dir={tmp_path / 'cache'}",
+            *extra,
+        ],
+    )
 
 
 def test_cached_embeddings_give_the_live_logits_at_k1(tmp_path, tiny_models, data):
-    recipe = _recipe(tmp_path, tiny_models, data, "encoder.cache_dtype=float32", "projector.kind=mlp", "projector.pool=1",
-                     "encoder.batch_size=1")  # one window per forward, as below: batching changes the last float bits
+    recipe = _recipe(
+        tmp_path,
+        tiny_models,
+        data,
+        "encoder.cache_dtype=float32",
+        "projector.kind=mlp",
+        "projector.pool=1",
+        "encoder.batch_size=1",
+    )  # one window per forward, as below: batching changes the last float bits
     stats = cache_embeddings(recipe)
-    assert stats == {"cache_dir": str(tmp_path / "cache"), "files": [str(data / "train.jsonl")], "cached": 0, "computed": 80, "total": 80}
+    assert stats == {
+        "cache_dir": str(tmp_path / "cache"),
+        "files": [str(data / "train.jsonl")],
+        "cached": 0,
+        "computed": 80,
+        "total": 80,
+    }
     live, cached = build_encoder(recipe, "cpu", live=True), build_encoder(recipe, "cpu")
     assert isinstance(cached, CachedEncoder) and cached.hidden_size == live.hidden_size
     model, tokenizer = build_model(recipe, "cpu", cached)
     processor = build_processor(recipe, tokenizer, cached)
     from dnallm.data.kegg import load_examples
 
-    batch = processor.collate([processor(ex) for ex in load_examples(data / "train.jsonl", recipe.data.dna_window).select(range(4))])
+    batch = processor.collate(
+        [processor(ex) for ex in load_examples(data / "train.jsonl", recipe.data.dna_window).select(range(4))]
+    )
     with torch.no_grad():
-        outs = [model.eval()(batch["input_ids"], batch["attention_mask"], **dna_inputs(src, batch["dna"], 1)).logits for src in (live, cached)]
+        outs = [
+            model.eval()(batch["input_ids"], batch["attention_mask"], **dna_inputs(src, batch["dna"], 1)).logits
+            for src in (live, cached)
+        ]
     assert torch.equal(outs[0], outs[1])
     assert cache_embeddings(recipe)["computed"] == 0  # second run: all hits
 
@@ -128,9 +154,14 @@ def test_a_cache_built_on_cpu_serves_the_gpu_and_the_reverse_names_the_setting(t
     cached = CachedEncoder(tmp_path / "cache", on_gpu, build_encoder(recipe, "cpu", live=True).tokenizer, "cpu")
     assert cached.missing(windows) == []
 
-    bf16 = _recipe(tmp_path, tiny_models, data, f"encoder.cache_dir={tmp_path / 'cache-bf16'}", "encoder.dtype=bfloat16")
+    bf16 = _recipe(
+        tmp_path, tiny_models, data, f"encoder.cache_dir={tmp_path / 'cache-bf16'}", "encoder.dtype=bfloat16"
+    )
     cache_embeddings(bf16)
     as_auto = _recipe(tmp_path, tiny_models, data, f"encoder.cache_dir={tmp_path / 'cache-bf16'}")
-    with pytest.raises(CacheError, match=r"computed with the encoder in bfloat16, and here it runs in float32.*encoder\.dtype=bfloat16.*--rebuild"):
+    with pytest.raises(
+        CacheError,
+        match=r"computed with the encoder in bfloat16, and here it runs in float32.*encoder\.dtype=bfloat16.*--rebuild",
+    ):
         build_encoder(as_auto, "cpu")
     assert isinstance(build_encoder(bf16, "cpu"), CachedEncoder)

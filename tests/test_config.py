@@ -7,7 +7,9 @@ from dnallm.config import RecipeError, kegg_recipe_class, load_recipe, recipe_fr
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("train:\n  lr: 1.0e-4\n  max_steps: 10\nlora:\n  r: 4\n")
-    recipe = load_recipe(path, ["train.lr=2e-4", "lora.target_modules=q_proj,v_proj", "deepspeed=recipes/deepspeed/zero2.json"])
+    recipe = load_recipe(
+        path, ["train.lr=2e-4", "lora.target_modules=q_proj,v_proj", "deepspeed=recipes/deepspeed/zero2.json"]
+    )
     assert recipe.train.lr == 2e-4 and recipe.train.max_steps == 10 and recipe.lora.r == 4
     assert recipe.lora.target_modules == ["q_proj", "v_proj"]
     assert recipe.deepspeed == "recipes/deepspeed/zero2.json"
@@ -34,7 +36,9 @@ def test_bad_overrides_name_the_key(override, message):
 def test_unknown_key_in_yaml_file(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("encoder:\n  name_or_pth: x\n")
-    with pytest.raises(RecipeError, match=r"unknown recipe key 'encoder.name_or_pth'; did you mean encoder.name_or_path"):
+    with pytest.raises(
+        RecipeError, match=r"unknown recipe key 'encoder.name_or_pth'; did you mean encoder.name_or_path"
+    ):
         load_recipe(path)
 
 
@@ -44,7 +48,9 @@ def test_shipped_recipes_load():
     recipes = sorted(Path(__file__).resolve().parent.parent.glob("recipes/kegg/*.yaml"))
     assert len(recipes) >= 5
     for path in recipes:
-        recipe = load_recipe(path, cls=kegg_recipe_class(yaml.safe_load(path.read_text())))  # GRPO recipes add a grpo section
+        recipe = load_recipe(
+            path, cls=kegg_recipe_class(yaml.safe_load(path.read_text()))
+        )  # GRPO recipes add a grpo section
         assert recipe.data.dna_window > 0
         if path.stem != "tiny":
             assert recipe.llm.name_or_path.startswith("Qwen/Qwen3-")
@@ -60,7 +66,10 @@ def test_shipped_recipes_load():
         ("train.lr=.nan", r"recipe key 'train.lr' must be > 0, got nan"),
         ("train.micro_batch_size=0", r"recipe key 'train.micro_batch_size' must be >= 1, got 0"),
         ("lora.dropout=1.0", r"recipe key 'lora.dropout' must be < 1, got 1.0"),
-        ("deepspeed=recipes/deepspeed/zero9.json", r"recipe key 'deepspeed': no such file recipes/deepspeed/zero9.json"),
+        (
+            "deepspeed=recipes/deepspeed/zero9.json",
+            r"recipe key 'deepspeed': no such file recipes/deepspeed/zero9.json",
+        ),
     ],
 )
 def test_out_of_range_values_name_the_key(override, message):

@@ -53,18 +53,24 @@ def test_track_sheet_yaml_and_tsv_agree(synthetic, tmp_path):
     assert [t.name for t in tracks] == ["B_plus", "B_minus", "NK_plus", "NK_minus"]
     assert all(Path(t.file).is_file() for t in tracks)
     tsv = synthetic["dir"] / "tracks.tsv"
-    tsv.write_text("name\tfile\tstrand\tcell_type\tscale\n" + "".join(f"{t.name}\t{Path(t.file).name}\t{t.strand}\t{t.cell_type}\t2\n" for t in tracks))
+    tsv.write_text(
+        "name\tfile\tstrand\tcell_type\tscale\n"
+        + "".join(f"{t.name}\t{Path(t.file).name}\t{t.strand}\t{t.cell_type}\t2\n" for t in tracks)
+    )
     from_tsv = read_track_sheet(tsv)
     assert [(t.name, t.file, t.strand) for t in from_tsv] == [(t.name, t.file, t.strand) for t in tracks]
     assert all(t.scale == 2.0 for t in from_tsv)
     assert strand_partners(tracks) == [1, 0, 3, 2]
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"name": "x", "file": "B_plus.bw", "strand": "*", "cell_type": "B"}, "strand '*'"),
-    ({"name": "x", "file": "B_plus.bw", "strand": "+"}, "missing cell_type"),
-    ({"name": "x", "file": "nope.bw", "strand": "+", "cell_type": "B"}, "bigWig not found"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"name": "x", "file": "B_plus.bw", "strand": "*", "cell_type": "B"}, "strand '*'"),
+        ({"name": "x", "file": "B_plus.bw", "strand": "+"}, "missing cell_type"),
+        ({"name": "x", "file": "nope.bw", "strand": "+", "cell_type": "B"}, "bigWig not found"),
+    ],
+)
 def test_track_sheet_errors_name_the_track(synthetic, row, message):
     path = synthetic["dir"] / "bad.yaml"
     path.write_text(yaml.safe_dump({"tracks": [row]}))
@@ -101,7 +107,10 @@ def test_contig_absent_either_way_lists_both_names(tmp_path):
     extra = write_bigwig(tmp_path / "extra.bw", {"chr1": 200, "chr2": 200, "chrEBV": 100}, {"chr1": (0, [1.0])})
     genome = Genome(fasta)
     reader = CoverageReader(read_track_sheet(sheet(tmp_path / "s.yaml", {"t": extra})))
-    with pytest.raises(TrackDataError, match=r"bigWig contigs absent from the FASTA: chrEBV(.|\n)*FASTA:  chr1, chr2(.|\n)*bigWig: chr1, chr2, chrEBV"):
+    with pytest.raises(
+        TrackDataError,
+        match=r"bigWig contigs absent from the FASTA: chrEBV(.|\n)*FASTA:  chr1, chr2(.|\n)*bigWig: chr1, chr2, chrEBV",
+    ):
         reader.check(genome, ["chr1"])
     reader.check(genome, ["chr1"], strict=False)  # extra contigs allowed on request
     short = write_bigwig(tmp_path / "short.bw", {"chr1": 200}, {"chr1": (0, [1.0])})
@@ -166,7 +175,9 @@ def test_tiles_cover_the_region_and_stay_inside():
 def test_split_holds_out_chromosomes_and_regions():
     sizes = {"chr1": 10_000, "chr2": 10_000, "chr3": 10_000}
     held = Region("chr1", 4000, 4500)
-    splits = split_windows(sizes, chroms=["chr1", "chr2"], window=1000, stride=500, val_chroms=["chr3"], test_regions=[held])
+    splits = split_windows(
+        sizes, chroms=["chr1", "chr2"], window=1000, stride=500, val_chroms=["chr3"], test_regions=[held]
+    )
     assert not any(w.overlaps(held) for w in splits["train"])
     assert {w.chrom for w in splits["train"]} == {"chr1", "chr2"}
     assert {w.chrom for w in splits["val"]} == {"chr3"}
@@ -178,7 +189,9 @@ def test_split_holds_out_chromosomes_and_regions():
 def test_no_training_window_shares_a_base_with_a_widened_held_out_window():
     sizes = {"chr1": 10_000}
     short_val, short_test = Region("chr1", 4000, 4500), Region("chr1", 7100, 7200)  # shorter than the window
-    splits = split_windows(sizes, chroms=["chr1"], window=1000, stride=500, val_regions=[short_val], test_regions=[short_test])
+    splits = split_windows(
+        sizes, chroms=["chr1"], window=1000, stride=500, val_regions=[short_val], test_regions=[short_test]
+    )
     held = splits["val"] + splits["test"]
     assert [len(w) for w in held] == [1000, 1000] and held[0].start < short_val.start
     leaks = [(t, h) for t in splits["train"] for h in held if t.overlaps(h)]
@@ -188,7 +201,9 @@ def test_no_training_window_shares_a_base_with_a_widened_held_out_window():
 
 def test_n_fraction_matches_a_direct_count(synthetic):
     genome = Genome(synthetic["fasta"])
-    windows = [w for c in genome.sizes for w in tile(Region(c, 0, genome.sizes[c]), 1024, 512)] + [Region("chr2", 5999, 7001)]
+    windows = [w for c in genome.sizes for w in tile(Region(c, 0, genome.sizes[c]), 1024, 512)] + [
+        Region("chr2", 5999, 7001)
+    ]
     fast = n_fractions(genome, windows, block=512, show_progress=False)
     direct = [(genome.codes(w) == ord("N")).mean() for w in windows]
     np.testing.assert_allclose(fast, direct)
@@ -198,7 +213,9 @@ def test_n_fraction_matches_a_direct_count(synthetic):
 # ---- target transform --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("power, clip, scales", [(0.75, 384.0, ()), (0.5, 6.0, (1.0, 0.3)), (1.0, 0.0, ()), (2.0, 10.0, (2.0, 1.0))])
+@pytest.mark.parametrize(
+    "power, clip, scales", [(0.75, 384.0, ()), (0.5, 6.0, (1.0, 0.3)), (1.0, 0.0, ()), (2.0, 10.0, (2.0, 1.0))]
+)
 def test_transform_and_inverse_are_identities(power, clip, scales):
     transform = TargetTransform(power, clip, scales)
     x = torch.cat([torch.zeros(1, 2), torch.logspace(-4, 6, 2000, dtype=torch.float64).reshape(-1, 2)])
@@ -221,8 +238,13 @@ def test_soft_clip_compresses_above_the_threshold():
 def make_dataset(synthetic, windows, **kw) -> CoverageWindows:
     tracks = read_track_sheet(synthetic["tracks"])
     return CoverageWindows(
-        Genome(synthetic["fasta"]), CoverageReader(tracks), windows, LOOKUP, TargetTransform(0.5, 6.0),
-        partners=strand_partners(tracks), **kw,
+        Genome(synthetic["fasta"]),
+        CoverageReader(tracks),
+        windows,
+        LOOKUP,
+        TargetTransform(0.5, 6.0),
+        partners=strand_partners(tracks),
+        **kw,
     )
 
 
@@ -243,7 +265,10 @@ def test_reverse_complement_swaps_strand_tracks(synthetic):
 
 def test_batches_split_across_ranks_and_resume_by_skipping(synthetic):
     windows = tile(Region("chr3", 0, 12_000), 512, 256)
-    ranks = [make_dataset(synthetic, windows, batch_size=4, shuffle=True, seed=1, rank=r, world_size=2, drop_last=True) for r in (0, 1)]
+    ranks = [
+        make_dataset(synthetic, windows, batch_size=4, shuffle=True, seed=1, rank=r, world_size=2, drop_last=True)
+        for r in (0, 1)
+    ]
     seen = [[tuple(b["input_ids"][:, 0].tolist()) for b in ds] for ds in ranks]
     assert len(seen[0]) == len(seen[1]) == len(ranks[0]) == len(windows) // 8
     batches = list(ranks[0])

@@ -78,8 +78,9 @@ def test_trunk_with_its_own_code_loads_as_the_encoder_does_and_trains(tmp_path):
     # DNABERT-2's traits: a config without pad_token_id, an ALiBi table made at init (lost on the
     # meta device), tuple outputs and no use_cache argument. Plain AutoModel.from_pretrained fails on it.
     family = dnabert2(tmp_path / "dnabert2")
-    model = CoverageModel.from_pretrained(str(family.path), n_tracks=2, trust_remote_code=True, channels=(8, 4),
-                                          dropout=0.0)
+    model = CoverageModel.from_pretrained(
+        str(family.path), n_tracks=2, trust_remote_code=True, channels=(8, 4), dropout=0.0
+    )
     assert type(model.trunk).__name__ == "DNABertModel" and model.trunk.pooler is None
     encoder = DNAEncoder(str(family.path), trust_remote_code=True)
     seqs = ["ACGTTGCAAGGCTTACGATCGGATCCATGCAA" * 2, "TTGACCGTAGCATG"]
@@ -100,8 +101,9 @@ def test_trunk_with_its_own_code_loads_as_the_encoder_does_and_trains(tmp_path):
 def test_trunk_without_an_attention_mask_never_sees_padding_and_trains(tmp_path):
     # Caduceus's interface: bidirectional, no attention mask, its width named d_model.
     family = caduceus(tmp_path / "caduceus")
-    model = CoverageModel.from_pretrained(str(family.path), n_tracks=2, trust_remote_code=True, channels=(8, 4),
-                                          dropout=0.0)
+    model = CoverageModel.from_pretrained(
+        str(family.path), n_tracks=2, trust_remote_code=True, channels=(8, 4), dropout=0.0
+    )
     assert model.head.blocks[0][0].in_channels == family.width
     ids = torch.randint(7, 12, (2, 40))
     mask = torch.ones_like(ids, dtype=torch.bool)

@@ -32,7 +32,10 @@ def run(region, window=1000, overlap=500, mode="centre", edge=0):
     return windows, starts, values
 
 
-@pytest.mark.parametrize("region", [Region("c", 0, CHROM_SIZE), Region("c", 1234, 6789), Region("c", 9000, CHROM_SIZE), Region("c", 300, 400)])
+@pytest.mark.parametrize(
+    "region",
+    [Region("c", 0, CHROM_SIZE), Region("c", 1234, 6789), Region("c", 9000, CHROM_SIZE), Region("c", 300, 400)],
+)
 def test_centre_stitching_keeps_only_window_centres(region):
     # Edges up to a quarter window are discarded, except where the chromosome itself ends.
     windows, starts, values = run(region, edge=240)

@@ -36,10 +36,16 @@ def coverage_data(tmp_path_factory) -> dict[str, Path]:
 
 
 def tiny_recipe(tiny_models, data, out, *overrides):
-    return load_coverage_recipe(TINY_RECIPE, [
-        f"output_dir={out}", f"encoder.name_or_path={tiny_models['genos']}",
-        f"data.fasta={data['fasta']}", f"data.tracks={data['tracks']}", *overrides,
-    ])
+    return load_coverage_recipe(
+        TINY_RECIPE,
+        [
+            f"output_dir={out}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"data.fasta={data['fasta']}",
+            f"data.tracks={data['tracks']}",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +82,12 @@ def test_evaluation_on_the_held_out_chromosome(trained, coverage_data, tmp_path)
     plot = Path(result["plot"])
     assert plot.stat().st_size > 20_000 and plot.read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [
-        "B_minus.bw", "B_plus.bw", "NK_minus.bw", "NK_plus.bw", "prediction.json"]
+        "B_minus.bw",
+        "B_plus.bw",
+        "NK_minus.bw",
+        "NK_plus.bw",
+        "prediction.json",
+    ]
 
 
 def test_predicted_bigwigs_round_trip(trained, coverage_data, tmp_path):
@@ -93,7 +104,18 @@ def test_predicted_bigwigs_round_trip(trained, coverage_data, tmp_path):
         np.testing.assert_array_equal(bw.values("chr5", 2000, 9000, numpy=True), expected[:, i])
         assert np.isnan(bw.values("chr5", 1990, 2000, numpy=True)).all()  # nothing outside the region
     png = tmp_path / "plot.png"
-    main(["plot-tracks", str(tmp_path), "--region", "chr5:3001-6000", "--gtf", str(coverage_data["gtf"]), "--out", str(png)])
+    main(
+        [
+            "plot-tracks",
+            str(tmp_path),
+            "--region",
+            "chr5:3001-6000",
+            "--gtf",
+            str(coverage_data["gtf"]),
+            "--out",
+            str(png),
+        ]
+    )
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -103,7 +125,9 @@ def test_stitched_predictions_have_no_seams(trained, coverage_data):
     region = Region("chr5", 0, 20_000)
 
     def log_track(overlap: int) -> np.ndarray:
-        return np.log1p(np.concatenate([v for _, v in predictor.region(genome, region, overlap=overlap, batch_size=16)]))
+        return np.log1p(
+            np.concatenate([v for _, v in predictor.region(genome, region, overlap=overlap, batch_size=16)])
+        )
 
     def jumps(track: np.ndarray, at: list[int]) -> np.ndarray:
         return np.array([np.abs(track[p] - track[p - 1]).max() for p in at])
@@ -120,19 +144,38 @@ def test_stitched_predictions_have_no_seams(trained, coverage_data):
 
 
 def test_a_checkpoint_needs_nothing_but_its_directory(trained, coverage_data):
-    recipe, model, _, tracks, transform = load_coverage_checkpoint(trained, overrides=["encoder.name_or_path=/nowhere/genos"])
+    recipe, model, _, tracks, transform = load_coverage_checkpoint(
+        trained, overrides=["encoder.name_or_path=/nowhere/genos"]
+    )
     assert [t.name for t in tracks] == ["B_plus", "B_minus", "NK_plus", "NK_minus"]
     assert transform.power == 0.5 and transform.clip == 6.0
     assert not model.training and model.n_tracks == 4
 
 
 def test_resumed_run_matches_the_uninterrupted_one(tiny_models, coverage_data, tmp_path):
-    common = ("train.max_steps=4", "head.dropout=0.0", "train.micro_batch_size=4", "train.global_batch_size=8", "data.window=256",
-              "data.overlap=128", "data.val_chroms=", "train.log_every=1")
+    common = (
+        "train.max_steps=4",
+        "head.dropout=0.0",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=8",
+        "data.window=256",
+        "data.overlap=128",
+        "data.val_chroms=",
+        "train.log_every=1",
+    )
     straight = train(tiny_recipe(tiny_models, coverage_data, tmp_path / "a", *common))
     interrupted = tiny_recipe(tiny_models, coverage_data, tmp_path / "b", *common, "train.save_every=2")
     train(interrupted, stop_after=2)
-    resumed = train(tiny_recipe(tiny_models, coverage_data, tmp_path / "b", *common, "train.save_every=2", "train.resume_from_checkpoint=auto"))
+    resumed = train(
+        tiny_recipe(
+            tiny_models,
+            coverage_data,
+            tmp_path / "b",
+            *common,
+            "train.save_every=2",
+            "train.resume_from_checkpoint=auto",
+        )
+    )
     from safetensors.torch import load_file
 
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
@@ -144,23 +187,43 @@ def test_resumed_run_matches_the_uninterrupted_one(tiny_models, coverage_data, t
 
 def test_bad_inputs_fail_before_training(tiny_models, tmp_path):
     data = write_synthetic_tracks(tmp_path / "data", n_chroms=2, chrom_length=3000, bigwig_contigs="strip_chr")
-    recipe = tiny_recipe(tiny_models, data, tmp_path / "run", "data.chroms=[chr1]", "data.val_chroms=[chr2]", "data.test_chroms=")
+    recipe = tiny_recipe(
+        tiny_models, data, tmp_path / "run", "data.chroms=[chr1]", "data.val_chroms=[chr2]", "data.test_chroms="
+    )
     with pytest.raises(TrackDataError, match="data.bigwig_contigs=strip_chr"):
         train(recipe)
     with pytest.raises(ValueError, match="global_batch_size=12 is not a multiple of micro_batch_size x ranks = 8 x 1"):
-        train(tiny_recipe(tiny_models, data, tmp_path / "run", "data.bigwig_contigs=strip_chr", "train.global_batch_size=12"))
+        train(
+            tiny_recipe(
+                tiny_models, data, tmp_path / "run", "data.bigwig_contigs=strip_chr", "train.global_batch_size=12"
+            )
+        )
 
 
 def test_deepspeed_configs_with_their_own_optimizer_are_refused(tiny_models, coverage_data, tmp_path):
-    recipe = tiny_recipe(tiny_models, coverage_data, tmp_path, f"deepspeed={REPO / 'recipes/deepspeed/zero3_offload.json'}")
-    with pytest.raises(ValueError, match="builds its own optimizer \\(AdamW\\); the coverage recipe trains with Adafactor"):
+    recipe = tiny_recipe(
+        tiny_models, coverage_data, tmp_path, f"deepspeed={REPO / 'recipes/deepspeed/zero3_offload.json'}"
+    )
+    with pytest.raises(
+        ValueError, match="builds its own optimizer \\(AdamW\\); the coverage recipe trains with Adafactor"
+    ):
         build_engine(recipe, build_model(recipe, 4), total_steps=10, grad_accum=1, device="cpu")
 
 
 @pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
-def test_deepspeed_zero_trains_with_adafactor_and_saves_whole_weights(tiny_models, coverage_data, tmp_path, single_process_env, config):
-    common = ("train.max_steps=3", "train.micro_batch_size=4", "train.global_batch_size=8", "data.window=256", "data.overlap=128",
-              "eval.max_val_windows=8", "train.log_every=1", f"deepspeed={REPO / 'recipes/deepspeed' / config}")
+def test_deepspeed_zero_trains_with_adafactor_and_saves_whole_weights(
+    tiny_models, coverage_data, tmp_path, single_process_env, config
+):
+    common = (
+        "train.max_steps=3",
+        "train.micro_batch_size=4",
+        "train.global_batch_size=8",
+        "data.window=256",
+        "data.overlap=128",
+        "eval.max_val_windows=8",
+        "train.log_every=1",
+        f"deepspeed={REPO / 'recipes/deepspeed' / config}",
+    )
     checkpoint = train(tiny_recipe(tiny_models, coverage_data, tmp_path, *common))
     state = read_state(checkpoint)
     assert state["step"] == 3 and all(np.isfinite(e["loss"]) for e in state["history"] if "loss" in e)
@@ -172,18 +235,28 @@ def test_deepspeed_zero_trains_with_adafactor_and_saves_whole_weights(tiny_model
     from transformers import AutoConfig
 
     genos = AutoConfig.from_pretrained(tiny_models["genos"])  # 128 rows: Genos's padded vocabulary
-    assert saved["trunk.embed_tokens.weight"].shape == (genos.vocab_size, genos.hidden_size)  # gathered, not a ZeRO-3 partition
+    assert saved["trunk.embed_tokens.weight"].shape == (
+        genos.vocab_size,
+        genos.hidden_size,
+    )  # gathered, not a ZeRO-3 partition
     assert not torch.equal(saved["head.track_scale"], torch.ones(4))  # the head was trained
 
 
 def test_trunk_of_its_own_code_trains_and_its_checkpoint_rebuilds_it(coverage_data, tmp_path):
     # HyenaDNA's interface: own code, d_model, no attention mask, one token per base.
     family = hyenadna(tmp_path / "hyenadna")
-    recipe = load_coverage_recipe(TINY_RECIPE, [
-        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={family.path}", "encoder.trust_remote_code=true",
-        f"data.fasta={coverage_data['fasta']}", f"data.tracks={coverage_data['tracks']}", "train.max_steps=2",
-        "eval.max_val_windows=8",
-    ])
+    recipe = load_coverage_recipe(
+        TINY_RECIPE,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"encoder.name_or_path={family.path}",
+            "encoder.trust_remote_code=true",
+            f"data.fasta={coverage_data['fasta']}",
+            f"data.tracks={coverage_data['tracks']}",
+            "train.max_steps=2",
+            "eval.max_val_windows=8",
+        ],
+    )
     checkpoint = train(recipe)
     assert (checkpoint / "trunk" / "modeling_dnaconv.py").exists()  # the code travels with the checkpoint
     _, model, _, tracks, _ = load_coverage_checkpoint(checkpoint)

@@ -41,7 +41,11 @@ def test_window_keeps_the_variant_at_the_centre(tmp_path):
 
 def test_indel_windows_are_centred_on_each_allele(tmp_path):
     flank = "ACGT" * 500
-    ex = load_one(tmp_path, _record(reference_sequence=flank + "CAG" * 10 + flank, variant_sequence=flank + "CAG" * 30 + flank), 64)
+    ex = load_one(
+        tmp_path,
+        _record(reference_sequence=flank + "CAG" * 10 + flank, variant_sequence=flank + "CAG" * 30 + flank),
+        64,
+    )
     # Both windows are centred on their own allele: the repeat sits in the middle of each.
     assert ex["ref_window"][17:47] == "CAG" * 10
     assert ex["var_window"] == ("CAG" * 30)[13:77]
@@ -52,21 +56,29 @@ def test_lowercase_is_accepted_and_upper_cased():
 
 
 def test_invalid_base_names_record_field_and_position(tmp_path):
-    path = _write(tmp_path, [json.dumps(_record()), json.dumps(_record(variant_sequence="ACGT" * 500 + "X" + "ACGT" * 500))])
-    with pytest.raises(RecordError, match=r"data.jsonl:2: field 'variant_sequence' has invalid character 'X' at position 2000"):
+    path = _write(
+        tmp_path, [json.dumps(_record()), json.dumps(_record(variant_sequence="ACGT" * 500 + "X" + "ACGT" * 500))]
+    )
+    with pytest.raises(
+        RecordError, match=r"data.jsonl:2: field 'variant_sequence' has invalid character 'X' at position 2000"
+    ):
         load_examples(path, 1024)
 
 
 def test_sequence_shorter_than_window(tmp_path):
     path = _write(tmp_path, [json.dumps(_record(reference_sequence="ACGTA", variant_sequence="ACCTA"))])
-    with pytest.raises(RecordError, match=r"data.jsonl:1: field 'reference_sequence' is 5 bp, shorter than dna_window=1024"):
+    with pytest.raises(
+        RecordError, match=r"data.jsonl:1: field 'reference_sequence' is 5 bp, shorter than dna_window=1024"
+    ):
         load_examples(path, 1024)
 
 
 def test_misaligned_pair_is_rejected():
     ref = "ACGT" * 1000 + "A"
     var = "TTGCA" * 800
-    with pytest.raises(RecordError, match=r"rec7: reference_sequence \(4001 bp\) and variant_sequence \(4000 bp\) do not share flanks"):
+    with pytest.raises(
+        RecordError, match=r"rec7: reference_sequence \(4001 bp\) and variant_sequence \(4000 bp\) do not share flanks"
+    ):
         check_pair(ref, var, where="rec7")
 
 
@@ -93,7 +105,11 @@ def test_line_cut_short_is_reported_at_its_real_column(tmp_path):
 
 def test_utf8_byte_order_mark_is_accepted(tmp_path):
     path = tmp_path / "bom.jsonl"
-    path.write_bytes("\ufeff".encode() + (json.dumps(_record()) + "\n").encode() + (json.dumps(_record(answer="glioma")) + "\n").encode())
+    path.write_bytes(
+        "\ufeff".encode()
+        + (json.dumps(_record()) + "\n").encode()
+        + (json.dumps(_record(answer="glioma")) + "\n").encode()
+    )
     records = read_jsonl(path)
     assert [r["answer"] for r in records] == ["melanoma", "glioma"]
     assert load_examples(path, 1024)[0]["question"] == "What disease?"

@@ -22,8 +22,12 @@ def _row(rng: random.Random, answer: str, *, indel: bool = False, variant_column
     flank = "".join(rng.choice("ACGT") for _ in range(40))
     right = "".join(rng.choice("acgt") for _ in range(40))  # lower case, as some sources write it
     alt = "TTT" if indel else "C"
-    return {"question": "Is this variant pathogenic or benign?", "answer": answer,
-            "reference_sequence": flank + "A" + right, variant_column: flank + alt + right}
+    return {
+        "question": "Is this variant pathogenic or benign?",
+        "answer": answer,
+        "reference_sequence": flank + "A" + right,
+        variant_column: flank + alt + right,
+    }
 
 
 def _dataset(rows: list[dict]) -> datasets.Dataset:
@@ -43,7 +47,9 @@ def test_kegg_in_the_hubs_parquet_layout_keeps_its_splits(tmp_path):
     hub.mkdir(parents=True)
     sizes = {"train": 16, "val": 2, "test": 2}
     for split, n in sizes.items():
-        rows = [{**_row(rng, ["Parkinson's disease", "melanoma"][i % 2]), "reasoning": "Step 1: ..."} for i in range(n)]
+        rows = [
+            {**_row(rng, ["Parkinson's disease", "melanoma"][i % 2]), "reasoning": "Step 1: ..."} for i in range(n)
+        ]
         _dataset(rows).to_parquet(str(hub / f"{split}-00000-of-00001.parquet"))
     summary = prepare_dataset("kegg", tmp_path / "out", local=tmp_path / "kegg-hub", dna_window=32)
     assert summary["records"] == sizes and summary["splits"] == "source splits"
@@ -67,7 +73,10 @@ def test_vep_coding_train_test_gets_a_stratified_val_and_clean_labels(tmp_path):
 
 def test_vep_non_snv_single_split_is_split_8_1_1_with_unequal_windows(tmp_path):
     rng = random.Random(2)
-    rows = [_row(rng, ["['Pathogenic']", "['Benign']"][i % 2], indel=True, variant_column="mutated_sequence") for i in range(100)]
+    rows = [
+        _row(rng, ["['Pathogenic']", "['Benign']"][i % 2], indel=True, variant_column="mutated_sequence")
+        for i in range(100)
+    ]
     _dataset(rows).save_to_disk(str(tmp_path / "non_snv"))
     summary = prepare_dataset("vep-non-snv", tmp_path / "out", local=tmp_path / "non_snv", dna_window=32)
     assert summary["records"] == {"train": 80, "val": 10, "test": 10}
@@ -93,8 +102,14 @@ def test_a_bad_record_is_named_or_dropped_and_counted(tmp_path):
 
 def test_command_line_offline_says_how_to_pass_a_local_copy(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "dnallm", "data", "vep-non-snv", "--out", str(tmp_path / "out")],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "dnallm", "data", "vep-non-snv", "--out", str(tmp_path / "out")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip()
     assert "\n" not in line and line.startswith("dnallm data: error: cannot reach the Hugging Face hub")
@@ -108,10 +123,38 @@ def test_command_line_prints_a_summary(tmp_path, capsys):
     rng = random.Random(4)
     rows = [_row(rng, ["Pathogenic", "Benign; Likely benign"][i % 2]) for i in range(30)]
     _dataset(rows).save_to_disk(str(tmp_path / "one"))
-    assert main(["data", "vep-coding", "--from", str(tmp_path / "one"), "--out", str(tmp_path / "out"), "--dna-window", "32"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "vep-coding",
+                "--from",
+                str(tmp_path / "one"),
+                "--out",
+                str(tmp_path / "out"),
+                "--dna-window",
+                "32",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "stratified 8:1:1 of all): train 22, val 4, test 4" in printed  # round(15 * 0.1) = 2 per label
     assert "2 labels: pathogenic 15, benign 15" in printed and "reference 81-81 bp (median 81)" in printed
-    assert main(["data", "vep-coding", "--from", str(tmp_path / "one"), "--out", str(tmp_path / "short"), "--dna-window", "128"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "vep-coding",
+                "--from",
+                str(tmp_path / "one"),
+                "--out",
+                str(tmp_path / "short"),
+                "--dna-window",
+                "128",
+            ]
+        )
+        == 2
+    )
     assert "one[all][0]: field 'reference_sequence' is 81 bp, shorter than dna_window=128" in capsys.readouterr().err
     assert not (tmp_path / "short").exists()

@@ -20,8 +20,13 @@ from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.hf import PROBE
-from dnallm.encoders.remote_code import (builds_on_meta, fill_config_defaults, find_pruneable_heads_and_indices,
-                                         removed_helpers, tensors_made_at_init)
+from dnallm.encoders.remote_code import (
+    builds_on_meta,
+    fill_config_defaults,
+    find_pruneable_heads_and_indices,
+    removed_helpers,
+    tensors_made_at_init,
+)
 from dnallm.fusion.projector import n_pooled
 from dnallm.hub import CheckpointError, RemoteCodeNotAllowed
 from dnallm.train.build import build_encoder, build_model, build_processor
@@ -75,10 +80,20 @@ def test_checkpoint_with_its_own_layers_names_the_recipe_key(families):
 
 
 def test_command_line_names_the_recipe_key_in_one_line(families, tiny_models, data, tmp_path, capsys):
-    code = main(["train", str(REPO / "recipes/kegg/tiny.yaml"), f"encoder.name_or_path={families['dnabert2'].path}",
-                 f"llm.name_or_path={tiny_models['qwen3']}", f"data.train={data / 'train.jsonl'}", "data.val=",
-                 f"output_dir={tmp_path / 'run'}"])
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not transformers' progress bars
+    code = main(
+        [
+            "train",
+            str(REPO / "recipes/kegg/tiny.yaml"),
+            f"encoder.name_or_path={families['dnabert2'].path}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={data / 'train.jsonl'}",
+            "data.val=",
+            f"output_dir={tmp_path / 'run'}",
+        ]
+    )
+    errors = [
+        line for line in capsys.readouterr().err.splitlines() if "error" in line
+    ]  # not transformers' progress bars
     assert code == 2 and len(errors) == 1 and errors[0].startswith("dnallm train: error: ")
     assert "encoder.trust_remote_code=true" in errors[0]
 
@@ -100,7 +115,9 @@ def test_own_code_without_an_automodel_entry_loads_the_task_class_trunk(families
 
 def test_layer_choice_needs_per_layer_hidden_states(families):
     hyena = families["hyenadna"]
-    assert not torch.allclose(_encoder(hyena, layer=1).encode(["ACGTACGTAC"])[0], _encoder(hyena).encode(["ACGTACGTAC"])[0])
+    assert not torch.allclose(
+        _encoder(hyena, layer=1).encode(["ACGTACGTAC"])[0], _encoder(hyena).encode(["ACGTACGTAC"])[0]
+    )
     with pytest.raises(CheckpointError, match=r"no per-layer hidden states.*encoder\.layer=1.*encoder\.layer=-1"):
         _encoder(families["dnabert2"], layer=1)
 
@@ -131,12 +148,17 @@ def _fresh_copy(family, folder: Path) -> str:
     return str(folder)
 
 
-@pytest.mark.parametrize("name, auto_class, failure", [
-    ("dnabert2", AutoModel, r"has no attribute 'pad_token_id'"),  # transformers 4's config default
-    ("caduceus", AutoModel, r"has no attribute 'all_tied_weights_keys'"),  # the trunk skips post_init()
-    ("nucleotide_transformer", AutoModelForMaskedLM, r"cannot import name 'find_pruneable_heads_and_indices'"),
-])
-def test_stand_ins_break_under_plain_transformers_as_published_code_does(families, tmp_path, name, auto_class, failure):
+@pytest.mark.parametrize(
+    "name, auto_class, failure",
+    [
+        ("dnabert2", AutoModel, r"has no attribute 'pad_token_id'"),  # transformers 4's config default
+        ("caduceus", AutoModel, r"has no attribute 'all_tied_weights_keys'"),  # the trunk skips post_init()
+        ("nucleotide_transformer", AutoModelForMaskedLM, r"cannot import name 'find_pruneable_heads_and_indices'"),
+    ],
+)
+def test_stand_ins_break_under_plain_transformers_as_published_code_does(
+    families, tmp_path, name, auto_class, failure
+):
     path = _fresh_copy(families[name], tmp_path / f"plain-{name}")
     with pytest.raises((AttributeError, ImportError), match=failure):
         auto_class.from_pretrained(path, trust_remote_code=True)
@@ -208,15 +230,33 @@ def _needing(family, folder: Path, line: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("package, message", [
-    ("mamba_ssm", r"mamba_ssm, which is not installed \(pip install mamba-ssm; it needs a CUDA GPU and a CUDA build of torch\)$"),
-    ("dnallm_absent_package", r"dnallm_absent_package, which is not installed \(pip install dnallm-absent-package\)$"),
-])
+@pytest.mark.parametrize(
+    "package, message",
+    [
+        (
+            "mamba_ssm",
+            r"mamba_ssm, which is not installed \(pip install mamba-ssm; it needs a CUDA GPU and a CUDA build of torch\)$",
+        ),
+        (
+            "dnallm_absent_package",
+            r"dnallm_absent_package, which is not installed \(pip install dnallm-absent-package\)$",
+        ),
+    ],
+)
 def test_missing_package_is_one_line_naming_it(families, tiny_models, data, tmp_path, capsys, package, message):
     path = _needing(families["caduceus"], tmp_path / f"needs-{package}", f"import {package}")
-    code = main(["train", str(REPO / "recipes/kegg/tiny.yaml"), f"encoder.name_or_path={path}",
-                 "encoder.trust_remote_code=true", f"llm.name_or_path={tiny_models['qwen3']}", f"data.train={data / 'train.jsonl'}", "data.val=",
-                 f"output_dir={tmp_path / 'run'}"])
+    code = main(
+        [
+            "train",
+            str(REPO / "recipes/kegg/tiny.yaml"),
+            f"encoder.name_or_path={path}",
+            "encoder.trust_remote_code=true",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={data / 'train.jsonl'}",
+            "data.val=",
+            f"output_dir={tmp_path / 'run'}",
+        ]
+    )
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 2 and len(errors) == 1
     assert errors[0].startswith(f"dnallm train: error: {path}: its own modelling code needs {package}")
@@ -228,23 +268,36 @@ def test_import_failing_inside_the_code_is_one_line(families, tmp_path):
     path = _fresh_copy(families["caduceus"], tmp_path / "fused-caduceus")
     config = json.loads((tmp_path / "fused-caduceus" / "config.json").read_text())
     (tmp_path / "fused-caduceus" / "config.json").write_text(json.dumps({**config, "fused_add_norm": True}))
-    with pytest.raises(CheckpointError, match=r"fused-caduceus: its own modelling code cannot import what it needs "
-                                              r"\(Failed to import the fused add \+ norm kernels\)$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"fused-caduceus: its own modelling code cannot import what it needs "
+        r"\(Failed to import the fused add \+ norm kernels\)$",
+    ):
         DNAEncoder(path, trust_remote_code=True)
 
 
-@pytest.mark.parametrize("name, pool, kernel, want", [
-    ("nucleotide_transformer", 12, 24, (2, 4)),  # 6 bases per token
-    ("nucleotide_transformer", 4, 9, (1, 2)),  # rounded, never below one token
-    ("genos", 8, 16, (8, 16)),  # one token per base
-    ("dnabert2", 8, 16, (3, 5)),  # measured mean on mixed sequence: 2.8 bases per token
-])
+@pytest.mark.parametrize(
+    "name, pool, kernel, want",
+    [
+        ("nucleotide_transformer", 12, 24, (2, 4)),  # 6 bases per token
+        ("nucleotide_transformer", 4, 9, (1, 2)),  # rounded, never below one token
+        ("genos", 8, 16, (8, 16)),  # one token per base
+        ("dnabert2", 8, 16, (3, 5)),  # measured mean on mixed sequence: 2.8 bases per token
+    ],
+)
 def test_pool_and_kernel_are_bases(families, tiny_models, tmp_path, name, pool, kernel, want):
     family = families[name]
-    recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"encoder.name_or_path={family.path}", f"encoder.trust_remote_code={str(family.trust_remote_code).lower()}",
-        f"llm.name_or_path={tiny_models['qwen3']}", "projector.kind=conv", f"projector.pool={pool}", f"projector.kernel={kernel}",
-    ])
+    recipe = load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"encoder.name_or_path={family.path}",
+            f"encoder.trust_remote_code={str(family.trust_remote_code).lower()}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            "projector.kind=conv",
+            f"projector.pool={pool}",
+            f"projector.kernel={kernel}",
+        ],
+    )
     encoder = build_encoder(recipe, "cpu")
     model, tokenizer = build_model(recipe, "cpu", encoder)
     processor = build_processor(recipe, tokenizer, encoder)
@@ -257,21 +310,35 @@ def test_pool_and_kernel_are_bases(families, tiny_models, tmp_path, name, pool, 
 
 
 def _losses(run: Path) -> list[float]:
-    return [row["train/loss"] for row in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if "train/loss" in row]
+    return [
+        row["train/loss"]
+        for row in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())
+        if "train/loss" in row
+    ]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_train_eval_cache_and_train_from_cache(families, tiny_models, data, tmp_path, single_process_env, name):
     family = families[name]
     common = [
-        f"encoder.name_or_path={family.path}", f"encoder.trust_remote_code={str(family.trust_remote_code).lower()}",
-        f"llm.name_or_path={tiny_models['qwen3']}", f"data.train={data / 'train.jsonl'}", "data.val=",
-        "train.max_steps=3", "train.log_every=1", "train.save_every=0", "train.micro_batch_size=4", "encoder.cache_dtype=float32",
+        f"encoder.name_or_path={family.path}",
+        f"encoder.trust_remote_code={str(family.trust_remote_code).lower()}",
+        f"llm.name_or_path={tiny_models['qwen3']}",
+        f"data.train={data / 'train.jsonl'}",
+        "data.val=",
+        "train.max_steps=3",
+        "train.log_every=1",
+        "train.save_every=0",
+        "train.micro_batch_size=4",
+        "encoder.cache_dtype=float32",
         "eval.max_new_tokens=4",
     ]
     recipe = str(REPO / "recipes/kegg/tiny.yaml")
     assert main(["train", recipe, *common, f"output_dir={tmp_path / 'live'}"]) == 0
-    assert main(["eval", str(tmp_path / "live"), "--data", str(data / "test.jsonl"), "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(["eval", str(tmp_path / "live"), "--data", str(data / "test.jsonl"), "--out", str(tmp_path / "eval")])
+        == 0
+    )
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 8
     cache = [f"encoder.cache_dir={tmp_path / 'cache'}"]
     assert main(["cache-embeddings", recipe, *common, *cache, "--data", str(data / "test.jsonl")]) == 0

@@ -43,12 +43,19 @@ def base_style_llm(tiny_models, out):
 
 def test_eval_and_annotate_stop_at_the_end_of_turn(tiny_models, tmp_path):
     path = base_style_llm(tiny_models, tmp_path / "base-style")
-    config = DNAFusionConfig.from_dict({"llm": {"name_or_path": str(path)}, "lora": LORA, "projector": {"summary": "none"}})
+    config = DNAFusionConfig.from_dict(
+        {"llm": {"name_or_path": str(path)}, "lora": LORA, "projector": {"summary": "none"}}
+    )
     model, tokenizer = DNAFusionLM.from_config(config, 8)
     assert tokenizer.eos_token == "<|endoftext|>"
     processor = DNAChatProcessor(tokenizer, None)
-    examples = [{"question": "Which disease?", "answer": "x"}, {"question": "Which disease does this variant cause?", "answer": "y"}]
-    texts = generate_answers(model.eval(), None, processor, examples, batch_size=2, max_new_tokens=8, encoder_batch_size=1, device="cpu")
+    examples = [
+        {"question": "Which disease?", "answer": "x"},
+        {"question": "Which disease does this variant cause?", "answer": "y"},
+    ]
+    texts = generate_answers(
+        model.eval(), None, processor, examples, batch_size=2, max_new_tokens=8, encoder_batch_size=1, device="cpu"
+    )
     # Run on past <|im_end|>, the model would invent 'Answer' turns.
     assert texts == ["", ""]
     predictions = predict_batch(model, None, processor, examples, max_new_tokens=8, encoder_batch_size=1, device="cpu")

@@ -18,14 +18,17 @@ from dnallm.train.finetune import train
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("text, label", [
-    ("Answer: Parkinson disease", "parkinson disease"),
-    ("The variant disrupts splicing.\n\nAnswer:  Prion disease.\n", "prion disease"),
-    ("answer:Huntington disease", "huntington disease"),
-    ("First guess Answer: A\nthen ANSWER: B", "b"),
-    ("no label here", ""),
-    ("Answer:", ""),
-])
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        ("Answer: Parkinson disease", "parkinson disease"),
+        ("The variant disrupts splicing.\n\nAnswer:  Prion disease.\n", "prion disease"),
+        ("answer:Huntington disease", "huntington disease"),
+        ("First guess Answer: A\nthen ANSWER: B", "b"),
+        ("no label here", ""),
+        ("Answer:", ""),
+    ],
+)
 def test_parse_answer(text, label):
     assert parse_answer(text) == label
 
@@ -50,10 +53,18 @@ def test_metrics_reject_mismatched_lengths():
 def tiny_checkpoint(tmp_path_factory, tiny_models):
     out = tmp_path_factory.mktemp("ckpt")
     write_jsonl(out / "train.jsonl", planted_records(64, n_classes=4, seed=3))
-    recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={out / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={out / 'train.jsonl'}", "data.val=", "train.max_steps=4", "train.save_every=0",
-    ])
+    recipe = load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={out / 'run'}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={out / 'train.jsonl'}",
+            "data.val=",
+            "train.max_steps=4",
+            "train.save_every=0",
+        ],
+    )
     return train(recipe)
 
 

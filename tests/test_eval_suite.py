@@ -13,7 +13,16 @@ from dnallm.config import load_recipe
 from dnallm.data.dna import RecordError
 from dnallm.data.kegg import read_jsonl, write_jsonl
 from dnallm.data.synthetic import (
-    DISEASES, FIXED_CLASSES, INDEL_SIGNALS, QUESTION, SIGNALS, SITE, SUBSTITUTIONS, hard_records, planted_records, planted_signal_records,
+    DISEASES,
+    FIXED_CLASSES,
+    INDEL_SIGNALS,
+    QUESTION,
+    SIGNALS,
+    SITE,
+    SUBSTITUTIONS,
+    hard_records,
+    planted_records,
+    planted_signal_records,
 )
 from dnallm.eval.kegg import load_eval_examples, score, write_outputs
 from dnallm.data.labels import LabelSet
@@ -25,14 +34,17 @@ REPO = Path(__file__).resolve().parent.parent
 LABELS = LabelSet(["Parkinson's disease", "Prion disease", "Huntington disease"])
 
 
-@pytest.mark.parametrize("reply, label", [
-    ("Answer: Parkinson's disease", "parkinson's disease"),
-    ("The variant sits in SNCA, so\n\nANSWER:   parkinsons   DISEASE.\n", "parkinson's disease"),
-    ("Step 1: prion protein misfolds.\nAnswer: **Prion Disease**", "prion disease"),
-    ("<think>\nmaybe Answer: prion disease\n</think>\nAnswer: huntington disease", "huntington disease"),
-    ("Answer: melanoma", "melanoma"),  # not a training label: kept, scored wrong
-    ("I am not sure.", ""),
-])
+@pytest.mark.parametrize(
+    "reply, label",
+    [
+        ("Answer: Parkinson's disease", "parkinson's disease"),
+        ("The variant sits in SNCA, so\n\nANSWER:   parkinsons   DISEASE.\n", "parkinson's disease"),
+        ("Step 1: prion protein misfolds.\nAnswer: **Prion Disease**", "prion disease"),
+        ("<think>\nmaybe Answer: prion disease\n</think>\nAnswer: huntington disease", "huntington disease"),
+        ("Answer: melanoma", "melanoma"),  # not a training label: kept, scored wrong
+        ("I am not sure.", ""),
+    ],
+)
 def test_replies_map_onto_training_labels(reply, label):
     assert LABELS.predicted_label(reply) == label
 
@@ -176,12 +188,38 @@ def test_planted_signal_rejects_bad_parameters():
 
 
 def test_cli_planted_and_hard_kegg(tmp_path, capsys):
-    assert main(["planted", "--out", str(tmp_path / "p"), "--records", "40", "--classes", "4", "--signal", "flank", "--length", "101"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"out": str(tmp_path / "p"), "signal": "flank", "val": 4, "test": 4, "train": 32}
+    assert (
+        main(
+            [
+                "planted",
+                "--out",
+                str(tmp_path / "p"),
+                "--records",
+                "40",
+                "--classes",
+                "4",
+                "--signal",
+                "flank",
+                "--length",
+                "101",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
+        "out": str(tmp_path / "p"),
+        "signal": "flank",
+        "val": 4,
+        "test": 4,
+        "train": 32,
+    }
     assert {r["answer"] for r in read_jsonl(tmp_path / "p" / "train.jsonl")} <= set(DISEASES)
 
     source = tmp_path / "kegg.jsonl"
-    write_jsonl(source, [{**r, "question": f"Genes in the pathway: GENE{i}"} for i, r in enumerate(planted_records(6, length=101))])
+    write_jsonl(
+        source,
+        [{**r, "question": f"Genes in the pathway: GENE{i}"} for i, r in enumerate(planted_records(6, length=101))],
+    )
     assert main(["hard-kegg", str(source), "--out", str(tmp_path / "hard.jsonl"), "--prompt", "Which disease?"]) == 0
     hard = read_jsonl(tmp_path / "hard.jsonl")
     original = read_jsonl(source)
@@ -203,16 +241,35 @@ def test_records_without_dna_need_a_text_only_model(tmp_path):
 def tiny_checkpoint(tmp_path_factory, tiny_models):
     out = tmp_path_factory.mktemp("suite")
     write_jsonl(out / "train.jsonl", planted_records(64, n_classes=4, seed=3))
-    recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={out / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={out / 'train.jsonl'}", "data.val=", "train.max_steps=4", "train.save_every=0",
-    ])
+    recipe = load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={out / 'run'}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={out / 'train.jsonl'}",
+            "data.val=",
+            "train.max_steps=4",
+            "train.save_every=0",
+        ],
+    )
     return train(recipe)
 
 
 def test_cli_eval_on_real_kegg_val_and_test_writes_four_outputs(tiny_checkpoint, shared_kegg, tmp_path, capsys):
     out = tmp_path / "eval"
-    code = main(["eval", str(tiny_checkpoint), "--data", str(shared_kegg / "val.jsonl"), "--data", str(shared_kegg / "test.jsonl"), "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            str(tiny_checkpoint),
+            "--data",
+            str(shared_kegg / "val.jsonl"),
+            "--data",
+            str(shared_kegg / "test.jsonl"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "macro_F1" in printed and "support" in printed and "confusion.png" in printed
@@ -232,10 +289,27 @@ def test_cli_eval_on_real_kegg_val_and_test_writes_four_outputs(tiny_checkpoint,
 def test_cli_eval_counts_and_warns_about_replies_cut_at_max_new_tokens(tiny_checkpoint, tmp_path, capsys):
     write_jsonl(tmp_path / "test.jsonl", planted_records(6, n_classes=4, seed=9, length=101))
     out = tmp_path / "cut"
-    assert main(["eval", str(tiny_checkpoint), "eval.max_new_tokens=2", "--data", str(tmp_path / "test.jsonl"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tiny_checkpoint),
+                "eval.max_new_tokens=2",
+                "--data",
+                str(tmp_path / "test.jsonl"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["truncated"] == 6 and metrics["max_new_tokens"] == 2 and metrics["max_new_tokens_from"] == "eval.max_new_tokens"
+    assert (
+        metrics["truncated"] == 6
+        and metrics["max_new_tokens"] == 2
+        and metrics["max_new_tokens_from"] == "eval.max_new_tokens"
+    )
     assert "truncated" in printed.splitlines()[0]
     assert "warning: 6 of 6 replies reached max_new_tokens=2" in printed and "eval.max_new_tokens=" in printed
 
@@ -259,18 +333,25 @@ def test_cli_eval_without_dna_names_the_record(tiny_checkpoint, tmp_path, capsys
     records = planted_records(3, length=101)
     del records[1]["reference_sequence"]
     write_jsonl(tmp_path / "bad.jsonl", records)
-    assert main(["eval", str(tiny_checkpoint), "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "e")]) == 2
+    assert (
+        main(["eval", str(tiny_checkpoint), "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "e")]) == 2
+    )
     err = capsys.readouterr().err
     assert "bad.jsonl:2" in err and "reference_sequence" in err and "data.use_dna=false" in err
     assert not (tmp_path / "e").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("models=dna+text,vision", "unknown model(s) vision in models"),
-    ("test=", "no test file: set test=PATH"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("models=dna+text,vision", "unknown model(s) vision in models"),
+        ("test=", "no test file: set test=PATH"),
+    ],
+)
 def test_cli_baselines_rejects_bad_settings_before_training(tmp_path, capsys, override, message):
-    code = main(["baselines", str(REPO / "recipes/baselines/planted_tiny.yaml"), f"output_dir={tmp_path / 'run'}", override])
+    code = main(
+        ["baselines", str(REPO / "recipes/baselines/planted_tiny.yaml"), f"output_dir={tmp_path / 'run'}", override]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -67,8 +67,16 @@ def project(tiny_models, tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         assert main(["train", str(KEGG_TINY), "train.max_steps=1", "train.save_every=0"]) == 0
-    return {"root": root, "run": root / "runs" / "kegg-tiny", "checkpoint": root / "runs" / "kegg-tiny" / "checkpoint-1",
-            "data": data, "seqs": seqs, "fasta": fasta, "genos": root / ".dnallm/tiny/genos", "qwen3": root / ".dnallm/tiny/qwen3"}
+    return {
+        "root": root,
+        "run": root / "runs" / "kegg-tiny",
+        "checkpoint": root / "runs" / "kegg-tiny" / "checkpoint-1",
+        "data": data,
+        "seqs": seqs,
+        "fasta": fasta,
+        "genos": root / ".dnallm/tiny/genos",
+        "qwen3": root / ".dnallm/tiny/qwen3",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +85,28 @@ def coverage(tiny_models, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("coverage")
     data = write_synthetic_tracks(root / "tracks", n_chroms=3, chrom_length=6000, seed=0)
     run_dir = root / "run"
-    assert main([
-        "train-tracks", str(COVERAGE_TINY), f"output_dir={run_dir}", f"encoder.name_or_path={tiny_models['genos']}",
-        f"data.fasta={data['fasta']}", f"data.tracks={data['tracks']}", "data.chroms=[chr1]", "data.val_chroms=[chr2]",
-        "data.test_chroms=[chr3]", "data.window=256", "data.overlap=128", "train.max_steps=1", "train.micro_batch_size=2",
-        "train.global_batch_size=2", "eval.max_val_windows=2",
-    ]) == 0
+    assert (
+        main(
+            [
+                "train-tracks",
+                str(COVERAGE_TINY),
+                f"output_dir={run_dir}",
+                f"encoder.name_or_path={tiny_models['genos']}",
+                f"data.fasta={data['fasta']}",
+                f"data.tracks={data['tracks']}",
+                "data.chroms=[chr1]",
+                "data.val_chroms=[chr2]",
+                "data.test_chroms=[chr3]",
+                "data.window=256",
+                "data.overlap=128",
+                "train.max_steps=1",
+                "train.micro_batch_size=2",
+                "train.global_batch_size=2",
+                "eval.max_val_windows=2",
+            ]
+        )
+        == 0
+    )
     preds = root / "preds"
     assert main(["predict-tracks", str(run_dir), "--region", "chr1:1-600", "--out", str(preds)]) == 0
     bigwigs = sorted(data["fasta"].parent.glob("*.bw"))
@@ -127,19 +151,42 @@ def _kegg_cases(p: dict, vcf: Path, tmp: Path) -> dict[str, tuple[list, Path, st
         "windows through a link": (["windows", *variants, "--flank", "20", "--out", link], vcf, str(link)),
         "windows by a relative path": (["windows", *variants, "--flank", "20", "--out", relative], vcf, str(relative)),
         "annotate": (["annotate", p["checkpoint"], *variants, "--out", vcf], vcf, str(vcf)),
-        "annotate tsv": (["annotate", p["checkpoint"], *variants, "--out", tmp / "a.vcf", "--tsv", p["fasta"]], p["fasta"], str(p["fasta"])),
+        "annotate tsv": (
+            ["annotate", p["checkpoint"], *variants, "--out", tmp / "a.vcf", "--tsv", p["fasta"]],
+            p["fasta"],
+            str(p["fasta"]),
+        ),
         "eval": (["eval", p["checkpoint"], "--data", test, "--out", test], test, str(test)),
         "split": (["split", test, "--out", tmp], test, str(test)),
         "hard-kegg": (["hard-kegg", test, "--out", test], test, str(test)),
-        "cache-embeddings": (["cache-embeddings", KEGG_TINY, f"data.train={test}", "data.val=", f"encoder.cache_dir={test}", *models], test, str(test)),
-        "baselines": (["baselines", KEGG_TINY, f"data.train={test}", "data.val=", f"test={test}", f"output_dir={test}", *models], test, str(test)),
+        "cache-embeddings": (
+            ["cache-embeddings", KEGG_TINY, f"data.train={test}", "data.val=", f"encoder.cache_dir={test}", *models],
+            test,
+            str(test),
+        ),
+        "baselines": (
+            ["baselines", KEGG_TINY, f"data.train={test}", "data.val=", f"test={test}", f"output_dir={test}", *models],
+            test,
+            str(test),
+        ),
     }
 
 
-@pytest.mark.parametrize("command", [
-    "windows", "windows through a link", "windows by a relative path", "annotate", "annotate tsv", "eval", "split", "hard-kegg",
-    "cache-embeddings", "baselines",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "windows",
+        "windows through a link",
+        "windows by a relative path",
+        "annotate",
+        "annotate tsv",
+        "eval",
+        "split",
+        "hard-kegg",
+        "cache-embeddings",
+        "baselines",
+    ],
+)
 def test_kegg_and_vcf_commands_refuse_to_write_over_an_input(command, project, vcf, tmp_path, in_project, capsys):
     args, kept, named = _kegg_cases(project, vcf, tmp_path)[command]
     before = digest(kept)
@@ -182,15 +229,37 @@ def test_an_unusable_output_is_refused_before_any_work(project, coverage, tmp_pa
         "predict-tracks": ["predict-tracks", coverage["run"], "--region", "chr1:1-600", "--out", taken],
         "eval-tracks": ["eval-tracks", coverage["run"], "--region", "chr3:1-600", "--out", taken / "eval"],
         "plot-tracks": ["plot-tracks", coverage["preds"], "--region", "chr1:1-500", "--out", folder],
-        "baselines": ["baselines", KEGG_TINY, f"data.train={test}", "data.val=", f"test={test}", f"output_dir={taken}", *models],
-        "cache-embeddings": ["cache-embeddings", KEGG_TINY, f"data.train={test}", "data.val=", f"encoder.cache_dir={taken}", *models],
+        "baselines": [
+            "baselines",
+            KEGG_TINY,
+            f"data.train={test}",
+            "data.val=",
+            f"test={test}",
+            f"output_dir={taken}",
+            *models,
+        ],
+        "cache-embeddings": [
+            "cache-embeddings",
+            KEGG_TINY,
+            f"data.train={test}",
+            "data.val=",
+            f"encoder.cache_dir={taken}",
+            *models,
+        ],
         "make-tiny": ["make-tiny", "--out", taken],
     }
     for command, args in attempts.items():
         code, err = run(capsys, *args)
         line = error_line(err)
         assert code == 2 and (str(taken) in line or str(folder) in line), (command, line)
-        for work in ("generating:", "annotating:", "predicting:", "evaluating:", "training:", "caching embeddings:"):  # progress bars
+        for work in (
+            "generating:",
+            "annotating:",
+            "predicting:",
+            "evaluating:",
+            "training:",
+            "caching embeddings:",
+        ):  # progress bars
             assert work not in err, (command, err)
     assert taken.read_text() == "a user's file\n" and not any(folder.iterdir())
     assert not (tmp_path / "a.vcf.progress.jsonl").exists()
@@ -203,7 +272,16 @@ def test_checkpoint_trained_in_one_folder_is_evaluated_from_another(project, els
     saved = yaml.safe_load((project["checkpoint"] / "recipe.yaml").read_text())
     assert saved["encoder"]["name_or_path"] == str(project["genos"].resolve())
     assert saved["llm"]["name_or_path"] == str(project["qwen3"].resolve())
-    code, err = run(capsys, "eval", project["run"], "eval.max_new_tokens=2", "--data", project["data"] / "test.jsonl", "--out", "eval")
+    code, err = run(
+        capsys,
+        "eval",
+        project["run"],
+        "eval.max_new_tokens=2",
+        "--data",
+        project["data"] / "test.jsonl",
+        "--out",
+        "eval",
+    )
     assert code == 0, err
     assert (elsewhere / "eval" / "metrics.json").is_file()
 
@@ -218,12 +296,16 @@ def test_checkpoint_with_models_that_cannot_be_found_names_the_key(project, tmp_
     (old / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     out = tmp_path / "annotated.vcf"
     vcf = write_vcf(tmp_path / "in.vcf", [cases(project["seqs"])["snv"]])
-    for args in (["annotate", old, "--vcf", vcf, "--fasta", project["fasta"], "--out", out],
-                 ["eval", old, "--data", project["data"] / "test.jsonl", "--out", tmp_path / "eval"]):
+    for args in (
+        ["annotate", old, "--vcf", vcf, "--fasta", project["fasta"], "--out", out],
+        ["eval", old, "--data", project["data"] / "test.jsonl", "--out", tmp_path / "eval"],
+    ):
         code, err = run(capsys, *args)
         line = error_line(err)
         assert code == 2 and "encoder.name_or_path='.dnallm/tiny/genos'" in line, line
-        assert str(elsewhere / ".dnallm/tiny/genos") in line and str(old / ".dnallm/tiny/genos") in line  # where it looked
+        assert (
+            str(elsewhere / ".dnallm/tiny/genos") in line and str(old / ".dnallm/tiny/genos") in line
+        )  # where it looked
         assert "pass encoder.name_or_path=PATH" in line  # how to override
     assert not out.exists() and not Path(f"{out}.progress.jsonl").exists() and not (tmp_path / "eval").exists()
     # The override it names works.
@@ -248,11 +330,29 @@ def test_model_paths_resolve_against_the_checkpoint_and_hub_ids_stay_ids(project
 def test_train_with_a_missing_model_names_the_key_before_any_work(project, tmp_path, elsewhere, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = [f"data.train={project['data'] / 'train.jsonl'}", "data.val=", f"output_dir={tmp_path / 'run'}"]
-    code, err = run(capsys, "train", KEGG_TINY, *data, f"encoder.name_or_path={project['genos']}", "llm.name_or_path=./models/qwen3")
+    code, err = run(
+        capsys,
+        "train",
+        KEGG_TINY,
+        *data,
+        f"encoder.name_or_path={project['genos']}",
+        "llm.name_or_path=./models/qwen3",
+    )
     line = error_line(err)
-    assert code == 2 and "llm.name_or_path='./models/qwen3': no such model folder" in line and "pass llm.name_or_path=PATH" in line
+    assert (
+        code == 2
+        and "llm.name_or_path='./models/qwen3': no such model folder" in line
+        and "pass llm.name_or_path=PATH" in line
+    )
     # A hub ID that cannot be loaded (here: offline) is named with its key too.
-    code, err = run(capsys, "train", KEGG_TINY, *data, "encoder.name_or_path=nobody/no-such-dna-model", f"llm.name_or_path={project['qwen3']}")
+    code, err = run(
+        capsys,
+        "train",
+        KEGG_TINY,
+        *data,
+        "encoder.name_or_path=nobody/no-such-dna-model",
+        f"llm.name_or_path={project['qwen3']}",
+    )
     line = error_line(err)
     assert code == 2 and "encoder.name_or_path='nobody/no-such-dna-model': cannot load this model" in line, line
     assert not (tmp_path / "run").exists()
@@ -267,14 +367,28 @@ def test_pos_zero_is_skipped_with_its_reason(project, tmp_path, elsewhere, capsy
     vcf = write_vcf(tmp_path / "telomere.vcf", rows)
     for edge in ("pad", "skip"):
         out = tmp_path / f"windows-{edge}.jsonl"
-        code, err = run(capsys, "windows", "--vcf", vcf, "--fasta", project["fasta"], "--out", out, "--flank", "20", "--edge", edge)
+        code, err = run(
+            capsys, "windows", "--vcf", vcf, "--fasta", project["fasta"], "--out", out, "--flank", "20", "--edge", edge
+        )
         assert code == 0, err
         with (tmp_path / f"windows-{edge}.skipped.tsv").open() as f:
             skipped = list(csv.DictReader(f, delimiter="\t"))
         assert [(r["id"], r["pos"], r["reason"]) for r in skipped] == [("v_telomere", "0", "position_zero")]
         assert len(out.read_text().splitlines()) == 1
     out = tmp_path / "annotated.vcf"
-    code, err = run(capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"], "--out", out, "--max-new-tokens", "2")
+    code, err = run(
+        capsys,
+        "annotate",
+        project["checkpoint"],
+        "--vcf",
+        vcf,
+        "--fasta",
+        project["fasta"],
+        "--out",
+        out,
+        "--max-new-tokens",
+        "2",
+    )
     assert code == 0, err
     with (tmp_path / "annotated.tsv").open() as f:
         status = {r["id"]: r["status"] for r in csv.DictReader(f, delimiter="\t")}
@@ -287,12 +401,28 @@ def test_pos_zero_is_skipped_with_its_reason(project, tmp_path, elsewhere, capsy
 
 
 def test_coverage_data_errors_are_one_line_with_exit_status_2(coverage, tiny_models, tmp_path, elsewhere, capsys):
-    code, err = run(capsys, "train-tracks", COVERAGE_TINY, f"data.fasta={tmp_path / 'missing.fa'}", f"output_dir={tmp_path / 'run'}",
-                    f"encoder.name_or_path={tiny_models['genos']}")
+    code, err = run(
+        capsys,
+        "train-tracks",
+        COVERAGE_TINY,
+        f"data.fasta={tmp_path / 'missing.fa'}",
+        f"output_dir={tmp_path / 'run'}",
+        f"encoder.name_or_path={tiny_models['genos']}",
+    )
     assert code == 2 and f"reference FASTA not found: {tmp_path / 'missing.fa'}" in error_line(err)
     code, err = run(capsys, "predict-tracks", coverage["run"], "--out", tmp_path / "preds")
     assert code == 2 and "nothing to predict: give --region" in error_line(err)
-    code, err = run(capsys, "eval-tracks", coverage["run"], "--region", "chr3:1-600", "--gtf", tmp_path / "missing.gtf", "--out", tmp_path / "eval")
+    code, err = run(
+        capsys,
+        "eval-tracks",
+        coverage["run"],
+        "--region",
+        "chr3:1-600",
+        "--gtf",
+        tmp_path / "missing.gtf",
+        "--out",
+        tmp_path / "eval",
+    )
     assert code == 2 and "gene annotation not found" in error_line(err) and "evaluating" not in err
     code, err = run(capsys, "plot-tracks", coverage["preds"], "--region", "chr9:1-500", "--out", tmp_path / "plot.png")
     assert code == 2 and "contig 'chr9' is not in the genome" in error_line(err)

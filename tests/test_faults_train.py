@@ -32,14 +32,34 @@ def planted(tmp_path_factory):
 
 
 def _args(out, tiny_models, planted, *extra):
-    return [f"output_dir={out}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-            f"data.train={planted / 'train.jsonl'}", "data.val=", "lora.dropout=0.1", "train.micro_batch_size=4", "train.log_every=1", *extra]
+    return [
+        f"output_dir={out}",
+        f"encoder.name_or_path={tiny_models['genos']}",
+        f"llm.name_or_path={tiny_models['qwen3']}",
+        f"data.train={planted / 'train.jsonl'}",
+        "data.val=",
+        "lora.dropout=0.1",
+        "train.micro_batch_size=4",
+        "train.log_every=1",
+        *extra,
+    ]
 
 
 def _dnallm(*args, cwd, **kwargs):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    return subprocess.Popen([sys.executable, "-m", "dnallm", *map(str, args)], cwd=cwd, env={**env, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "dnallm", *map(str, args)],
+        cwd=cwd,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def _logged(run: Path) -> list[dict]:
@@ -74,17 +94,38 @@ def test_a_fresh_run_refuses_another_runs_output_dir(tmp_path, tiny_models, plan
     old = sorted(p.name for p in run.iterdir())
     assert "checkpoint-3" in old
 
-    proc = _dnallm("train", TINY, *_args(run, tiny_models, planted, "train.max_steps=2", "train.save_every=1", "train.keep_last=1"), cwd=tmp_path)
+    proc = _dnallm(
+        "train",
+        TINY,
+        *_args(run, tiny_models, planted, "train.max_steps=2", "train.save_every=1", "train.keep_last=1"),
+        cwd=tmp_path,
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err
     line = err.strip().splitlines()[-1]
     assert line.startswith("dnallm train: error: output_dir") and "checkpoint-3" in line
-    assert "train.resume_from_checkpoint=auto" in line and "output_dir=" in line and "train.overwrite_output_dir=true" in line
+    assert (
+        "train.resume_from_checkpoint=auto" in line
+        and "output_dir=" in line
+        and "train.overwrite_output_dir=true" in line
+    )
     assert sorted(p.name for p in run.iterdir()) == old  # nothing written, nothing removed
 
     # Asked for explicitly: the other run's checkpoints and log make way; this run keeps its own last one.
-    proc = _dnallm("train", TINY, *_args(run, tiny_models, planted, "train.max_steps=2", "train.save_every=1", "train.keep_last=1",
-                                       "train.overwrite_output_dir=true"), cwd=tmp_path)
+    proc = _dnallm(
+        "train",
+        TINY,
+        *_args(
+            run,
+            tiny_models,
+            planted,
+            "train.max_steps=2",
+            "train.save_every=1",
+            "train.keep_last=1",
+            "train.overwrite_output_dir=true",
+        ),
+        cwd=tmp_path,
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
@@ -101,15 +142,29 @@ def test_pruning_leaves_other_runs_checkpoints_alone(tmp_path, tiny_models, plan
     run = tmp_path / "run"
     recipe = load_recipe(TINY, _args(run, tiny_models, planted))
     model, _ = build_model(recipe, "cpu", build_encoder(recipe, "cpu"))
-    engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), grad_accum=1, max_grad_norm=1.0, device="cpu")
+    engine = TorchEngine(
+        model,
+        [{"params": [p for p in model.parameters() if p.requires_grad]}],
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        grad_accum=1,
+        max_grad_norm=1.0,
+        device="cpu",
+    )
     objective = FineTune(recipe)
     other = save_checkpoint(run, 200, engine, objective, recipe.to_yaml(), {}, run_id="another")
-    mine = [save_checkpoint(run, step, engine, objective, recipe.to_yaml(), {}, keep_last=1, run_id="this") for step in (2, 4)]
+    mine = [
+        save_checkpoint(run, step, engine, objective, recipe.to_yaml(), {}, keep_last=1, run_id="this")
+        for step in (2, 4)
+    ]
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-200", "checkpoint-4"]
     assert other.is_dir() and mine[-1].is_dir()
     # Resuming this run with another run's checkpoint beside it is refused too: the two would mix.
     with pytest.raises(RecipeError, match="holds checkpoints of another run \\(checkpoint-200\\)"):
-        train(load_recipe(TINY, _args(run, tiny_models, planted, "train.max_steps=6", f"train.resume_from_checkpoint={mine[-1]}")))
+        train(
+            load_recipe(
+                TINY, _args(run, tiny_models, planted, "train.max_steps=6", f"train.resume_from_checkpoint={mine[-1]}")
+            )
+        )
 
 
 # ---- recipe values ----------------------------------------------------------------------------
@@ -119,7 +174,9 @@ def test_a_bad_value_is_named_before_any_model_loads(tmp_path):
     # The recipe's model paths do not exist here: an error about them would mean models were loading.
     proc = _dnallm("train", TINY, f"output_dir={tmp_path / 'run'}", "train.micro_batch_size=0", cwd=tmp_path)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 2 and err.strip().splitlines() == ["dnallm train: error: recipe key 'train.micro_batch_size' must be >= 1, got 0"]
+    assert proc.returncode == 2 and err.strip().splitlines() == [
+        "dnallm train: error: recipe key 'train.micro_batch_size' must be >= 1, got 0"
+    ]
     assert not (tmp_path / "run").exists()
 
 
@@ -128,12 +185,16 @@ def test_a_bad_value_is_named_before_any_model_loads(tmp_path):
 
 @pytest.mark.parametrize("stage", ["", "zero2"])
 def test_resume_with_dropout_is_bit_identical(stage, tmp_path, tiny_models, planted, single_process_env):
-    extra = ["train.max_steps=6", "train.save_every=3"] + ([f"deepspeed={REPO}/recipes/deepspeed/{stage}.json"] if stage else [])
+    extra = ["train.max_steps=6", "train.save_every=3"] + (
+        [f"deepspeed={REPO}/recipes/deepspeed/{stage}.json"] if stage else []
+    )
     whole = train(load_recipe(TINY, _args(tmp_path / "a", tiny_models, planted, *extra)))
     train(load_recipe(TINY, _args(tmp_path / "b", tiny_models, planted, *extra)), stop_after=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = train(load_recipe(TINY, _args(tmp_path / "b", tiny_models, planted, *extra, "train.resume_from_checkpoint=auto")))
+        resumed = train(
+            load_recipe(TINY, _args(tmp_path / "b", tiny_models, planted, *extra, "train.resume_from_checkpoint=auto"))
+        )
     assert not [w for w in caught if "lr_scheduler" in str(w.message)], [str(w.message) for w in caught]
     _same_tensors(whole, resumed)
     assert [e["train/loss"] for e in _logged(tmp_path / "a")] == [e["train/loss"] for e in _logged(tmp_path / "b")]
@@ -143,21 +204,35 @@ def test_resume_with_dropout_is_bit_identical(stage, tmp_path, tiny_models, plan
 def test_sigterm_then_kill9_then_resume_is_bit_identical(stage, tmp_path, tiny_models, planted, single_process_env):
     """SIGTERM saves at the next step boundary and exits 143; kill -9 loses the steps since the last
     checkpoint; each resume continues exactly, and the log holds every step once."""
-    extra = ["train.max_steps=24", "train.save_every=5", "train.keep_last=1"] + ([f"deepspeed={REPO}/recipes/deepspeed/{stage}.json"] if stage else [])
+    extra = ["train.max_steps=24", "train.save_every=5", "train.keep_last=1"] + (
+        [f"deepspeed={REPO}/recipes/deepspeed/{stage}.json"] if stage else []
+    )
     # The uninterrupted run goes through the command line too: same process settings, same numbers.
     straight = _dnallm("train", TINY, *_args(tmp_path / "a", tiny_models, planted, *extra), cwd=tmp_path)
     run = tmp_path / "b"
 
-    _, err = _signal_after(_dnallm("train", TINY, *_args(run, tiny_models, planted, *extra), cwd=tmp_path), run, 7, signal.SIGTERM)
+    _, err = _signal_after(
+        _dnallm("train", TINY, *_args(run, tiny_models, planted, *extra), cwd=tmp_path), run, 7, signal.SIGTERM
+    )
     saved = read_state(next(run.glob("checkpoint-*")))["step"]
     assert saved >= 7  # the step boundary after the signal
-    assert f"stopped by SIGTERM after step {saved}" in err and "train.resume_from_checkpoint=auto" in err and "Traceback" not in err
-    proc = _dnallm("train", TINY, *_args(run, tiny_models, planted, *extra, "train.resume_from_checkpoint=auto"), cwd=tmp_path)
+    assert (
+        f"stopped by SIGTERM after step {saved}" in err
+        and "train.resume_from_checkpoint=auto" in err
+        and "Traceback" not in err
+    )
+    proc = _dnallm(
+        "train", TINY, *_args(run, tiny_models, planted, *extra, "train.resume_from_checkpoint=auto"), cwd=tmp_path
+    )
     _signal_after(proc, run, 17, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
-    assert max(e["step"] for e in _logged(run)) > read_state(next(run.glob("checkpoint-*")))["step"]  # steps past the checkpoint
+    assert (
+        max(e["step"] for e in _logged(run)) > read_state(next(run.glob("checkpoint-*")))["step"]
+    )  # steps past the checkpoint
 
-    proc = _dnallm("train", TINY, *_args(run, tiny_models, planted, *extra, "train.resume_from_checkpoint=auto"), cwd=tmp_path)
+    proc = _dnallm(
+        "train", TINY, *_args(run, tiny_models, planted, *extra, "train.resume_from_checkpoint=auto"), cwd=tmp_path
+    )
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "lr_scheduler" not in err

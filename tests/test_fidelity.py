@@ -33,10 +33,19 @@ def _planted_task(out: Path, signal: str, n_test: int = 100) -> tuple[Path, int]
 
 def _baselines(tiny_models, data: Path, out: Path, models: list[str], *overrides: str) -> dict:
     # The recipe of the README's example run, pointed at this test's models and data.
-    recipe = load_recipe(REPO / "recipes/baselines/planted_tiny.yaml", [
-        f"output_dir={out}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={data / 'train.jsonl'}", f"test={data / 'test.jsonl'}", f"models={','.join(models)}", *overrides,
-    ], cls=BaselinesRecipe)
+    recipe = load_recipe(
+        REPO / "recipes/baselines/planted_tiny.yaml",
+        [
+            f"output_dir={out}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={data / 'train.jsonl'}",
+            f"test={data / 'test.jsonl'}",
+            f"models={','.join(models)}",
+            *overrides,
+        ],
+        cls=BaselinesRecipe,
+    )
     return run_baselines(recipe)
 
 
@@ -61,8 +70,14 @@ CASES = [(signal, k) for k in (8, 1) for signal in SIGNALS]
 @pytest.mark.parametrize("signal, k", CASES, ids=[f"{s}-k{k}" for s, k in CASES])
 def test_dna_plus_text_is_never_worse_than_a_strong_dna_only_head(signal, k, tiny_models, tmp_path):
     data, n_classes = _planted_task(tmp_path / "data", signal)
-    result = _baselines(tiny_models, data, tmp_path / "run", ["dna+text", "dna-only"], f"projector.pool={k}",
-                        f"train.max_steps={STEPS}")
+    result = _baselines(
+        tiny_models,
+        data,
+        tmp_path / "run",
+        ["dna+text", "dna-only"],
+        f"projector.pool={k}",
+        f"train.max_steps={STEPS}",
+    )
     acc = _accuracy(result)
     assert acc["dna-only"] >= 0.90, result["table"]  # the head reads the pair as the fusion model does: a strong bar
     assert acc["dna+text"] >= acc["dna-only"] - 0.02, result["table"]
@@ -90,7 +105,9 @@ def _train_losses(run_dir):
 
 def test_baselines_outputs_and_learning_curves(tiny_models, tmp_path):
     data, _ = _planted_task(tmp_path / "data", "centre")
-    result = _baselines(tiny_models, data, tmp_path / "run", ["dna+text", "text-only", "dna-only"], "train.max_steps=60")
+    result = _baselines(
+        tiny_models, data, tmp_path / "run", ["dna+text", "text-only", "dna-only"], "train.max_steps=60"
+    )
     out = tmp_path / "run"
     for run in ("dna_text", "text_only"):
         losses = _train_losses(out / run)

@@ -23,7 +23,13 @@ def _example(answer="prion disease", ref="ACGTACGTACGTACGTACGTACGT", var="ACGTAC
 @pytest.fixture(scope="module")
 def fusion(tiny_models):
     torch.manual_seed(0)
-    config = DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tiny_models["qwen3"])}, "lora": LORA, "projector": {"kind": "conv", "pool": 4, "kernel": 8, "summary": "none"}})
+    config = DNAFusionConfig.from_dict(
+        {
+            "llm": {"name_or_path": str(tiny_models["qwen3"])},
+            "lora": LORA,
+            "projector": {"kind": "conv", "pool": 4, "kernel": 8, "summary": "none"},
+        }
+    )
     model, tok = DNAFusionLM.from_config(config, DNA_HIDDEN)
     processor = DNAChatProcessor(tok, DNATokenizer(str(tiny_models["genos"])), pool=4)
     return model.eval(), tok, processor
@@ -104,7 +110,10 @@ def test_placeholder_feature_mismatch_raises_with_counts(fusion):
 
 def test_left_padding_for_generation_keeps_prompts_right_aligned(fusion):
     _, tok, processor = fusion
-    rows = [processor(_example(), with_answer=False), processor({**_example(), "question": "Which disease does this variant cause?"}, with_answer=False)]
+    rows = [
+        processor(_example(), with_answer=False),
+        processor({**_example(), "question": "Which disease does this variant cause?"}, with_answer=False),
+    ]
     batch = processor.collate(rows, side="left")
     assert (batch["input_ids"][:, -1] == batch["input_ids"][0, -1]).all()  # both end with the assistant header
     n_pad = batch["attention_mask"].shape[1] - batch["attention_mask"].sum(1)
@@ -123,7 +132,13 @@ def test_text_only_prompts_have_no_dna_blocks(tiny_models):
 @pytest.fixture(scope="module")
 def fusion_with_summary(tiny_models):
     torch.manual_seed(0)
-    config = DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tiny_models["qwen3"])}, "lora": LORA, "projector": {"kind": "conv", "pool": 4, "kernel": 8, "summary": "pooled+centre", "summary_tokens": 2}})
+    config = DNAFusionConfig.from_dict(
+        {
+            "llm": {"name_or_path": str(tiny_models["qwen3"])},
+            "lora": LORA,
+            "projector": {"kind": "conv", "pool": 4, "kernel": 8, "summary": "pooled+centre", "summary_tokens": 2},
+        }
+    )
     model, tok = DNAFusionLM.from_config(config, DNA_HIDDEN)
     processor = DNAChatProcessor(tok, DNATokenizer(str(tiny_models["genos"])), pool=4, summary_tokens=2)
     return model.eval(), tok, processor
@@ -148,7 +163,9 @@ def test_summary_features_land_after_each_samples_blocks(fusion_with_summary):
         summary = model.summary(dna_embeds, dna_mask)  # (2 pairs, 2 tokens, hidden)
     slots = batch["input_ids"] == tok.convert_tokens_to_ids(DNA_PAD)
     assert slots.sum(1).tolist() == [14, 12]
-    expected = torch.cat([blocks[0][valid[0]], blocks[1][valid[1]], summary[0], blocks[2][valid[2]], blocks[3][valid[3]], summary[1]])
+    expected = torch.cat(
+        [blocks[0][valid[0]], blocks[1][valid[1]], summary[0], blocks[2][valid[2]], blocks[3][valid[3]], summary[1]]
+    )
     torch.testing.assert_close(embeds[slots], expected)
 
 
@@ -215,7 +232,9 @@ def test_pair_views_line_up_an_insertions_flanks_and_show_its_bases():
     flanks = list(range(4)) + list(range(9, 13))
     torch.testing.assert_close(aligned[0, flanks], aligned[1, flanks])
     assert valid[:, flanks].all() and views["allele_len"].tolist() == [0, 6]
-    assert valid[0, 4:9].sum() == 0 and valid[1, 4:9].all()  # the reference has no allele; 5 of the 6 inserted bases shown
+    assert (
+        valid[0, 4:9].sum() == 0 and valid[1, 4:9].all()
+    )  # the reference has no allele; 5 of the 6 inserted bases shown
     assert "".join("ACGT"[i] for i in aligned[1, 4:9].argmax(-1)) == "GGCAT"
     # The k-mer view reads each window's contiguous stretch: the variant's insertion with its flanks.
     stretch = "".join("ACGT"[i] for i in views["local"][1][views["local_mask"][1]].argmax(-1))

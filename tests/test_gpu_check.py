@@ -9,12 +9,24 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
-    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--cpu"], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--cpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report_text, table = proc.stdout.split("\n\n| check |")
     report = json.loads(report_text)
-    assert set(report["checks"]) == {"packed_attention", "kegg_tiny", "encoder_load_tiny", "zero3_offload_start_tiny", "coverage_tiny"}
+    assert set(report["checks"]) == {
+        "packed_attention",
+        "kegg_tiny",
+        "encoder_load_tiny",
+        "zero3_offload_start_tiny",
+        "coverage_tiny",
+    }
     assert report["checks"]["packed_attention"]["report"]["kernel"] == "per-sample"  # varlen is CUDA-only
     zero3 = report["checks"]["zero3_offload_start_tiny"]["report"]
     assert zero3["partitioned"] and zero3["shards_on"] == ["cpu"] and zero3["loss"] > 0
@@ -24,12 +36,17 @@ def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
     kegg = report["checks"]["kegg_tiny"]["report"]
     assert set(kegg["modes"]) == {"a_live_k1_logits_reply", "c_cache_k8_logits_reply"}
     for mode in kegg["modes"].values():
-        assert mode["packed"] and mode["padding_fraction"] == 0 and mode["samples_per_s"] > 0 and mode["peak_rss_gib"] > 0
+        assert (
+            mode["packed"] and mode["padding_fraction"] == 0 and mode["samples_per_s"] > 0 and mode["peak_rss_gib"] > 0
+        )
     assert kegg["attention"]["implementation"] == "dnallm_packed" and kegg["llm_dtype"] == "float32"
     coverage = report["checks"]["coverage_tiny"]["report"]
     assert coverage["gradient_checkpointing"] is True and coverage["train"]["windows_per_s"] > 0
     assert table.count("\n| kegg_tiny |") == 2 and "| coverage_tiny | train" in table and "PROBLEM" not in table
-    assert report["problems"] == [] and coverage["predict"]["trunk_dtype"] == coverage["train"]["trunk_dtype"] == "float32"
+    assert (
+        report["problems"] == []
+        and coverage["predict"]["trunk_dtype"] == coverage["train"]["trunk_dtype"] == "float32"
+    )
 
 
 def test_gpu_check_flags_a_gpu_report_whose_packed_rows_loop_or_whose_kernels_disagree():
@@ -38,8 +55,16 @@ def test_gpu_check_flags_a_gpu_report_whose_packed_rows_loop_or_whose_kernels_di
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
-    good = {"kernel": "varlen", "per_sample_ms": 3.0, "varlen_ms": 1.0, "dtype": "bfloat16", "max_abs_diff_out": 0.004,
-            "scale_out": 3.0, "max_abs_diff_grad": 1e-7, "scale_grad": 1e-5}
+    good = {
+        "kernel": "varlen",
+        "per_sample_ms": 3.0,
+        "varlen_ms": 1.0,
+        "dtype": "bfloat16",
+        "max_abs_diff_out": 0.004,
+        "scale_out": 3.0,
+        "max_abs_diff_grad": 1e-7,
+        "scale_grad": 1e-5,
+    }
     assert gpu_check.problems({"attn": {"ok": True, "report": good}}, cpu=False) == []
     looped = gpu_check.problems({"attn": {"ok": True, "report": {**good, "kernel": "per-sample"}}}, cpu=False)
     assert len(looped) == 1 and "per sample" in looped[0]
@@ -53,8 +78,14 @@ def test_gpu_check_flags_zero3_offload_that_put_the_whole_model_on_the_gpu():
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
-    good = {"partitioned": True, "shards_on": ["cpu"], "model_gib_bf16": 1.6, "peak_cuda_at_start_gib": 0.75,
-            "peak_cuda_after_step_gib": 1.1, "engine_start_s": 9.0}
+    good = {
+        "partitioned": True,
+        "shards_on": ["cpu"],
+        "model_gib_bf16": 1.6,
+        "peak_cuda_at_start_gib": 0.75,
+        "peak_cuda_after_step_gib": 1.1,
+        "engine_start_s": 9.0,
+    }
     assert gpu_check.problems({"z": {"ok": True, "report": good}}, cpu=False) == []
     whole = gpu_check.problems({"z": {"ok": True, "report": {**good, "peak_cuda_at_start_gib": 1.7}}}, cpu=False)
     assert len(whole) == 1 and "whole" in whole[0]

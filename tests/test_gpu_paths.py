@@ -24,7 +24,10 @@ def test_offload_without_a_buildable_cpu_adam_fails_with_one_line_naming_the_fix
         raise RuntimeError("Ninja is required to load C++ extensions")
 
     monkeypatch.setattr(CPUAdamBuilder, "load", no_compiler)
-    with pytest.raises(RuntimeError, match=r"CPU Adam op, which could not be built here \(Ninja is required.*pip install ninja.*zero3\.json"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"CPU Adam op, which could not be built here \(Ninja is required.*pip install ninja.*zero3\.json",
+    ):
         require_cpu_adam()
 
 
@@ -46,9 +49,18 @@ def _bf16_config(tmp_path, stage: int) -> Path:
 
 def _kegg_recipe(tmp_path, tiny_models, *extra):
     write_jsonl(tmp_path / "train.jsonl", planted_records(16, n_classes=4, seed=0))
-    return load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={tmp_path / 'train.jsonl'}", "data.val=", "train.save_every=0", *extra])
+    return load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={tmp_path / 'train.jsonl'}",
+            "data.val=",
+            "train.save_every=0",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.parametrize("stage", [2, 3], ids=["zero2", "zero3"])
@@ -82,17 +94,30 @@ def test_bf16_resume_restores_the_fp32_master_weights_exactly(tmp_path, tiny_mod
     assert engine.full_param(p).numel() == 0 and engine.full_moments(p) is None
 
 
-def test_a_save_links_the_optimizer_moments_once_not_once_per_tensor(tmp_path, tiny_models, single_process_env, monkeypatch):
+def test_a_save_links_the_optimizer_moments_once_not_once_per_tensor(
+    tmp_path, tiny_models, single_process_env, monkeypatch
+):
     from dnallm.train.engine import DeepSpeedEngine
 
     calls = []
     real = DeepSpeedEngine._link_moments  # each call relinks every parameter's view into the flat moments
-    monkeypatch.setattr(DeepSpeedEngine, "_link_moments", lambda self, create=False: calls.append(create) or real(self, create))
+    monkeypatch.setattr(
+        DeepSpeedEngine, "_link_moments", lambda self, create=False: calls.append(create) or real(self, create)
+    )
     write_jsonl(tmp_path / "train.jsonl", planted_records(16, n_classes=4, seed=0))
-    recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={tmp_path / 'train.jsonl'}", "data.val=", "train.max_steps=2", "train.save_every=0",
-        f"deepspeed={REPO}/recipes/deepspeed/zero2.json"])
+    recipe = load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={tmp_path / 'train.jsonl'}",
+            "data.val=",
+            "train.max_steps=2",
+            "train.save_every=0",
+            f"deepspeed={REPO}/recipes/deepspeed/zero2.json",
+        ],
+    )
     checkpoint = train(recipe)
     from safetensors.torch import load_file
 
@@ -143,8 +168,14 @@ def test_eval_reads_token_probabilities_without_keeping_every_steps_scores(tiny_
 
     import torch
 
-    proc = subprocess.run([sys.executable, "-c", _GENERATION_MEMORY, str(tiny_qwen3_real_tokenizer)], capture_output=True, text=True,
-                          timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", _GENERATION_MEMORY, str(tiny_qwen3_real_tokenizer)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     got, want = torch.tensor(out["got"]), torch.tensor(out["want"])
@@ -171,17 +202,31 @@ def test_coverage_head_batchnorm_runs_in_fp32_under_deepspeed_bf16(single_proces
     torch.testing.assert_close(ours(x), ref(x))
 
     model = CoverageModel.from_config(genos_config("tiny"), 4, channels=[16, 8], kernel_size=5, dropout=0.0)
-    config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": 1,
-              "bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}
-    engine = DeepSpeedEngine(model, [{"params": list(model.parameters())}], lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                             config=config, device="cpu")
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": 1,
+        "bf16": {"enabled": True},
+        "zero_optimization": {"stage": 2},
+    }
+    engine = DeepSpeedEngine(
+        model,
+        [{"params": list(model.parameters())}],
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        config=config,
+        device="cpu",
+    )
     bn = engine.module.head.blocks[0][1]
     assert bn.weight.dtype == torch.bfloat16 and bn.running_mean.dtype == torch.float32
     before = bn.running_mean.clone()
     out = engine(input_ids=torch.randint(0, 4, (1, 64)), targets=torch.rand(1, 64, 4))
     engine.backward(out.loss)
     engine.step()
-    assert torch.isfinite(out.loss) and bn.running_mean.dtype == torch.float32 and not torch.equal(bn.running_mean, before)
+    assert (
+        torch.isfinite(out.loss)
+        and bn.running_mean.dtype == torch.float32
+        and not torch.equal(bn.running_mean, before)
+    )
 
 
 def test_bench_mfu_counts_a_tied_lm_head():
@@ -203,7 +248,9 @@ def test_bench_mfu_counts_a_tied_lm_head():
 
 
 @pytest.mark.parametrize("config", ["zero3.json", "zero3_offload.json", "zero3 bf16"])
-def test_zero3_partitions_the_model_from_host_memory_and_never_moves_it_whole(tmp_path, tiny_models, single_process_env, monkeypatch, config):
+def test_zero3_partitions_the_model_from_host_memory_and_never_moves_it_whole(
+    tmp_path, tiny_models, single_process_env, monkeypatch, config
+):
     """DeepSpeed moves a module whole to the device unless its parameters are already ZeRO-3
     partitioned, which would put the whole model on every GPU before offload_param could act."""
     import torch
@@ -227,8 +274,15 @@ def test_zero3_partitions_the_model_from_host_memory_and_never_moves_it_whole(tm
     monkeypatch.setattr(torch.nn.Module, "to", to)
     objective = FineTune(recipe)
     model = objective.setup("cpu", 0, 1)
-    engine = build_engine(recipe, model, objective.param_groups(model), total_steps=2, grad_accum=1, device="cpu",
-                          optimizer=objective.optimizer)
+    engine = build_engine(
+        recipe,
+        model,
+        objective.param_groups(model),
+        total_steps=2,
+        grad_accum=1,
+        device="cpu",
+        optimizer=objective.optimizer,
+    )
     assert moved == []
     params = list(engine.module.parameters())
     assert params and all(hasattr(p, "ds_id") for p in params)

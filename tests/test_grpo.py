@@ -41,8 +41,13 @@ def planted(tmp_path_factory):
 
 
 def _paths(tiny_models, planted, out):
-    return [f"output_dir={out}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-            f"data.train={planted / 'train.jsonl'}", "data.val="]
+    return [
+        f"output_dir={out}",
+        f"encoder.name_or_path={tiny_models['genos']}",
+        f"llm.name_or_path={tiny_models['qwen3']}",
+        f"data.train={planted / 'train.jsonl'}",
+        "data.val=",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,11 @@ def under_trained(tmp_path_factory, tiny_models, planted):
 
 
 def _grpo_recipe(tiny_models, planted, init, out, *extra):
-    return load_recipe(REPO / "recipes/grpo/tiny.yaml", [*_paths(tiny_models, planted, out), f"grpo.init_from={init}", *extra], cls=GRPORecipe)
+    return load_recipe(
+        REPO / "recipes/grpo/tiny.yaml",
+        [*_paths(tiny_models, planted, out), f"grpo.init_from={init}", *extra],
+        cls=GRPORecipe,
+    )
 
 
 def _reply(text, answer="parkinson's disease", n_tokens=6, finished=True, config=GRPOConfig()):
@@ -64,10 +73,16 @@ def _reply(text, answer="parkinson's disease", n_tokens=6, finished=True, config
 
 # ---- rewards ----------------------------------------------------------------------------
 
+
 def test_correct_label_reads_replies_as_eval_does():
     rewards = Rewards(GRPOConfig(rewards=["correct_label"]))
-    replies = ["Answer: Parkinson's Disease.", "reasoning...\n\nAnswer: **parkinsons disease**", "Answer: prion disease",
-               "parkinson's disease", "Answer: alzheimer's disease\nAnswer: parkinson's disease"]
+    replies = [
+        "Answer: Parkinson's Disease.",
+        "reasoning...\n\nAnswer: **parkinsons disease**",
+        "Answer: prion disease",
+        "parkinson's disease",
+        "Answer: alzheimer's disease\nAnswer: parkinson's disease",
+    ]
     totals, _ = rewards.score([_reply(r) for r in replies])
     assert totals == [1.0, 1.0, 0.0, 0.0, 1.0]  # the last 'Answer:' counts, as in `dnallm eval`
 
@@ -75,8 +90,12 @@ def test_correct_label_reads_replies_as_eval_does():
 def test_answer_format_and_length_rewards_and_their_weights():
     config = GRPOConfig(rewards=["answer_format", "length"], reward_weights=[1.0, 0.5], length_target=10)
     rewards = Rewards(config)
-    replies = [_reply("Answer: prion disease", n_tokens=8, config=config), _reply("Answer: flu", n_tokens=15, config=config),
-               _reply("Answer: prion disease", n_tokens=30, finished=False, config=config), _reply("no answer", n_tokens=10, config=config)]
+    replies = [
+        _reply("Answer: prion disease", n_tokens=8, config=config),
+        _reply("Answer: flu", n_tokens=15, config=config),
+        _reply("Answer: prion disease", n_tokens=30, finished=False, config=config),
+        _reply("no answer", n_tokens=10, config=config),
+    ]
     totals, parts = rewards.score(replies)
     assert parts["answer_format"] == [1.0, 0.5, 0.5, 0.0]
     assert parts["length"] == [1.0, 0.5, 0.0, 1.0]
@@ -91,12 +110,15 @@ def test_user_rewards_by_module_and_name(tmp_path, monkeypatch):
     sys.modules.pop("my_rewards", None)
 
 
-@pytest.mark.parametrize("config, message", [
-    (dict(rewards=["corect_label"]), "unknown reward 'corect_label'"),
-    (dict(rewards=["no_such_module:f"]), "cannot load 'no_such_module:f'"),
-    (dict(rewards=["correct_label"], reward_weights=[1.0, 2.0]), "2 values for 1 rewards"),
-    (dict(rewards=["length"]), "grpo.length_target is 0"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (dict(rewards=["corect_label"]), "unknown reward 'corect_label'"),
+        (dict(rewards=["no_such_module:f"]), "cannot load 'no_such_module:f'"),
+        (dict(rewards=["correct_label"], reward_weights=[1.0, 2.0]), "2 values for 1 rewards"),
+        (dict(rewards=["length"]), "grpo.length_target is 0"),
+    ],
+)
 def test_reward_configuration_errors_name_the_key(config, message):
     with pytest.raises(RecipeError, match=message):
         Rewards(GRPOConfig(**config))
@@ -104,10 +126,13 @@ def test_reward_configuration_errors_name_the_key(config, message):
 
 # ---- advantages and loss -------------------------------------------------------------------
 
+
 def test_group_advantages_compare_replies_within_their_prompt():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 5.0, 5.0, 5.0, 5.0])
     scaled = group_advantages(rewards, 4)
-    torch.testing.assert_close(scaled[:4], torch.tensor([1.0, -1.0, -1.0, 1.0]) * 0.5 / (0.5774 + 1e-4), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        scaled[:4], torch.tensor([1.0, -1.0, -1.0, 1.0]) * 0.5 / (0.5774 + 1e-4), atol=1e-3, rtol=0
+    )
     assert torch.all(scaled[4:] == 0)  # a group that agrees teaches nothing
     assert group_advantages(rewards, 4, scale=False)[:4].tolist() == [0.5, -0.5, -0.5, 0.5]
 
@@ -121,7 +146,9 @@ def test_policy_loss_weighs_every_token_alike_and_clips():
     assert logps.grad.tolist() == [[-0.25, 0.0, 0.0], [-0.25, -0.25, -0.25]]
     assert stats["clip_fraction"] == 0.0
 
-    moved = torch.tensor([[-1.0 + 0.5, -1.0, -1.0], [-1.0 - 0.5, -1.0, -1.0]], requires_grad=True)  # ratios e^0.5, e^-0.5
+    moved = torch.tensor(
+        [[-1.0 + 0.5, -1.0, -1.0], [-1.0 - 0.5, -1.0, -1.0]], requires_grad=True
+    )  # ratios e^0.5, e^-0.5
     loss, stats = policy_loss(moved, logps.detach(), torch.tensor([1.0, -1.0]), mask, clip_low=0.2, clip_high=0.2)
     loss.backward()
     # pushed past the clip in the advantage's direction: no further push
@@ -132,14 +159,26 @@ def test_policy_loss_weighs_every_token_alike_and_clips():
 def test_kl_penalty_is_zero_at_the_reference_and_pulls_towards_it():
     logps = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     mask = torch.ones(1, 2)
-    at_ref, stats = policy_loss(logps, logps.detach(), torch.zeros(1), mask, clip_low=0.2, clip_high=0.2, ref_logps=logps.detach(), kl_beta=0.5)
+    at_ref, stats = policy_loss(
+        logps, logps.detach(), torch.zeros(1), mask, clip_low=0.2, clip_high=0.2, ref_logps=logps.detach(), kl_beta=0.5
+    )
     assert at_ref.item() == 0.0 and stats["kl"] == 0.0
-    away, stats = policy_loss(logps, logps.detach(), torch.zeros(1), mask, clip_low=0.2, clip_high=0.2, ref_logps=logps.detach() - 1.0, kl_beta=0.5)
+    away, stats = policy_loss(
+        logps,
+        logps.detach(),
+        torch.zeros(1),
+        mask,
+        clip_low=0.2,
+        clip_high=0.2,
+        ref_logps=logps.detach() - 1.0,
+        kl_beta=0.5,
+    )
     away.backward()
     assert stats["kl"] > 0 and torch.all(logps.grad > 0)  # descending lowers logps towards the reference
 
 
 # ---- sampling and the reference policy ------------------------------------------------------
+
 
 def test_sampled_groups_and_their_log_probabilities(tiny_models, planted, under_trained, tmp_path):
     recipe = _grpo_recipe(tiny_models, planted, under_trained, tmp_path / "run")
@@ -149,8 +188,18 @@ def test_sampled_groups_and_their_log_probabilities(tiny_models, planted, under_
     processor = build_processor(recipe, tokenizer, encoder)
     examples = list(load_examples(planted / "train.jsonl", recipe.data.dna_window))[:2]
     torch.manual_seed(0)
-    rollout = sample_replies(model.eval(), encoder, processor, examples, group_size=3, temperature=1.0, top_p=1.0,
-                             max_new_tokens=6, encoder_batch_size=8, device="cpu")
+    rollout = sample_replies(
+        model.eval(),
+        encoder,
+        processor,
+        examples,
+        group_size=3,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=6,
+        encoder_batch_size=8,
+        device="cpu",
+    )
     assert rollout.input_ids.shape[0] == 6 and len(rollout.texts) == 6
     # each prompt's two sequences, embedded once, repeated for its 3 replies
     ref_var, _ = encoder.encode([examples[1]["ref_window"], examples[1]["var_window"]])
@@ -165,10 +214,15 @@ def test_sampled_groups_and_their_log_probabilities(tiny_models, planted, under_
     logps = reply_logps(model, rollout)
     n_prompt = rollout.input_ids.shape[1] - rollout.reply_ids.shape[1]
     with torch.no_grad():
-        out = model(rollout.input_ids[:1, : n_prompt + 1], rollout.attention_mask[:1, : n_prompt + 1],
-                    **{key: t[:2] for key, t in rollout.dna.items()})
+        out = model(
+            rollout.input_ids[:1, : n_prompt + 1],
+            rollout.attention_mask[:1, : n_prompt + 1],
+            **{key: t[:2] for key, t in rollout.dna.items()},
+        )
     expected = out.logits[0, -2:].log_softmax(-1)
-    torch.testing.assert_close(logps[0, :2], expected.gather(-1, rollout.reply_ids[0, :2, None]).squeeze(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        logps[0, :2], expected.gather(-1, rollout.reply_ids[0, :2, None]).squeeze(-1), atol=1e-5, rtol=0
+    )
 
     # the reference is the model with its LoRA off: the same as zeroing every LoRA update
     reference = reference_logps(model, rollout)
@@ -182,6 +236,7 @@ def test_sampled_groups_and_their_log_probabilities(tiny_models, planted, under_
 
 # ---- whole runs -------------------------------------------------------------------------
 
+
 def test_grpo_raises_planted_test_accuracy(tiny_models, planted, under_trained, tmp_path):
     before = evaluate(under_trained, planted / "test.jsonl", tmp_path / "eval_before")["accuracy"]
     checkpoint = grpo(_grpo_recipe(tiny_models, planted, under_trained, tmp_path / "run"))
@@ -194,27 +249,46 @@ def test_grpo_raises_planted_test_accuracy(tiny_models, planted, under_trained, 
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_grpo_under_deepspeed_resumes_bit_identically(stage, tiny_models, planted, under_trained, tmp_path, single_process_env):
-    extra = ["train.max_steps=4", "train.save_every=2", "train.micro_batch_size=2", "grpo.group_size=4", "grpo.max_new_tokens=8",
-             f"deepspeed={REPO}/recipes/deepspeed/{stage}.json"]
+def test_grpo_under_deepspeed_resumes_bit_identically(
+    stage, tiny_models, planted, under_trained, tmp_path, single_process_env
+):
+    extra = [
+        "train.max_steps=4",
+        "train.save_every=2",
+        "train.micro_batch_size=2",
+        "grpo.group_size=4",
+        "grpo.max_new_tokens=8",
+        f"deepspeed={REPO}/recipes/deepspeed/{stage}.json",
+    ]
     whole = grpo(_grpo_recipe(tiny_models, planted, under_trained, tmp_path / "a", *extra))
     crashed = grpo(_grpo_recipe(tiny_models, planted, under_trained, tmp_path / "b", *extra), stop_after=2)
     assert crashed.name == "checkpoint-2"
     random.random(), np.random.rand(), torch.rand(3)  # whatever ran in between must not matter
-    resumed = grpo(_grpo_recipe(tiny_models, planted, under_trained, tmp_path / "b", *extra, "train.resume_from_checkpoint=auto"))
+    resumed = grpo(
+        _grpo_recipe(tiny_models, planted, under_trained, tmp_path / "b", *extra, "train.resume_from_checkpoint=auto")
+    )
     assert resumed.name == whole.name == "checkpoint-4"
     for name in ("trainable.safetensors", "optimizer.safetensors"):
         a, b = load_file(whole / name), load_file(resumed / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     # the same replies were sampled after the resume: identical rewards, KL and lengths
-    logs = [[json.loads(line) for line in (tmp_path / d / "train_log.jsonl").read_text().splitlines()] for d in ("a", "b")]
+    logs = [
+        [json.loads(line) for line in (tmp_path / d / "train_log.jsonl").read_text().splitlines()] for d in ("a", "b")
+    ]
     assert [entry["step"] for entry in logs[1]] == [1, 2, 3, 4]
     assert logs[0] == logs[1]
 
 
-def test_grpo_command_rejects_a_checkpoint_of_another_model_shape(tiny_models, planted, under_trained, tmp_path, capsys):
-    args = ["grpo", str(REPO / "recipes/grpo/tiny.yaml"), *_paths(tiny_models, planted, tmp_path / "run"),
-            f"grpo.init_from={under_trained}", "lora.r=4"]
+def test_grpo_command_rejects_a_checkpoint_of_another_model_shape(
+    tiny_models, planted, under_trained, tmp_path, capsys
+):
+    args = [
+        "grpo",
+        str(REPO / "recipes/grpo/tiny.yaml"),
+        *_paths(tiny_models, planted, tmp_path / "run"),
+        f"grpo.init_from={under_trained}",
+        "lora.r=4",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "error: grpo.init_from:" in err and "lora.r=8" in err and "lora.r=4" in err
@@ -227,12 +301,23 @@ def test_grpo_command_rejects_a_checkpoint_of_another_model_shape(tiny_models, p
     # A validation file GRPO would not read is refused, not ignored.
     assert main([*args[:-1], f"data.val={planted / 'train.jsonl'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("dnallm grpo: error: data.val=") and "GRPO does not validate" in err[0], err
+    assert (
+        len(err) == 1 and err[0].startswith("dnallm grpo: error: data.val=") and "GRPO does not validate" in err[0]
+    ), err
 
 
 def test_each_batch_of_replies_serves_updates_per_batch_steps(tiny_models, planted, under_trained, tmp_path):
-    extra = ["train.max_steps=4", "train.save_every=1", "train.keep_last=0", "train.micro_batch_size=2", "grpo.group_size=4",
-             "grpo.max_new_tokens=8", "grpo.updates_per_batch=2", "grpo.kl_beta=0", "train.lr=1e-2"]
+    extra = [
+        "train.max_steps=4",
+        "train.save_every=1",
+        "train.keep_last=0",
+        "train.micro_batch_size=2",
+        "grpo.group_size=4",
+        "grpo.max_new_tokens=8",
+        "grpo.updates_per_batch=2",
+        "grpo.kl_beta=0",
+        "train.lr=1e-2",
+    ]
     checkpoint = grpo(_grpo_recipe(tiny_models, planted, under_trained, tmp_path / "run", *extra))
     assert checkpoint.name == "checkpoint-4"
     # saved at the ends of batches only: no checkpoint holds a half-used batch of replies

@@ -52,8 +52,14 @@ def models(p: dict) -> list[str]:
 
 def kegg_recipe(p: dict, out: Path, *more: str) -> list[str]:
     data = p["data"]
-    return [KEGG_TINY, f"output_dir={out}", f"data.train={data / 'train.jsonl'}", f"data.val={data / 'val.jsonl'}",
-            *models(p), *more]
+    return [
+        KEGG_TINY,
+        f"output_dir={out}",
+        f"data.train={data / 'train.jsonl'}",
+        f"data.val={data / 'val.jsonl'}",
+        *models(p),
+        *more,
+    ]
 
 
 def no_work(err: str) -> None:
@@ -64,8 +70,9 @@ def no_work(err: str) -> None:
 @contextmanager
 def lock_holder(path: Path, kind: str = "folder"):
     """Another process holding ``path``'s lock; yields its PID."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), kind], stdout=subprocess.PIPE, text=True,
-                            env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), kind], stdout=subprocess.PIPE, text=True, env=ENV
+    )
     try:
         assert proc.stdout.readline() == "held\n"
         yield proc
@@ -79,8 +86,9 @@ def small_disk(where: Path, size: str, readonly: bool = False):
     """A tmpfs of ``size`` mounted at ``where`` (root only)."""
     where.mkdir(parents=True, exist_ok=True)
     options = f"size={size}" + (",ro" if readonly else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
-                             text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}); the disk cases need root")
     try:
@@ -100,8 +108,10 @@ def fill(disk: Path, leave: int) -> Path:
 
 
 def fasta_text(seqs: dict[str, str], width: int) -> str:
-    return "".join(f">{name}\n" + "".join(seq[i : i + width] + "\n" for i in range(0, len(seq), width))
-                   for name, seq in seqs.items())
+    return "".join(
+        f">{name}\n" + "".join(seq[i : i + width] + "\n" for i in range(0, len(seq), width))
+        for name, seq in seqs.items()
+    )
 
 
 def all_files(folder: Path) -> list[str]:
@@ -118,9 +128,19 @@ def log_lines(run_dir: Path) -> list[dict]:
 def test_a_second_train_into_a_running_output_dir_stops_at_once(project, tmp_path, capsys):
     out = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "dnallm", "train",
-         *map(str, kegg_recipe(project, out, "train.max_steps=40", "train.save_every=10", "train.log_every=5"))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=project["root"])
+        [
+            sys.executable,
+            "-m",
+            "dnallm",
+            "train",
+            *map(str, kegg_recipe(project, out, "train.max_steps=40", "train.save_every=10", "train.log_every=5")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=project["root"],
+    )
     try:
         deadline = time.monotonic() + 240
         while not (out / ".dnallm.lock").is_file():
@@ -143,8 +163,9 @@ def test_a_second_train_into_a_running_output_dir_stops_at_once(project, tmp_pat
     assert not (out / ".dnallm.lock").exists()
 
 
-def test_a_deepspeed_run_into_a_locked_output_dir_stops_at_once(project, tmp_path, in_project, single_process_env,
-                                                                 capsys):
+def test_a_deepspeed_run_into_a_locked_output_dir_stops_at_once(
+    project, tmp_path, in_project, single_process_env, capsys
+):
     """Rank 0 of a DeepSpeed launch (its environment: RANK, WORLD_SIZE, MASTER_*) takes the lock
     before the process group or the engine starts, and stops at once when it is held."""
     out = tmp_path / "run"
@@ -160,11 +181,18 @@ def test_a_deepspeed_run_into_a_locked_output_dir_stops_at_once(project, tmp_pat
         assert all_files(out) == before
 
 
-def test_cache_and_annotate_refuse_a_locked_output_and_a_killed_holder_blocks_nothing(project, tmp_path, in_project,
-                                                                                     capsys):
+def test_cache_and_annotate_refuse_a_locked_output_and_a_killed_holder_blocks_nothing(
+    project, tmp_path, in_project, capsys
+):
     cache = tmp_path / "cache"
-    cache_args = ["cache-embeddings", KEGG_TINY, f"data.train={project['data'] / 'train.jsonl'}", "data.val=",
-                  f"encoder.cache_dir={cache}", *models(project)]
+    cache_args = [
+        "cache-embeddings",
+        KEGG_TINY,
+        f"data.train={project['data'] / 'train.jsonl'}",
+        "data.val=",
+        f"encoder.cache_dir={cache}",
+        *models(project),
+    ]
     with lock_holder(cache) as holder:
         code, err = run(capsys, *cache_args)
         assert code == 2 and f"encoder.cache_dir {cache} is in use by another run (PID {holder.pid}" in error_line(err)
@@ -173,8 +201,9 @@ def test_cache_and_annotate_refuse_a_locked_output_and_a_killed_holder_blocks_no
     out = tmp_path / "ann" / "a.vcf"
     progress = out.with_name("a.vcf.progress.jsonl")
     with lock_holder(progress, "file") as holder:
-        code, err = run(capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"],
-                        "--out", out)
+        code, err = run(
+            capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"], "--out", out
+        )
         assert code == 2 and f"progress log {progress} is in use by another run (PID {holder.pid}" in error_line(err)
         no_work(err)
     assert not out.exists()
@@ -197,15 +226,17 @@ def test_outputs_may_not_name_the_checkpoints_files_or_the_fasta_index(project, 
     before = digest(recipe, fai)
     vcf = write_vcf(tmp_path / "in.vcf", [cases(project["seqs"])["snv"]])
     variants = ["--vcf", vcf, "--fasta", project["fasta"]]
-    code, err = run(capsys, "annotate", project["checkpoint"], *variants, "--out", tmp_path / "ann" / "y.vcf",
-                    "--tsv", recipe)
+    code, err = run(
+        capsys, "annotate", project["checkpoint"], *variants, "--out", tmp_path / "ann" / "y.vcf", "--tsv", recipe
+    )
     line = error_line(err)
     assert code == 2 and f"output {recipe} is inside the input folder {project['checkpoint']}" in line, line
     code, err = run(capsys, "windows", *variants, "--flank", "20", "--out", fai)
     assert code == 2 and f"output {fai} is the input {fai}" in error_line(err)
     assert digest(recipe, fai) == before
-    code, err = run(capsys, "annotate", project["checkpoint"], *variants, "--out", tmp_path / "ann" / "z.vcf",
-                    "--batch-size", "4")
+    code, err = run(
+        capsys, "annotate", project["checkpoint"], *variants, "--out", tmp_path / "ann" / "z.vcf", "--batch-size", "4"
+    )
     assert code == 0, err[-2000:]  # the checkpoint still works
 
 
@@ -250,8 +281,9 @@ def test_generators_refuse_existing_outputs_without_overwrite(tmp_path, capsys):
 # ---- cases 2-5: full, read-only and unusable outputs ---------------------------------------------
 
 
-def test_a_full_disk_while_training_leaves_no_partial_checkpoint_and_resume_matches(project, tmp_path, in_project,
-                                                                                    capsys):
+def test_a_full_disk_while_training_leaves_no_partial_checkpoint_and_resume_matches(
+    project, tmp_path, in_project, capsys
+):
     steps = ("train.max_steps=4", "train.save_every=2", "train.log_every=3", "train.keep_last=0")
     whole = tmp_path / "whole"
     assert run(capsys, "train", *kegg_recipe(project, whole, *steps))[0] == 0
@@ -272,14 +304,21 @@ def test_a_full_disk_while_training_leaves_no_partial_checkpoint_and_resume_matc
         expected = load_file(whole / "checkpoint-4" / "trainable.safetensors")
         assert all(torch.equal(resumed[k], expected[k]) for k in expected)
         # Logged numbers too (case 19): the loss average restarts at each checkpoint, as a resume does.
-        assert [{k: v for k, v in e.items() if "per_s" not in k and "seconds" not in k} for e in log_lines(out)] == \
-               [{k: v for k, v in e.items() if "per_s" not in k and "seconds" not in k} for e in log_lines(whole)]
+        assert [{k: v for k, v in e.items() if "per_s" not in k and "seconds" not in k} for e in log_lines(out)] == [
+            {k: v for k, v in e.items() if "per_s" not in k and "seconds" not in k} for e in log_lines(whole)
+        ]
 
 
 def test_a_full_disk_while_caching_leaves_no_partial_shard_and_a_rerun_matches(project, tmp_path, in_project, capsys):
     def cache_args(cache: Path) -> list:
-        return ["cache-embeddings", KEGG_TINY, f"data.train={project['data'] / 'train.jsonl'}", "data.val=",
-                f"encoder.cache_dir={cache}", *models(project)]
+        return [
+            "cache-embeddings",
+            KEGG_TINY,
+            f"data.train={project['data'] / 'train.jsonl'}",
+            "data.val=",
+            f"encoder.cache_dir={cache}",
+            *models(project),
+        ]
 
     assert run(capsys, *cache_args(tmp_path / "whole"))[0] == 0
     shard = tmp_path / "whole" / "shard-00000.safetensors"
@@ -320,15 +359,27 @@ def test_a_full_disk_while_writing_a_bigwig_is_one_line_not_a_hang(tmp_path):
     for how in ("fallocate", "no-fallocate"):
         with small_disk(tmp_path / "disk", "2m") as disk:
             path = disk / "preds" / "track.bw"
-            done = subprocess.run([sys.executable, "-c", WRITE_BIGWIG, str(path), how], capture_output=True, text=True,
-                                  env=ENV, timeout=120)
+            done = subprocess.run(
+                [sys.executable, "-c", WRITE_BIGWIG, str(path), how],
+                capture_output=True,
+                text=True,
+                env=ENV,
+                timeout=120,
+            )
             line = done.stdout.strip()
-            assert done.returncode == 0 and line.startswith(f"{path}: No space left on device ("), \
-                (how, done.stdout + done.stderr)
+            assert done.returncode == 0 and line.startswith(f"{path}: No space left on device ("), (
+                how,
+                done.stdout + done.stderr,
+            )
             assert "free there" in line, line
             assert all_files(disk) == [] and shutil.disk_usage(disk).free > 1_900_000  # no temporary file left
-    done = subprocess.run([sys.executable, "-c", WRITE_BIGWIG, str(tmp_path / "track.bw")], capture_output=True,
-                          text=True, env=ENV, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE_BIGWIG, str(tmp_path / "track.bw")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr  # the same writes, with room
     with pyBigWig.open(str(tmp_path / "track.bw")) as bw:
         written = np.array(bw.values("chr1", 0, 1_000_000))
@@ -342,9 +393,24 @@ def test_predict_tracks_on_a_full_disk_is_one_line_and_leaves_no_bigwig(coverage
         with small_disk(tmp_path / "disk", "1m") as disk:
             out = disk / "preds"
             fill(disk, leave=leave)
-            done = subprocess.run([sys.executable, "-m", "dnallm", "predict-tracks", str(coverage["run"]), "--chroms",
-                                   "chr1,chr2,chr3", "--out", str(out)], capture_output=True, text=True, env=ENV,
-                                  timeout=300, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "dnallm",
+                    "predict-tracks",
+                    str(coverage["run"]),
+                    "--chroms",
+                    "chr1,chr2,chr3",
+                    "--out",
+                    str(out),
+                ],
+                capture_output=True,
+                text=True,
+                env=ENV,
+                timeout=300,
+                stdin=subprocess.DEVNULL,
+            )
             line = error_line(done.stderr)
             assert done.returncode == 2 and "No space left on device" in line and "free there" in line, line
             assert any(f"{out / name}:" in line for name in tracks), line
@@ -359,12 +425,17 @@ def test_the_bigwig_size_bound_holds_for_hostile_layouts(tmp_path):
     sparse = rng.random(200_000)
     sparse[::2] = 0
     layouts = {  # (chromosome sizes, entries, skip_zeros)
-        "far-apart single bases": ({"chr1": 2_100_000_000},
-                                   [("chr1", i * 4_200_000, rng.random(1)) for i in range(499)], False),
+        "far-apart single bases": (
+            {"chr1": 2_100_000_000},
+            [("chr1", i * 4_200_000, rng.random(1)) for i in range(499)],
+            False,
+        ),
         "short runs": ({"chr1": 3_000_000}, [("chr1", i * 100, rng.random(17)) for i in range(5000)], False),
-        "many chromosomes with long names": ({f"chrUn_{'x' * 100}_{i}": 700 for i in range(500)},
-                                             [(f"chrUn_{'x' * 100}_{i}", 0, rng.random(700)) for i in range(500)],
-                                             False),
+        "many chromosomes with long names": (
+            {f"chrUn_{'x' * 100}_{i}": 700 for i in range(500)},
+            [(f"chrUn_{'x' * 100}_{i}", 0, rng.random(700)) for i in range(500)],
+            False,
+        ),
         "alternating zeros": ({"chr1": 300_000}, [("chr1", 0, sparse)], True),
         "one long run": ({"chr1": 3_000_000}, [("chr1", 5, rng.random(2_000_000))], False),
     }
@@ -425,8 +496,9 @@ def test_non_utf8_jsonl_names_file_line_and_byte(project, tmp_path, capsys):
     bad.write_bytes(good[:first_end] + good[first_end : first_end + 40] + b"\xff" + good[first_end + 40 :])
     code, err = run(capsys, "split", bad, "--out", tmp_path / "split")
     line = error_line(err)
-    assert code == 2 and f"{bad}:2: not UTF-8 text (byte 0xff at byte offset {first_end + 40} of the file)" in line, \
+    assert code == 2 and f"{bad}:2: not UTF-8 text (byte 0xff at byte offset {first_end + 40} of the file)" in line, (
         line
+    )
     assert not (tmp_path / "split").exists()
 
 
@@ -435,23 +507,40 @@ def test_encoder_layer_out_of_range_names_the_range_when_the_encoder_loads(proje
     code, err = run(capsys, "embed", fasta, "--out", tmp_path / "e.npy", "--model", project["genos"], "--layer", "99")
     line = error_line(err)
     assert code == 2 and "layer 99 is out of range: the model gives hidden states 0..2" in line, line
-    code, err = run(capsys, "cache-embeddings", KEGG_TINY, f"data.train={project['data'] / 'test.jsonl'}", "data.val=",
-                    f"encoder.cache_dir={tmp_path / 'cache'}", "encoder.layer=-7", *models(project))
+    code, err = run(
+        capsys,
+        "cache-embeddings",
+        KEGG_TINY,
+        f"data.train={project['data'] / 'test.jsonl'}",
+        "data.val=",
+        f"encoder.cache_dir={tmp_path / 'cache'}",
+        "encoder.layer=-7",
+        *models(project),
+    )
     assert code == 2 and "layer -7 is out of range" in error_line(err) and "encoder.layer" in error_line(err)
     assert not (tmp_path / "e.npy").exists()
 
 
-@pytest.mark.parametrize("args, named", [
-    (["chat", "CKPT", "--record", "-1"], "argument --record: -1 is out of range (0..)"),
-    (["serve", "CKPT", "--port", "70000"], "argument --port: 70000 is out of range (1..65535)"),
-    (["serve", "CKPT", "--port", "99999"], "argument --port: 99999 is out of range"),
-    (["serve", "CKPT", "--max-body-bytes", "-5"], "argument --max-body-bytes: -5 is out of range"),
-    (["serve", "CKPT", "--max-queue", "-1"], "argument --max-queue: -1 is out of range (0..)"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["chat", "CKPT", "--record", "-1"], "argument --record: -1 is out of range (0..)"),
+        (["serve", "CKPT", "--port", "70000"], "argument --port: 70000 is out of range (1..65535)"),
+        (["serve", "CKPT", "--port", "99999"], "argument --port: 99999 is out of range"),
+        (["serve", "CKPT", "--max-body-bytes", "-5"], "argument --max-body-bytes: -5 is out of range"),
+        (["serve", "CKPT", "--max-queue", "-1"], "argument --max-queue: -1 is out of range (0..)"),
+    ],
+)
 def test_argument_ranges_are_checked_by_the_parser(args, named, project):
     args = [str(project["checkpoint"]) if a == "CKPT" else a for a in args]
-    result = subprocess.run([sys.executable, "-m", "dnallm", *args], capture_output=True, text=True, env=ENV,
-                            timeout=120, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-m", "dnallm", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 2 and named in error_line(result.stderr), result.stderr
 
 
@@ -486,8 +575,11 @@ def test_chat_errors_exit_2_and_a_checkpoint_of_the_other_kind_is_named(project,
 
 def test_api_says_what_the_object_is(project, coverage, in_project):
     kegg = dnallm.load(project["run"], device="cpu")
-    with pytest.raises(TypeError, match=f"{project['run']} is a KEGG fusion model; predict_tracks is for coverage "
-                                        r"models \(dnallm.load of a train-tracks run\)"):
+    with pytest.raises(
+        TypeError,
+        match=f"{project['run']} is a KEGG fusion model; predict_tracks is for coverage "
+        r"models \(dnallm.load of a train-tracks run\)",
+    ):
         kegg.predict_tracks("chr1:1-100")
     tracks = dnallm.load(coverage["run"], device="cpu")
     with pytest.raises(TypeError, match=f"{coverage['run']} is a coverage-track model; ask is for fusion models"):

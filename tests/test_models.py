@@ -30,7 +30,9 @@ def test_tiny_qwen3_round_trips_with_chat_tokens(tiny_models):
     tok = AutoTokenizer.from_pretrained(tiny_models["qwen3"])
     for special in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
         assert len(tok(special, add_special_tokens=False)["input_ids"]) == 1
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False, enable_thinking=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False, enable_thinking=False
+    )
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert tok.decode(tok("Answer: prion disease")["input_ids"]) == "Answer: prion disease"
 
@@ -55,7 +57,10 @@ def test_remote_code_refused_unless_allowed(tiny_models, tmp_path):
     custom = tmp_path / "custom"
     shutil.copytree(tiny_models["genos"], custom)
     config = json.loads((custom / "config.json").read_text())
-    config.update(model_type="genos_custom", auto_map={"AutoConfig": "configuration_genos.GenosConfig", "AutoModel": "modeling_genos.GenosModel"})
+    config.update(
+        model_type="genos_custom",
+        auto_map={"AutoConfig": "configuration_genos.GenosConfig", "AutoModel": "modeling_genos.GenosModel"},
+    )
     (custom / "config.json").write_text(json.dumps(config))
     with pytest.raises(RemoteCodeNotAllowed, match=r"ships its own modelling code .*encoder.trust_remote_code=true"):
         DNAEncoder(str(custom))
@@ -63,7 +68,9 @@ def test_remote_code_refused_unless_allowed(tiny_models, tmp_path):
 
 def test_dna_tokens_added_and_embeddings_resized(tiny_models):
     base = AutoTokenizer.from_pretrained(tiny_models["qwen3"])
-    config = DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tiny_models["qwen3"])}, "lora": LORA, "projector": {"summary": "none"}})
+    config = DNAFusionConfig.from_dict(
+        {"llm": {"name_or_path": str(tiny_models["qwen3"])}, "lora": LORA, "projector": {"summary": "none"}}
+    )
     model, tok = DNAFusionLM.from_config(config, 64)
     assert len(tok) == len(base) + 3
     table = model.llm.get_input_embeddings().weight
@@ -71,7 +78,11 @@ def test_dna_tokens_added_and_embeddings_resized(tiny_models):
     for name in ("<|dna_start|>", "<|dna_pad|>", "<|dna_end|>"):
         assert len(tok(name, add_special_tokens=False)["input_ids"]) == 1
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert "dna_boundary" in trainable and any("lora_A" in n for n in trainable) and any(n.startswith("projector.") for n in trainable)
+    assert (
+        "dna_boundary" in trainable
+        and any("lora_A" in n for n in trainable)
+        and any(n.startswith("projector.") for n in trainable)
+    )
     assert not any("embed_tokens" in n for n in trainable)
 
 
@@ -85,5 +96,7 @@ def test_encoder_checkpoint_missing_weights_is_an_error(tiny_models, tmp_path):
     name = next(k for k in tensors if k.endswith("layers.0.self_attn.q_proj.weight"))
     del tensors[name]
     save_file(tensors, weights, metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"lacks or mis-shapes weights the encoder needs: .*layers\.0\.self_attn\.q_proj\.weight"):
+    with pytest.raises(
+        ValueError, match=r"lacks or mis-shapes weights the encoder needs: .*layers\.0\.self_attn\.q_proj\.weight"
+    ):
         DNAEncoder(str(broken))

@@ -15,16 +15,36 @@ DNA_HIDDEN = 16
 
 
 def fusion_config(tiny_models) -> DNAFusionConfig:
-    projector = {"kind": "conv", "pool": 4, "kernel": 8, "summary": "pooled+centre", "summary_tokens": 2, "summary_context": 5}
-    return DNAFusionConfig.from_dict({"llm": {"name_or_path": str(tiny_models["qwen3"])}, "lora": LORA, "projector": projector})
+    projector = {
+        "kind": "conv",
+        "pool": 4,
+        "kernel": 8,
+        "summary": "pooled+centre",
+        "summary_tokens": 2,
+        "summary_context": 5,
+    }
+    return DNAFusionConfig.from_dict(
+        {"llm": {"name_or_path": str(tiny_models["qwen3"])}, "lora": LORA, "projector": projector}
+    )
 
 
 def _examples():
     """Three samples of different lengths (question, answer and indel windows differ)."""
     return [
-        {"question": "Which disease?", "answer": "prion disease", "reasoning": "", "ref_window": "ACGT" * 6, "var_window": "ACGA" * 6},
-        {"question": "Which disease does this variant contribute to, given both sequences?", "answer": "Parkinson disease",
-         "reasoning": "", "ref_window": "G" * 24, "var_window": "T" * 16},
+        {
+            "question": "Which disease?",
+            "answer": "prion disease",
+            "reasoning": "",
+            "ref_window": "ACGT" * 6,
+            "var_window": "ACGA" * 6,
+        },
+        {
+            "question": "Which disease does this variant contribute to, given both sequences?",
+            "answer": "Parkinson disease",
+            "reasoning": "",
+            "ref_window": "G" * 24,
+            "var_window": "T" * 16,
+        },
         {"question": "Disease?", "answer": "x", "reasoning": "", "ref_window": "CA" * 12, "var_window": "CAT" * 8},
     ]
 
@@ -48,8 +68,14 @@ def _loss_and_grads(model, batch, dna, dna_mask, logits: str, chunk: int = 1024)
     model.logits, model.logits_chunk = logits, chunk
     model.zero_grad()
     packed = {k: batch[k] for k in ("position_ids", "cu_seq_lens") if k in batch}
-    loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                 dna_embeds=dna, dna_mask=dna_mask, **packed).loss
+    loss = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        dna_embeds=dna,
+        dna_mask=dna_mask,
+        **packed,
+    ).loss
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.logits, model.logits_chunk = "reply", 1024
@@ -84,7 +110,10 @@ def test_packed_batch_same_loss_and_gradients_as_padded(setup):
     packed = pack_rows(rows, processor.tokenizer.pad_token_id)
     assert padded["attention_mask"].numel() > packed["input_ids"].numel()  # padding went away
     for logits in ("full", "reply"):
-        _assert_same(_loss_and_grads(model, padded, dna, dna_mask, logits), _loss_and_grads(model, packed, dna, dna_mask, logits))
+        _assert_same(
+            _loss_and_grads(model, padded, dna, dna_mask, logits),
+            _loss_and_grads(model, packed, dna, dna_mask, logits),
+        )
 
 
 def test_reply_only_chunked_logits_same_loss_and_gradients_as_full(setup):
@@ -103,9 +132,10 @@ def test_packed_attention_keeps_samples_apart(setup):
         losses = []
         for first in (rows[0], other):
             batch = pack_rows([first, *rows[1:]], processor.tokenizer.pad_token_id)
-            hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], dna, dna_mask,
-                                         batch["position_ids"], batch["cu_seq_lens"])
-            losses.append(hidden[0, int(batch["cu_seq_lens"][1]):])
+            hidden = model.hidden_states(
+                batch["input_ids"], batch["attention_mask"], dna, dna_mask, batch["position_ids"], batch["cu_seq_lens"]
+            )
+            losses.append(hidden[0, int(batch["cu_seq_lens"][1]) :])
     torch.testing.assert_close(losses[0], losses[1])
 
 
@@ -114,11 +144,21 @@ def test_token_logps_match_a_full_log_softmax(setup):
     batch = processor.collate(rows)
     score = batch["labels"] != -100  # score the reply tokens
     with torch.no_grad():
-        got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], dna_embeds=dna, dna_mask=dna_mask,
-                    score_mask=score.long()).token_logps
+        got = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            dna_embeds=dna,
+            dna_mask=dna_mask,
+            score_mask=score.long(),
+        ).token_logps
         model.logits = "full"
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], dna_embeds=dna, dna_mask=dna_mask,
-                       labels=batch["labels"]).logits
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            dna_embeds=dna,
+            dna_mask=dna_mask,
+            labels=batch["labels"],
+        ).logits
         model.logits = "reply"
     want = logits[:, :-1].float().log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
     assert (got[:, 0] == 0).all()
@@ -152,8 +192,15 @@ def test_packed_batch_without_packing_attention_names_the_switch(tiny_models, se
     plain, _ = DNAFusionLM.from_config(fusion_config(tiny_models), DNA_HIDDEN)
     batch = pack_rows(rows, processor.tokenizer.pad_token_id)
     with pytest.raises(ValueError, match=r"train\.packing=true"):
-        plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"], dna_embeds=dna,
-              dna_mask=dna_mask, position_ids=batch["position_ids"], cu_seq_lens=batch["cu_seq_lens"])
+        plain(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            dna_embeds=dna,
+            dna_mask=dna_mask,
+            position_ids=batch["position_ids"],
+            cu_seq_lens=batch["cu_seq_lens"],
+        )
 
 
 def test_an_unknown_logits_setting_is_named_before_any_weights_load(tmp_path):
@@ -170,7 +217,9 @@ def test_the_per_sample_loop_on_a_gpu_is_named_once_with_its_reason():
     assert varlen_blocker(query) == "not on a GPU" and packed_kernel(query) == "per-sample"
     reason = "float32 activations (varlen needs float16 or bfloat16)"
     warn_per_sample.cache_clear()
-    with pytest.warns(RuntimeWarning, match=r"runs one SDPA call per sample, not one varlen call: float32 activations"):
+    with pytest.warns(
+        RuntimeWarning, match=r"runs one SDPA call per sample, not one varlen call: float32 activations"
+    ):
         warn_per_sample(reason)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

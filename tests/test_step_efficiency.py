@@ -34,17 +34,27 @@ def planted(tmp_path_factory):
 
 
 def _recipe(tmp_path, tiny_models, planted, *extra):
-    return load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={planted / 'train.jsonl'}", "data.val=", "train.micro_batch_size=4", *extra,
-    ])
+    return load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={planted / 'train.jsonl'}",
+            "data.val=",
+            "train.micro_batch_size=4",
+            *extra,
+        ],
+    )
 
 
 def test_one_training_step_launches_few_operations_and_syncs_little(tmp_path, tiny_models, planted):
     counts = count_step(_recipe(tmp_path, tiny_models, planted))
     # What remains: the lead's DNA scatter (the placeholder count and the feature mask, forward and backward).
     assert counts["host_syncs"] <= 5, counts["syncs_by_op"]
-    assert counts["aten_ops"] <= 1550, f"{counts['aten_ops']} aten operations (before: {BASELINE_OPS}); {counts['top_ops']}"
+    assert counts["aten_ops"] <= 1550, (
+        f"{counts['aten_ops']} aten operations (before: {BASELINE_OPS}); {counts['top_ops']}"
+    )
     assert counts["non_view_ops"] <= 980, f"{counts['non_view_ops']} not views (before: {BASELINE_NON_VIEW_OPS})"
     packed = count_step(_recipe(tmp_path, tiny_models, planted, "train.max_tokens=600"))
     assert packed["host_syncs"] <= 5, packed["syncs_by_op"]
@@ -58,15 +68,28 @@ def _step_numbers(model, encoder, batch, reference: bool):
             module.__dict__.pop("forward", None)  # peft's own LoRA forward
             if type(module).__module__ == "dnallm.norms":
                 module.__class__ = type(module).__mro__[1]  # transformers' eager RMSNorm
-        encoder.model.apply(lambda m: setattr(m, "__class__", type(m).__mro__[1]) if type(m).__module__ == "dnallm.norms" else None)
+        encoder.model.apply(
+            lambda m: setattr(m, "__class__", type(m).__mro__[1]) if type(m).__module__ == "dnallm.norms" else None
+        )
         batch = {k: v for k, v in batch.items() if k not in ("reply_index", "reply_targets")}
     model.zero_grad(set_to_none=True)
-    engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda o: None,
-                         grad_accum=1, max_grad_norm=0, device="cpu")
+    engine = TorchEngine(
+        model,
+        [{"params": [p for p in model.parameters() if p.requires_grad]}],
+        lambda o: None,
+        grad_accum=1,
+        max_grad_norm=0,
+        device="cpu",
+    )
     if reference:
         packed = {k: batch[k] for k in ("position_ids", "cu_seq_lens") if k in batch}
-        loss = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                      **dna_inputs(encoder, batch["dna"], 8), **packed).loss
+        loss = engine(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            **dna_inputs(encoder, batch["dna"], 8),
+            **packed,
+        ).loss
     else:
         loss = step_batch(engine, encoder, batch, "cpu", 8).loss
     loss.backward()
@@ -137,7 +160,9 @@ def test_token_budget_refuses_what_cannot_be_dealt_evenly():
 def test_accumulated_micro_batches_weigh_every_token_alike(tmp_path, tiny_models, planted):
     """Two micro-batches of unequal token counts, accumulated, give the gradient of their tokens' mean:
     the gradient of the same samples as one packed micro-batch."""
-    recipe = _recipe(tmp_path, tiny_models, planted, "train.max_tokens=400", "projector.summary=none", "train.max_grad_norm=0")
+    recipe = _recipe(
+        tmp_path, tiny_models, planted, "train.max_tokens=400", "projector.summary=none", "train.max_grad_norm=0"
+    )
     objective = FineTune(recipe)
     model = objective.setup("cpu", 0, 1)
     with torch.no_grad():
@@ -151,9 +176,15 @@ def test_accumulated_micro_batches_weigh_every_token_alike(tmp_path, tiny_models
 
     def grads(group, accum):
         model.zero_grad(set_to_none=True)
-        engine = TorchEngine(model, param_groups(model, recipe), lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0),
-                             grad_accum=accum, max_grad_norm=0, device="cpu",
-                             optimizer_fn=lambda groups: torch.optim.SGD([{**g, "lr": 0.0} for g in groups]))
+        engine = TorchEngine(
+            model,
+            param_groups(model, recipe),
+            lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0),
+            grad_accum=accum,
+            max_grad_norm=0,
+            device="cpu",
+            optimizer_fn=lambda groups: torch.optim.SGD([{**g, "lr": 0.0} for g in groups]),
+        )
         engine.optimizer.zero_grad = lambda set_to_none=True: None  # keep the gradients to read them
         optimizer_step(objective, engine, group, LossWindow("cpu"))
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -179,8 +210,14 @@ def test_compiled_layers_step_as_the_eager_ones(tmp_path, tiny_models, planted):
             assert compile_layers(model.llm) == 2
         examples = load_examples(planted / "train.jsonl", recipe.data.dna_window)
         model.train()
-        engine = TorchEngine(model, param_groups(model, recipe), lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0),
-                             grad_accum=1, max_grad_norm=1.0, device="cpu")
+        engine = TorchEngine(
+            model,
+            param_groups(model, recipe),
+            lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0),
+            grad_accum=1,
+            max_grad_norm=1.0,
+            device="cpu",
+        )
         losses, graphs = [], []
         for start in (0, 3):  # two token counts: the dynamic graph serves both
             batch = training_batch(processor, [processor(ex) for ex in examples.select(range(start, start + 3))])
@@ -191,7 +228,9 @@ def test_compiled_layers_step_as_the_eager_ones(tmp_path, tiny_models, planted):
             graphs.append(counters["stats"]["unique_graphs"])
         if compiled:
             assert graphs[0] >= 1 and graphs[1] == graphs[0], f"graphs compiled after each step: {graphs}"
-        results.append((torch.stack(losses), {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
+        results.append(
+            (torch.stack(losses), {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        )
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
     for name, value in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], value, rtol=1e-3, atol=1e-5, msg=name)
@@ -208,9 +247,13 @@ def test_liger_is_skipped_cleanly_off_cuda(tmp_path, tiny_models, planted):
     build_model(recipe, "cpu", build_encoder(recipe, "cpu"))
 
 
-@pytest.mark.parametrize("value, message", [("0", "whole number >= 1"), ("often", "expects true, false or a whole number")])
+@pytest.mark.parametrize(
+    "value, message", [("0", "whole number >= 1"), ("often", "expects true, false or a whole number")]
+)
 def test_gradient_checkpointing_takes_true_false_or_every_n(value, message):
-    assert load_recipe(REPO / "recipes/kegg/tiny.yaml", ["llm.gradient_checkpointing=2"]).llm.gradient_checkpointing == 2
+    assert (
+        load_recipe(REPO / "recipes/kegg/tiny.yaml", ["llm.gradient_checkpointing=2"]).llm.gradient_checkpointing == 2
+    )
     with pytest.raises(RecipeError, match=f"llm.gradient_checkpointing.*{message}"):
         load_recipe(REPO / "recipes/kegg/tiny.yaml", [f"llm.gradient_checkpointing={value}"])
 
@@ -255,15 +298,38 @@ def test_token_budget_trains_on_two_ranks(tmp_path, tiny_models, planted):
     import sys
 
     args = [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29657", "--module", "dnallm",
-        "train", str(REPO / "recipes/kegg/tiny.yaml"), f"deepspeed={REPO}/recipes/deepspeed/zero2.json",
-        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={tiny_models['genos']}",
-        f"llm.name_or_path={tiny_models['qwen3']}", f"data.train={planted / 'train.jsonl'}", "data.val=",
-        "train.max_tokens=700", "train.grad_accum=2", "train.epochs=1", "train.max_steps=0", "train.log_every=1",
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29657",
+        "--module",
+        "dnallm",
+        "train",
+        str(REPO / "recipes/kegg/tiny.yaml"),
+        f"deepspeed={REPO}/recipes/deepspeed/zero2.json",
+        f"output_dir={tmp_path / 'run'}",
+        f"encoder.name_or_path={tiny_models['genos']}",
+        f"llm.name_or_path={tiny_models['qwen3']}",
+        f"data.train={planted / 'train.jsonl'}",
+        "data.val=",
+        "train.max_tokens=700",
+        "train.grad_accum=2",
+        "train.epochs=1",
+        "train.max_steps=0",
+        "train.log_every=1",
         "train.save_every=0",
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    r = subprocess.run(
+        args, capture_output=True, text=True, timeout=600, env={**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # One epoch: every micro-batch of the plan, dealt to two ranks, two per step.
     objective = FineTune(_recipe(tmp_path, tiny_models, planted, "train.max_tokens=700"))

@@ -35,20 +35,39 @@ def planted(tmp_path_factory):
 
 
 def _recipe(tmp_path, tiny_models, planted, *extra):
-    return load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={tmp_path / 'run'}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={planted / 'train.jsonl'}", "data.val=", "train.log_every=10", *extra,
-    ])
+    return load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={planted / 'train.jsonl'}",
+            "data.val=",
+            "train.log_every=10",
+            *extra,
+        ],
+    )
 
 
 def _losses(run_dir):
-    return [json.loads(line)["train/loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines() if "train/loss" in line]
+    return [
+        json.loads(line)["train/loss"]
+        for line in (run_dir / "train_log.jsonl").read_text().splitlines()
+        if "train/loss" in line
+    ]
 
 
 @pytest.mark.parametrize("stage, packing", [("zero2", False), ("zero3", True)])
 def test_deepspeed_run_learns_planted_signal(stage, packing, tmp_path, tiny_models, planted, single_process_env):
-    recipe = _recipe(tmp_path, tiny_models, planted, "train.max_steps=300", "train.save_every=0", f"deepspeed={REPO}/recipes/deepspeed/{stage}.json",
-                     f"train.packing={str(packing).lower()}")
+    recipe = _recipe(
+        tmp_path,
+        tiny_models,
+        planted,
+        "train.max_steps=300",
+        "train.save_every=0",
+        f"deepspeed={REPO}/recipes/deepspeed/{stage}.json",
+        f"train.packing={str(packing).lower()}",
+    )
     checkpoint = train(recipe)
     assert checkpoint.name == "checkpoint-300"
     losses = _losses(tmp_path / "run")
@@ -62,7 +81,10 @@ def test_deepspeed_run_learns_planted_signal(stage, packing, tmp_path, tiny_mode
 def test_checkpoint_holds_only_what_trained(tmp_path, tiny_models, planted, single_process_env):
     checkpoint = train(_recipe(tmp_path, tiny_models, planted, "train.max_steps=2", "train.save_every=0"))
     values = load_file(checkpoint / "trainable.safetensors")
-    assert values and all(k.startswith(("projector.", "summary.", "dna_boundary", "llm.")) and ("lora_" in k or not k.startswith("llm.")) for k in values)
+    assert values and all(
+        k.startswith(("projector.", "summary.", "dna_boundary", "llm.")) and ("lora_" in k or not k.startswith("llm."))
+        for k in values
+    )
     # Of the LLM only the adapters: far smaller than the base model (the projector and the
     # variant summary are new modules, as large as the tiny LLM itself).
     base_bytes = sum(p.stat().st_size for p in tiny_models["qwen3"].glob("*.safetensors"))
@@ -82,7 +104,14 @@ def test_save_then_load_gives_identical_logits(tmp_path, tiny_models, planted):
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
-    engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), grad_accum=1, max_grad_norm=1.0, device="cpu")
+    engine = TorchEngine(
+        model,
+        [{"params": [p for p in model.parameters() if p.requires_grad]}],
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        grad_accum=1,
+        max_grad_norm=1.0,
+        device="cpu",
+    )
     checkpoint = save_checkpoint(tmp_path / "run", 7, engine, FineTune(recipe), recipe.to_yaml(), {})
 
     example = {"question": "q", "answer": "a", "reasoning": "", "ref_window": "ACGT" * 8, "var_window": "ACGA" * 8}
@@ -112,7 +141,14 @@ def test_frozen_encoder_is_unchanged_by_training_steps(tmp_path, tiny_models, pl
     model, tokenizer = build_model(recipe, "cpu", encoder)
     processor = build_processor(recipe, tokenizer, encoder)
     rows = [processor(ex) for ex in load_examples(planted / "train.jsonl", recipe.data.dna_window).select(range(8))]
-    engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), grad_accum=1, max_grad_norm=1.0, device="cpu")
+    engine = TorchEngine(
+        model,
+        [{"params": [p for p in model.parameters() if p.requires_grad]}],
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        grad_accum=1,
+        max_grad_norm=1.0,
+        device="cpu",
+    )
     for _ in range(3):
         loss = step_batch(engine, encoder, processor.collate(rows), "cpu", 8).loss
         engine.backward(loss)
@@ -123,8 +159,12 @@ def test_frozen_encoder_is_unchanged_by_training_steps(tmp_path, tiny_models, pl
 
 
 @pytest.mark.parametrize("stage", ["", "zero3"])
-def test_resume_after_interruption_continues_from_saved_step(stage, tmp_path, tiny_models, planted, single_process_env):
-    extra = ["train.max_steps=8", "train.save_every=4", "train.log_every=1"] + ([f"deepspeed={REPO}/recipes/deepspeed/{stage}.json"] if stage else [])
+def test_resume_after_interruption_continues_from_saved_step(
+    stage, tmp_path, tiny_models, planted, single_process_env
+):
+    extra = ["train.max_steps=8", "train.save_every=4", "train.log_every=1"] + (
+        [f"deepspeed={REPO}/recipes/deepspeed/{stage}.json"] if stage else []
+    )
     whole = train(_recipe(tmp_path / "a", tiny_models, planted, *extra))
 
     crashed = train(_recipe(tmp_path / "b", tiny_models, planted, *extra), stop_after=4)
@@ -134,7 +174,9 @@ def test_resume_after_interruption_continues_from_saved_step(stage, tmp_path, ti
     resumed = train(_recipe(tmp_path / "b", tiny_models, planted, *extra, "train.resume_from_checkpoint=auto"))
     assert resumed.name == "checkpoint-8"
 
-    logged_steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "run" / "train_log.jsonl").read_text().splitlines()]
+    logged_steps = [
+        json.loads(line)["step"] for line in (tmp_path / "b" / "run" / "train_log.jsonl").read_text().splitlines()
+    ]
     assert logged_steps == list(range(1, 9))  # steps 5..8 follow 1..4, none repeated
     a, b = load_file(whole / "trainable.safetensors"), load_file(resumed / "trainable.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -151,13 +193,36 @@ def test_two_processes_under_the_deepspeed_launcher(tmp_path, tiny_models, plant
     val = tmp_path / "val.jsonl"
     val.write_text("".join((planted / "test.jsonl").read_text().splitlines(keepends=True)[:5]))
     args = [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29655", "--module", "dnallm", "train",
-        str(REPO / "recipes/kegg/tiny.yaml"), f"deepspeed={REPO}/recipes/deepspeed/zero3.json", f"output_dir={tmp_path / 'run'}",
-        f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={planted / 'train.jsonl'}", f"data.val={val}", "eval.batch_size=1", "train.max_steps=4", "train.save_every=2", "train.log_every=1",
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29655",
+        "--module",
+        "dnallm",
+        "train",
+        str(REPO / "recipes/kegg/tiny.yaml"),
+        f"deepspeed={REPO}/recipes/deepspeed/zero3.json",
+        f"output_dir={tmp_path / 'run'}",
+        f"encoder.name_or_path={tiny_models['genos']}",
+        f"llm.name_or_path={tiny_models['qwen3']}",
+        f"data.train={planted / 'train.jsonl'}",
+        f"data.val={val}",
+        "eval.batch_size=1",
+        "train.max_steps=4",
+        "train.save_every=2",
+        "train.log_every=1",
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    r = subprocess.run(
+        args, capture_output=True, text=True, timeout=600, env={**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "run"
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
@@ -166,13 +231,21 @@ def test_two_processes_under_the_deepspeed_launcher(tmp_path, tiny_models, plant
     # the padding batch counts zero: the loss is the single-process loss of the five rows
     loaded = DNAFusionLM.from_pretrained(run / "checkpoint-4", "cpu")
     recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
-    engine = TorchEngine(model, [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda opt: None,
-                         grad_accum=1, max_grad_norm=0.0, device="cpu")
+    engine = TorchEngine(
+        model,
+        [{"params": [p for p in model.parameters() if p.requires_grad]}],
+        lambda opt: None,
+        grad_accum=1,
+        max_grad_norm=0.0,
+        device="cpu",
+    )
     rows = [processor(ex) for ex in load_examples(val, recipe.data.dna_window)]
     recipe.eval.batch_size = 1
     want = validation_loss(engine, encoder, rows, processor, recipe, "cpu")
     assert abs(history[-1]["val_loss"] - want) < 1e-4, (history[-1], want)
-    assert [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines() if "train/loss" in line] == [1, 2, 3, 4]
+    assert [
+        json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines() if "train/loss" in line
+    ] == [1, 2, 3, 4]
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_models, planted):
@@ -185,13 +258,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_models, 
         torch.manual_seed(0)
         model, tokenizer = build_model(recipe, "cpu", encoder)
         processor = build_processor(recipe, tokenizer, encoder)
-        batch = processor.collate([processor(ex) for ex in load_examples(planted / "train.jsonl", recipe.data.dna_window).select(range(4))])
+        batch = processor.collate(
+            [processor(ex) for ex in load_examples(planted / "train.jsonl", recipe.data.dna_window).select(range(4))]
+        )
         model.train()
-        loss = model(batch["input_ids"], batch["attention_mask"], **dna_inputs(encoder, batch["dna"], 8), labels=batch["labels"]).loss
+        loss = model(
+            batch["input_ids"], batch["attention_mask"], **dna_inputs(encoder, batch["dna"], 8), labels=batch["labels"]
+        ).loss
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
         layers = model.llm.base_model.model.model.layers
-        assert [layer.gradient_checkpointing for layer in layers] == {"false": [False, False], "true": [True, True], "2": [True, False]}[flag]
+        assert [layer.gradient_checkpointing for layer in layers] == {
+            "false": [False, False],
+            "true": [True, True],
+            "2": [True, False],
+        }[flag]
     for name in grads[0]:
         for other in grads[1:]:
             torch.testing.assert_close(other[name], grads[0][name], msg=name)

@@ -43,11 +43,21 @@ def checkpoint(tiny_models, tmp_path_factory) -> Path:
     """A tiny model trained long enough to answer in the 'Answer: <label>' format."""
     out = tmp_path_factory.mktemp("annotate-ckpt")
     write_jsonl(out / "train.jsonl", planted_records(64, n_classes=4, length=4001, seed=0))
-    recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [
-        f"output_dir={out}/run", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-        f"data.train={out}/train.jsonl", "data.val=", f"data.dna_window={DNA_WINDOW}", "train.max_steps=300",
-        "train.micro_batch_size=8", "train.save_every=0", "eval.max_new_tokens=12",
-    ])
+    recipe = load_recipe(
+        REPO / "recipes/kegg/tiny.yaml",
+        [
+            f"output_dir={out}/run",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={out}/train.jsonl",
+            "data.val=",
+            f"data.dna_window={DNA_WINDOW}",
+            "train.max_steps=300",
+            "train.micro_batch_size=8",
+            "train.save_every=0",
+            "eval.max_new_tokens=12",
+        ],
+    )
     return train(recipe)
 
 
@@ -62,7 +72,9 @@ def inputs(tmp_path_factory) -> dict:
     return {
         "seqs": seqs,
         "fasta": write_fasta(d / "ref.fa", seqs),
-        "vcf": write_vcf(d / "cases.vcf.gz", list(cases(seqs).values()), contigs={"chr1": 400, "chr2": 300}, bgzip=True),
+        "vcf": write_vcf(
+            d / "cases.vcf.gz", list(cases(seqs).values()), contigs={"chr1": 400, "chr2": 300}, bgzip=True
+        ),
         "snvs": write_vcf(d / "snvs.vcf.gz", snvs, bgzip=True),
     }
 
@@ -120,13 +132,23 @@ def test_answers_match_eval_and_probability_matches_forced_decoding(checkpoint, 
     assert len(annotated) >= 4
 
     # The same alleles through `dnallm windows` and the eval path.
-    vcf_to_kegg(inputs["vcf"], inputs["fasta"], tmp_path / "windows.jsonl", opts=WindowOptions(flank=20, max_n_fraction=1.0))
+    vcf_to_kegg(
+        inputs["vcf"], inputs["fasta"], tmp_path / "windows.jsonl", opts=WindowOptions(flank=20, max_n_fraction=1.0)
+    )
     examples = load_examples(tmp_path / "windows.jsonl", DNA_WINDOW)
     records = [json.loads(line) for line in (tmp_path / "windows.jsonl").read_text().splitlines()]
     loaded = DNAFusionLM.from_pretrained(checkpoint, "cpu")
     recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
-    texts = generate_answers(model, encoder, processor, examples, batch_size=4, max_new_tokens=recipe.eval.max_new_tokens,
-                             encoder_batch_size=8, device="cpu")
+    texts = generate_answers(
+        model,
+        encoder,
+        processor,
+        examples,
+        batch_size=4,
+        max_new_tokens=recipe.eval.max_new_tokens,
+        encoder_batch_size=8,
+        device="cpu",
+    )
     compared = 0
     for rec, text in zip(records, texts):
         row = annotated.get((rec["id"], rec["alt"]))
@@ -176,12 +198,26 @@ def test_stopped_run_resumes_to_identical_outputs(checkpoint, inputs, reference_
 
 
 def test_killed_process_resumes_to_identical_outputs(checkpoint, inputs, tmp_path):
-    args = [str(checkpoint), "--vcf", str(inputs["snvs"]), "--fasta", str(inputs["fasta"]), "--batch-size", "1", "--max-new-tokens", "8"]
+    args = [
+        str(checkpoint),
+        "--vcf",
+        str(inputs["snvs"]),
+        "--fasta",
+        str(inputs["fasta"]),
+        "--batch-size",
+        "1",
+        "--max-new-tokens",
+        "8",
+    ]
     killed = {"out": tmp_path / "killed" / "annotated.vcf.gz", "tsv": tmp_path / "killed" / "annotated.tsv"}
     progress = Path(f"{killed['out']}.progress.jsonl")
     env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-m", "dnallm", "annotate", *args, "--out", str(killed["out"])],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dnallm", "annotate", *args, "--out", str(killed["out"])],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if progress.is_file() and len(progress.read_bytes().splitlines()) >= 4:  # fingerprint + 3 batches
@@ -203,10 +239,37 @@ def test_unsorted_input_gives_an_unindexed_vcf_and_says_how_to_sort(checkpoint, 
     rows = rows[5:] + rows[:5]
     vcf = write_vcf(tmp_path / "unsorted.vcf.gz", rows, bgzip=True)
     out = tmp_path / "annotated.vcf.gz"
-    main(["annotate", str(checkpoint), "--vcf", str(vcf), "--fasta", str(inputs["fasta"]), "--out", str(out), "--batch-size", "8"])
+    main(
+        [
+            "annotate",
+            str(checkpoint),
+            "--vcf",
+            str(vcf),
+            "--fasta",
+            str(inputs["fasta"]),
+            "--out",
+            str(out),
+            "--batch-size",
+            "8",
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["index"] is None and not Path(f"{out}.tbi").exists()
     assert "returns to chr1" in summary["unsorted"] and "bcftools sort" in summary["unsorted"]
     assert [rec.id for rec in pysam.VariantFile(str(out))] == [r[2] for r in rows]
-    assert main(["annotate", str(checkpoint), "--vcf", str(vcf), "--fasta", str(inputs["fasta"]), "--out", str(tmp_path / "x.txt")]) == 2
+    assert (
+        main(
+            [
+                "annotate",
+                str(checkpoint),
+                "--vcf",
+                str(vcf),
+                "--fasta",
+                str(inputs["fasta"]),
+                "--out",
+                str(tmp_path / "x.txt"),
+            ]
+        )
+        == 2
+    )
     assert re.search(r"dnallm annotate: error: --out must end in \.vcf or \.vcf\.gz", capsys.readouterr().err)

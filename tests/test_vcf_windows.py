@@ -88,7 +88,14 @@ def test_every_skipped_allele_is_counted_and_reported(genome, tmp_path):
     seqs, _ = genome
     summary, out = run_windows(genome, tmp_path)
     skipped = skipped_rows(tmp_path / "out.skipped.tsv")
-    assert summary["skipped"] == {"breakend": 1, "missing_contig": 1, "n_rich": 1, "no_alt": 1, "ref_mismatch": 1, "symbolic": 2}
+    assert summary["skipped"] == {
+        "breakend": 1,
+        "missing_contig": 1,
+        "n_rich": 1,
+        "no_alt": 1,
+        "ref_mismatch": 1,
+        "symbolic": 2,
+    }
     assert summary["alleles"] == summary["written"] + sum(summary["skipped"].values())
     bad = skipped[f"v_bad_ref/{cases(seqs)['ref_mismatch'][4][0]}"]
     assert bad["reason"] == "ref_mismatch"
@@ -155,14 +162,19 @@ def test_strict_fails_on_ref_mismatch_naming_the_record(genome, tmp_path):
 def test_strict_fails_on_missing_contig(genome, tmp_path):
     seqs, _ = genome
     rows = [r for name, r in cases(seqs).items() if name != "ref_mismatch"]
-    with pytest.raises(InputError, match=r"record 11 \(chr9:10\): contig 'chr9' not in .*ref\.fa \(its contigs: chr1, chr2, chrM\)"):
+    with pytest.raises(
+        InputError, match=r"record 11 \(chr9:10\): contig 'chr9' not in .*ref\.fa \(its contigs: chr1, chr2, chrM\)"
+    ):
         run_windows(genome, tmp_path, rows=rows, strict=True)
 
 
 def test_chromosome_naming_is_an_explicit_choice(genome, tmp_path):
     seqs, _ = genome
     ensembl = renamed(list(cases(seqs).values()), {"chr1": "1", "chr2": "2", "chrM": "MT", "chr9": "9"})
-    with pytest.raises(InputError, match=r"record 1 \(1:3\): contig '1' is not in .*ref\.fa, which names it 'chr1'; .*--contig-names add_chr"):
+    with pytest.raises(
+        InputError,
+        match=r"record 1 \(1:3\): contig '1' is not in .*ref\.fa, which names it 'chr1'; .*--contig-names add_chr",
+    ):
         run_windows(genome, tmp_path, rows=ensembl)
     summary, out = run_windows(genome, tmp_path, rows=ensembl, contig_names="add_chr")
     got = by_id(out)
@@ -177,7 +189,10 @@ def test_chromosome_naming_is_an_explicit_choice(genome, tmp_path):
 
 def test_no_contig_in_common_is_an_error(genome, tmp_path):
     rows = [("scaffold_1", 5, "s1", "A", ["G"]), ("scaffold_2", 5, "s2", "C", ["T"])]
-    with pytest.raises(InputError, match=r"none of the contigs of .*in\.vcf \(scaffold_1, scaffold_2\) is in .*ref\.fa \(chr1, chr2, chrM\)"):
+    with pytest.raises(
+        InputError,
+        match=r"none of the contigs of .*in\.vcf \(scaffold_1, scaffold_2\) is in .*ref\.fa \(chr1, chr2, chrM\)",
+    ):
         run_windows(genome, tmp_path, rows=rows)
 
 
@@ -247,7 +262,7 @@ def test_gene_names_come_from_the_annotation(genome, tmp_path, kind):
 
 def test_malformed_annotation_names_the_line(genome, tmp_path):
     path = tmp_path / "genes.gtf"
-    path.write_text(GTF + "chr1\ttest\tgene\tforty\t90\t.\t+\t.\tgene_name \"X\";\n")
+    path.write_text(GTF + 'chr1\ttest\tgene\tforty\t90\t.\t+\t.\tgene_name "X";\n')
     with pytest.raises(ValueError, match=r"genes\.gtf:4: start/end must be integers, got 'forty'"):
         run_windows(genome, tmp_path, gtf=path)
 
@@ -267,7 +282,21 @@ def test_cli_prints_a_summary_and_reports_bad_input(genome, tmp_path, capsys):
     seqs, fasta = genome
     vcf = write_vcf(tmp_path / "in.vcf", list(cases(seqs).values()))
     out = tmp_path / "variants.jsonl"
-    main(["windows", "--vcf", str(vcf), "--fasta", str(fasta), "--out", str(out), "--flank", "20", "--max-n-fraction", "0.5"])
+    main(
+        [
+            "windows",
+            "--vcf",
+            str(vcf),
+            "--fasta",
+            str(fasta),
+            "--out",
+            str(out),
+            "--flank",
+            "20",
+            "--max-n-fraction",
+            "0.5",
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["written"] == 8 and (tmp_path / "variants.skipped.tsv").is_file()
     assert main(["windows", "--vcf", str(vcf), "--fasta", str(fasta), "--out", str(out), "--strict"]) == 2

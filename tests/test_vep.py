@@ -34,13 +34,16 @@ def test_macro_conventions_differ_when_a_training_label_is_absent_or_never_predi
     m = classification_metrics(truth, pred, training_labels=training)
     # over a, b, c, d with zero_division=0: P (1 + .5 + 0 + 0) / 4, F1 (1 + 2/3 + 0 + 0) / 4
     assert m["macro"]["training_labels_zero_division_0"] == pytest.approx(
-        {"labels": 4, "zero_division": 0, "precision": 1.5 / 4, "recall": 2 / 4, "f1": (1 + 2 / 3) / 4})
+        {"labels": 4, "zero_division": 0, "precision": 1.5 / 4, "recall": 2 / 4, "f1": (1 + 2 / 3) / 4}
+    )
     assert (m["macro_precision"], m["macro_f1"]) == pytest.approx((1.5 / 4, (1 + 2 / 3) / 4))
     # over a, b, c: c was never predicted, so its precision counts 0, or 1 with zero_division=1
     assert m["macro"]["truth_labels_zero_division_0"] == pytest.approx(
-        {"labels": 3, "zero_division": 0, "precision": 1.5 / 3, "recall": 2 / 3, "f1": (1 + 2 / 3) / 3})
+        {"labels": 3, "zero_division": 0, "precision": 1.5 / 3, "recall": 2 / 3, "f1": (1 + 2 / 3) / 3}
+    )
     assert m["macro"]["truth_labels_zero_division_1"] == pytest.approx(
-        {"labels": 3, "zero_division": 1, "precision": 2.5 / 3, "recall": 2 / 3, "f1": (1 + 2 / 3) / 3})
+        {"labels": 3, "zero_division": 1, "precision": 2.5 / 3, "recall": 2 / 3, "f1": (1 + 2 / 3) / 3}
+    )
     table = metrics_summary(m)
     assert "all training labels" in table and "labels in the ground truth" in table
 
@@ -50,22 +53,41 @@ def test_variant_effect_recipes_load_and_name_the_published_models():
         for llm, name in (("4b", "Qwen/Qwen3-4B"), ("1.7b", "Qwen/Qwen3-1.7B")):
             recipe = load_recipe(REPO / f"recipes/vep/{task}_genos1b_qwen3_{llm}.yaml")
             assert recipe.encoder.name_or_path == "BGI-HangzhouAI/Genos-1.2B" and recipe.llm.name_or_path == name
-            assert recipe.data.train == f"data/vep-{task.replace('_', '-')}/train.jsonl" and not recipe.data.with_reasoning
+            assert (
+                recipe.data.train == f"data/vep-{task.replace('_', '-')}/train.jsonl"
+                and not recipe.data.with_reasoning
+            )
 
 
 def test_planted_binary_task_trains_scores_and_appears_in_baselines(tmp_path, tiny_models, capsys):
     data = tmp_path / "planted-vep"
-    assert main(["planted", "--out", str(data), "--records", "200", "--labels", "benign,pathogenic", "--length", "201"]) == 0
+    assert (
+        main(["planted", "--out", str(data), "--records", "200", "--labels", "benign,pathogenic", "--length", "201"])
+        == 0
+    )
     out = tmp_path / "baselines"
-    code = main(["baselines", str(REPO / "recipes/vep/planted_tiny.yaml"), f"test={data / 'test.jsonl'}",
-                 f"data.train={data / 'train.jsonl'}", f"output_dir={out}", f"encoder.name_or_path={tiny_models['genos']}",
-                 f"llm.name_or_path={tiny_models['qwen3']}", "models=dna+text,dna-only", "train.max_steps=30"])
+    code = main(
+        [
+            "baselines",
+            str(REPO / "recipes/vep/planted_tiny.yaml"),
+            f"test={data / 'test.jsonl'}",
+            f"data.train={data / 'train.jsonl'}",
+            f"output_dir={out}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            "models=dna+text,dna-only",
+            "train.max_steps=30",
+        ]
+    )
     assert code == 0
     assert "F1 pathogenic" in capsys.readouterr().out
     rows = {r["model"]: r for r in json.loads((out / "comparison.json").read_text())["rows"]}
     assert set(rows) == {"dna+text", "dna-only"} and all(r["positive_label"] == "pathogenic" for r in rows.values())
-    losses = [json.loads(line)["train/loss"] for line in (out / "dna_text" / "train_log.jsonl").read_text().splitlines()
-              if "train/loss" in line]
+    losses = [
+        json.loads(line)["train/loss"]
+        for line in (out / "dna_text" / "train_log.jsonl").read_text().splitlines()
+        if "train/loss" in line
+    ]
     assert losses[-1] < 0.5 * losses[0]  # the fusion model trains
     assert rows["dna-only"]["accuracy"] >= 0.9  # the planted label is in the DNA
     for run in ("dna_text", "dna_only"):  # the pathogenic F1 is the one the predictions give
@@ -76,7 +98,11 @@ def test_planted_binary_task_trains_scores_and_appears_in_baselines(tmp_path, ti
         f1 = 2 * tp / (predicted + actual) if predicted + actual else 0.0
         metrics = json.loads((out / run / "eval" / "metrics.json").read_text())
         assert len(pairs) == metrics["n"] == 20 and actual > 0
-        assert metrics["binary"]["f1"] == pytest.approx(f1) == rows[{"dna_text": "dna+text", "dna_only": "dna-only"}[run]]["positive_f1"]
+        assert (
+            metrics["binary"]["f1"]
+            == pytest.approx(f1)
+            == rows[{"dna_text": "dna+text", "dna_only": "dna-only"}[run]]["positive_f1"]
+        )
 
 
 def test_the_eval_table_says_where_the_label_set_came_from(tmp_path):

@@ -60,7 +60,10 @@ def vcf_text(rows: list[tuple], contigs: dict[str, int] | None = None) -> str:
     header += [f"##contig=<ID={name},length={n}>" for name, n in (contigs or {}).items()]
     header.append('##INFO=<ID=DP,Number=1,Type=Integer,Description="Read depth">')
     header.append("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO")
-    body = [f"{chrom}\t{pos}\t{vid}\t{ref}\t{','.join(alts) or '.'}\t50\tPASS\tDP=10" for chrom, pos, vid, ref, alts in rows]
+    body = [
+        f"{chrom}\t{pos}\t{vid}\t{ref}\t{','.join(alts) or '.'}\t50\tPASS\tDP=10"
+        for chrom, pos, vid, ref, alts in rows
+    ]
     return "\n".join(header + body) + "\n"
 
 

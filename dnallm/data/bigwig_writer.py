@@ -59,10 +59,14 @@ class BigWigWriter:
         values = np.asarray(values, dtype=np.float64)
         if not np.isfinite(values).all():
             bad = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise TrackDataError(f"{self.path}: value {values[bad]} at {chrom}:{start + bad + 1} is not finite; nothing written")
+            raise TrackDataError(
+                f"{self.path}: value {values[bad]} at {chrom}:{start + bad + 1} is not finite; nothing written"
+            )
         position = (self.order[chrom], start)
         if position < self._last or start + len(values) > self.sizes[chrom]:
-            raise ValueError(f"{self.path}: entries must be added in order inside {chrom} (got {chrom}:{start + 1} after {self._last})")
+            raise ValueError(
+                f"{self.path}: entries must be added in order inside {chrom} (got {chrom}:{start + 1} after {self._last})"
+            )
         self._last = (self.order[chrom], start + len(values))
         if not self.skip_zeros:
             runs = np.array([[0, len(values)]])
@@ -82,8 +86,12 @@ class BigWigWriter:
 
     def size_bound(self) -> int:
         """The most bytes the file can hold once closed, given what was added so far."""
-        return (self._header_bytes + BYTES_PER_VALUE * self._values + BYTES_PER_RUN * self._runs
-                + BYTES_PER_BLOCK * self._blocks)
+        return (
+            self._header_bytes
+            + BYTES_PER_VALUE * self._values
+            + BYTES_PER_RUN * self._runs
+            + BYTES_PER_BLOCK * self._blocks
+        )
 
     def _reserve(self) -> None:
         reserve_space(self._fd, self.size_bound(), self.path)

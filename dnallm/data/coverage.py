@@ -36,9 +36,22 @@ class CoverageWindows(IterableDataset):
     """
 
     def __init__(
-        self, genome: Genome, reader: CoverageReader, windows: list[Region], lookup: np.ndarray, transform: TargetTransform,
-        *, batch_size: int, pad_id: int = 0, shuffle: bool = False, seed: int = 0, rc_augment: bool = False,
-        partners: list[int] | None = None, rank: int = 0, world_size: int = 1, drop_last: bool = False,
+        self,
+        genome: Genome,
+        reader: CoverageReader,
+        windows: list[Region],
+        lookup: np.ndarray,
+        transform: TargetTransform,
+        *,
+        batch_size: int,
+        pad_id: int = 0,
+        shuffle: bool = False,
+        seed: int = 0,
+        rc_augment: bool = False,
+        partners: list[int] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
     ):
         if rc_augment and partners is None:
             raise ValueError("rc_augment needs the strand partner of every track")
@@ -105,7 +118,13 @@ class CoverageWindows(IterableDataset):
 def _window_examples(genome: Genome, reader: CoverageReader, windows: list[Region]):
     for w in windows:
         values, _ = reader.read(w)
-        yield {"chrom": w.chrom, "start": w.start, "end": w.end, "sequence": genome.codes(w).tobytes().decode(), "coverage": values}
+        yield {
+            "chrom": w.chrom,
+            "start": w.start,
+            "end": w.end,
+            "sequence": genome.codes(w).tobytes().decode(),
+            "coverage": values,
+        }
 
 
 def hf_dataset(genome: Genome, reader: CoverageReader, windows: list[Region]):
@@ -117,8 +136,15 @@ def hf_dataset(genome: Genome, reader: CoverageReader, windows: list[Region]):
     """
     from datasets import Array2D, Features, IterableDataset as HFIterable, Value
 
-    features = Features({
-        "chrom": Value("string"), "start": Value("int64"), "end": Value("int64"), "sequence": Value("string"),
-        "coverage": Array2D(shape=(None, len(reader.tracks)), dtype="float32"),
-    })
-    return HFIterable.from_generator(_window_examples, features=features, gen_kwargs={"genome": genome, "reader": reader, "windows": list(windows)})
+    features = Features(
+        {
+            "chrom": Value("string"),
+            "start": Value("int64"),
+            "end": Value("int64"),
+            "sequence": Value("string"),
+            "coverage": Array2D(shape=(None, len(reader.tracks)), dtype="float32"),
+        }
+    )
+    return HFIterable.from_generator(
+        _window_examples, features=features, gen_kwargs={"genome": genome, "reader": reader, "windows": list(windows)}
+    )

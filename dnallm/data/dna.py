@@ -24,8 +24,10 @@ def text_lines(path: Path):
             try:
                 yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise RecordError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte offset "
-                                  f"{offset + e.start} of the file); save the file as UTF-8") from None
+                raise RecordError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte offset "
+                    f"{offset + e.start} of the file); save the file as UTF-8"
+                ) from None
             offset += len(raw)
 
 

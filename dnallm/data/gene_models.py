@@ -9,6 +9,7 @@ from dnallm.data.genes import open_text, parse_attributes
 from dnallm.data.dna import fasta_contig
 from dnallm.data.genome import Region, TrackDataError
 
+
 @dataclass
 class Gene:
     gene_id: str
@@ -71,7 +72,7 @@ def read_genes(path: str | Path, contig_rule: str = "same") -> list[Gene]:
                 interval = (int(start) - 1, int(end))  # 1-based inclusive -> 0-based half-open
             except ValueError:
                 raise TrackDataError(f"{path}:{n}: start/end {start!r}, {end!r} are not integers") from None
-            for key in (attrs.get("Parent", "").split(",") if gff3 else [attrs.get("gene_id", "")]):
+            for key in attrs.get("Parent", "").split(",") if gff3 else [attrs.get("gene_id", "")]:
                 if not key:
                     raise TrackDataError(f"{path}:{n}: exon without {'Parent' if gff3 else 'gene_id'}")
                 exons.setdefault(key, []).append(interval)

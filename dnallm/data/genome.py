@@ -79,8 +79,10 @@ def stale_index_message(fasta: str | Path) -> str | None:
     problem = stale_index_problem(fasta)
     if problem is None:
         return None
-    return f"{fasta}: its index does not match the file ({problem}); the FASTA changed after it was indexed: " \
-           f"delete {fasta}.fai (it is rebuilt) or run samtools faidx {fasta}"
+    return (
+        f"{fasta}: its index does not match the file ({problem}); the FASTA changed after it was indexed: "
+        f"delete {fasta}.fai (it is rebuilt) or run samtools faidx {fasta}"
+    )
 
 
 @dataclass(frozen=True, order=True)
@@ -149,9 +151,13 @@ class Genome:
     def check_region(self, region: Region, what: str = "region") -> None:
         size = self.sizes.get(region.chrom)
         if size is None:
-            raise TrackDataError(f"{what} {region}: contig '{region.chrom}' is not in {self.path} (contigs: {names_preview(self.sizes)})")
+            raise TrackDataError(
+                f"{what} {region}: contig '{region.chrom}' is not in {self.path} (contigs: {names_preview(self.sizes)})"
+            )
         if region.start < 0 or region.end > size or region.start >= region.end:
-            raise TrackDataError(f"{what} {region} runs past the end of {region.chrom} (length {size:,} in {self.path})")
+            raise TrackDataError(
+                f"{what} {region} runs past the end of {region.chrom} (length {size:,} in {self.path})"
+            )
 
     def codes(self, region: Region) -> np.ndarray:
         """(length,) uint8: A, C, G, T or N; IUPAC ambiguity codes read as N."""
@@ -160,7 +166,9 @@ class Genome:
         bad = _INVALID.search(raw)
         if bad:
             pos = region.start + bad.start()
-            raise TrackDataError(f"{self.path}: {region.chrom}:{pos + 1} holds {chr(raw[bad.start()])!r}, not a DNA base")
+            raise TrackDataError(
+                f"{self.path}: {region.chrom}:{pos + 1} holds {chr(raw[bad.start()])!r}, not a DNA base"
+            )
         return np.frombuffer(raw, dtype=np.uint8)
 
     def n_counts(self, chrom: str, block: int) -> np.ndarray:

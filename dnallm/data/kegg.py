@@ -62,7 +62,9 @@ def check_record(rec: dict, *, need_dna: bool = True, need_reasoning: bool = Fal
     return out
 
 
-def load_examples(path: str | Path, dna_window: int, *, need_reasoning: bool = False, need_dna: bool = True) -> datasets.Dataset:
+def load_examples(
+    path: str | Path, dna_window: int, *, need_reasoning: bool = False, need_dna: bool = True
+) -> datasets.Dataset:
     """KEGG JSONL -> ``datasets.Dataset`` of checked examples with centred DNA windows.
 
     Columns: ``question``, ``answer``, ``reasoning``, ``ref_window``, ``var_window``, ``where``.
@@ -70,17 +72,30 @@ def load_examples(path: str | Path, dna_window: int, *, need_reasoning: bool = F
     return examples_from_records(read_jsonl(path), dna_window, need_reasoning=need_reasoning, need_dna=need_dna)
 
 
-def examples_from_records(records: list[dict], dna_window: int, *, need_reasoning: bool = False, need_dna: bool = True, need_answer: bool = True) -> datasets.Dataset:
+def examples_from_records(
+    records: list[dict],
+    dna_window: int,
+    *,
+    need_reasoning: bool = False,
+    need_dna: bool = True,
+    need_answer: bool = True,
+) -> datasets.Dataset:
     """KEGG-format records (dicts) -> checked examples, as ``load_examples``; a record
     without ``_where`` is named by its index. ``need_answer=False``: records to predict."""
     rows = []
     for i, rec in enumerate(records):
-        rec = check_record({"_where": f"record {i}", **rec}, need_dna=need_dna, need_reasoning=need_reasoning, need_answer=need_answer)
+        rec = check_record(
+            {"_where": f"record {i}", **rec}, need_dna=need_dna, need_reasoning=need_reasoning, need_answer=need_answer
+        )
         where = rec["_where"]
         row = {"question": rec["question"], "answer": rec["answer"], "reasoning": rec["reasoning"], "where": where}
         if need_dna:
-            row["ref_window"] = centre_window(rec["reference_sequence"], dna_window, where=where, field="reference_sequence")
-            row["var_window"] = centre_window(rec["variant_sequence"], dna_window, where=where, field="variant_sequence")
+            row["ref_window"] = centre_window(
+                rec["reference_sequence"], dna_window, where=where, field="reference_sequence"
+            )
+            row["var_window"] = centre_window(
+                rec["variant_sequence"], dna_window, where=where, field="variant_sequence"
+            )
         else:
             row["ref_window"] = row["var_window"] = ""
         rows.append(row)

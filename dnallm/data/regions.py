@@ -23,7 +23,9 @@ def parse_region(text: str, sizes: dict[str, int]) -> Region:
         raise TrackDataError(f"region {text!r}: expected chrom:start-end (1-based, inclusive) or a contig name")
     chrom, start, end = m.group(1), int(m.group(2).replace(",", "")), int(m.group(3).replace(",", ""))
     if chrom not in sizes:
-        raise TrackDataError(f"region {text!r}: contig '{chrom}' is not in the genome (contigs: {names_preview(sizes)})")
+        raise TrackDataError(
+            f"region {text!r}: contig '{chrom}' is not in the genome (contigs: {names_preview(sizes)})"
+        )
     if start < 1 or end < start:
         raise TrackDataError(f"region {text!r}: start must be >= 1 and end >= start")
     if end > sizes[chrom]:
@@ -46,11 +48,15 @@ def read_bed(path: str | Path, sizes: dict[str, int]) -> list[Region]:
         except (IndexError, ValueError):
             raise TrackDataError(f"{path}:{n}: expected chrom, start, end (BED), got {line!r}") from None
         if region.chrom not in sizes:
-            raise TrackDataError(f"{path}:{n}: contig '{region.chrom}' is not in the genome (contigs: {names_preview(sizes)})")
+            raise TrackDataError(
+                f"{path}:{n}: contig '{region.chrom}' is not in the genome (contigs: {names_preview(sizes)})"
+            )
         if region.start < 0 or region.end <= region.start:
             raise TrackDataError(f"{path}:{n}: empty or negative interval {region.start}-{region.end}")
         if region.end > sizes[region.chrom]:
-            raise TrackDataError(f"{path}:{n}: {region} runs past the end of {region.chrom} (length {sizes[region.chrom]:,})")
+            raise TrackDataError(
+                f"{path}:{n}: {region} runs past the end of {region.chrom} (length {sizes[region.chrom]:,})"
+            )
         regions.append(region)
     return regions
 
@@ -78,7 +84,15 @@ def widen(region: Region, window: int, size: int) -> Region:
 
 
 def split_windows(
-    sizes: dict[str, int], *, chroms: list[str], window: int, stride: int, val_chroms=(), test_chroms=(), val_regions=(), test_regions=(),
+    sizes: dict[str, int],
+    *,
+    chroms: list[str],
+    window: int,
+    stride: int,
+    val_chroms=(),
+    test_chroms=(),
+    val_regions=(),
+    test_regions=(),
 ) -> dict[str, list[Region]]:
     """Train / val / test windows: held-out chromosomes and regions, the rest for training.
 
@@ -88,7 +102,9 @@ def split_windows(
     """
     unknown = [c for c in [*chroms, *val_chroms, *test_chroms] if c not in sizes]
     if unknown:
-        raise TrackDataError(f"chromosomes {names_preview(unknown)} are not in the genome (contigs: {names_preview(sizes)})")
+        raise TrackDataError(
+            f"chromosomes {names_preview(unknown)} are not in the genome (contigs: {names_preview(sizes)})"
+        )
     both = set(val_chroms) & set(test_chroms)
     if both:
         raise TrackDataError(f"chromosomes {sorted(both)} are both validation and test chromosomes")
@@ -100,7 +116,10 @@ def split_windows(
         return out + [w for r in regions for w in tile(widen(r, window, sizes[r.chrom]), window, stride)]
 
     train = [
-        w for c in chroms if c not in held_out for w in tile(Region(c, 0, sizes[c]), window, stride)
+        w
+        for c in chroms
+        if c not in held_out
+        for w in tile(Region(c, 0, sizes[c]), window, stride)
         if not any(w.overlaps(r) for r in held_regions)
     ]
     return {"train": train, "val": held(val_chroms, val_regions), "test": held(test_chroms, test_regions)}

@@ -57,7 +57,9 @@ class Source:
 SOURCES = {
     "kegg": Source("kegg", "wanglab/kegg", str.strip),
     "vep-coding": Source("vep-coding", "wanglab/variant_effect_coding", first_listed_label),
-    "vep-non-snv": Source("vep-non-snv", "wanglab/variant_effect_non_snv", unlisted_label, ("variant_sequence", "mutated_sequence")),
+    "vep-non-snv": Source(
+        "vep-non-snv", "wanglab/variant_effect_non_snv", unlisted_label, ("variant_sequence", "mutated_sequence")
+    ),
 }
 
 
@@ -90,7 +92,9 @@ def load_source(source: Source, local: str | Path | None = None):
     try:
         return datasets.load_dataset(source.hub_id)
     except (ConnectionError, TimeoutError) as e:  # what datasets raises when the hub cannot be reached
-        raise SourceError(offline_message(source, f"{type(e).__name__}: {e}; HF_HUB_OFFLINE=1 skips the attempt")) from None
+        raise SourceError(
+            offline_message(source, f"{type(e).__name__}: {e}; HF_HUB_OFFLINE=1 skips the attempt")
+        ) from None
 
 
 def source_splits(loaded) -> dict[str, list[dict]]:
@@ -126,7 +130,11 @@ def arrange_splits(splits: dict[str, list[dict]], seed: int) -> tuple[dict[str, 
         return {s: splits[s] for s in SPLITS}, "source splits"
     if set(splits) == {"train", "test"}:
         carved = split_records(splits["train"], fractions=(8 / 9, 1 / 9, 0.0), seed=seed)
-        return {"train": carved["train"], "val": carved["val"], "test": splits["test"]}, "source train/test; val: stratified 1/9 of train"
+        return {
+            "train": carved["train"],
+            "val": carved["val"],
+            "test": splits["test"],
+        }, "source train/test; val: stratified 1/9 of train"
     merged = [rec for name in sorted(splits) for rec in splits[name]]
     return split_records(merged, seed=seed), f"stratified 8:1:1 of {', '.join(sorted(splits))}"
 
@@ -152,8 +160,16 @@ def summarise(splits: dict[str, list[dict]], how: str, source: str, dropped: lis
     }
 
 
-def prepare_dataset(name: str, out_dir: str | Path, *, local: str | Path | None = None, dna_window: int = 1024,
-                    seed: int = 42, drop_invalid: bool = False, overwrite: bool = False) -> dict:
+def prepare_dataset(
+    name: str,
+    out_dir: str | Path,
+    *,
+    local: str | Path | None = None,
+    dna_window: int = 1024,
+    seed: int = 42,
+    drop_invalid: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Fetch, clean, check and split dataset ``name``; write ``train/val/test.jsonl`` and
     ``summary.json`` to ``out_dir``. -> the summary
 

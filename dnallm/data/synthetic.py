@@ -51,7 +51,9 @@ def class_motifs(n_classes: int, motif_len: int = 9) -> list[str]:
     return vocab[:n_classes]
 
 
-def planted_records(n_records: int, n_classes: int = 4, length: int = 4001, motif_len: int = 9, seed: int = 0) -> list[dict]:
+def planted_records(
+    n_records: int, n_classes: int = 4, length: int = 4001, motif_len: int = 9, seed: int = 0
+) -> list[dict]:
     if n_classes > len(DISEASES):
         raise ValueError(f"n_classes={n_classes} exceeds the {len(DISEASES)} built-in disease names")
     if length % 2 == 0 or length < motif_len:
@@ -83,12 +85,30 @@ def planted_records(n_records: int, n_classes: int = 4, length: int = 4001, moti
 # ---- planted-signal generator with a choice of signal ---------------------------------------
 
 MORE_DISEASES = (
-    "long qt syndrome", "cystic fibrosis", "hereditary breast and ovarian cancer", "fanconi anemia",
-    "maturity onset diabetes of the young", "dilated cardiomyopathy", "hypertrophic cardiomyopathy",
-    "retinitis pigmentosa", "lynch syndrome", "marfan syndrome", "phenylketonuria", "gaucher disease",
-    "tay-sachs disease", "familial hypercholesterolemia", "hemophilia a", "duchenne muscular dystrophy",
-    "charcot-marie-tooth disease", "noonan syndrome", "tuberous sclerosis", "neurofibromatosis type 1",
-    "wilson disease", "hereditary hemochromatosis", "epilepsy", "acute myeloid leukemia",
+    "long qt syndrome",
+    "cystic fibrosis",
+    "hereditary breast and ovarian cancer",
+    "fanconi anemia",
+    "maturity onset diabetes of the young",
+    "dilated cardiomyopathy",
+    "hypertrophic cardiomyopathy",
+    "retinitis pigmentosa",
+    "lynch syndrome",
+    "marfan syndrome",
+    "phenylketonuria",
+    "gaucher disease",
+    "tay-sachs disease",
+    "familial hypercholesterolemia",
+    "hemophilia a",
+    "duchenne muscular dystrophy",
+    "charcot-marie-tooth disease",
+    "noonan syndrome",
+    "tuberous sclerosis",
+    "neurofibromatosis type 1",
+    "wilson disease",
+    "hereditary hemochromatosis",
+    "epilepsy",
+    "acute myeloid leukemia",
 )
 ALL_DISEASES = DISEASES + MORE_DISEASES
 
@@ -98,16 +118,16 @@ SIGNALS = {
     "kmer": "the 5-mer centred on the variant is one of the class's k-mers; the reference centre base differs",
     "centre": "the variant's centre base (4 classes); the reference centre base is another, random one",
     "substitution": "the substitution ref>alt folded to a pyrimidine reference: C>A C>G C>T T>A T>C T>G "
-                    "(6 classes; ref and alt both random, so one sequence alone caps accuracy at 1/3)",
+    "(6 classes; ref and alt both random, so one sequence alone caps accuracy at 1/3)",
     "site": "a binding-site 8-mer overlapping the variant at any offset is gained (only in the variant), lost (only in "
-            "the reference) or unchanged (a copy nearby in both, untouched by the variant); copies nearby in both "
-            "windows in half the gained and lost records too, so neither window, nor the presence of a site, decides "
-            "(3 classes)",
+    "the reference) or unchanged (a copy nearby in both, untouched by the variant); copies nearby in both "
+    "windows in half the gained and lost records too, so neither window, nor the presence of a site, decides "
+    "(3 classes)",
     "indel": "an insertion or a deletion, short (1-3 bp) or long (6-12 bp), sequences of different lengths, each "
-             "centred on its own allele (4 classes)",
+    "centred on its own allele (4 classes)",
     "repeat": "a short tandem repeat beside the variant gains or loses one unit, of 2 or of 3 bases (4 classes: "
-              "expansion or contraction x unit size); what decides is the pair's lengths and the repeat around the "
-              "change, never one window or the centre base",
+    "expansion or contraction x unit size); what decides is the pair's lengths and the repeat around the "
+    "change, never one window or the centre base",
 }
 # Signals whose class count is fixed by the rule itself.
 FIXED_CLASSES = {"centre": 4, "substitution": 6, "site": 3, "indel": 4, "repeat": 4}
@@ -143,8 +163,14 @@ def _plant(seq: list[str], start: int, element: str) -> None:
 
 
 def planted_signal_records(
-    n_records: int, n_classes: int = 4, length: int = 4001, seed: int = 0, signal: str = "motif",
-    motif_len: int = 9, question: str = QUESTION, labels: list[str] | None = None,
+    n_records: int,
+    n_classes: int = 4,
+    length: int = 4001,
+    seed: int = 0,
+    signal: str = "motif",
+    motif_len: int = 9,
+    question: str = QUESTION,
+    labels: list[str] | None = None,
 ) -> list[dict]:
     """KEGG-format records whose disease is a deterministic function of the DNA near the variant.
 
@@ -170,16 +196,24 @@ def planted_signal_records(
         records = []
         for i in range(n_records):
             reference, variant = CHANGE_SIGNALS[signal](i % n_classes, length, rng)
-            records.append({
-                "question": question, "answer": names[i % n_classes],
-                "reasoning": f"Planted signal '{signal}' for class {i % n_classes}.",
-                "reference_sequence": reference, "variant_sequence": variant,
-            })
+            records.append(
+                {
+                    "question": question,
+                    "answer": names[i % n_classes],
+                    "reasoning": f"Planted signal '{signal}' for class {i % n_classes}.",
+                    "reference_sequence": reference,
+                    "variant_sequence": variant,
+                }
+            )
         rng.shuffle(records)
         return records
     rng = random.Random(seed)
     motifs = motif_vocabulary(n_motifs=n_classes, motif_len=motif_len, seed=20251 + n_classes)
-    kmers = _class_kmers(n_classes, 5, per_class=max(1, min(4, 1024 // n_classes)), seed=seed) if signal == "kmer" else None
+    kmers = (
+        _class_kmers(n_classes, 5, per_class=max(1, min(4, 1024 // n_classes)), seed=seed)
+        if signal == "kmer"
+        else None
+    )
     centre = length // 2
     records = []
     for i in range(n_records):
@@ -198,11 +232,15 @@ def planted_signal_records(
         if signal not in FIXED_CLASSES:
             ref_base = rng.choice([b for b in "ACGT" if b != variant[centre]])
         reference = variant[:centre] + ref_base + variant[centre + 1 :]
-        records.append({
-            "question": question, "answer": names[label],
-            "reasoning": f"Planted signal '{signal}' for class {label}.",
-            "reference_sequence": reference, "variant_sequence": variant,
-        })
+        records.append(
+            {
+                "question": question,
+                "answer": names[label],
+                "reasoning": f"Planted signal '{signal}' for class {label}.",
+                "reference_sequence": reference,
+                "variant_sequence": variant,
+            }
+        )
     rng.shuffle(records)
     return records
 

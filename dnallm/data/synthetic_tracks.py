@@ -73,7 +73,12 @@ def _gtf_line(chrom: str, start: int, end: int, strand: str, gene_id: str) -> st
 
 
 def write_synthetic_tracks(
-    out_dir: str | Path, *, n_chroms: int = 4, chrom_length: int = 40_000, seed: int = 0, bigwig_contigs: str = "same",
+    out_dir: str | Path,
+    *,
+    n_chroms: int = 4,
+    chrom_length: int = 40_000,
+    seed: int = 0,
+    bigwig_contigs: str = "same",
 ) -> dict[str, Path]:
     """Write ``genome.fa``, ``<track>.bw``, ``genes.gtf`` and ``tracks.yaml`` under ``out_dir``.
 
@@ -100,4 +105,9 @@ def write_synthetic_tracks(
                 writer.add(rename_contig(chrom, bigwig_contigs), 0, covers[chrom][:, col])
     sheet = [{"name": n, "file": f"{n}.bw", "strand": s, "cell_type": c} for n, c, s in TRACKS]
     atomic_write_text(out_dir / "tracks.yaml", yaml.safe_dump({"tracks": sheet}, sort_keys=False))
-    return {"fasta": out_dir / "genome.fa", "tracks": out_dir / "tracks.yaml", "gtf": out_dir / "genes.gtf", "dir": out_dir}
+    return {
+        "fasta": out_dir / "genome.fa",
+        "tracks": out_dir / "tracks.yaml",
+        "gtf": out_dir / "genes.gtf",
+        "dir": out_dir,
+    }

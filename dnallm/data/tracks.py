@@ -54,7 +54,13 @@ def _track(row: dict, where: str, base: Path) -> Track:
     if scale <= 0:
         raise TrackDataError(f"{where}: scale must be positive, got {scale}")
     file = Path(str(row["file"]).strip())
-    return Track(str(row["name"]).strip(), str(file if file.is_absolute() else base / file), strand, str(row["cell_type"]).strip(), scale)
+    return Track(
+        str(row["name"]).strip(),
+        str(file if file.is_absolute() else base / file),
+        strand,
+        str(row["cell_type"]).strip(),
+        scale,
+    )
 
 
 def read_track_sheet(path: str | Path) -> list[Track]:
@@ -65,11 +71,15 @@ def read_track_sheet(path: str | Path) -> list[Track]:
         tree = yaml.safe_load(path.read_text()) or {}
         rows = tree.get("tracks") if isinstance(tree, dict) else tree
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise TrackDataError(f"{path}: expected a list of tracks (or 'tracks:' holding one), each a mapping of {', '.join(_COLUMNS)}")
+            raise TrackDataError(
+                f"{path}: expected a list of tracks (or 'tracks:' holding one), each a mapping of {', '.join(_COLUMNS)}"
+            )
         where = [f"{path}: track {i + 1}" for i in range(len(rows))]
     else:
         with path.open(newline="") as f:
-            rows = list(csv.DictReader((line for line in f if line.strip() and not line.startswith("#")), delimiter="\t"))
+            rows = list(
+                csv.DictReader((line for line in f if line.strip() and not line.startswith("#")), delimiter="\t")
+            )
         where = [f"{path}: row {i + 2}" for i in range(len(rows))]
     tracks = [_track(r, w, path.parent) for r, w in zip(rows, where)]
     if not tracks:
@@ -148,7 +158,9 @@ class CoverageReader:
             except RuntimeError:
                 size = bw.chroms().get(chrom)
                 where = f"length {size:,}" if size else f"contigs: {names_preview(bw.chroms())}"
-                raise TrackDataError(f"track '{t.name}': cannot read {region} from {t.file} ({chrom}: {where})") from None
+                raise TrackDataError(
+                    f"track '{t.name}': cannot read {region} from {t.file} ({chrom}: {where})"
+                ) from None
         missing = np.isnan(values)
         values[missing] = 0.0
         negative = values < 0
@@ -168,7 +180,9 @@ class CoverageReader:
         """
         unknown = [c for c in chroms if c not in genome.sizes]
         if unknown:
-            raise TrackDataError(f"chromosomes {names_preview(unknown)} are not in {genome.path} (contigs: {names_preview(genome.sizes)})")
+            raise TrackDataError(
+                f"chromosomes {names_preview(unknown)} are not in {genome.path} (contigs: {names_preview(genome.sizes)})"
+            )
         for i, t in enumerate(self.tracks):
             bw_sizes = self.contigs(i)
             fasta_to_bw = {c: rename_contig(c, self.contig_rule) for c in genome.sizes}
@@ -208,4 +222,6 @@ class CoverageReader:
             low = bw.stats(chrom, type="min")[0]  # from the zoom levels: cheap
             if low is not None and low < 0:
                 start, _, value = next(iv for iv in bw.intervals(chrom) if iv[2] < 0)
-                raise TrackDataError(f"track '{t.name}' ({t.file}) has negative coverage {value:g} at {chrom}:{start + 1}; coverage must be >= 0")
+                raise TrackDataError(
+                    f"track '{t.name}' ({t.file}) has negative coverage {value:g} at {chrom}:{start + 1}; coverage must be >= 0"
+                )

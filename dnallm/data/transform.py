@@ -60,7 +60,9 @@ class RunningPearson:
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """``x``, ``y``: (N, n_tracks), paired values."""
         x, y = x.detach().double().cpu(), y.detach().double().cpu()
-        self.sums += torch.stack([torch.full_like(x[0], len(x)), x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0), (x * y).sum(0)])
+        self.sums += torch.stack(
+            [torch.full_like(x[0], len(x)), x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0), (x * y).sum(0)]
+        )
 
     def merge(self, other: "RunningPearson") -> None:
         self.sums += other.sums

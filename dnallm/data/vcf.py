@@ -134,8 +134,9 @@ def open_fasta(path: str | Path) -> pysam.FastaFile:
                 f"be written. Index it where you can write (samtools faidx {path}) or copy the FASTA to a "
                 f"writable folder."
             ) from None
-        raise InputError(f"{path}: could not open the FASTA with its index {fai} ({e}); a stale index? "
-                         f"delete {fai} and rerun") from None
+        raise InputError(
+            f"{path}: could not open the FASTA with its index {fai} ({e}); a stale index? delete {fai} and rerun"
+        ) from None
 
 
 def count_alleles(path: str | Path) -> int:
@@ -175,7 +176,9 @@ def contig_namer(spec: str) -> Callable[[str], str]:
         return lambda name: rename_contig(name, spec)
     path = Path(spec)
     if not path.is_file():
-        raise InputError(f"contig naming must be one of {', '.join(CONTIG_RULES)} or a two-column file; {spec!r} is neither")
+        raise InputError(
+            f"contig naming must be one of {', '.join(CONTIG_RULES)} or a two-column file; {spec!r} is neither"
+        )
     mapping = read_contig_map(path)
     return lambda name: mapping.get(name, name)
 
@@ -231,7 +234,15 @@ class VariantReader:
     ``unsorted`` names the first record out of order ('' for a sorted file).
     """
 
-    def __init__(self, vcf_path: str | Path, fasta: pysam.FastaFile, fasta_path: str | Path, *, contig_names: str = "same", strict: bool = False):
+    def __init__(
+        self,
+        vcf_path: str | Path,
+        fasta: pysam.FastaFile,
+        fasta_path: str | Path,
+        *,
+        contig_names: str = "same",
+        strict: bool = False,
+    ):
         self.vcf_path = Path(vcf_path)
         self.fasta = fasta
         self.fasta_path = Path(fasta_path)
@@ -331,9 +342,18 @@ def _few(names, n: int = 5) -> str:
 
 
 def skipped_report_line(allele: Allele) -> str:
-    cols = [allele.record, allele.alt_index, allele.chrom, allele.pos, allele.id, allele.ref, allele.alt, allele.skip, allele.detail]
+    cols = [
+        allele.record,
+        allele.alt_index,
+        allele.chrom,
+        allele.pos,
+        allele.id,
+        allele.ref,
+        allele.alt,
+        allele.skip,
+        allele.detail,
+    ]
     return "\t".join(str(c) for c in cols) + "\n"
 
 
 SKIPPED_REPORT_HEADER = "record\talt_index\tchrom\tpos\tid\tref\talt\treason\tdetail\n"
-

@@ -12,18 +12,35 @@ from tqdm.auto import tqdm
 from dnallm.data.dna import RecordError, check_pair
 from dnallm.data.genes import GeneIndex
 from dnallm.data.vcf import (
-    SKIPPED_REPORT_HEADER, Allele, InputError, VariantReader, contig_map_file, open_fasta, skipped_report_line,
+    SKIPPED_REPORT_HEADER,
+    Allele,
+    InputError,
+    VariantReader,
+    contig_map_file,
+    open_fasta,
+    skipped_report_line,
 )
 from dnallm.data.windows import (
-    DEFAULT_ANSWER, SequencePair, WindowOptions, allele_pair, check_question_template, gene_position,
-    kegg_record, render_question, screen_pair,
+    DEFAULT_ANSWER,
+    SequencePair,
+    WindowOptions,
+    allele_pair,
+    check_question_template,
+    gene_position,
+    kegg_record,
+    render_question,
+    screen_pair,
 )
 from dnallm.io import atomic_open, check_outputs
 
 
 def prepared_alleles(
-    reader: VariantReader, opts: WindowOptions, *, genes: GeneIndex | None = None,
-    question_template: str | None = None, require_shared_flanks: bool = True,
+    reader: VariantReader,
+    opts: WindowOptions,
+    *,
+    genes: GeneIndex | None = None,
+    question_template: str | None = None,
+    require_shared_flanks: bool = True,
 ) -> Iterator[tuple[Allele, SequencePair | None, str, str]]:
     """Every allele of ``reader`` in file order -> (allele, pair, gene, question).
 
@@ -62,9 +79,16 @@ def load_genes(gtf: str | Path | None, fasta, fasta_path) -> GeneIndex | None:
 
 
 def vcf_to_kegg(
-    vcf: str | Path, fasta: str | Path, out: str | Path, *, opts: WindowOptions = WindowOptions(),
-    contig_names: str = "same", strict: bool = False, gtf: str | Path | None = None,
-    question_template: str | None = None, answer: str = DEFAULT_ANSWER,
+    vcf: str | Path,
+    fasta: str | Path,
+    out: str | Path,
+    *,
+    opts: WindowOptions = WindowOptions(),
+    contig_names: str = "same",
+    strict: bool = False,
+    gtf: str | Path | None = None,
+    question_template: str | None = None,
+    answer: str = DEFAULT_ANSWER,
 ) -> dict:
     """Write one KEGG-format record per usable ALT allele to ``out`` and every skipped
     allele, with its reason, to ``<out>.skipped.tsv``. Both are written atomically.
@@ -73,7 +97,9 @@ def vcf_to_kegg(
     report = skipped_report_path(out)
     check_outputs([out, report], inputs=[vcf, fasta, gtf, contig_map_file(contig_names)])
     if opts.crop:
-        raise ValueError("files for the KEGG loader hold uncropped sequences (crop=0); its dna_window does the cropping")
+        raise ValueError(
+            "files for the KEGG loader hold uncropped sequences (crop=0); its dna_window does the cropping"
+        )
     if question_template is not None:
         check_question_template(question_template)
     if not answer.strip():
@@ -101,8 +127,12 @@ def vcf_to_kegg(
                 + "\n".join(first_skips)
             )
     return {
-        "out": str(out), "skipped_report": str(report), "records": reader.counts["records"],
-        "alleles": reader.counts["alleles"], "written": written, "skipped": dict(sorted(skipped.items())),
+        "out": str(out),
+        "skipped_report": str(report),
+        "records": reader.counts["records"],
+        "alleles": reader.counts["alleles"],
+        "written": written,
+        "skipped": dict(sorted(skipped.items())),
         "unsorted": reader.unsorted or None,
     }
 

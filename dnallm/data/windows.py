@@ -95,7 +95,9 @@ def _overlap(a: int, b: int, c: int, d: int) -> int:
 def _crop(seq: str, pad_left: int, pad_right: int, length: int) -> tuple[str, int]:
     """``centre_window`` of ``seq``, and how many padding Ns the crop keeps."""
     start = len(seq) // 2 - length // 2
-    kept = _overlap(start, start + length, 0, pad_left) + _overlap(start, start + length, len(seq) - pad_right, len(seq))
+    kept = _overlap(start, start + length, 0, pad_left) + _overlap(
+        start, start + length, len(seq) - pad_right, len(seq)
+    )
     return centre_window(seq, length, where="window", field="sequence"), kept
 
 
@@ -148,8 +150,13 @@ def render_question(template: str | None, allele: Allele, gene: str) -> str:
         template = DEFAULT_QUESTION if gene else DEFAULT_QUESTION_NO_GENE
     chrom_number = allele.chrom[3:] if allele.chrom.startswith("chr") else allele.chrom
     return template.format(
-        chrom=allele.chrom, chrom_number=chrom_number, pos=allele.pos, id=allele.id,
-        ref=allele.ref, alt=allele.alt, gene=gene,
+        chrom=allele.chrom,
+        chrom_number=chrom_number,
+        pos=allele.pos,
+        id=allele.id,
+        ref=allele.ref,
+        alt=allele.alt,
+        gene=gene,
     )
 
 

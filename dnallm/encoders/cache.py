@@ -72,8 +72,10 @@ def weights_fingerprint(name_or_path: str) -> str:
     config = Path(cached_file(name_or_path, "config.json"))
     files = sorted({f for pattern in FINGERPRINTED for f in config.parent.glob(pattern)})
     if not any(f.suffix in (".safetensors", ".bin") for f in files):
-        raise CacheError(f"no weight files (*.safetensors, *.bin) beside {config}: the embedding cache is keyed by "
-                         f"them; download {name_or_path} (or point encoder.name_or_path at its folder)")
+        raise CacheError(
+            f"no weight files (*.safetensors, *.bin) beside {config}: the embedding cache is keyed by "
+            f"them; download {name_or_path} (or point encoder.name_or_path at its folder)"
+        )
     digest = hashlib.sha256(config.read_bytes())
     for path in files:
         size = path.stat().st_size
@@ -101,8 +103,17 @@ def _read_manifest(cache_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write_manifest(cache_dir: Path, identity: CacheIdentity, hidden: int, shards: list[str], n: int, complete: bool) -> None:
-    manifest = {"format": FORMAT, "identity": asdict(identity), "hidden_size": hidden, "shards": shards, "n": n, "complete": complete}
+def _write_manifest(
+    cache_dir: Path, identity: CacheIdentity, hidden: int, shards: list[str], n: int, complete: bool
+) -> None:
+    manifest = {
+        "format": FORMAT,
+        "identity": asdict(identity),
+        "hidden_size": hidden,
+        "shards": shards,
+        "n": n,
+        "complete": complete,
+    }
     atomic_write_text(cache_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
 
@@ -117,9 +128,17 @@ def check_identity(cache_dir: Path, manifest: dict, identity: CacheIdentity, rea
     """
     stored = manifest.get("identity", {})
     compute = stored.get("compute_dtype"), identity.compute_dtype
-    diff = [f"{k}: cached {stored.get(k)!r}, wanted {v!r}" for k, v in asdict(identity).items()
-            if k != "compute_dtype" and stored.get(k) != v]
-    if manifest.get("format") == FORMAT and not diff and compute[0] != compute[1] and not (reading and compute[0] == "float32"):
+    diff = [
+        f"{k}: cached {stored.get(k)!r}, wanted {v!r}"
+        for k, v in asdict(identity).items()
+        if k != "compute_dtype" and stored.get(k) != v
+    ]
+    if (
+        manifest.get("format") == FORMAT
+        and not diff
+        and compute[0] != compute[1]
+        and not (reading and compute[0] == "float32")
+    ):
         raise CacheError(
             f"embedding cache {cache_dir} was computed with the encoder in {compute[0]}, and here it runs in {compute[1]} "
             f"(encoder.dtype: auto is float32 on a CPU, bfloat16 on a GPU); set encoder.dtype={compute[0]} to use it as built, "
@@ -138,8 +157,16 @@ def _shard_keys(path: Path) -> list[str]:
         return list(f.keys())
 
 
-def build_cache(encoder, sequences: list[str], cache_dir: str | Path, identity: CacheIdentity, *,
-                batch_size: int = 8, shard_bytes: int = 512 << 20, rebuild: bool = False) -> dict:
+def build_cache(
+    encoder,
+    sequences: list[str],
+    cache_dir: str | Path,
+    identity: CacheIdentity,
+    *,
+    batch_size: int = 8,
+    shard_bytes: int = 512 << 20,
+    rebuild: bool = False,
+) -> dict:
     """Embed every sequence not yet in the cache; resume from the shards already written.
 
     ``encoder`` is a ``DNAEncoder``. Returns ``{"cached": n already there, "computed": n new, "total": n}``.
@@ -240,7 +267,9 @@ class CachedEncoder:
         for seq in sequences:
             key = sequence_key(seq, self.identity)
             if key not in self._where:
-                raise CacheError(f"embedding cache {self.cache_dir} has no entry for a {len(seq)}-bp window starting {seq[:20]}...")
+                raise CacheError(
+                    f"embedding cache {self.cache_dir} has no entry for a {len(seq)}-bp window starting {seq[:20]}..."
+                )
             rows.append(self._where[key].get_tensor(key))  # (positions, hidden), memory-mapped
         longest = max(r.shape[0] for r in rows)
         embeds = torch.zeros(len(rows), longest, self.hidden_size, dtype=rows[0].dtype)

@@ -26,7 +26,6 @@ from dnallm.encoders.hf import build_backbone, load_backbone, run_unpadded, take
 from dnallm.hub import check_remote_code, enable_activation_checkpointing
 
 
-
 class BatchNormFP32(nn.BatchNorm1d):
     """BatchNorm computed in fp32 whatever the dtype of its input and parameters.
 
@@ -46,8 +45,13 @@ class BatchNormFP32(nn.BatchNorm1d):
             if stat is not None and stat.dtype != torch.float32:
                 stat.data = stat.data.float()
         out = nn.functional.batch_norm(
-            x.float(), *stats, None if self.weight is None else self.weight.float(), None if self.bias is None else self.bias.float(),
-            use_batch, momentum if self.training else 0.0, self.eps,
+            x.float(),
+            *stats,
+            None if self.weight is None else self.weight.float(),
+            None if self.bias is None else self.bias.float(),
+            use_batch,
+            momentum if self.training else 0.0,
+            self.eps,
         )
         return out.to(x.dtype)
 
@@ -65,7 +69,9 @@ class ConvBlock(nn.Sequential):
 class CoverageHead(nn.Module):
     """(B, L, H) hidden states -> (B, L, T) non-negative coverage in the transformed space."""
 
-    def __init__(self, hidden_size: int, n_tracks: int, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1):
+    def __init__(
+        self, hidden_size: int, n_tracks: int, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1
+    ):
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"head kernel_size must be odd to keep positions aligned, got {kernel_size}")
@@ -108,14 +114,32 @@ class CoverageModel(nn.Module):
         self.takes_mask = takes_attention_mask(trunk)  # HyenaDNA and Caduceus take none
 
     @classmethod
-    def from_config(cls, config, n_tracks: int, *, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1, trust_remote_code: bool = False):
+    def from_config(
+        cls,
+        config,
+        n_tracks: int,
+        *,
+        channels=(256, 64),
+        kernel_size: int = 5,
+        dropout: float = 0.1,
+        trust_remote_code: bool = False,
+    ):
         """Random trunk weights of ``config``'s shape (benchmarks, or before loading a checkpoint),
         built as ``from_pretrained`` loads them (``build_backbone``)."""
         trunk = build_backbone(config, trust_remote_code)
         return cls(trunk, CoverageHead(trunk_width(trunk), n_tracks, channels, kernel_size, dropout))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, n_tracks: int, *, trust_remote_code: bool = False, channels=(256, 64), kernel_size: int = 5, dropout: float = 0.1):
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        n_tracks: int,
+        *,
+        trust_remote_code: bool = False,
+        channels=(256, 64),
+        kernel_size: int = 5,
+        dropout: float = 0.1,
+    ):
         """Pre-trained trunk (fp32 master weights for full fine-tuning) and a fresh head. The trunk
         comes from ``load_backbone``, as a frozen encoder's does: heads and pooler left out, and a
         checkpoint's own modelling code made loadable under the installed transformers."""
@@ -138,7 +162,9 @@ class CoverageModel(nn.Module):
             return self.trunk(input_ids=input_ids, attention_mask=mask.long(), **self.trunk_kwargs)[0]
         return run_unpadded(lambda ids: self.trunk(input_ids=ids, **self.trunk_kwargs)[0], input_ids, mask)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> CoverageOutput:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> CoverageOutput:
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         hidden = self.trunk_hidden(input_ids, mask)  # (B, L, H)
         pred = self.head(hidden, mask).float()  # (B, L, T)
@@ -163,11 +189,15 @@ def base_token_ids(tokenizer) -> np.ndarray:
     probe = "ACGTNNTGCAAACCGGTT"
     ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
     if len(ids) != len(probe):
-        raise ValueError(f"the encoder tokenizer turns {len(probe)} bases into {len(ids)} tokens; per-base coverage needs one token per base")
+        raise ValueError(
+            f"the encoder tokenizer turns {len(probe)} bases into {len(ids)} tokens; per-base coverage needs one token per base"
+        )
     token_ids = {}
     for base, token_id in zip(probe, ids):
         if token_ids.setdefault(base, token_id) != token_id:
-            raise ValueError(f"the encoder tokenizer maps base {base} to different tokens by context; per-base coverage needs a fixed token per base")
+            raise ValueError(
+                f"the encoder tokenizer maps base {base} to different tokens by context; per-base coverage needs a fixed token per base"
+            )
     unk = tokenizer.unk_token_id
     missing = [b for b in ALPHABET if token_ids.get(b) is None or (token_ids[b] == unk and unk is not None)]
     if missing:
@@ -177,4 +207,3 @@ def base_token_ids(tokenizer) -> np.ndarray:
 
 def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-

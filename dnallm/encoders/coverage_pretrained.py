@@ -61,7 +61,14 @@ def load_coverage_checkpoint(checkpoint: str | Path, device: str = "cpu", overri
     remote = recipe.encoder.trust_remote_code
     config = AutoConfig.from_pretrained(checkpoint / "trunk", trust_remote_code=remote)
     h = recipe.head
-    model = CoverageModel.from_config(config, len(tracks), channels=h.channels, kernel_size=h.kernel_size, dropout=h.dropout, trust_remote_code=remote)
+    model = CoverageModel.from_config(
+        config,
+        len(tracks),
+        channels=h.channels,
+        kernel_size=h.kernel_size,
+        dropout=h.dropout,
+        trust_remote_code=remote,
+    )
     load_weights(model, checkpoint)
     model.to(device).eval()
     tokenizer = load_tokenizer(str(checkpoint / "trunk"), remote)

@@ -22,14 +22,24 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer
-from transformers.dynamic_module_utils import (TRANSFORMERS_DYNAMIC_MODULE_NAME, custom_object_save,
-                                              get_class_from_dynamic_module)
+from transformers.dynamic_module_utils import (
+    TRANSFORMERS_DYNAMIC_MODULE_NAME,
+    custom_object_save,
+    get_class_from_dynamic_module,
+)
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as hf_logging
 
 from dnallm.data.dna import BASES
-from dnallm.encoders.remote_code import (add_removed_methods, builds_on_meta, fill_config_defaults, loadable,
-                                         missing_package, removed_helpers, restore_buffers)
+from dnallm.encoders.remote_code import (
+    add_removed_methods,
+    builds_on_meta,
+    fill_config_defaults,
+    loadable,
+    missing_package,
+    removed_helpers,
+    restore_buffers,
+)
 from dnallm.hub import CheckpointError, check_remote_code, first_line, remote_code_hint
 from dnallm.norms import fused_rms_norm
 
@@ -62,11 +72,15 @@ def _trunk_class(config, name_or_path: str, trust_remote_code: bool) -> tuple[ty
         for key in ("AutoModel", *_TASK_CLASSES):
             if key in auto_map:
                 return get_class_from_dynamic_module(auto_map[key], name_or_path), key != "AutoModel"
-        raise CheckpointError(f"{name_or_path}: its auto_map names no AutoModel, masked-LM or causal-LM class ({sorted(auto_map)})")
+        raise CheckpointError(
+            f"{name_or_path}: its auto_map names no AutoModel, masked-LM or causal-LM class ({sorted(auto_map)})"
+        )
     try:
         return MODEL_MAPPING[type(config)], False
     except KeyError:
-        raise CheckpointError(f"{name_or_path}: transformers has no base model for model_type={config.model_type!r}") from None
+        raise CheckpointError(
+            f"{name_or_path}: transformers has no base model for model_type={config.model_type!r}"
+        ) from None
 
 
 def load_backbone(name_or_path: str, dtype, trust_remote_code: bool, device: str = "cpu") -> nn.Module:
@@ -98,7 +112,10 @@ def load_backbone(name_or_path: str, dtype, trust_remote_code: bool, device: str
     if missing:
         listed = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
         hint = "" if trust_remote_code else remote_code_hint(name_or_path, RECIPE_KEY)
-        raise CheckpointError(f"{name_or_path}: the checkpoint lacks or mis-shapes weights the encoder needs: {listed}" + (f"; {hint}" if hint else ""))
+        raise CheckpointError(
+            f"{name_or_path}: the checkpoint lacks or mis-shapes weights the encoder needs: {listed}"
+            + (f"; {hint}" if hint else "")
+        )
     return model.base_model if take_base else model
 
 
@@ -147,8 +164,9 @@ def _cuda_index(device: str) -> list[int]:
 def _from_pretrained(model_class: type, name_or_path: str, config, dtype, kwargs: dict):
     """-> (model, transformers' loading info), its report of heads left out kept quiet."""
     with _transformers_quiet():
-        return model_class.from_pretrained(name_or_path, config=config, dtype=dtype, output_loading_info=True,
-                                           **kwargs)
+        return model_class.from_pretrained(
+            name_or_path, config=config, dtype=dtype, output_loading_info=True, **kwargs
+        )
 
 
 @contextlib.contextmanager
@@ -228,8 +246,10 @@ class DNATokenizer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         probe = self.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
         if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in probe:
-            raise CheckpointError(f"{name_or_path}: its tokenizer turns plain DNA (A/C/G/T) into unknown tokens; "
-                                  "it is not a tokenizer of raw DNA sequence")
+            raise CheckpointError(
+                f"{name_or_path}: its tokenizer turns plain DNA (A/C/G/T) into unknown tokens; "
+                "it is not a tokenizer of raw DNA sequence"
+            )
         self.bases_per_token = max(1, round(len(PROBE) / len(probe)))
 
     def n_positions(self, seq: str) -> int:
@@ -261,7 +281,16 @@ class DNAEncoder(nn.Module):
     Weights never receive gradients and no autograd graph is kept.
     """
 
-    def __init__(self, name_or_path: str, *, layer: int = -1, dtype=torch.float32, device: str = "cpu", trust_remote_code: bool = False, model: nn.Module | None = None):
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        layer: int = -1,
+        dtype=torch.float32,
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+        model: nn.Module | None = None,
+    ):
         """``model``: an already built model to wrap instead of loading weights (benchmarks
         of published shapes from their configs); the tokenizer still comes from ``name_or_path``."""
         super().__init__()
@@ -287,8 +316,9 @@ class DNAEncoder(nn.Module):
         # Frozen: dropout and MoE router noise stay off whatever the parent module does.
         return super().train(False)
 
-    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor | None,
-                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, ids: torch.Tensor, mask: torch.Tensor | None, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(batch, positions) ids -> (batch, positions, hidden) from ``self.layer``.
         ``inputs_embeds`` (batch, positions, input width) replaces the ids' embedding rows
         (attribution differentiates through them)."""
@@ -301,15 +331,18 @@ class DNAEncoder(nn.Module):
             return out[0]  # last_hidden_state of a ModelOutput, or the first element of a tuple
         per_layer = out.get("hidden_states") if isinstance(out, dict) else None
         if per_layer is None:
-            raise CheckpointError(f"{self.name_or_path}: the model returns no per-layer hidden states, so "
-                                  f"encoder.layer={self.layer} cannot be read; use encoder.layer=-1")
+            raise CheckpointError(
+                f"{self.name_or_path}: the model returns no per-layer hidden states, so "
+                f"encoder.layer={self.layer} cannot be read; use encoder.layer=-1"
+            )
         if not -len(per_layer) <= self.layer < len(per_layer):
             # Checked on the probe at load time: a wrong layer fails before any work.
             n = len(per_layer)
             raise CheckpointError(
                 f"{self.name_or_path}: layer {self.layer} is out of range: the model gives hidden states 0..{n - 1} "
                 f"(0: the embeddings; -{n}..-1 from the end); set encoder.layer (layer= in dnallm.embed, --layer "
-                "for dnallm embed) within that range")
+                "for dnallm embed) within that range"
+            )
         return per_layer[self.layer]
 
     @torch.no_grad()

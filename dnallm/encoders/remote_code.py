@@ -39,11 +39,23 @@ from transformers import PreTrainedModel, modeling_utils, pytorch_utils
 # tie_word_embeddings (tying concerns only the heads an encoder drops, and transformers 5 reads
 # a missing one as False).
 V4_CONFIG_DEFAULTS = {
-    "pad_token_id": None, "bos_token_id": None, "eos_token_id": None, "sep_token_id": None,
-    "decoder_start_token_id": None, "is_decoder": False, "add_cross_attention": False,
-    "cross_attention_hidden_size": None, "tie_encoder_decoder": False, "output_attentions": False,
-    "torchscript": False, "use_bfloat16": False, "pruned_heads": {},
-    "finetuning_task": None, "tokenizer_class": None, "prefix": None, "task_specific_params": None,
+    "pad_token_id": None,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "sep_token_id": None,
+    "decoder_start_token_id": None,
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "cross_attention_hidden_size": None,
+    "tie_encoder_decoder": False,
+    "output_attentions": False,
+    "torchscript": False,
+    "use_bfloat16": False,
+    "pruned_heads": {},
+    "finetuning_task": None,
+    "tokenizer_class": None,
+    "prefix": None,
+    "task_specific_params": None,
 }
 
 # Packages that install and run only on a CUDA machine: import name -> pip name.
@@ -88,8 +100,11 @@ def _removed_functions() -> dict:
     """module -> {name: function} that transformers 4 exported there; ``modeling_utils`` re-exported
     the ``pytorch_utils`` helpers, and older code imports them from it."""
     pruning = {"find_pruneable_heads_and_indices": find_pruneable_heads_and_indices}
-    reexported = {**pruning, "prune_linear_layer": pytorch_utils.prune_linear_layer,
-                  "apply_chunking_to_forward": pytorch_utils.apply_chunking_to_forward}
+    reexported = {
+        **pruning,
+        "prune_linear_layer": pytorch_utils.prune_linear_layer,
+        "apply_chunking_to_forward": pytorch_utils.apply_chunking_to_forward,
+    }
     return {pytorch_utils: pruning, modeling_utils: reexported}
 
 
@@ -127,16 +142,22 @@ def get_head_mask(self, head_mask, num_hidden_layers: int, is_attention_chunked:
     return head_mask.unsqueeze(-1) if is_attention_chunked else head_mask
 
 
-_REMOVED_METHODS = {"get_extended_attention_mask": get_extended_attention_mask,
-                    "invert_attention_mask": invert_attention_mask, "get_head_mask": get_head_mask}
+_REMOVED_METHODS = {
+    "get_extended_attention_mask": get_extended_attention_mask,
+    "invert_attention_mask": invert_attention_mask,
+    "get_head_mask": get_head_mask,
+}
 
 
 def add_removed_methods(model_class: type) -> None:
     """Give the model classes of ``model_class``'s module (the trunk inside a task class is one of
     them) the methods transformers 5 removed that they lack. Only the checkpoint's own classes change."""
     module = model_class.__module__
-    own_classes = [value for value in vars(sys.modules[module]).values()
-                   if isinstance(value, type) and issubclass(value, PreTrainedModel) and value.__module__ == module]
+    own_classes = [
+        value
+        for value in vars(sys.modules[module]).values()
+        if isinstance(value, type) and issubclass(value, PreTrainedModel) and value.__module__ == module
+    ]
     for own_class in own_classes:
         for name, method in _REMOVED_METHODS.items():
             if not hasattr(own_class, name):
@@ -144,15 +165,22 @@ def add_removed_methods(model_class: type) -> None:
 
 
 def _non_persistent_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{name}".lstrip("."): module.get_buffer(name) for prefix, module in model.named_modules()
-            for name in module._non_persistent_buffers_set}
+    return {
+        f"{prefix}.{name}".lstrip("."): module.get_buffer(name)
+        for prefix, module in model.named_modules()
+        for name in module._non_persistent_buffers_set
+    }
 
 
 def tensors_made_at_init(model: torch.nn.Module) -> list[str]:
     """Tensors that ``__init__`` made and a meta-device build loses, as ``module.name``: plain
     tensor attributes left on the meta device, and non-persistent buffers (never in a checkpoint)."""
-    plain = [f"{prefix}.{name}".lstrip(".") for prefix, module in model.named_modules()
-             for name, value in vars(module).items() if isinstance(value, torch.Tensor) and value.is_meta]
+    plain = [
+        f"{prefix}.{name}".lstrip(".")
+        for prefix, module in model.named_modules()
+        for name, value in vars(module).items()
+        if isinstance(value, torch.Tensor) and value.is_meta
+    ]
     return plain + list(_non_persistent_buffers(model))
 
 

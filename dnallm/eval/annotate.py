@@ -45,7 +45,14 @@ def output_paths(out: str | Path, tsv: str | Path | None) -> tuple[Path, Path, P
 class BatchRunner:
     """Groups usable alleles into fixed batches; reuses logged batches, computes and logs the rest."""
 
-    def __init__(self, predict: Callable[[list[dict]], list[Prediction]], log: ProgressLog, done: dict[int, list], batch_size: int, stop_after: int | None):
+    def __init__(
+        self,
+        predict: Callable[[list[dict]], list[Prediction]],
+        log: ProgressLog,
+        done: dict[int, list],
+        batch_size: int,
+        stop_after: int | None,
+    ):
         self.predict, self.log, self.done = predict, log, done
         self.batch_size, self.stop_after = batch_size, stop_after
         self.pending: list[tuple[AlleleResult, dict]] = []
@@ -76,12 +83,15 @@ class BatchRunner:
     def _logged(self, keys: list[list[int]]) -> list[Prediction]:
         rows = self.done[self.index]
         if [row[:2] for row in rows] != keys:
-            raise ProgressMismatch(f"{self.log.path}: batch {self.index} holds other alleles than this run's; delete it to start over")
+            raise ProgressMismatch(
+                f"{self.log.path}: batch {self.index} holds other alleles than this run's; delete it to start over"
+            )
         return [Prediction(label, probability, reply) for _, _, label, probability, reply in rows]
 
 
 def run_fingerprint(checkpoint: Path, vcf, fasta, gtf, options: dict) -> dict:
     """What must not change between a run and its resumption (known before any model loads)."""
+
     def described(path):
         return [str(Path(path).resolve()), Path(path).stat().st_size] if path else None
 
@@ -96,10 +106,22 @@ def run_fingerprint(checkpoint: Path, vcf, fasta, gtf, options: dict) -> dict:
 
 
 def annotate(
-    checkpoint: str | Path, vcf: str | Path, fasta: str | Path, out: str | Path, *, tsv: str | Path | None = None,
-    batch_size: int = 0, max_new_tokens: int = 0, contig_names: str = "same", strict: bool = False,
-    gtf: str | Path | None = None, question_template: str | None = None, max_n_fraction: float = 0.25,
-    edge: str = "pad", overrides: list[str] | tuple = (), stop_after: int | None = None,
+    checkpoint: str | Path,
+    vcf: str | Path,
+    fasta: str | Path,
+    out: str | Path,
+    *,
+    tsv: str | Path | None = None,
+    batch_size: int = 0,
+    max_new_tokens: int = 0,
+    contig_names: str = "same",
+    strict: bool = False,
+    gtf: str | Path | None = None,
+    question_template: str | None = None,
+    max_n_fraction: float = 0.25,
+    edge: str = "pad",
+    overrides: list[str] | tuple = (),
+    stop_after: int | None = None,
 ) -> dict:
     """Annotate every ALT allele of ``vcf``; returns a summary.
 
@@ -109,35 +131,85 @@ def annotate(
     """
     out, tsv, progress = output_paths(out, tsv)
     checkpoint = resolve_checkpoint(checkpoint)
-    check_outputs([out, f"{out}.tbi", tsv, tsv.with_suffix(".png"), progress],
-                  inputs=[vcf, fasta, gtf, contig_map_file(contig_names), checkpoint])
+    check_outputs(
+        [out, f"{out}.tbi", tsv, tsv.with_suffix(".png"), progress],
+        inputs=[vcf, fasta, gtf, contig_map_file(contig_names), checkpoint],
+    )
     if question_template is not None:
         check_question_template(question_template)
     with exclusive_output(progress, "progress log", folder=False):  # one run per output
-        return _annotate(checkpoint, vcf, fasta, out, tsv, progress, gtf=gtf, batch_size=batch_size,
-                         max_new_tokens=max_new_tokens, contig_names=contig_names, strict=strict,
-                         question_template=question_template, max_n_fraction=max_n_fraction, edge=edge,
-                         overrides=overrides, stop_after=stop_after)
+        return _annotate(
+            checkpoint,
+            vcf,
+            fasta,
+            out,
+            tsv,
+            progress,
+            gtf=gtf,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            contig_names=contig_names,
+            strict=strict,
+            question_template=question_template,
+            max_n_fraction=max_n_fraction,
+            edge=edge,
+            overrides=overrides,
+            stop_after=stop_after,
+        )
 
 
-def _annotate(checkpoint: Path, vcf, fasta, out: Path, tsv: Path, progress: Path, *, gtf, batch_size, max_new_tokens,
-              contig_names, strict, question_template, max_n_fraction, edge, overrides, stop_after) -> dict:
+def _annotate(
+    checkpoint: Path,
+    vcf,
+    fasta,
+    out: Path,
+    tsv: Path,
+    progress: Path,
+    *,
+    gtf,
+    batch_size,
+    max_new_tokens,
+    contig_names,
+    strict,
+    question_template,
+    max_n_fraction,
+    edge,
+    overrides,
+    stop_after,
+) -> dict:
     reference = open_fasta(fasta)
     genes = load_genes(gtf, reference, fasta)
-    options = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, contig_names=contig_names, strict=strict,
-                   question_template=question_template, max_n_fraction=max_n_fraction, edge=edge, overrides=list(overrides))
+    options = dict(
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        contig_names=contig_names,
+        strict=strict,
+        question_template=question_template,
+        max_n_fraction=max_n_fraction,
+        edge=edge,
+        overrides=list(overrides),
+    )
     log = ProgressLog(progress, run_fingerprint(checkpoint, vcf, fasta, gtf, options))
     done = log.load()  # a resumption with other inputs fails here, before the models load
 
     loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides)
     recipe = loaded.recipe
     max_new_tokens = max_new_tokens or max_new_tokens_for(recipe, loaded.processor.tokenizer)[0]
-    predict = partial(predict_batch, loaded.model, loaded.dna_source, loaded.processor, max_new_tokens=max_new_tokens,
-                      encoder_batch_size=recipe.encoder.batch_size, device=loaded.device)
+    predict = partial(
+        predict_batch,
+        loaded.model,
+        loaded.dna_source,
+        loaded.processor,
+        max_new_tokens=max_new_tokens,
+        encoder_batch_size=recipe.encoder.batch_size,
+        device=loaded.device,
+    )
     runner = BatchRunner(predict, log, done, batch_size or recipe.eval.batch_size, stop_after)
     opts = WindowOptions(crop=recipe.data.dna_window, edge=edge, max_n_fraction=max_n_fraction)
     reader = VariantReader(vcf, reference, fasta, contig_names=contig_names, strict=strict)
-    alleles = prepared_alleles(reader, opts, genes=genes, question_template=question_template, require_shared_flanks=False)
+    alleles = prepared_alleles(
+        reader, opts, genes=genes, question_template=question_template, require_shared_flanks=False
+    )
     results, stopped = run_batches(alleles, runner, total=count_alleles(vcf))
 
     summary = {"batches_computed": runner.computed, "batches_resumed": runner.reused, "progress": str(progress)}
@@ -153,7 +225,9 @@ def run_batches(alleles, runner: BatchRunner, total: int) -> tuple[list[AlleleRe
     results = []
     for allele, pair, gene, question in tqdm(alleles, total=total, desc="annotating", unit="allele"):
         results.append(AlleleResult(allele, gene, pair.padded if pair else None))
-        if pair and runner.add(results[-1], {"question": question, "ref_window": pair.reference, "var_window": pair.variant}):
+        if pair and runner.add(
+            results[-1], {"question": question, "ref_window": pair.reference, "var_window": pair.variant}
+        ):
             return results, True
     return results, runner.flush()
 
@@ -169,9 +243,15 @@ def write_outputs(results: list[AlleleResult], vcf, out: Path, tsv: Path, reader
     index = write_annotated_vcf(vcf, out, by_record, note=note, index=sorted_bgzip)
     status = Counter(r.status for r in results)
     summary = {
-        "out": str(out), "index": str(index) if index else None, "tsv": str(tsv), "plot": str(plot),
-        "records": reader.counts["records"], "alleles": len(results), "annotated": status.pop("annotated", 0),
-        "no_answer": status.pop("no_answer", 0), "skipped": dict(sorted(status.items())),
+        "out": str(out),
+        "index": str(index) if index else None,
+        "tsv": str(tsv),
+        "plot": str(plot),
+        "records": reader.counts["records"],
+        "alleles": len(results),
+        "annotated": status.pop("annotated", 0),
+        "no_answer": status.pop("no_answer", 0),
+        "skipped": dict(sorted(status.items())),
         "labels": dict(Counter(r.prediction.label for r in results if r.status == "annotated").most_common(10)),
     }
     if reader.unsorted:

@@ -47,13 +47,23 @@ def prediction(tokenizer, tokens: list[int], token_logp: list[float]) -> Predict
 
 
 @torch.no_grad()
-def predict_batch(model, encoder, processor, examples: list[dict], *, max_new_tokens: int, encoder_batch_size: int, device: str) -> list[Prediction]:
+def predict_batch(
+    model, encoder, processor, examples: list[dict], *, max_new_tokens: int, encoder_batch_size: int, device: str
+) -> list[Prediction]:
     """Greedy replies for ``examples`` (``question``, ``ref_window``, ``var_window``) as one batch.
 
     The probability is read from the scores the decoder chose each token from, so it is
     the model's own probability of writing exactly this label (and then stopping).
     """
     rows = [processor(ex, with_answer=False) for ex in examples]
-    replies = generate(model, processor, encoder, rows, Sampling(max_new_tokens=max_new_tokens), device=device,
-                       encoder_batch_size=encoder_batch_size, logps=True)
+    replies = generate(
+        model,
+        processor,
+        encoder,
+        rows,
+        Sampling(max_new_tokens=max_new_tokens),
+        device=device,
+        encoder_batch_size=encoder_batch_size,
+        logps=True,
+    )
     return [prediction(processor.tokenizer, t.tolist(), lp.tolist()) for t, lp in zip(replies.tokens, replies.logps)]

@@ -73,8 +73,16 @@ def run_dna_only(recipe: BaselinesRecipe, out_dir: Path) -> dict:
     kind = DEFAULT_SUMMARY if recipe.projector.summary == "none" else recipe.projector.summary
     context = config.positions(encoder.tokenizer)[2]
     tick = time.perf_counter()
-    fit = fit_dna_only(encoder, load_examples(recipe.data.train, window), recipe.dna_head, kind=kind, context=context,
-                       encoder_batch_size=batch, seed=recipe.seed, out_dir=run_dir / "head")
+    fit = fit_dna_only(
+        encoder,
+        load_examples(recipe.data.train, window),
+        recipe.dna_head,
+        kind=kind,
+        context=context,
+        encoder_batch_size=batch,
+        seed=recipe.seed,
+        out_dir=run_dir / "head",
+    )
     train_s = time.perf_counter() - tick
     head, meta = load_head(run_dir / "head")
     test = load_eval_examples(eval_files(recipe), window, need_dna=True)
@@ -103,12 +111,22 @@ def majority_share(answers: list[str]) -> float:
 def comparison_rows(results: dict[str, dict], chance: float) -> list[dict]:
     rows = []
     for name, m in results.items():
-        rows.append({
-            "model": name, "dna": name != "text-only", "text": name != "dna-only", "n": m["n"],
-            "accuracy": m["accuracy"], "macro_precision": m["macro_precision"], "macro_recall": m["macro_recall"],
-            "macro_f1": m["macro_f1"], "macro_f1_truth_labels": m["macro"]["truth_labels_zero_division_0"]["f1"],
-            "truncated": m.get("truncated", 0), "train_seconds": round(m["train_seconds"], 1), "chance": chance,
-        })
+        rows.append(
+            {
+                "model": name,
+                "dna": name != "text-only",
+                "text": name != "dna-only",
+                "n": m["n"],
+                "accuracy": m["accuracy"],
+                "macro_precision": m["macro_precision"],
+                "macro_recall": m["macro_recall"],
+                "macro_f1": m["macro_f1"],
+                "macro_f1_truth_labels": m["macro"]["truth_labels_zero_division_0"]["f1"],
+                "truncated": m.get("truncated", 0),
+                "train_seconds": round(m["train_seconds"], 1),
+                "chance": chance,
+            }
+        )
         if "binary" in m:
             rows[-1].update(positive_label=m["binary"]["positive_label"], positive_f1=m["binary"]["f1"])
     return rows
@@ -117,13 +135,24 @@ def comparison_rows(results: dict[str, dict], chance: float) -> list[dict]:
 def write_comparison(out_dir: Path, rows: list[dict], title: str) -> str:
     """``comparison.md``, ``comparison.json``, ``comparison.png``; returns the terminal table."""
     binary = bool(rows) and all("positive_f1" in r for r in rows)
-    header = ["model", "DNA", "text", "n", "accuracy"] + ([f'F1 {rows[0]["positive_label"]}'] if binary else []) + [
-        "macro P", "macro R", "macro F1", "macro F1 (truth labels)", "truncated", "train s"]
-    cells = [[r["model"], "yes" if r["dna"] else "no", "yes" if r["text"] else "no", r["n"], r["accuracy"]]
-             + ([r["positive_f1"]] if binary else [])
-             + [r["macro_precision"], r["macro_recall"], r["macro_f1"], r["macro_f1_truth_labels"], r["truncated"],
-                f'{r["train_seconds"]:.1f}']
-             for r in rows]
+    header = (
+        ["model", "DNA", "text", "n", "accuracy"]
+        + ([f"F1 {rows[0]['positive_label']}"] if binary else [])
+        + ["macro P", "macro R", "macro F1", "macro F1 (truth labels)", "truncated", "train s"]
+    )
+    cells = [
+        [r["model"], "yes" if r["dna"] else "no", "yes" if r["text"] else "no", r["n"], r["accuracy"]]
+        + ([r["positive_f1"]] if binary else [])
+        + [
+            r["macro_precision"],
+            r["macro_recall"],
+            r["macro_f1"],
+            r["macro_f1_truth_labels"],
+            r["truncated"],
+            f"{r['train_seconds']:.1f}",
+        ]
+        for r in rows
+    ]
     by_name = {r["model"]: r for r in rows}
     gain = ""
     if "dna+text" in by_name and "text-only" in by_name:
@@ -148,8 +177,10 @@ def run_baselines(recipe: BaselinesRecipe) -> dict:
     files = eval_files(recipe)
     run_dirs = [out_dir / RUN_DIRS[name] for name in recipe.models]
     check_outputs(
-        [out_dir / f"comparison.{ext}" for ext in ("md", "json", "png")] + [d / "eval" / f for d in run_dirs for f in OUTPUT_FILES],
-        dirs=[out_dir, *run_dirs], inputs=[recipe.data.train, recipe.data.val, *files],
+        [out_dir / f"comparison.{ext}" for ext in ("md", "json", "png")]
+        + [d / "eval" / f for d in run_dirs for f in OUTPUT_FILES],
+        dirs=[out_dir, *run_dirs],
+        inputs=[recipe.data.train, recipe.data.val, *files],
     )
     locate_models(recipe)  # the runs' checkpoints then name the base models by absolute path
     chance = majority_share(list(load_eval_examples(files, recipe.data.dna_window, need_dna=False)["answer"]))

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from dnallm.data.kegg import read_jsonl, write_jsonl
 from dnallm.data.synthetic import (
-    FIXED_CLASSES, QUESTION, SIGNALS, UNINFORMATIVE_PROMPT, VARIANT_EFFECT_QUESTION, hard_records, planted_signal_records,
+    FIXED_CLASSES,
+    QUESTION,
+    SIGNALS,
+    UNINFORMATIVE_PROMPT,
+    VARIANT_EFFECT_QUESTION,
+    hard_records,
+    planted_signal_records,
 )
 
 
@@ -27,9 +33,11 @@ def print_eval(metrics: dict, out_dir: Path) -> None:
 
 
 def truncation_warning(metrics: dict) -> str:
-    return (f"warning: {metrics['truncated']} of {metrics['n']} replies reached max_new_tokens={metrics['max_new_tokens']} "
-            f"({metrics['max_new_tokens_from']}) without ending their turn and may be cut inside the label; "
-            "raise eval.max_new_tokens (e.g. eval.max_new_tokens=1024), or set it to 0 to size it from the training replies")
+    return (
+        f"warning: {metrics['truncated']} of {metrics['n']} replies reached max_new_tokens={metrics['max_new_tokens']} "
+        f"({metrics['max_new_tokens_from']}) without ending their turn and may be cut inside the label; "
+        "raise eval.max_new_tokens (e.g. eval.max_new_tokens=1024), or set it to 0 to size it from the training replies"
+    )
 
 
 def _baselines(args) -> None:
@@ -55,8 +63,15 @@ def _planted(args) -> None:
     question = args.question or (VARIANT_EFFECT_QUESTION if labels else QUESTION)
     n_classes = len(labels) if labels else args.classes or FIXED_CLASSES.get(args.signal, 4)
     try:
-        records = planted_signal_records(args.records, n_classes=n_classes, length=args.length,
-                                         seed=args.seed, signal=args.signal, labels=labels, question=question)
+        records = planted_signal_records(
+            args.records,
+            n_classes=n_classes,
+            length=args.length,
+            seed=args.seed,
+            signal=args.signal,
+            labels=labels,
+            question=question,
+        )
     except ValueError as e:  # a class count or length the signal cannot take: one line
         raise RecipeError(str(e)) from None
     n_val = n_test = round(len(records) * args.holdout)
@@ -79,28 +94,50 @@ def _hard_kegg(args) -> None:
 def _explain(args) -> None:
     from dnallm.eval.explain import explain_file
 
-    summary = explain_file(args.checkpoint, args.data, args.out, record=args.record, method=args.method,
-                           region=args.region, batch_size=args.batch_size, label=args.label, fasta=args.fasta,
-                           plots=args.plots, overrides=args.overrides, device=args.device)
+    summary = explain_file(
+        args.checkpoint,
+        args.data,
+        args.out,
+        record=args.record,
+        method=args.method,
+        region=args.region,
+        batch_size=args.batch_size,
+        label=args.label,
+        fasta=args.fasta,
+        plots=args.plots,
+        overrides=args.overrides,
+        device=args.device,
+    )
     print(json.dumps(summary, indent=2))
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("baselines", help="train and score dna+text, text-only and dna-only models on one dataset; write a comparison")
+    p = sub.add_parser(
+        "baselines", help="train and score dna+text, text-only and dna-only models on one dataset; write a comparison"
+    )
     p.add_argument("recipe", type=Path, help="a KEGG recipe (extra keys: test, models, dna_head.*)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. test=data/test.jsonl output_dir=runs/baselines")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. test=data/test.jsonl output_dir=runs/baselines"
+    )
     p.set_defaults(func=_baselines)
 
     p = sub.add_parser("planted", help="write KEGG-format train/val/test JSONL whose label is planted in the DNA")
     p.add_argument("--out", type=Path, required=True, help="directory for train.jsonl, val.jsonl, test.jsonl")
     p.add_argument("--records", type=int, default=600)
-    p.add_argument("--classes", type=int, default=0,
-                   help="class count (default 4; centre has 4 and substitution 6 by their rule)")
+    p.add_argument(
+        "--classes", type=int, default=0, help="class count (default 4; centre has 4 and substitution 6 by their rule)"
+    )
     p.add_argument("--length", type=int, default=4001, help="bp per sequence (odd; the variant is the middle base)")
-    p.add_argument("--signal", choices=sorted(SIGNALS), default="motif",
-                   help="; ".join(f"{k}: {v}" for k, v in SIGNALS.items()))
-    p.add_argument("--labels", help="class names instead of diseases, comma-separated, e.g. benign,pathogenic (sets --classes)")
-    p.add_argument("--question", help="the question of every record (default: the disease question, or with --labels a variant-effect one)")
+    p.add_argument(
+        "--signal", choices=sorted(SIGNALS), default="motif", help="; ".join(f"{k}: {v}" for k, v in SIGNALS.items())
+    )
+    p.add_argument(
+        "--labels", help="class names instead of diseases, comma-separated, e.g. benign,pathogenic (sets --classes)"
+    )
+    p.add_argument(
+        "--question",
+        help="the question of every record (default: the disease question, or with --labels a variant-effect one)",
+    )
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of records for each of val and test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace train/val/test JSONL already in --out")
@@ -114,17 +151,30 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("explain", help="which bases made the answer: in-silico mutagenesis or gradient x input")
     p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
-    p.add_argument("--data", type=Path, required=True,
-                   help="KEGG-format JSONL (from dnallm windows: scores in genome coordinates too)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="KEGG-format JSONL (from dnallm windows: scores in genome coordinates too)",
+    )
     p.add_argument("--record", type=int, help="explain only this record (0-based index in --data)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="folder for scores.tsv, plots/record-N.png and, for VCF-derived records, "
-                        "importance.*.bedGraph")
-    p.add_argument("--method", choices=("ism", "gradient"),
-                   help="ism: every base changed to the other three; gradient: gradient x input "
-                        "(default: ism up to 256 bp of region, gradient above)")
-    p.add_argument("--region", help="a width in bp centred on the variant (default 64, cut to the window), "
-                                    "or START-END window positions, 1-based inclusive")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for scores.tsv, plots/record-N.png and, for VCF-derived records, importance.*.bedGraph",
+    )
+    p.add_argument(
+        "--method",
+        choices=("ism", "gradient"),
+        help="ism: every base changed to the other three; gradient: gradient x input "
+        "(default: ism up to 256 bp of region, gradient above)",
+    )
+    p.add_argument(
+        "--region",
+        help="a width in bp centred on the variant (default 64, cut to the window), "
+        "or START-END window positions, 1-based inclusive",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="mutated windows per forward pass (ISM)")
     p.add_argument("--label", help="the label to explain (default: the model's own answer, generated once per record)")
     p.add_argument("--fasta", type=Path, help="the reference FASTA of the VCF: also writes importance.*.bw (bigWig)")

@@ -27,7 +27,9 @@ def observed_tracks(sheet: str | Path, expected: list[Track]) -> list[Track]:
     by_name = {t.name: t for t in read_track_sheet(sheet)}
     missing = [t.name for t in expected if t.name not in by_name]
     if missing:
-        raise TrackDataError(f"{sheet}: no observed track for model output(s) {', '.join(missing)} (sheet has {', '.join(by_name)})")
+        raise TrackDataError(
+            f"{sheet}: no observed track for model output(s) {', '.join(missing)} (sheet has {', '.join(by_name)})"
+        )
     return [by_name[t.name] for t in expected]
 
 
@@ -36,7 +38,9 @@ def test_regions(recipe, genome: Genome) -> list[Region]:
     regions = [Region(c, 0, genome.sizes[c]) for c in d.test_chroms if c in genome.sizes]
     regions += read_bed(d.test_regions, genome.sizes) if d.test_regions else []
     if not regions:
-        raise TrackDataError("no regions to evaluate: give --region / --chroms, or set data.test_chroms / data.test_regions in the recipe")
+        raise TrackDataError(
+            "no regions to evaluate: give --region / --chroms, or set data.test_chroms / data.test_regions in the recipe"
+        )
     return merge_regions(regions, {c: i for i, c in enumerate(genome.sizes)})
 
 
@@ -53,15 +57,28 @@ def auto_plot_region(metrics: CoverageMetrics, regions: list[Region], sizes: dic
     return Region(r.chrom, r.start, min(r.end, r.start + 10_000))
 
 
-def plot_from_bigwigs(region: Region, predicted: list[Track], observed: CoverageReader, genes: list[Gene], out: Path, title: str = "") -> Path:
+def plot_from_bigwigs(
+    region: Region, predicted: list[Track], observed: CoverageReader, genes: list[Gene], out: Path, title: str = ""
+) -> Path:
     pred, _ = CoverageReader(predicted).read(region)
     obs, _ = observed.read(region)
     return plot_tracks(region, obs, pred, predicted, genes, out, title)
 
 
 def evaluate_tracks(
-    checkpoint, out_dir, *, regions=(), chroms=(), gtf: str | None = None, gtf_contigs: str = "same", observed: str | None = None,
-    fasta: str | None = None, plot_region: str | None = None, stitch_mode: str | None = None, batch_size: int | None = None, overrides=(),
+    checkpoint,
+    out_dir,
+    *,
+    regions=(),
+    chroms=(),
+    gtf: str | None = None,
+    gtf_contigs: str = "same",
+    observed: str | None = None,
+    fasta: str | None = None,
+    plot_region: str | None = None,
+    stitch_mode: str | None = None,
+    batch_size: int | None = None,
+    overrides=(),
 ) -> dict:
     checkpoint, out_dir = resolve_checkpoint(checkpoint), Path(out_dir)
     recipe, tracks = read_recipe(checkpoint, overrides), read_tracks(checkpoint)
@@ -70,7 +87,8 @@ def evaluate_tracks(
     observed_list = observed_tracks(sheet, tracks)
     check_outputs(
         [out_dir / "metrics.json", out_dir / "plot.png", *prediction_files(out_dir / "predictions", tracks)],
-        dirs=[out_dir, out_dir / "predictions"], inputs=[fasta, gtf, sheet, *(t.file for t in [*observed_list, *tracks])],
+        dirs=[out_dir, out_dir / "predictions"],
+        inputs=[fasta, gtf, sheet, *(t.file for t in [*observed_list, *tracks])],
     )
     genes = read_genes(gtf, gtf_contigs) if gtf else []
     predictor = Predictor(checkpoint, overrides=overrides)
@@ -90,7 +108,12 @@ def evaluate_tracks(
 
     write_predictions(predictor, genome, todo, mode, batch, out_dir / "predictions", visit=score, desc="evaluating")
 
-    result = {"checkpoint": str(predictor.checkpoint), "regions": [str(r) for r in todo], "stitch": mode, **metrics.result()}
+    result = {
+        "checkpoint": str(predictor.checkpoint),
+        "regions": [str(r) for r in todo],
+        "stitch": mode,
+        **metrics.result(),
+    }
     atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
     shown = shown or auto_plot_region(metrics, todo, genome.sizes)
     predicted = [replace(t, file=str(out_dir / "predictions" / f"{t.name}.bw")) for t in predictor.tracks]
@@ -98,18 +121,24 @@ def evaluate_tracks(
     return result
 
 
-def plot_prediction(pred_dir, region: str, out, *, gtf: str | None = None, gtf_contigs: str = "same", observed: str | None = None) -> Path:
+def plot_prediction(
+    pred_dir, region: str, out, *, gtf: str | None = None, gtf_contigs: str = "same", observed: str | None = None
+) -> Path:
     """``dnallm plot-tracks``: a region of a ``predict-tracks`` output against the observed bigWigs."""
     pred_dir = Path(pred_dir)
     manifest_path = pred_dir / "prediction.json"
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{pred_dir} holds no prediction.json: pass the --out directory of predict-tracks or <eval out>/predictions")
+        raise FileNotFoundError(
+            f"{pred_dir} holds no prediction.json: pass the --out directory of predict-tracks or <eval out>/predictions"
+        )
     manifest = json.loads(manifest_path.read_text())
     predicted = [Track(**{k: v for k, v in t.items() if k != "prediction"}) for t in manifest["tracks"]]
     predicted = [replace(t, file=str(pred_dir / f"{t.name}.bw")) for t in predicted]
     sheet = observed or manifest["observed_tracks"]
     observed_list = observed_tracks(sheet, predicted)
-    check_outputs([out], inputs=[manifest_path, manifest["fasta"], gtf, sheet, *(t.file for t in [*predicted, *observed_list])])
+    check_outputs(
+        [out], inputs=[manifest_path, manifest["fasta"], gtf, sheet, *(t.file for t in [*predicted, *observed_list])]
+    )
     genome = Genome(manifest["fasta"])
     shown = parse_region(region, genome.sizes)
     reader = CoverageReader(observed_list, manifest["bigwig_contigs"])

@@ -121,10 +121,18 @@ class CoverageMetrics:
             if self.binned is not None:
                 entry[f"pearson_log1p_bin{self.bin_size}"] = _r(binned[i])
             pred_total, obs_total = self.totals[:, i]
-            entry.update({
-                "pearson_log1p_gene": gene_r, "n_genes": n_genes,
-                "predicted_over_observed": float(pred_total / obs_total) if obs_total > 0 else None,
-                "bases_without_value": int(self.missing[i]),
-            })
+            entry.update(
+                {
+                    "pearson_log1p_gene": gene_r,
+                    "n_genes": n_genes,
+                    "predicted_over_observed": float(pred_total / obs_total) if obs_total > 0 else None,
+                    "bases_without_value": int(self.missing[i]),
+                }
+            )
             per_track[t.name] = entry
-        return {"n_bases": self.n_bases, "bin_size": self.bin_size, "genes_outside_regions": self.n_genes_outside, "tracks": per_track}
+        return {
+            "n_bases": self.n_bases,
+            "bin_size": self.bin_size,
+            "genes_outside_regions": self.n_genes_outside,
+            "tracks": per_track,
+        }

@@ -39,7 +39,13 @@ def _draw_genes(ax, genes: list[Gene], region: Region) -> None:
         for s, e in g.exons:
             ax.add_patch(_box(s, y, e - s, color))
         arrow = "\u2192" if g.strand == "+" else "\u2190"
-        ax.text((max(g.start, region.start) + min(g.end, region.end)) / 2, y + 0.3, f"{g.name} {arrow}", ha="center", fontsize=7)
+        ax.text(
+            (max(g.start, region.start) + min(g.end, region.end)) / 2,
+            y + 0.3,
+            f"{g.name} {arrow}",
+            ha="center",
+            fontsize=7,
+        )
     ax.set_ylim(-2.6, 0.9)
     ax.set_yticks([])
     ax.set_ylabel("genes", rotation=0, ha="right", va="center")
@@ -53,14 +59,24 @@ def _box(start: int, y: float, width: int, color: str):
     return Rectangle((start, y - 0.25), width, 0.5, color=color)
 
 
-def plot_tracks(region: Region, observed: np.ndarray, predicted: np.ndarray, tracks: list[Track], genes: list[Gene], out: str | Path, title: str = "") -> Path:
+def plot_tracks(
+    region: Region,
+    observed: np.ndarray,
+    predicted: np.ndarray,
+    tracks: list[Track],
+    genes: list[Gene],
+    out: str | Path,
+    title: str = "",
+) -> Path:
     """``observed``, ``predicted``: (len(region), n_tracks) raw coverage. Writes a PNG atomically."""
     from dnallm.io import file_figures
 
     plt = file_figures()
 
     n = len(tracks)
-    fig, axes = plt.subplots(n + 1, 1, figsize=(12, 1.6 * n + 1.4), sharex=True, gridspec_kw={"height_ratios": [2] * n + [1.2]})
+    fig, axes = plt.subplots(
+        n + 1, 1, figsize=(12, 1.6 * n + 1.4), sharex=True, gridspec_kw={"height_ratios": [2] * n + [1.2]}
+    )
     x0 = region.start
     for i, (ax, t) in enumerate(zip(axes, tracks)):
         pos, obs = _downsample(observed[:, i : i + 1], MAX_POINTS)

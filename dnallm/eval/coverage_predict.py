@@ -65,7 +65,16 @@ class Predictor:
             for row, c in enumerate(codes):
                 yield raw[row, : len(c)]
 
-    def region(self, genome: Genome, region: Region, *, stitch_mode: str = "centre", batch_size: int = 4, window: int | None = None, overlap: int | None = None):
+    def region(
+        self,
+        genome: Genome,
+        region: Region,
+        *,
+        stitch_mode: str = "centre",
+        batch_size: int = 4,
+        window: int | None = None,
+        overlap: int | None = None,
+    ):
         """Yield ``(start, values (n, T))`` chunks covering ``region`` in order."""
         d = self.recipe.data
         window = window or d.window
@@ -109,7 +118,17 @@ def prediction_files(out_dir: str | Path, tracks) -> list[Path]:
     return [Path(out_dir) / f"{t.name}.bw" for t in tracks] + [Path(out_dir) / "prediction.json"]
 
 
-def predict_tracks(checkpoint, out_dir, *, regions=(), chroms=(), fasta: str | None = None, stitch_mode: str | None = None, batch_size: int | None = None, overrides=()) -> dict:
+def predict_tracks(
+    checkpoint,
+    out_dir,
+    *,
+    regions=(),
+    chroms=(),
+    fasta: str | None = None,
+    stitch_mode: str | None = None,
+    batch_size: int | None = None,
+    overrides=(),
+) -> dict:
     """Predict, stitch and write ``<out_dir>/<track>.bw`` plus ``prediction.json``."""
     checkpoint = resolve_checkpoint(checkpoint)
     tracks, fasta = read_tracks(checkpoint), fasta or read_recipe(checkpoint, overrides).data.fasta
@@ -123,7 +142,9 @@ def predict_tracks(checkpoint, out_dir, *, regions=(), chroms=(), fasta: str | N
     return write_predictions(predictor, genome, todo, mode, batch, Path(out_dir))
 
 
-def write_predictions(predictor, genome, todo, mode: str, batch: int, out_dir: Path, visit=None, desc: str = "predicting") -> dict:
+def write_predictions(
+    predictor, genome, todo, mode: str, batch: int, out_dir: Path, visit=None, desc: str = "predicting"
+) -> dict:
     """Stitched predictions over ``todo`` into ``<out_dir>/<track>.bw`` plus ``prediction.json``.
 
     ``visit(region, start, values)`` sees each stitched block (values: (bases, tracks)), e.g.
@@ -159,9 +180,13 @@ def write_predictions(predictor, genome, todo, mode: str, batch: int, out_dir: P
 def prediction_manifest(predictor: Predictor, genome: Genome, regions: list[Region], mode: str) -> dict:
     d = predictor.recipe.data
     return {
-        "checkpoint": str(predictor.checkpoint), "fasta": str(genome.path), "stitch": mode,
-        "window": d.window, "overlap": d.overlap, "regions": [str(r) for r in regions],
-        "observed_tracks": d.tracks, "bigwig_contigs": d.bigwig_contigs,
+        "checkpoint": str(predictor.checkpoint),
+        "fasta": str(genome.path),
+        "stitch": mode,
+        "window": d.window,
+        "overlap": d.overlap,
+        "regions": [str(r) for r in regions],
+        "observed_tracks": d.tracks,
+        "bigwig_contigs": d.bigwig_contigs,
         "tracks": [{**t.to_dict(), "prediction": f"{t.name}.bw"} for t in predictor.tracks],
     }
-

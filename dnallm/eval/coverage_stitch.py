@@ -39,7 +39,9 @@ def keep_ranges(windows: list[Region], mode: str) -> list[tuple[int, int]]:
     return list(zip(starts, ends))
 
 
-def stitch(windows: list[Region], preds: Iterable[np.ndarray], region: Region, mode: str = "centre") -> Iterator[tuple[int, np.ndarray]]:
+def stitch(
+    windows: list[Region], preds: Iterable[np.ndarray], region: Region, mode: str = "centre"
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, values (n, T))`` chunks covering ``region`` in order.
 
     ``windows`` sorted by start, covering ``region``; ``preds`` yields one ``(len(w), T)``

@@ -54,19 +54,49 @@ def predict(head: PairClassifier, views: dict, labels: list[str]) -> list[str]:
     return [labels[i] for i in head(views).argmax(-1).tolist()]
 
 
-def fit_dna_only(encoder, train_examples, cfg: DNAHeadConfig, *, kind: str, context: int, encoder_batch_size: int, seed: int,
-                 out_dir: str | Path) -> dict:
+def fit_dna_only(
+    encoder,
+    train_examples,
+    cfg: DNAHeadConfig,
+    *,
+    kind: str,
+    context: int,
+    encoder_batch_size: int,
+    seed: int,
+    out_dir: str | Path,
+) -> dict:
     """Train the head on ``train_examples`` and save it to ``out_dir``. -> summary with the loss curve.
 
     ``kind``, ``context``: the pair features (``projector.summary`` views, context in encoder positions)."""
     label_set = LabelSet(list(train_examples["answer"]))
     targets = torch.tensor([label_set.labels.index(label_set.canonical(a)) for a in train_examples["answer"]])
     views = examples_views(encoder, train_examples, encoder_batch_size, context)
-    head, losses = train_classifier(views, targets, len(label_set), kind=kind, context=context, epochs=cfg.epochs,
-                                    batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, dropout=cfg.dropout,
-                                    seed=seed, desc="training DNA-only head")
-    meta = {"encoder": encoder.name_or_path, "dna_hidden": views["pooled"].shape[-1], "kind": kind, "context": context,
-            "dropout": cfg.dropout}
+    head, losses = train_classifier(
+        views,
+        targets,
+        len(label_set),
+        kind=kind,
+        context=context,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        dropout=cfg.dropout,
+        seed=seed,
+        desc="training DNA-only head",
+    )
+    meta = {
+        "encoder": encoder.name_or_path,
+        "dna_hidden": views["pooled"].shape[-1],
+        "kind": kind,
+        "context": context,
+        "dropout": cfg.dropout,
+    }
     save_head(out_dir, head, label_set.labels, meta)
-    return {"first_epoch_loss": losses[0], "last_epoch_loss": losses[-1], "train_accuracy": accuracy(head, views, targets),
-            "epochs": cfg.epochs, "features": kind}
+    return {
+        "first_epoch_loss": losses[0],
+        "last_epoch_loss": losses[-1],
+        "train_accuracy": accuracy(head, views, targets),
+        "epochs": cfg.epochs,
+        "features": kind,
+    }

@@ -118,8 +118,9 @@ def parse_region(region: int | str | None, window: int) -> tuple[int, int]:
         except ValueError:
             raise InputError(REGION_HELP.format(region=region)) from None
         if not 0 <= start < end <= window:
-            raise InputError(f"region {region}: outside the {window}-bp window (positions 1-{window}); "
-                             "give START-END within it")
+            raise InputError(
+                f"region {region}: outside the {window}-bp window (positions 1-{window}); give START-END within it"
+            )
         return start, end
     try:
         width = int(region)
@@ -184,12 +185,21 @@ class Explainer:
     def predicted_replies(self, examples: list[dict], max_new_tokens: int) -> list[str]:
         """The model's own greedy replies, whose label is then explained."""
         encoder = self.encoder if self.processor.uses_dna else None
-        preds = predict_batch(self.model, encoder, self.processor, examples, max_new_tokens=max_new_tokens,
-                              encoder_batch_size=self.encoder_batch_size, device=self.device)
+        preds = predict_batch(
+            self.model,
+            encoder,
+            self.processor,
+            examples,
+            max_new_tokens=max_new_tokens,
+            encoder_batch_size=self.encoder_batch_size,
+            device=self.device,
+        )
         for ex, pred in zip(examples, preds):
             if not pred.label:
-                raise RecordError(f"{ex['where']}: the model's reply has no 'Answer:' line ({pred.reply[:80]!r}); "
-                                  "name the label to explain (--label / label=)")
+                raise RecordError(
+                    f"{ex['where']}: the model's reply has no 'Answer:' line ({pred.reply[:80]!r}); "
+                    "name the label to explain (--label / label=)"
+                )
         return [pred.reply for pred in preds]
 
     def target(self, example: dict, reply: str) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -213,23 +223,28 @@ class Explainer:
             logps = self.model.token_logps(ids, torch.ones_like(ids), mask, **dna)  # (n, tokens)
         return logps.sum(1)
 
-    def explain(self, example: dict, reply: str, region: tuple[int, int], method: str, batch_size: int,
-                progress: bool = False) -> Explanation:
+    def explain(
+        self, example: dict, reply: str, region: tuple[int, int], method: str, batch_size: int, progress: bool = False
+    ) -> Explanation:
         windows = (example["ref_window"], example["var_window"])
         ids, mask, label = self.target(example, reply)
         given = self.pair(windows)  # the windows as given, encoded once: every mutant reuses one of them
         with torch.no_grad():
             label_logp = float(self.label_logps(ids, mask, given))
-        scores = (self.ism(windows, given, ids, mask, label_logp, region, batch_size, progress) if method == "ism"
-                  else self.gradient(windows, ids, mask, region))
+        scores = (
+            self.ism(windows, given, ids, mask, label_logp, region, batch_size, progress)
+            if method == "ism"
+            else self.gradient(windows, ids, mask, region)
+        )
         return Explanation(example["where"], example["question"], label, label_logp, method, *windows, region, scores)
 
     def pair(self, windows) -> dict:
         return dna_inputs(self.encoder, list(windows), self.encoder_batch_size) if self.processor.uses_dna else {}
 
     @torch.no_grad()
-    def ism(self, windows, given: dict, ids, mask, label_logp: float, region, batch_size: int,
-            progress: bool) -> np.ndarray:
+    def ism(
+        self, windows, given: dict, ids, mask, label_logp: float, region, batch_size: int, progress: bool
+    ) -> np.ndarray:
         pairs, slots = mutant_pairs(windows, region)
         scores = np.zeros((2, region[1] - region[0], 4), dtype=np.float32)
         logps = np.zeros(len(pairs), dtype=np.float32)
@@ -246,8 +261,9 @@ class Explainer:
         """DNA inputs of the mutant pairs: only their mutated windows encoded, the rest reused."""
         if not given:
             return {}  # a text-only model: the prompt alone, the same for every mutation
-        changed = [(k, side, pair[side]) for k, pair in enumerate(chunk) for side in range(2)
-                   if pair[side] != windows[side]]
+        changed = [
+            (k, side, pair[side]) for k, pair in enumerate(chunk) for side in range(2) if pair[side] != windows[side]
+        ]
         # (n, positions, hidden): the only encoder run, on the mutated windows alone
         embeds, mask = self.encoder.encode([seq for _, _, seq in changed])
         row = {(k, side): n for n, (k, side, _) in enumerate(changed)}
@@ -324,14 +340,25 @@ def ism_work(windows: tuple[str, str], region) -> tuple[int, int]:
 
 def ism_cost_line(examples: list[dict], region, batch_size: int) -> str:
     work = [ism_work((ex["ref_window"], ex["var_window"]), region) for ex in examples]
-    return (f"ISM: {len(examples)} record(s), {sum(w[1] for w in work)} mutated windows in {sum(w[0] for w in work)} "
-            f"forward passes (region bases x 3 other bases; a flank base changed in both windows), "
-            f"in batches of {batch_size}")
+    return (
+        f"ISM: {len(examples)} record(s), {sum(w[1] for w in work)} mutated windows in {sum(w[0] for w in work)} "
+        f"forward passes (region bases x 3 other bases; a flank base changed in both windows), "
+        f"in batches of {batch_size}"
+    )
 
 
-def explain_examples(explainer: Explainer, examples: list[dict], *, labels: list[str | None], region=None,
-                     method: str | None = None, batch_size: int = 64, max_new_tokens: int = 64, progress: bool = False,
-                     genome: list[tuple[str, int] | None] | None = None) -> list[Explanation]:
+def explain_examples(
+    explainer: Explainer,
+    examples: list[dict],
+    *,
+    labels: list[str | None],
+    region=None,
+    method: str | None = None,
+    batch_size: int = 64,
+    max_new_tokens: int = 64,
+    progress: bool = False,
+    genome: list[tuple[str, int] | None] | None = None,
+) -> list[Explanation]:
     """One ``Explanation`` per example (``question``, ``ref_window``, ``var_window``, ``where``).
 
     ``labels[i]``: the label to explain, or None for the model's own answer (greedy, generated
@@ -393,8 +420,20 @@ def attribution_metrics(explanations: list[Explanation], planted: np.ndarray) ->
 
 # ---- outputs -----------------------------------------------------------------------------------
 
-TSV_COLUMNS = ("record", "where", "label", "method", "window", "position", "chrom", "genome_pos", "present", "base",
-               "score", "importance")
+TSV_COLUMNS = (
+    "record",
+    "where",
+    "label",
+    "method",
+    "window",
+    "position",
+    "chrom",
+    "genome_pos",
+    "present",
+    "base",
+    "score",
+    "importance",
+)
 
 
 def tsv_rows(index: int, e: Explanation):
@@ -405,9 +444,20 @@ def tsv_rows(index: int, e: Explanation):
         bases, places = e.window_bases(w), e.genome_positions(w)
         for k, (present, place) in enumerate(zip(bases, places)):
             for b, base in enumerate(BASES):
-                yield (index, e.where, e.label, e.method, name, e.region[0] + k + 1, e.genome[0] if e.genome else "",
-                       "" if place is None else place + 1, present, base, f"{e.scores[w, k, b]:.6g}",
-                       f"{importance[w, k]:.6g}")
+                yield (
+                    index,
+                    e.where,
+                    e.label,
+                    e.method,
+                    name,
+                    e.region[0] + k + 1,
+                    e.genome[0] if e.genome else "",
+                    "" if place is None else place + 1,
+                    present,
+                    base,
+                    f"{e.scores[w, k, b]:.6g}",
+                    f"{importance[w, k]:.6g}",
+                )
 
 
 def genome_track(explanations: list[Explanation], window: int) -> dict[str, dict[int, float]]:
@@ -425,8 +475,11 @@ def genome_track(explanations: list[Explanation], window: int) -> dict[str, dict
 
 
 def bedgraph_text(track: dict[str, dict[int, float]]) -> str:
-    return "".join(f"{contig}\t{pos}\t{pos + 1}\t{value:.6g}\n"
-                   for contig in sorted(track) for pos, value in sorted(track[contig].items()))
+    return "".join(
+        f"{contig}\t{pos}\t{pos + 1}\t{value:.6g}\n"
+        for contig in sorted(track)
+        for pos, value in sorted(track[contig].items())
+    )
 
 
 def write_bigwig(path, track: dict[str, dict[int, float]], sizes: dict[str, int]) -> None:
@@ -435,8 +488,9 @@ def write_bigwig(path, track: dict[str, dict[int, float]], sizes: dict[str, int]
 
     missing = sorted(set(track) - set(sizes))
     if missing:
-        raise InputError(f"contig(s) {', '.join(missing)} of the records are not in the FASTA; "
-                         "give the FASTA the VCF was read with")
+        raise InputError(
+            f"contig(s) {', '.join(missing)} of the records are not in the FASTA; give the FASTA the VCF was read with"
+        )
     with BigWigWriter(path, sizes) as writer:
         for contig in (c for c in sizes if c in track):
             for pos, value in sorted(track[contig].items()):
@@ -459,8 +513,9 @@ def _letter(ax, letter: str, x: float, height: float) -> None:
         return
     glyph = TextPath((0, 0), letter, size=1, prop={"family": "DejaVu Sans Mono", "weight": "bold"})
     box = glyph.get_extents()
-    transform = (Affine2D().translate(-box.x0, -box.y0).scale(0.9 / box.width, height / box.height)
-                 .translate(x - 0.45, 0.0))
+    transform = (
+        Affine2D().translate(-box.x0, -box.y0).scale(0.9 / box.width, height / box.height).translate(x - 0.45, 0.0)
+    )
     ax.add_patch(PathPatch(transform.transform_path(glyph), color=COLOURS.get(letter, "#888888"), linewidth=0))
 
 
@@ -549,9 +604,21 @@ def write_outputs(out, explanations: list[Explanation], *, fasta=None, plots: in
     return written
 
 
-def explain_file(checkpoint, data, out, *, record: int | None = None, method: str | None = None, region=None,
-                 batch_size: int = 64, label: str | None = None, fasta=None, plots: int = 10, overrides=(),
-                 device: str | None = None) -> dict:
+def explain_file(
+    checkpoint,
+    data,
+    out,
+    *,
+    record: int | None = None,
+    method: str | None = None,
+    region=None,
+    batch_size: int = 64,
+    label: str | None = None,
+    fasta=None,
+    plots: int = 10,
+    overrides=(),
+    device: str | None = None,
+) -> dict:
     """``dnallm explain``: attribution for the records of a KEGG-format JSONL (or one of them)."""
     import time
 
@@ -578,11 +645,24 @@ def explain_file(checkpoint, data, out, *, record: int | None = None, method: st
     tick = time.perf_counter()
     explainer = Explainer(model, encoder, processor, device=device, encoder_batch_size=recipe.encoder.batch_size)
     explanations = explain_examples(
-        explainer, examples, labels=[label] * len(examples), region=region, method=method, batch_size=batch_size,
-        max_new_tokens=max_new_tokens_for(recipe, processor.tokenizer)[0], progress=True,
-        genome=[window_genome_start(rec, window) for rec in records])
+        explainer,
+        examples,
+        labels=[label] * len(examples),
+        region=region,
+        method=method,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens_for(recipe, processor.tokenizer)[0],
+        progress=True,
+        genome=[window_genome_start(rec, window) for rec in records],
+    )
     seconds = time.perf_counter() - tick
     files = write_outputs(out, explanations, fasta=fasta, plots=plots)
     first = explanations[0]
-    return {"records": len(explanations), "method": first.method, "region": [first.region[0] + 1, first.region[1]],
-            "seconds": round(seconds, 2), "records_per_s": round(len(explanations) / seconds, 3), "files": files}
+    return {
+        "records": len(explanations),
+        "method": first.method,
+        "region": [first.region[0] + 1, first.region[1]],
+        "seconds": round(seconds, 2),
+        "records_per_s": round(len(explanations) / seconds, 3),
+        "files": files,
+    }

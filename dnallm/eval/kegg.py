@@ -24,7 +24,9 @@ from dnallm.io import atomic_write_text, check_outputs
 
 
 @torch.no_grad()
-def generate_replies(model, encoder, processor, examples, *, batch_size: int, max_new_tokens: int, encoder_batch_size: int, device: str) -> tuple[list[str], list[bool]]:
+def generate_replies(
+    model, encoder, processor, examples, *, batch_size: int, max_new_tokens: int, encoder_batch_size: int, device: str
+) -> tuple[list[str], list[bool]]:
     """Greedy replies in the order of ``examples``, and whether each was cut at ``max_new_tokens``.
 
     Generation stops at the end of the assistant turn, as training taught. Prompts are batched
@@ -38,8 +40,15 @@ def generate_replies(model, encoder, processor, examples, *, batch_size: int, ma
     sampling = Sampling(max_new_tokens=max_new_tokens)
     for start in tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch"):
         chunk = order[start : start + batch_size]
-        replies = generate(model, processor, encoder, [rows[i] for i in chunk], sampling, device=device,
-                           encoder_batch_size=encoder_batch_size)
+        replies = generate(
+            model,
+            processor,
+            encoder,
+            [rows[i] for i in chunk],
+            sampling,
+            device=device,
+            encoder_batch_size=encoder_batch_size,
+        )
         for i, text, cut in zip(chunk, replies.texts, replies.cut):
             texts[i], truncated[i] = text, cut
     return texts, truncated
@@ -90,8 +99,10 @@ def load_eval_examples(data, dna_window: int, *, need_dna: bool) -> datasets.Dat
             parts.append(load_examples(path, dna_window, need_dna=need_dna))
         except RecordError as e:
             if need_dna and any(f in str(e) for f in DNA_FIELDS):
-                raise RecordError(f"{e}; this checkpoint reads DNA, so every record needs both sequences "
-                                  "(only a text-only checkpoint, data.use_dna=false, evaluates without them)") from None
+                raise RecordError(
+                    f"{e}; this checkpoint reads DNA, so every record needs both sequences "
+                    "(only a text-only checkpoint, data.use_dna=false, evaluates without them)"
+                ) from None
             raise
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
@@ -104,7 +115,9 @@ def training_label_set(recipe, examples) -> tuple[LabelSet, str]:
     return LabelSet(list(examples["answer"])), "eval data (training file not found)"
 
 
-def score(answers: list[str], texts: list[str], labels: LabelSet, label_source: str = "") -> tuple[list[str], list[str], dict]:
+def score(
+    answers: list[str], texts: list[str], labels: LabelSet, label_source: str = ""
+) -> tuple[list[str], list[str], dict]:
     """Ground-truth answers + generated texts -> (truth labels, predicted labels, metrics).
 
     A ground-truth label the model never saw in training stays a class of its own (it can
@@ -123,7 +136,9 @@ def score(answers: list[str], texts: list[str], labels: LabelSet, label_source: 
 OUTPUT_FILES = ("metrics.json", "predictions.csv", "confusion.png")
 
 
-def write_outputs(out_dir: str | Path, metrics: dict, truth: list[str], pred: list[str], texts: list[str], title: str = "") -> None:
+def write_outputs(
+    out_dir: str | Path, metrics: dict, truth: list[str], pred: list[str], texts: list[str], title: str = ""
+) -> None:
     """``metrics.json``, ``predictions.csv`` and ``confusion.png`` in ``out_dir``, each written whole."""
     out_dir = Path(out_dir)
     buf = io.StringIO()
@@ -140,18 +155,37 @@ def evaluate(checkpoint: str | Path, data, out_dir: str | Path, overrides: list[
     """Generate, parse and score answers for ``data`` (one path or several, merged)."""
     check_outputs([Path(out_dir) / name for name in OUTPUT_FILES], dirs=[out_dir], inputs=as_paths(data))
     loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides)
-    recipe, encoder, model, processor, device = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor, loaded.device
+    recipe, encoder, model, processor, device = (
+        loaded.recipe,
+        loaded.dna_source,
+        loaded.model,
+        loaded.processor,
+        loaded.device,
+    )
     examples = load_eval_examples(data, recipe.data.dna_window, need_dna=recipe.data.use_dna)
     for path in as_paths(data):
         require_cached(encoder, path, recipe.data.dna_window)
     max_new_tokens, budget_source = max_new_tokens_for(recipe, processor.tokenizer, examples)
     texts, truncated = generate_replies(
-        model, encoder, processor, examples, batch_size=recipe.eval.batch_size,
-        max_new_tokens=max_new_tokens, encoder_batch_size=recipe.encoder.batch_size, device=device,
+        model,
+        encoder,
+        processor,
+        examples,
+        batch_size=recipe.eval.batch_size,
+        max_new_tokens=max_new_tokens,
+        encoder_batch_size=recipe.encoder.batch_size,
+        device=device,
     )
     labels, source = training_label_set(recipe, examples)
     truth, pred, scores = score(list(examples["answer"]), texts, labels, source)
-    metrics = {"checkpoint": str(checkpoint), "data": [str(p) for p in as_paths(data)], "uses_dna": recipe.data.use_dna, **scores,
-               "truncated": sum(truncated), "max_new_tokens": max_new_tokens, "max_new_tokens_from": budget_source}
+    metrics = {
+        "checkpoint": str(checkpoint),
+        "data": [str(p) for p in as_paths(data)],
+        "uses_dna": recipe.data.use_dna,
+        **scores,
+        "truncated": sum(truncated),
+        "max_new_tokens": max_new_tokens,
+        "max_new_tokens_from": budget_source,
+    }
     write_outputs(out_dir, metrics, truth, pred, texts, title=recipe.run_name)
     return metrics

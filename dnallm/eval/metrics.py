@@ -23,8 +23,13 @@ POSITIVE_LABELS = ("pathogenic",)
 
 def macro_scores(truth: list[str], pred: list[str], labels: list[str], zero_division: int) -> dict:
     p, r, f, _ = precision_recall_fscore_support(truth, pred, labels=labels, average=None, zero_division=zero_division)
-    return {"labels": len(labels), "zero_division": zero_division,
-            "precision": float(np.mean(p)), "recall": float(np.mean(r)), "f1": float(np.mean(f))}
+    return {
+        "labels": len(labels),
+        "zero_division": zero_division,
+        "precision": float(np.mean(p)),
+        "recall": float(np.mean(r)),
+        "f1": float(np.mean(f)),
+    }
 
 
 def positive_label(labels: list[str]) -> str | None:
@@ -70,8 +75,13 @@ def classification_metrics(truth: list[str], pred: list[str], training_labels: l
     positive = positive_label(list(training_labels) if training_labels else truth_labels)
     if positive is not None:
         bp, br, bf, bs = precision_recall_fscore_support(truth, pred, labels=[positive], average=None, zero_division=0)
-        metrics["binary"] = {"positive_label": positive, "precision": float(bp[0]), "recall": float(br[0]),
-                             "f1": float(bf[0]), "support": int(bs[0])}
+        metrics["binary"] = {
+            "positive_label": positive,
+            "precision": float(bp[0]),
+            "recall": float(br[0]),
+            "f1": float(bf[0]),
+            "support": int(bs[0]),
+        }
     return metrics
 
 

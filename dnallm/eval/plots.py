@@ -35,8 +35,15 @@ def plot_confusion(truth: list[str], pred: list[str], path: str | Path, title: s
     ax.set_ylabel("ground truth (support)")
     if n <= 40:
         for i, j in zip(*np.nonzero(counts)):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=font,
-                    color="white" if fractions[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                fontsize=font,
+                color="white" if fractions[i, j] > 0.5 else "black",
+            )
     accuracy = np.trace(counts[:, :n]) / max(counts.sum(), 1)
     ax.set_title(f"{title + ': ' if title else ''}accuracy {accuracy:.3f} on {counts.sum()} records")
     fig.colorbar(image, ax=ax, fraction=0.03, label="fraction of the true class")

@@ -52,7 +52,9 @@ class ProgressLog:
             entry = self._parse(line)
             if entry is None:
                 if offset + len(line) < len(data):
-                    raise ProgressMismatch(f"{self.path}:{number}: corrupt line in the middle of the progress file; delete it to start over")
+                    raise ProgressMismatch(
+                        f"{self.path}:{number}: corrupt line in the middle of the progress file; delete it to start over"
+                    )
                 with self.path.open("r+b") as f:
                     f.truncate(offset)
                 break

@@ -30,12 +30,17 @@ def _fmt(value) -> str:
 def metrics_summary(metrics: dict, max_classes: int = 12) -> str:
     """Overall scores, both macro conventions, the positive class of a two-label task, then
     per-class rows by support (the largest ``max_classes``)."""
-    overall = text_table(["n", "accuracy", "no_answer", "truncated"],
-                         [[metrics["n"], metrics["accuracy"], metrics.get("no_answer", 0), metrics.get("truncated", 0)]])
+    overall = text_table(
+        ["n", "accuracy", "no_answer", "truncated"],
+        [[metrics["n"], metrics["accuracy"], metrics.get("no_answer", 0), metrics.get("truncated", 0)]],
+    )
     over = {"training": "all training labels", "truth": "labels in the ground truth"}
     macro = text_table(
         ["macro over", "labels", "zero_division", "macro_P", "macro_R", "macro_F1"],
-        [[over[k.split("_")[0]], m["labels"], m["zero_division"], m["precision"], m["recall"], m["f1"]] for k, m in metrics["macro"].items()],
+        [
+            [over[k.split("_")[0]], m["labels"], m["zero_division"], m["precision"], m["recall"], m["f1"]]
+            for k, m in metrics["macro"].items()
+        ],
     )
     if metrics.get("label_source"):
         # Macro scores depend on the label set: say whether it came from the training file or (moved) the eval data.
@@ -43,9 +48,16 @@ def metrics_summary(metrics: dict, max_classes: int = 12) -> str:
     parts = [overall, macro]
     if "binary" in metrics:
         b = metrics["binary"]
-        parts.append(text_table(["positive class", "support", "P", "R", "F1"], [[b["positive_label"], b["support"], b["precision"], b["recall"], b["f1"]]]))
+        parts.append(
+            text_table(
+                ["positive class", "support", "P", "R", "F1"],
+                [[b["positive_label"], b["support"], b["precision"], b["recall"], b["f1"]]],
+            )
+        )
     per_class = sorted(metrics["per_class"].items(), key=lambda kv: (-kv[1]["support"], kv[0]))
-    rows = [[_short(label), c["support"], c["precision"], c["recall"], c["f1"]] for label, c in per_class[:max_classes]]
+    rows = [
+        [_short(label), c["support"], c["precision"], c["recall"], c["f1"]] for label, c in per_class[:max_classes]
+    ]
     parts.append(text_table(["class", "support", "P", "R", "F1"], rows))
     more = f"\n... {len(per_class) - max_classes} more classes in metrics.json" if len(per_class) > max_classes else ""
     return "\n\n".join(parts) + more

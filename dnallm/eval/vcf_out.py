@@ -16,11 +16,38 @@ from dnallm.eval.answers import Prediction
 from dnallm.io import atomic_open, save_figure
 
 INFO_FIELDS = {
-    "DNALLM_LABEL": ("A", "String", "Label the dnallm model answered for each ALT allele, percent-encoded as in VCF 4.3 (space %20, comma %2C, semicolon %3B, equals %3D, colon %3A, percent %25)"),
-    "DNALLM_PROB": ("A", "Float", "Probability the dnallm model gave the tokens it wrote after 'Answer:' (the label and the end of its reply)"),
-    "DNALLM_SKIP": ("A", "String", "Why an ALT allele has no DNALLM_LABEL: the skip reason (see docs/vcf.md), or no_answer when the reply had no 'Answer:' line"),
+    "DNALLM_LABEL": (
+        "A",
+        "String",
+        "Label the dnallm model answered for each ALT allele, percent-encoded as in VCF 4.3 (space %20, comma %2C, semicolon %3B, equals %3D, colon %3A, percent %25)",
+    ),
+    "DNALLM_PROB": (
+        "A",
+        "Float",
+        "Probability the dnallm model gave the tokens it wrote after 'Answer:' (the label and the end of its reply)",
+    ),
+    "DNALLM_SKIP": (
+        "A",
+        "String",
+        "Why an ALT allele has no DNALLM_LABEL: the skip reason (see docs/vcf.md), or no_answer when the reply had no 'Answer:' line",
+    ),
 }
-TSV_COLUMNS = ("record", "alt_index", "chrom", "pos", "id", "ref", "alt", "gene", "status", "label", "probability", "padded_bases", "reply", "detail")
+TSV_COLUMNS = (
+    "record",
+    "alt_index",
+    "chrom",
+    "pos",
+    "id",
+    "ref",
+    "alt",
+    "gene",
+    "status",
+    "label",
+    "probability",
+    "padded_bases",
+    "reply",
+    "detail",
+)
 _BASES = re.compile(f"^[{ALPHABET}]+$", re.IGNORECASE)
 _PERCENT = {c: f"%{ord(c):02X}" for c in "% ,:;=\t\r\n"}
 
@@ -55,8 +82,22 @@ def _escape(value) -> str:
 def tsv_row(result: AlleleResult) -> str:
     a, p = result.allele, result.prediction
     probability = f"{p.probability:.6g}" if p and p.probability is not None else ""
-    cells = (a.record, a.alt_index, a.chrom, a.pos, a.id, a.ref, a.alt, result.gene, result.status,
-             p.label if p else "", probability, result.padded, p.reply if p else "", a.detail)
+    cells = (
+        a.record,
+        a.alt_index,
+        a.chrom,
+        a.pos,
+        a.id,
+        a.ref,
+        a.alt,
+        result.gene,
+        result.status,
+        p.label if p else "",
+        probability,
+        result.padded,
+        p.reply if p else "",
+        a.detail,
+    )
     return "\t".join(_escape(c) for c in cells) + "\n"
 
 
@@ -79,8 +120,10 @@ def annotated_header(header: pysam.VariantHeader, note: str, *, needs_end: bool 
         if key in header.info:
             have = header.info[key]
             if (str(have.number), have.type) != (number, kind):
-                raise ValueError(f"the input VCF already defines INFO {key} as Number={have.number},Type={have.type}; "
-                                 f"dnallm writes Number={number},Type={kind}")
+                raise ValueError(
+                    f"the input VCF already defines INFO {key} as Number={have.number},Type={have.type}; "
+                    f"dnallm writes Number={number},Type={kind}"
+                )
             continue
         header.add_line(f'##INFO=<ID={key},Number={number},Type={kind},Description="{description}">')
     header.add_line(f"##dnallm_annotate={note}")
@@ -115,7 +158,9 @@ def _partial_name(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial{suffix}")
 
 
-def write_annotated_vcf(src: str | Path, out: str | Path, by_record: dict[int, dict[int, AlleleResult]], *, note: str, index: bool) -> Path | None:
+def write_annotated_vcf(
+    src: str | Path, out: str | Path, by_record: dict[int, dict[int, AlleleResult]], *, note: str, index: bool
+) -> Path | None:
     """Copy ``src`` to ``out`` with the INFO fields added; bgzipped when ``out`` ends in
     .gz, with a tabix index when ``index`` (needs a sorted file). Atomic: ``out`` appears
     only when complete. -> the index path, or None."""

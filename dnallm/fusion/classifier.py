@@ -35,12 +35,18 @@ class PairClassifier(nn.Module):
 
 
 @torch.no_grad()
-def encode_pairs(encoder, references: list[str], variants: list[str], batch_size: int, context: int) -> dict[str, torch.Tensor]:
+def encode_pairs(
+    encoder, references: list[str], variants: list[str], batch_size: int, context: int
+) -> dict[str, torch.Tensor]:
     """-> ``pair_views`` of every (reference, variant) pair, on the CPU in float32, reference and
     variant rows interleaved (2 * n rows). The frozen encoder (or its cache) runs once."""
     parts: list[dict] = []
     for start in tqdm(range(0, len(references), batch_size), desc="encoding DNA pairs", unit="batch"):
-        sequences = [s for pair in zip(references[start : start + batch_size], variants[start : start + batch_size]) for s in pair]
+        sequences = [
+            s
+            for pair in zip(references[start : start + batch_size], variants[start : start + batch_size])
+            for s in pair
+        ]
         dna = dna_inputs(encoder, sequences, batch_size)
         views = pair_views(dna["dna_embeds"].float(), dna["dna_mask"], dna["dna_spans"], context)
         parts.append({k: v.cpu() for k, v in views.items()})
@@ -53,9 +59,22 @@ def pair_rows(views: dict, pairs: torch.Tensor) -> dict:
     return {k: v[rows] for k, v in views.items()}
 
 
-def train_classifier(views: dict, targets: torch.Tensor, n_classes: int, *, kind: str, context: int, epochs: int,
-                     batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.01, dropout: float = 0.1,
-                     seed: int = 0, device: str = "cpu", desc: str = "training the pair classifier") -> tuple[PairClassifier, list[float]]:
+def train_classifier(
+    views: dict,
+    targets: torch.Tensor,
+    n_classes: int,
+    *,
+    kind: str,
+    context: int,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    dropout: float = 0.1,
+    seed: int = 0,
+    device: str = "cpu",
+    desc: str = "training the pair classifier",
+) -> tuple[PairClassifier, list[float]]:
     """Minibatch AdamW on the gathered views, on ``device``. -> (classifier in eval mode on the CPU, mean loss per epoch)"""
     generator = torch.Generator().manual_seed(seed)
     views, targets = {k: v.to(device) for k, v in views.items()}, targets.to(device)

@@ -18,8 +18,17 @@ from pathlib import Path
 from typing import ClassVar
 
 from dnallm.config import (
-    EncoderModel, LLMModel, LoraSection, ProjectorConfig, RecipeError, all_keys, check, check_fields, get_key,
-    recipe_from_dict, set_key,
+    EncoderModel,
+    LLMModel,
+    LoraSection,
+    ProjectorConfig,
+    RecipeError,
+    all_keys,
+    check,
+    check_fields,
+    get_key,
+    recipe_from_dict,
+    set_key,
 )
 from dnallm.data.chat import DEFAULT_SYSTEM_PROMPT, DNA_TOKENS
 
@@ -42,8 +51,12 @@ class DNAFusionConfig:
 
     # Top-level keys and the recipe key each is read from; a section's keys are the recipe's own.
     RECIPE_KEYS: ClassVar[dict[str, str]] = {
-        "dna_window": "data.dna_window", "use_dna": "data.use_dna", "system_prompt": "data.system_prompt",
-        "with_reasoning": "data.with_reasoning", "logits": "train.logits", "logits_chunk": "train.logits_chunk",
+        "dna_window": "data.dna_window",
+        "use_dna": "data.use_dna",
+        "system_prompt": "data.system_prompt",
+        "with_reasoning": "data.with_reasoning",
+        "logits": "train.logits",
+        "logits_chunk": "train.logits_chunk",
     }
 
     def __post_init__(self):
@@ -53,12 +66,16 @@ class DNAFusionConfig:
         """Ranges and fixed choices of every field, then what fields must agree on."""
         check_fields(self)
         if list(self.tokens) != list(DNA_TOKENS):
-            raise RecipeError(f"fusion config: tokens must be {list(DNA_TOKENS)} (what this version lays DNA out with), "
-                              f"got {self.tokens}")
+            raise RecipeError(
+                f"fusion config: tokens must be {list(DNA_TOKENS)} (what this version lays DNA out with), "
+                f"got {self.tokens}"
+            )
         p = self.projector
         if p.kind == "conv" and p.kernel < p.pool:
-            raise RecipeError(f"recipe key 'projector.kernel' ({p.kernel}) must be >= projector.pool ({p.pool}) "
-                              "so that no base is skipped")
+            raise RecipeError(
+                f"recipe key 'projector.kernel' ({p.kernel}) must be >= projector.pool ({p.pool}) "
+                "so that no base is skipped"
+            )
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -85,8 +102,11 @@ class DNAFusionConfig:
 
     def differences(self, other: "DNAFusionConfig", ignore: tuple = ()) -> list[tuple[str, object, object]]:
         """(recipe key, ours, theirs) for every key where the two models differ."""
-        return [(self.recipe_key(key), get_key(self, key), get_key(other, key)) for key in self.keys()
-                if key not in ignore and get_key(self, key) != get_key(other, key)]
+        return [
+            (self.recipe_key(key), get_key(self, key), get_key(other, key))
+            for key in self.keys()
+            if key not in ignore and get_key(self, key) != get_key(other, key)
+        ]
 
     # ---- reading and writing ----------------------------------------------------------------
 

@@ -109,9 +109,21 @@ def _generate_kwargs(sampling: Sampling, chosen: ChosenTokenLogps | None, stop: 
 
 
 @torch.no_grad()
-def generate(model, processor, dna_source, rows: list[dict], sampling: Sampling, *, device: str, encoder_batch_size: int = 8,
-             n: int = 1, logps: bool = False, dna: dict | None = None, streamer=None,
-             stop: threading.Event | None = None) -> Replies:
+def generate(
+    model,
+    processor,
+    dna_source,
+    rows: list[dict],
+    sampling: Sampling,
+    *,
+    device: str,
+    encoder_batch_size: int = 8,
+    n: int = 1,
+    logps: bool = False,
+    dna: dict | None = None,
+    streamer=None,
+    stop: threading.Event | None = None,
+) -> Replies:
     """Replies to ``rows`` (each ``input_ids`` and its ``dna`` sequences, in placeholder order).
 
     ``n``: replies per prompt (sampled, for GRPO's groups). ``logps``: also the log-probability
@@ -129,16 +141,27 @@ def generate(model, processor, dna_source, rows: list[dict], sampling: Sampling,
     prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     with autocast(device):
         tokens = model.generate(
-            prompt_ids, prompt_mask, **dna,
-            max_new_tokens=sampling.max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=end, streamer=streamer, **_generate_kwargs(sampling, chosen, stop),
+            prompt_ids,
+            prompt_mask,
+            **dna,
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=end,
+            streamer=streamer,
+            **_generate_kwargs(sampling, chosen, stop),
         )  # (rows, new_tokens): generation from embeddings returns only the new tokens
     is_end = tokens == end
     reply_mask = (is_end.cumsum(1) - is_end.long()) == 0  # up to and including the first end of turn
     ended = is_end.any(1).tolist()
     return Replies(
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=tokens, reply_mask=reply_mask,
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        tokens=tokens,
+        reply_mask=reply_mask,
         logps=chosen.result(tokens) if chosen is not None else None,
         texts=[tokenizer.decode(t[m], skip_special_tokens=True) for t, m in zip(tokens, reply_mask)],
-        ended=ended, cut=[not e and tokens.shape[1] >= sampling.max_new_tokens for e in ended], dna=dna,
+        ended=ended,
+        cut=[not e and tokens.shape[1] >= sampling.max_new_tokens for e in ended],
+        dna=dna,
     )

@@ -81,8 +81,9 @@ def apply_liger(llm: nn.Module, device: str) -> str:
     from liger_kernel.transformers import apply_liger_kernel_to_qwen3
 
     # The LM head stays ours: reply-only logits in chunks (packing.chunked_token_logps).
-    apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                fused_linear_cross_entropy=False, model=llm)
+    apply_liger_kernel_to_qwen3(
+        rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=llm
+    )
     return "applied"
 
 

@@ -24,8 +24,15 @@ from transformers.utils import ModelOutput
 from dnallm.data.chat import DNA_END, DNA_PAD, DNA_START, DNA_TOKENS
 from dnallm.fusion.config import DNAFusionConfig
 from dnallm.fusion.kernels import apply_liger, lean_lora
-from dnallm.fusion.packing import (CAUSAL_ONLY, PACKED_ATTENTION, PACKING_ATTENTION, chunked_token_logps, packed_kwargs,
-                                   register, shifted_targets)
+from dnallm.fusion.packing import (
+    CAUSAL_ONLY,
+    PACKED_ATTENTION,
+    PACKING_ATTENTION,
+    chunked_token_logps,
+    packed_kwargs,
+    register,
+    shifted_targets,
+)
 from dnallm.fusion.projector import DNAProjector
 from dnallm.fusion.summary import VariantSummary
 from dnallm.hub import check_remote_code, enable_activation_checkpointing, resolve_dtype
@@ -42,8 +49,14 @@ class DNAFusionOutput(ModelOutput):
 
 
 class DNAFusionLM(nn.Module):
-    def __init__(self, config: DNAFusionConfig, llm: nn.Module, projector: DNAProjector, token_ids: dict[str, int],
-                 summary: VariantSummary | None = None):
+    def __init__(
+        self,
+        config: DNAFusionConfig,
+        llm: nn.Module,
+        projector: DNAProjector,
+        token_ids: dict[str, int],
+        summary: VariantSummary | None = None,
+    ):
         super().__init__()
         self.config = config
         self.llm = llm
@@ -59,9 +72,19 @@ class DNAFusionLM(nn.Module):
         self.logits_chunk = config.logits_chunk  # positions per LM-head chunk
 
     @classmethod
-    def from_config(cls, config: DNAFusionConfig, dna_hidden: int = 1, dna_tokenizer=None, *, device: str = "cpu",
-                    packing: bool = False, gradient_checkpointing: bool | int = False, liger: bool = False,
-                    llm: nn.Module | None = None, place: bool = True):
+    def from_config(
+        cls,
+        config: DNAFusionConfig,
+        dna_hidden: int = 1,
+        dna_tokenizer=None,
+        *,
+        device: str = "cpu",
+        packing: bool = False,
+        gradient_checkpointing: bool | int = False,
+        liger: bool = False,
+        llm: nn.Module | None = None,
+        place: bool = True,
+    ):
         """Load the base LLM, add the DNA tokens, wrap it in LoRA, attach projector and summary.
         -> (model, text tokenizer). Trainable parts are fp32; the frozen base takes ``llm.dtype``.
 
@@ -80,8 +103,9 @@ class DNAFusionLM(nn.Module):
         check_remote_code(spec.name_or_path, spec.trust_remote_code, "llm.trust_remote_code")
         tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
         if llm is None:
-            llm = AutoModelForCausalLM.from_pretrained(spec.name_or_path, dtype=resolve_dtype(spec.dtype, device),
-                                                       trust_remote_code=spec.trust_remote_code)
+            llm = AutoModelForCausalLM.from_pretrained(
+                spec.name_or_path, dtype=resolve_dtype(spec.dtype, device), trust_remote_code=spec.trust_remote_code
+            )
         if packing and llm.config._attn_implementation not in PACKING_ATTENTION:
             register()
             llm.set_attn_implementation(PACKED_ATTENTION)
@@ -94,10 +118,17 @@ class DNAFusionLM(nn.Module):
             every = 1 if gradient_checkpointing is True else int(gradient_checkpointing)
             enable_activation_checkpointing(llm, every_n_layers=every, use_reentrant=False)
         lora = config.lora
-        lora_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        lora_config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
         with warnings.catch_warnings():  # peft still asks under the attribute's old name
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
             llm = get_peft_model(llm, lora_config)
         lean_lora(llm)
         fused_rms_norm(llm)
@@ -105,8 +136,11 @@ class DNAFusionLM(nn.Module):
         pool, kernel, context = config.positions(dna_tokenizer)
         p = config.projector
         projector = DNAProjector(dna_hidden, llm_hidden, kind=p.kind, pool=pool, kernel=kernel)
-        summary = None if p.summary == "none" else VariantSummary(
-            dna_hidden, llm_hidden, kind=p.summary, n_tokens=p.summary_tokens, context=context)
+        summary = (
+            None
+            if p.summary == "none"
+            else VariantSummary(dna_hidden, llm_hidden, kind=p.summary, n_tokens=p.summary_tokens, context=context)
+        )
         model = cls(config, llm, projector, token_ids, summary)
         for param in model.parameters():
             if param.requires_grad:
@@ -122,8 +156,13 @@ class DNAFusionLM(nn.Module):
 
         return load_pretrained(checkpoint, device, overrides)
 
-    def embed(self, input_ids: torch.Tensor, dna_embeds: torch.Tensor | None = None, dna_mask: torch.Tensor | None = None,
-              dna_spans: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        dna_embeds: torch.Tensor | None = None,
+        dna_mask: torch.Tensor | None = None,
+        dna_spans: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Text embeddings with DNA features in the placeholder slots. (batch, tokens, hidden)
 
         ``dna_spans`` (n_seq, 2): where each window's change lies (``processor.dna_inputs``);
@@ -141,8 +180,12 @@ class DNAFusionLM(nn.Module):
             if self.summary is not None:  # per sample: reference block, variant block, summary
                 summary = self.summary(dna_embeds, dna_mask, dna_spans)  # (n_pairs, n_summary, hidden)
                 n_pairs = summary.shape[0]
-                features = torch.cat([features.reshape(n_pairs, -1, features.shape[-1]), summary.to(features.dtype)], 1)
-                feature_mask = torch.cat([feature_mask.reshape(n_pairs, -1), feature_mask.new_ones(summary.shape[:2])], 1)
+                features = torch.cat(
+                    [features.reshape(n_pairs, -1, features.shape[-1]), summary.to(features.dtype)], 1
+                )
+                feature_mask = torch.cat(
+                    [feature_mask.reshape(n_pairs, -1), feature_mask.new_ones(summary.shape[:2])], 1
+                )
             features = features[feature_mask]  # (n_features, hidden), in prompt order
             if features.shape[0] != n_slots:
                 raise ValueError(
@@ -154,8 +197,21 @@ class DNAFusionLM(nn.Module):
             inputs_embeds = torch.where(here, self.dna_boundary[row].to(inputs_embeds.dtype), inputs_embeds)
         return inputs_embeds
 
-    def forward(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, labels=None, position_ids=None, cu_seq_lens=None,
-                score_mask=None, dna_spans=None, reply_index=None, reply_targets=None, max_length=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        dna_embeds=None,
+        dna_mask=None,
+        labels=None,
+        position_ids=None,
+        cu_seq_lens=None,
+        score_mask=None,
+        dna_spans=None,
+        reply_index=None,
+        reply_targets=None,
+        max_length=None,
+    ):
         """With ``labels``: the mean next-token loss over labelled tokens, from logits on those
         tokens only (``logits="reply"``, chunked; see ``dnallm.fusion.packing``) or over every
         position (``logits="full"``, transformers' own loss; ``.logits`` is returned).
@@ -166,11 +222,13 @@ class DNAFusionLM(nn.Module):
         as ``token_logps`` gives them (through the forward, so that training engines wrap it).
         Without either: ``.logits`` at every position. -> ``DNAFusionOutput``"""
         if score_mask is not None:
-            return DNAFusionOutput(token_logps=self.token_logps(input_ids, attention_mask, score_mask, dna_embeds,
-                                                                dna_mask, dna_spans))
+            return DNAFusionOutput(
+                token_logps=self.token_logps(input_ids, attention_mask, score_mask, dna_embeds, dna_mask, dna_spans)
+            )
         if labels is not None and self.logits == "reply":
-            hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens,
-                                        dna_spans, max_length)
+            hidden = self.hidden_states(
+                input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens, dna_spans, max_length
+            )
             if reply_index is None:
                 keep, reply_targets = shifted_targets(labels)
                 chosen = hidden[:, :-1][keep]  # (n, hidden)
@@ -179,25 +237,47 @@ class DNAFusionLM(nn.Module):
             logps = chunked_token_logps(chosen, reply_targets, self.llm.get_output_embeddings(), self.logits_chunk)
             return DNAFusionOutput(loss=-logps.sum() / max(reply_targets.numel(), 1))
         inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
-        out = self.llm(inputs_embeds=inputs_embeds, labels=labels, position_ids=position_ids, use_cache=False,
-                       **self._attention_kwargs(attention_mask, cu_seq_lens, max_length))
+        out = self.llm(
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            position_ids=position_ids,
+            use_cache=False,
+            **self._attention_kwargs(attention_mask, cu_seq_lens, max_length),
+        )
         return DNAFusionOutput(loss=out.loss, logits=out.logits)
 
-    def hidden_states(self, input_ids, attention_mask, dna_embeds=None, dna_mask=None, position_ids=None, cu_seq_lens=None,
-                      dna_spans=None, max_length=None):
+    def hidden_states(
+        self,
+        input_ids,
+        attention_mask,
+        dna_embeds=None,
+        dna_mask=None,
+        position_ids=None,
+        cu_seq_lens=None,
+        dna_spans=None,
+        max_length=None,
+    ):
         """The decoder's last hidden states, before the LM head. (batch, tokens, hidden)"""
         inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
         decoder = self.llm.get_base_model().get_decoder()
-        out = decoder(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False,
-                      **self._attention_kwargs(attention_mask, cu_seq_lens, max_length))
+        out = decoder(
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            use_cache=False,
+            **self._attention_kwargs(attention_mask, cu_seq_lens, max_length),
+        )
         return out.last_hidden_state
 
-    def token_logps(self, input_ids, attention_mask, score_mask, dna_embeds=None, dna_mask=None, dna_spans=None) -> torch.Tensor:
+    def token_logps(
+        self, input_ids, attention_mask, score_mask, dna_embeds=None, dna_mask=None, dna_spans=None
+    ) -> torch.Tensor:
         """log p(token t | tokens < t) where ``score_mask`` (batch, tokens) is set, 0 elsewhere;
         the LM head runs on those positions only. (batch, tokens), fp32"""
         hidden = self.hidden_states(input_ids, attention_mask, dna_embeds, dna_mask, dna_spans=dna_spans)
         keep = score_mask[:, 1:].bool()
-        logps = chunked_token_logps(hidden[:, :-1][keep], input_ids[:, 1:][keep], self.llm.get_output_embeddings(), self.logits_chunk)
+        logps = chunked_token_logps(
+            hidden[:, :-1][keep], input_ids[:, 1:][keep], self.llm.get_output_embeddings(), self.logits_chunk
+        )
         out = torch.zeros(input_ids.shape, dtype=logps.dtype, device=logps.device)
         out[:, 1:] = out[:, 1:].masked_scatter(keep, logps)
         return out
@@ -212,8 +292,10 @@ class DNAFusionLM(nn.Module):
             return {"attention_mask": attention_mask}
         impl = self.llm.get_base_model().config._attn_implementation
         if impl not in PACKING_ATTENTION:
-            raise ValueError(f"a packed batch needs an attention implementation that reads cu_seq_lens ({', '.join(PACKING_ATTENTION)}); "
-                             f"this LLM uses {impl!r}: build it with packing=True (recipe: train.packing=true)")
+            raise ValueError(
+                f"a packed batch needs an attention implementation that reads cu_seq_lens ({', '.join(PACKING_ATTENTION)}); "
+                f"this LLM uses {impl!r}: build it with packing=True (recipe: train.packing=true)"
+            )
         return packed_kwargs(cu_seq_lens.to(self.dna_boundary.device), max_length)
 
     @torch.no_grad()
@@ -237,6 +319,8 @@ def add_dna_tokens(tokenizer, llm) -> dict[str, int]:
     if len(tokenizer) > old_rows:
         llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)
         with torch.no_grad():
-            for table in {id(t): t for t in (llm.get_input_embeddings(), llm.get_output_embeddings()) if t is not None}.values():
+            for table in {
+                id(t): t for t in (llm.get_input_embeddings(), llm.get_output_embeddings()) if t is not None
+            }.values():
                 table.weight[old_rows:] = table.weight[:old_rows].mean(0)
     return {tok: tokenizer.convert_tokens_to_ids(tok) for tok in DNA_TOKENS}

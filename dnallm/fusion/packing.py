@@ -33,13 +33,25 @@ PACKED_ATTENTION = "dnallm_packed"
 PACKING_ATTENTION = (PACKED_ATTENTION, "flash_attention_2", "flash_attention_3")  # read cu_seq_lens
 
 
-def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-                     cu_seq_lens_q: torch.Tensor | None = None, max_length_q: int | None = None, **kwargs):
+def packed_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    **kwargs,
+):
     """Causal attention within each packed sample. query (1, heads, tokens, dim) -> (1, tokens, heads, dim)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if cu_seq_lens_q is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if query.shape[0] != 1:
         raise ValueError(f"packed attention expects one packed row, got a batch of {query.shape[0]}")
     groups = getattr(module, "num_key_value_groups", 1)
@@ -83,8 +95,11 @@ def varlen_blocker(query: torch.Tensor, dropout: float = 0.0) -> str:
 @lru_cache(maxsize=None)
 def warn_per_sample(blocker: str) -> None:
     """Once per reason: a GPU running the per-sample loop is slower than it need be, so say so."""
-    warnings.warn(f"packed attention on the GPU runs one SDPA call per sample, not one varlen call: {blocker}",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"packed attention on the GPU runs one SDPA call per sample, not one varlen call: {blocker}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 @lru_cache(maxsize=1)
@@ -98,7 +113,9 @@ def _varlen_api():
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
-def varlen_causal(query, key, value, cu_seq_lens: torch.Tensor, scaling: float | None, groups: int, longest: int | None = None) -> torch.Tensor:
+def varlen_causal(
+    query, key, value, cu_seq_lens: torch.Tensor, scaling: float | None, groups: int, longest: int | None = None
+) -> torch.Tensor:
     """Causal attention within each sample in one varlen call: (1, heads, tokens, dim) in,
     (1, tokens, heads, dim) out. ``longest``: the longest sample (``packed_kwargs`` computes it
     once per forward; read here from ``cu_seq_lens`` it would cost a device sync per layer)."""
@@ -120,12 +137,21 @@ def varlen_causal(query, key, value, cu_seq_lens: torch.Tensor, scaling: float |
     return varlen_attn(q, k, v, cu, cu, longest, longest, **kwargs).unsqueeze(0)
 
 
-def per_sample_causal(query, key, value, cu_seq_lens: torch.Tensor, scaling: float | None, groups: int, dropout: float = 0.0) -> torch.Tensor:
+def per_sample_causal(
+    query, key, value, cu_seq_lens: torch.Tensor, scaling: float | None, groups: int, dropout: float = 0.0
+) -> torch.Tensor:
     """The same attention as ``varlen_causal``, one SDPA call per sample (any device, any dtype)."""
     bounds = cu_seq_lens.tolist()
     parts = [
-        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
-                                       is_causal=True, scale=scaling, enable_gqa=groups > 1)
+        F.scaled_dot_product_attention(
+            query[:, :, s:e],
+            key[:, :, s:e],
+            value[:, :, s:e],
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=groups > 1,
+        )
         for s, e in zip(bounds[:-1], bounds[1:])
     ]
     return torch.cat(parts, 2).transpose(1, 2).contiguous()
@@ -173,7 +199,10 @@ def packed_kwargs(cu_seq_lens: torch.Tensor, longest: int | None = None) -> dict
         longest = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
     return {
         "attention_mask": CAUSAL_ONLY,  # within each sample: cu_seq_lens
-        "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest, "max_length_k": longest,
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": longest,
+        "max_length_k": longest,
     }
 
 
@@ -182,7 +211,9 @@ def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Mod
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-def chunked_token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, chunk: int) -> torch.Tensor:
+def chunked_token_logps(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, chunk: int
+) -> torch.Tensor:
     """log p(target) for each row of ``hidden`` (n, width) under the LM ``head``: (n,), fp32.
 
     ``chunk`` rows at a time; with gradients on, each chunk's logits are recomputed in the

@@ -28,13 +28,18 @@ def cache_identity(config: DNAFusionConfig, cache_dtype: str, device: str) -> Ca
     enc = config.encoder
     compute = str(resolve_dtype(enc.dtype, device)).removeprefix("torch.")
     return CacheIdentity(
-        encoder=locate_model(enc.name_or_path, "encoder.name_or_path"), weights=weights_fingerprint(enc.name_or_path),
-        layer=enc.layer, dna_window=config.dna_window, dtype=cache_dtype, compute_dtype=compute,
+        encoder=locate_model(enc.name_or_path, "encoder.name_or_path"),
+        weights=weights_fingerprint(enc.name_or_path),
+        layer=enc.layer,
+        dna_window=config.dna_window,
+        dtype=cache_dtype,
+        compute_dtype=compute,
     )
 
 
-def dna_source(config: DNAFusionConfig, device: str, *, cache_dir: str = "", cache_dtype: str = "bfloat16",
-               live: bool = False) -> DNAEncoder | CachedEncoder | None:
+def dna_source(
+    config: DNAFusionConfig, device: str, *, cache_dir: str = "", cache_dtype: str = "bfloat16", live: bool = False
+) -> DNAEncoder | CachedEncoder | None:
     """The model's DNA source: cached embeddings when ``cache_dir`` is set (the encoder's
     weights are then never loaded), else the live frozen encoder; None for a text-only model."""
     if not config.use_dna:
@@ -43,8 +48,13 @@ def dna_source(config: DNAFusionConfig, device: str, *, cache_dir: str = "", cac
     if cache_dir and not live:
         tokenizer = DNATokenizer(enc.name_or_path, enc.trust_remote_code)
         return CachedEncoder(cache_dir, cache_identity(config, cache_dtype, device), tokenizer, device)
-    return DNAEncoder(enc.name_or_path, layer=enc.layer, dtype=resolve_dtype(enc.dtype, device), device=device,
-                      trust_remote_code=enc.trust_remote_code)
+    return DNAEncoder(
+        enc.name_or_path,
+        layer=enc.layer,
+        dtype=resolve_dtype(enc.dtype, device),
+        device=device,
+        trust_remote_code=enc.trust_remote_code,
+    )
 
 
 def build(config: DNAFusionConfig, device: str, source, **kwargs):
@@ -92,7 +102,9 @@ def load_pretrained(checkpoint: str | Path, device: str | None = None, overrides
     device = device or pick_device()
     checkpoint = resolve_checkpoint(checkpoint)
     recipe = read_recipe(checkpoint, overrides)
-    config = read_config(checkpoint, recipe).updated_from(recipe, [item.split("=", 1)[0].strip() for item in overrides])
+    config = read_config(checkpoint, recipe).updated_from(
+        recipe, [item.split("=", 1)[0].strip() for item in overrides]
+    )
     locate_models(config, relative_to=checkpoint)
     source = dna_source(config, device, cache_dir=recipe.encoder.cache_dir, cache_dtype=recipe.encoder.cache_dtype)
     model, tokenizer = build(config, device, source)

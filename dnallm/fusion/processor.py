@@ -17,8 +17,17 @@ from dnallm.fusion.projector import n_pooled
 
 
 class DNAChatProcessor:
-    def __init__(self, tokenizer, dna_tokenizer=None, *, pool: int = 1, summary_tokens: int = 0,
-                 system_prompt: str = chat.DEFAULT_SYSTEM_PROMPT, with_reasoning: bool = False, packing: bool = False):
+    def __init__(
+        self,
+        tokenizer,
+        dna_tokenizer=None,
+        *,
+        pool: int = 1,
+        summary_tokens: int = 0,
+        system_prompt: str = chat.DEFAULT_SYSTEM_PROMPT,
+        with_reasoning: bool = False,
+        packing: bool = False,
+    ):
         """``dna_tokenizer=None`` gives text-only prompts (the no-DNA baseline);
         ``summary_tokens``: positions of the model's variant summary (0: none);
         ``packing``: training batches are one packed row (``train_batch``)."""
@@ -31,12 +40,18 @@ class DNAChatProcessor:
         self.packing = packing
 
     @classmethod
-    def from_config(cls, config: DNAFusionConfig, tokenizer, dna_tokenizer=None, packing: bool = False) -> "DNAChatProcessor":
+    def from_config(
+        cls, config: DNAFusionConfig, tokenizer, dna_tokenizer=None, packing: bool = False
+    ) -> "DNAChatProcessor":
         """The prompt layout of the model ``config`` describes (``DNAFusionLM.from_config``'s tokenizer)."""
         return cls(
-            tokenizer, dna_tokenizer if config.use_dna else None, pool=config.positions(dna_tokenizer)[0],
+            tokenizer,
+            dna_tokenizer if config.use_dna else None,
+            pool=config.positions(dna_tokenizer)[0],
             summary_tokens=0 if config.projector.summary == "none" else config.projector.summary_tokens,
-            system_prompt=config.system_prompt, with_reasoning=config.with_reasoning, packing=packing,
+            system_prompt=config.system_prompt,
+            with_reasoning=config.with_reasoning,
+            packing=packing,
         )
 
     @property
@@ -50,7 +65,9 @@ class DNAChatProcessor:
         """The user message for ``question`` about a (reference, variant) pair (none: text only)."""
         if reference is None:
             return chat.user_message(question, 0, 0)
-        return chat.user_message(question, self.n_placeholders(reference), self.n_placeholders(variant), self.summary_tokens)
+        return chat.user_message(
+            question, self.n_placeholders(reference), self.n_placeholders(variant), self.summary_tokens
+        )
 
     def __call__(self, example: dict, with_answer: bool = True) -> dict:
         """Dataset row (``question``, ``answer``, ``reasoning``, ``ref_window``, ``var_window``) -> features."""
@@ -124,6 +141,8 @@ def pair_inputs(sequences: list[str], embeds: torch.Tensor, mask: torch.Tensor) 
     positions = mask.sum(1, keepdim=True)  # (n_seq, 1), on the device: no host sync
     length = bases[:, 2:].clamp(min=1)
     start = torch.div(bases[:, :1] * positions, length, rounding_mode="floor")
-    end = torch.div(bases[:, 1:2] * positions + length - 1, length, rounding_mode="floor")  # a changed base keeps its token
+    end = torch.div(
+        bases[:, 1:2] * positions + length - 1, length, rounding_mode="floor"
+    )  # a changed base keeps its token
     spans = torch.cat([start, torch.where(bases[:, 1:2] > bases[:, :1], end, start)], 1)
     return {"dna_embeds": embeds, "dna_mask": mask, "dna_spans": spans}

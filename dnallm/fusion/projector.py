@@ -32,7 +32,9 @@ class DNAProjector(nn.Module):
         if pool < 1:
             raise ValueError(f"projector.pool must be >= 1, got {pool}")
         if kind == "conv" and kernel < pool:
-            raise ValueError(f"projector.kernel ({kernel}) must be >= projector.pool ({pool}) so that no position is skipped")
+            raise ValueError(
+                f"projector.kernel ({kernel}) must be >= projector.pool ({pool}) so that no position is skipped"
+            )
         self.kind, self.pool, self.kernel = kind, pool, kernel
         self.norm = nn.LayerNorm(dna_hidden)
         if kind == "linear":

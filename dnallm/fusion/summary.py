@@ -59,8 +59,10 @@ def parse_summary(kind: str) -> tuple[str, ...]:
     views = tuple(kind.split("+"))
     unknown = [v for v in views if v not in SUMMARY_VIEWS]
     if unknown or len(set(views)) != len(views) or not views:
-        raise ValueError(f"projector.summary must be none or views joined with '+' from {', '.join(SUMMARY_VIEWS)} "
-                         f"(e.g. {DEFAULT_SUMMARY}), got {kind!r}")
+        raise ValueError(
+            f"projector.summary must be none or views joined with '+' from {', '.join(SUMMARY_VIEWS)} "
+            f"(e.g. {DEFAULT_SUMMARY}), got {kind!r}"
+        )
     return views
 
 
@@ -117,12 +119,16 @@ def pair_views(dna_embeds: torch.Tensor, dna_mask: torch.Tensor, dna_spans: torc
     local = start - flank + slot  # (n_seq, slots)
     local_mask = (local >= 0) & (local < count) & (local < end + flank)
     in_allele = (slot >= flank) & (slot < flank + allele)
-    aligned = torch.where(slot < flank + allele, local, end + slot - flank - allele)  # right flank from the change's end
+    aligned = torch.where(
+        slot < flank + allele, local, end + slot - flank - allele
+    )  # right flank from the change's end
     aligned_mask = (aligned >= 0) & (aligned < count) & torch.where(in_allele, aligned < end, True)
     return {
         "pooled": masked_mean(dna_embeds, dna_mask),
-        "local": _gather(dna_embeds, local, local_mask), "local_mask": local_mask,
-        "aligned": _gather(dna_embeds, aligned, aligned_mask), "aligned_mask": aligned_mask,
+        "local": _gather(dna_embeds, local, local_mask),
+        "local_mask": local_mask,
+        "aligned": _gather(dna_embeds, aligned, aligned_mask),
+        "aligned_mask": aligned_mask,
         "allele_len": (end - start).squeeze(1),
         "centre": centre_positions(dna_embeds, dna_mask, context),
     }
@@ -159,7 +165,9 @@ class PairFeatures(nn.Module):
     def forward(self, views: dict) -> torch.Tensor:
         dtype = self.norm.weight.dtype
         if views["pooled"].shape[0] % 2:
-            raise ValueError(f"the variant summary reads (reference, variant) pairs, got {views['pooled'].shape[0]} sequences")
+            raise ValueError(
+                f"the variant summary reads (reference, variant) pairs, got {views['pooled'].shape[0]} sequences"
+            )
         parts = []
         if "pooled" in self.views:
             pooled = self.norm(views["pooled"].to(dtype))  # (2 * n_pairs, hidden)
@@ -176,7 +184,9 @@ class PairFeatures(nn.Module):
             hits = self.kmer(local.transpose(1, 2))  # (2 * n_pairs, channels, windows)
             whole = mask.unfold(1, self.flank + 1, 1).all(-1)  # (2 * n_pairs, windows): k-mers inside the stretch
             present = hits.masked_fill(~whole[:, None], torch.finfo(hits.dtype).min).amax(-1)
-            present = torch.where(whole.any(1, keepdim=True), present, torch.zeros_like(present))  # (2 * n_pairs, channels)
+            present = torch.where(
+                whole.any(1, keepdim=True), present, torch.zeros_like(present)
+            )  # (2 * n_pairs, channels)
             parts.append(pair_features(present[0::2], present[1::2]))
         if "centre" in self.views:
             centre = self.norm(views["centre"].to(dtype))
@@ -202,8 +212,9 @@ class PairEncoder(nn.Module):
         super().__init__()
         self.features = PairFeatures(dna_hidden, kind, context)
         self.context = context
-        self.mlp = nn.Sequential(nn.LayerNorm(self.features.n_features), nn.Linear(self.features.n_features, SUMMARY_WIDTH),
-                                 nn.GELU())
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(self.features.n_features), nn.Linear(self.features.n_features, SUMMARY_WIDTH), nn.GELU()
+        )
 
     def forward(self, views: dict) -> torch.Tensor:
         return self.mlp(self.features(views))
@@ -213,7 +224,9 @@ class VariantSummary(nn.Module):
     """DNA embeddings of pairs (2 * n_pairs, positions, dna_hidden), reference then variant
     -> summary embeddings (n_pairs, n_tokens, llm_hidden)."""
 
-    def __init__(self, dna_hidden: int, llm_hidden: int, kind: str = DEFAULT_SUMMARY, n_tokens: int = 1, context: int = 17):
+    def __init__(
+        self, dna_hidden: int, llm_hidden: int, kind: str = DEFAULT_SUMMARY, n_tokens: int = 1, context: int = 17
+    ):
         """``context``: encoder positions the local views read (odd: a change and its flanks)."""
         super().__init__()
         if n_tokens < 1:
@@ -222,6 +235,10 @@ class VariantSummary(nn.Module):
         self.n_tokens, self.llm_hidden, self.context = n_tokens, llm_hidden, context
         self.out = nn.Linear(SUMMARY_WIDTH, n_tokens * llm_hidden)
 
-    def forward(self, dna_embeds: torch.Tensor, dna_mask: torch.Tensor, dna_spans: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, dna_embeds: torch.Tensor, dna_mask: torch.Tensor, dna_spans: torch.Tensor | None = None
+    ) -> torch.Tensor:
         views = pair_views(dna_embeds, dna_mask, dna_spans, self.context)
-        return self.out(self.encoder(views)).view(-1, self.n_tokens, self.llm_hidden)  # (n_pairs, n_tokens, llm_hidden)
+        return self.out(self.encoder(views)).view(
+            -1, self.n_tokens, self.llm_hidden
+        )  # (n_pairs, n_tokens, llm_hidden)

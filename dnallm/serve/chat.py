@@ -113,14 +113,18 @@ class ChatREPL:
         self.dna = self.session.prepare_dna(reference, variant, self.max_dna_length)
         self.turns = []
         window = len(self.dna.reference)
-        self.say(f"DNA set: reference {self.dna.reference_bp} bp, variant {self.dna.variant_bp} bp "
-                 f"(model reads the central {window} bp). New conversation.")
+        self.say(
+            f"DNA set: reference {self.dna.reference_bp} bp, variant {self.dna.variant_bp} bp "
+            f"(model reads the central {window} bp). New conversation."
+        )
 
     def ask(self, question: str) -> None:
         if self.session.uses_dna and self.dna is None:
             self.say("Set the DNA first: /dna (see /help).")
             return
-        conv = Conversation(self.turns + [{"role": "user", "content": question}], self.dna if self.session.uses_dna else None)
+        conv = Conversation(
+            self.turns + [{"role": "user", "content": question}], self.dna if self.session.uses_dna else None
+        )
         pieces, stream = [], self.session.stream(conv, self.sampling)
         self.say("model> ", end="")
         try:

@@ -15,6 +15,7 @@ API_KEY_ENV = "DNALLM_API_KEY"
 
 def int_in(low: int, high: int | None = None):
     """An argparse type: an integer in [low, high]; outside it, argparse's one-line usage error (status 2)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -45,15 +46,23 @@ def add_commands(subparsers) -> None:
     _common(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int_in(1, 65535), default=8000)
-    p.add_argument("--allowed-hosts", default="", metavar="NAME,...",
-                   help="more names the Host header may carry "
-                        "(default: 127.0.0.1, localhost, ::1 and --host; '*': any)")
-    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this key on every route but /health (default: ${API_KEY_ENV})")
+    p.add_argument(
+        "--allowed-hosts",
+        default="",
+        metavar="NAME,...",
+        help="more names the Host header may carry (default: 127.0.0.1, localhost, ::1 and --host; '*': any)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require this key on every route but /health (default: ${API_KEY_ENV})",
+    )
     p.add_argument("--model-name", help="model id clients send (default: the recipe's run_name)")
     p.add_argument("--max-body-bytes", type=int_in(1024), default=1 << 20)
     p.add_argument("--max-prompt-tokens", type=int_in(1), default=8192)
-    p.add_argument("--max-queue", type=int_in(0), default=8,
-                   help="requests that may wait while one generates; more get 429")
+    p.add_argument(
+        "--max-queue", type=int_in(0), default=8, help="requests that may wait while one generates; more get 429"
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
 
@@ -62,8 +71,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
-    p.add_argument("--max-new-tokens", type=int_in(1), default=512,
-                   help="longest reply (the server's limit and default)")
+    p.add_argument(
+        "--max-new-tokens", type=int_in(1), default=512, help="longest reply (the server's limit and default)"
+    )
     p.add_argument("--max-dna-length", type=int_in(1), default=100_000, help="longest sequence accepted, in bp")
 
 
@@ -101,24 +111,37 @@ def _serve(args) -> None:
     from dnallm.serve.session import ModelSession
 
     if not _is_loopback(args.host) and not args.api_key:
-        print(f"warning: serving on {args.host} without an API key: anyone who can reach it can use the model", file=sys.stderr)
+        print(
+            f"warning: serving on {args.host} without an API key: anyone who can reach it can use the model",
+            file=sys.stderr,
+        )
     allowed_hosts = [*LOOPBACK_NAMES, args.host, *(h.strip() for h in args.allowed_hosts.split(",") if h.strip())]
     if args.host in ("0.0.0.0", "::") and not args.allowed_hosts:
-        print(f"note: only requests for {', '.join(LOOPBACK_NAMES)} are answered; name the server's other names "
-              "with --allowed-hosts", file=sys.stderr)
+        print(
+            f"note: only requests for {', '.join(LOOPBACK_NAMES)} are answered; name the server's other names "
+            "with --allowed-hosts",
+            file=sys.stderr,
+        )
     limits = Limits(
-        max_body_bytes=args.max_body_bytes, max_dna_length=args.max_dna_length, max_new_tokens=args.max_new_tokens,
-        max_prompt_tokens=args.max_prompt_tokens, max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        max_dna_length=args.max_dna_length,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_queue=args.max_queue,
     )
     sock = bind(args.host, args.port)  # before the (slow) model load: a port in use fails at once
     try:
-        session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides,
-                                    name=args.model_name)
+        session = ModelSession.load(
+            args.checkpoint, device=args.device, overrides=args.overrides, name=args.model_name
+        )
     except BaseException:
         sock.close()
         raise
     app = create_app(session, limits, api_key=args.api_key, allowed_hosts=allowed_hosts)
-    print(f"serving {session.name!r} on http://{args.host}:{args.port}/ (page), /v1/chat/completions (API)", file=sys.stderr)
+    print(
+        f"serving {session.name!r} on http://{args.host}:{args.port}/ (page), /v1/chat/completions (API)",
+        file=sys.stderr,
+    )
     run_server(app, sock, limits, log_level=args.log_level)
 
 
@@ -133,8 +156,11 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
         sock.listen(2048)
     except OSError as e:
-        fix = ("another server holds the port: stop it or choose another --port" if e.errno == errno.EADDRINUSE
-               else "check --host and --port")
+        fix = (
+            "another server holds the port: stop it or choose another --port"
+            if e.errno == errno.EADDRINUSE
+            else "check --host and --port"
+        )
         raise OutputPathError(f"cannot listen on {host}:{port} ({e.strerror or e}); {fix}") from None
     sock.set_inheritable(True)
     return sock

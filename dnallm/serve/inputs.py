@@ -24,7 +24,9 @@ _OPEN_TAG = re.compile(r"</?(reference|variant)>", re.IGNORECASE)
 class DNAInputError(ValueError):
     """Unusable DNA; ``field`` and ``position`` (0-based base index) say where."""
 
-    def __init__(self, message: str, *, field: str | None = None, position: int | None = None, code: str = "invalid_dna"):
+    def __init__(
+        self, message: str, *, field: str | None = None, position: int | None = None, code: str = "invalid_dna"
+    ):
         super().__init__(message)
         self.field = field
         self.position = position
@@ -55,7 +57,8 @@ def clean_dna(text: str, field: str, max_length: int) -> str:
         raise DNAInputError(
             f"{field}: invalid character {bad.group()!r} at position {bad.start()} (0-based, whitespace "
             f"ignored); allowed: {', '.join(ALPHABET)} (any case)",
-            field=field, position=bad.start(),
+            field=field,
+            position=bad.start(),
         )
     return seq
 
@@ -84,12 +87,17 @@ def split_tagged(content: str) -> tuple[str, str | None, str | None]:
     for m in _TAG.finditer(content):
         name = m.group(1).lower()
         if name in found:
-            raise DNAInputError(f"<{name}> appears twice in one message; give one reference and one variant", field=name)
+            raise DNAInputError(
+                f"<{name}> appears twice in one message; give one reference and one variant", field=name
+            )
         found[name] = m.group(2)
     text = _TAG.sub("", content)
     stray = _OPEN_TAG.search(text)
     if stray:
-        raise DNAInputError(f"unclosed or stray tag {stray.group()!r}; wrap each sequence as <reference>...</reference>", field=stray.group(1).lower())
+        raise DNAInputError(
+            f"unclosed or stray tag {stray.group()!r}; wrap each sequence as <reference>...</reference>",
+            field=stray.group(1).lower(),
+        )
     if len(found) == 1:
         missing = ({"reference", "variant"} - set(found)).pop()
         raise DNAInputError(f"<{missing}> block missing: give both <reference> and <variant>", field=missing)
@@ -134,7 +142,10 @@ def record_from_jsonl(path: str | Path, index: int) -> dict:
     """Record ``index`` (0-based, blank lines skipped) of a KEGG-format JSONL file."""
     records = read_jsonl(path)
     if not 0 <= index < len(records):
-        raise DNAInputError(f"{path}: record index {index} out of range (file has {len(records)} records, 0-based)", code="bad_record_index")
+        raise DNAInputError(
+            f"{path}: record index {index} out of range (file has {len(records)} records, 0-based)",
+            code="bad_record_index",
+        )
     rec = records[index]
     missing = [f for f in ("reference_sequence", "variant_sequence") if not isinstance(rec.get(f), str)]
     if missing:

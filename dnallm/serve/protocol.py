@@ -37,13 +37,24 @@ class Limits:
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, code: str, param: str | None = None, type_: str = "invalid_request_error", extra: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        param: str | None = None,
+        type_: str = "invalid_request_error",
+        extra: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.type = status, message, code, param, type_
         self.extra = extra or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code, **self.extra}}
+        return {
+            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code, **self.extra}
+        }
 
 
 class TextPart(BaseModel):
@@ -108,10 +119,16 @@ def parse_explain_request(body) -> ExplainRequest:
 def explain_response(e) -> dict:
     """An ``Explanation`` as JSON: the region's bases and importance per window (1-based positions)."""
     return {
-        "object": "explanation", "label": e.label, "label_logp": e.label_logp, "method": e.method,
-        "region": [e.region[0] + 1, e.region[1]], "centre": len(e.variant) // 2 + 1,
-        "windows": [{"name": name, "bases": e.window_bases(w), "importance": [round(float(v), 6) for v in values]}
-                    for w, (name, values) in enumerate(zip(("reference", "variant"), e.importance))],
+        "object": "explanation",
+        "label": e.label,
+        "label_logp": e.label_logp,
+        "method": e.method,
+        "region": [e.region[0] + 1, e.region[1]],
+        "centre": len(e.variant) // 2 + 1,
+        "windows": [
+            {"name": name, "bases": e.window_bases(w), "importance": [round(float(v), 6) for v in values]}
+            for w, (name, values) in enumerate(zip(("reference", "variant"), e.importance))
+        ],
     }
 
 
@@ -138,7 +155,12 @@ def parse_request(body) -> ChatRequest:
         if (req.model_extra or {}).get(name):
             raise APIError(400, f"'{name}' is not supported by this server", code="unsupported_parameter", param=name)
     if req.n != 1:
-        raise APIError(400, f"n={req.n}: this server returns one choice per request (n=1)", code="unsupported_parameter", param="n")
+        raise APIError(
+            400,
+            f"n={req.n}: this server returns one choice per request (n=1)",
+            code="unsupported_parameter",
+            param="n",
+        )
     return req
 
 
@@ -163,8 +185,13 @@ def _check_string(text: str, path: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise APIError(400, f"{path or 'body'}: character {e.start} is a lone surrogate (U+{ord(text[e.start]):04X}), "
-                            "not Unicode text", code="invalid_text", param=path or None) from None
+        raise APIError(
+            400,
+            f"{path or 'body'}: character {e.start} is a lone surrogate (U+{ord(text[e.start]):04X}), "
+            "not Unicode text",
+            code="invalid_text",
+            param=path or None,
+        ) from None
 
 
 def dna_error(e: DNAInputError, status: int = 422) -> APIError:
@@ -176,7 +203,12 @@ def dna_error(e: DNAInputError, status: int = 422) -> APIError:
 def _check_reserved(i: int, text: str, reserved: list[str]) -> None:
     for token in reserved:
         if token in text:
-            raise APIError(400, f"messages.{i}: contains the reserved token {token!r}", code="reserved_token", param=f"messages.{i}.content")
+            raise APIError(
+                400,
+                f"messages.{i}: contains the reserved token {token!r}",
+                code="reserved_token",
+                param=f"messages.{i}.content",
+            )
 
 
 def to_conversation(req: ChatRequest, session: ModelSession, limits: Limits) -> Conversation:
@@ -188,7 +220,12 @@ def to_conversation(req: ChatRequest, session: ModelSession, limits: Limits) -> 
         _check_reserved(i, text, reserved)
         if msg.role in ("system", "developer"):
             if turns:
-                raise APIError(400, f"messages.{i}: system messages must come before the conversation", code="invalid_value", param=f"messages.{i}.role")
+                raise APIError(
+                    400,
+                    f"messages.{i}: system messages must come before the conversation",
+                    code="invalid_value",
+                    param=f"messages.{i}.role",
+                )
             system.append(text)
             continue
         if msg.role == "user":
@@ -200,7 +237,12 @@ def to_conversation(req: ChatRequest, session: ModelSession, limits: Limits) -> 
                 found.append((len(turns), ref, var))
         expected = "user" if len(turns) % 2 == 0 else "assistant"
         if msg.role != expected:
-            raise APIError(400, f"messages.{i}: expected a {expected} message (turns alternate, starting with the user)", code="invalid_value", param=f"messages.{i}.role")
+            raise APIError(
+                400,
+                f"messages.{i}: expected a {expected} message (turns alternate, starting with the user)",
+                code="invalid_value",
+                param=f"messages.{i}.role",
+            )
         turns.append({"role": msg.role, "content": text})
     if not turns or turns[-1]["role"] != "user":
         raise APIError(400, "the last message must be from the user", code="invalid_value", param="messages")
@@ -211,20 +253,35 @@ def to_conversation(req: ChatRequest, session: ModelSession, limits: Limits) -> 
 
 def _attach_dna(conv: Conversation, req: ChatRequest, found: list, session: ModelSession, limits: Limits) -> None:
     if len(found) > 1:
-        raise APIError(400, "DNA blocks appear in more than one message; send one reference/variant pair per conversation", code="duplicate_dna", param="messages")
+        raise APIError(
+            400,
+            "DNA blocks appear in more than one message; send one reference/variant pair per conversation",
+            code="duplicate_dna",
+            param="messages",
+        )
     if found and req.dna is not None:
-        raise APIError(400, "DNA given both as tagged blocks and in the 'dna' field; use one", code="duplicate_dna", param="dna")
+        raise APIError(
+            400, "DNA given both as tagged blocks and in the 'dna' field; use one", code="duplicate_dna", param="dna"
+        )
     if req.dna is not None:
         found = [(0, req.dna.reference, req.dna.variant)]
     if not found:
         if session.uses_dna:
             raise APIError(
-                422, "this model reads DNA: add <reference>...</reference><variant>...</variant> to a user message, "
-                "or a 'dna': {'reference': ..., 'variant': ...} field", code="dna_required", param="dna",
+                422,
+                "this model reads DNA: add <reference>...</reference><variant>...</variant> to a user message, "
+                "or a 'dna': {'reference': ..., 'variant': ...} field",
+                code="dna_required",
+                param="dna",
             )
         return
     if not session.uses_dna:
-        raise APIError(422, "this checkpoint is a text-only baseline and does not read DNA; leave the DNA out", code="dna_not_supported", param="dna")
+        raise APIError(
+            422,
+            "this checkpoint is a text-only baseline and does not read DNA; leave the DNA out",
+            code="dna_not_supported",
+            param="dna",
+        )
     turn, ref, var = found[0]
     try:
         conv.dna = session.prepare_dna(ref, var, limits.max_dna_length)
@@ -237,9 +294,16 @@ def to_sampling(req: ChatRequest, session: ModelSession, limits: Limits) -> Samp
     max_new = req.max_completion_tokens or req.max_tokens or limits.max_new_tokens
     if max_new > limits.max_new_tokens:
         param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-        raise APIError(400, f"{param}={max_new} exceeds this server's limit of {limits.max_new_tokens}", code="max_tokens_exceeded", param=param)
+        raise APIError(
+            400,
+            f"{param}={max_new} exceeds this server's limit of {limits.max_new_tokens}",
+            code="max_tokens_exceeded",
+            param=param,
+        )
     return Sampling(
-        max_new_tokens=max_new, temperature=req.temperature or 0.0, top_p=req.top_p or 1.0,
+        max_new_tokens=max_new,
+        temperature=req.temperature or 0.0,
+        top_p=req.top_p or 1.0,
         logit_bias=_logit_bias(req.logit_bias or {}, len(session.tokenizer)),
     )
 
@@ -248,16 +312,28 @@ def _logit_bias(raw: dict[str, float], vocab_size: int) -> dict[int, float]:
     bias = {}
     for key, value in raw.items():
         if not key.isdigit() or int(key) >= vocab_size:
-            raise APIError(400, f"logit_bias: {key!r} is not a token id below {vocab_size}", code="invalid_value", param="logit_bias")
+            raise APIError(
+                400,
+                f"logit_bias: {key!r} is not a token id below {vocab_size}",
+                code="invalid_value",
+                param="logit_bias",
+            )
         if not -100 <= value <= 100:
-            raise APIError(400, f"logit_bias[{key}]={value} is outside [-100, 100]", code="invalid_value", param="logit_bias")
+            raise APIError(
+                400, f"logit_bias[{key}]={value} is outside [-100, 100]", code="invalid_value", param="logit_bias"
+            )
         bias[int(key)] = float(value)
     return bias
 
 
 def check_prompt_length(n_prompt: int, limits: Limits) -> None:
     if n_prompt > limits.max_prompt_tokens:
-        raise APIError(400, f"the prompt is {n_prompt} tokens, over this server's limit of {limits.max_prompt_tokens}", code="context_length_exceeded", param="messages")
+        raise APIError(
+            400,
+            f"the prompt is {n_prompt} tokens, over this server's limit of {limits.max_prompt_tokens}",
+            code="context_length_exceeded",
+            param="messages",
+        )
 
 
 class Completion:
@@ -276,9 +352,19 @@ class Completion:
         return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
 
     def response(self, text: str, finish_reason: str, usage: dict) -> dict:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason, "logprobs": None}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish_reason,
+            "logprobs": None,
+        }
         # ``prediction``: the disease after the reply's last "Answer:", as ``dnallm eval`` parses it.
-        return {**self._head("chat.completion"), "choices": [choice], "usage": usage, "prediction": parse_answer(text) or None}
+        return {
+            **self._head("chat.completion"),
+            "choices": [choice],
+            "usage": usage,
+            "prediction": parse_answer(text) or None,
+        }
 
     def chunk(self, delta: dict, finish_reason: str | None = None, **extra) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}

@@ -29,8 +29,18 @@ from dnallm.data.dna import RecordError
 from dnallm.data.vcf import InputError
 from dnallm.serve.inputs import DNAInputError
 from dnallm.serve.protocol import (
-    APIError, ChatRequest, Completion, Limits, check_prompt_length, dna_error, explain_response, parse_explain_request,
-    parse_request, sse, to_conversation, to_sampling,
+    APIError,
+    ChatRequest,
+    Completion,
+    Limits,
+    check_prompt_length,
+    dna_error,
+    explain_response,
+    parse_explain_request,
+    parse_request,
+    sse,
+    to_conversation,
+    to_sampling,
 )
 from dnallm.serve.session import Conversation, ModelSession, Sampling
 from dnallm.serve.slots import QueueFull, Slots, Ticket
@@ -84,8 +94,12 @@ class Guard:
         headers = Headers(scope=scope)
         host = host_name(headers.get("host", "")).lower()
         if "*" not in self.allowed_hosts and host not in self.allowed_hosts:
-            err = APIError(400, f"Host {host[:100]!r} is not served here; start the server with "
-                                f"--allowed-hosts {host[:100] or 'NAME'} to accept it", code="host_not_allowed")
+            err = APIError(
+                400,
+                f"Host {host[:100]!r} is not served here; start the server with "
+                f"--allowed-hosts {host[:100] or 'NAME'} to accept it",
+                code="host_not_allowed",
+            )
             return await error_response(err, {"Connection": "close"})(scope, receive, send)
         if self.api_key and scope["path"] not in PUBLIC_PATHS:
             if not hmac.compare_digest(presented_key(headers).encode(), self.api_key.encode()):
@@ -95,13 +109,22 @@ class Guard:
             err = APIError(400, f"Content-Length {length[:40]!r} is not a number", code="invalid_body")
             return await error_response(err, {"Connection": "close"})(scope, receive, send)
         if length is not None and int(length) > self.max_body_bytes:
-            err = APIError(413, f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes", code="body_too_large")
+            err = APIError(
+                413,
+                f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes",
+                code="body_too_large",
+            )
             return await error_response(err, {"Connection": "close"})(scope, receive, send)
         await self.app(scope, receive, send)
 
     @staticmethod
     def _unauthorized(path: str) -> Response:
-        err = APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", code="invalid_api_key", type_="authentication_error")
+        err = APIError(
+            401,
+            "missing or wrong API key: send 'Authorization: Bearer KEY'",
+            code="invalid_api_key",
+            type_="authentication_error",
+        )
         # The page asks the browser for the key (as the password of a login prompt); the API does not.
         challenge = "Bearer" if path.startswith("/v1/") else 'Basic realm="dnallm", charset="UTF-8"'
         return error_response(err, {"WWW-Authenticate": challenge})
@@ -113,8 +136,11 @@ async def read_json(request: Request, limit: int, timeout_s: float):
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         # A cross-site form or text/plain POST (no CORS preflight) is never read as a request.
-        raise APIError(415, f"Content-Type {media_type[:80] or '(none)'!r}: send the body as application/json",
-                       code="unsupported_media_type")
+        raise APIError(
+            415,
+            f"Content-Type {media_type[:80] or '(none)'!r}: send the body as application/json",
+            code="unsupported_media_type",
+        )
     body = bytearray()
     try:
         with anyio.fail_after(timeout_s):
@@ -129,9 +155,13 @@ async def read_json(request: Request, limit: int, timeout_s: float):
     try:
         return json.loads(body)
     except json.JSONDecodeError as e:
-        raise APIError(400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}", code="invalid_json") from None
+        raise APIError(
+            400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}", code="invalid_json"
+        ) from None
     except UnicodeDecodeError as e:
-        raise APIError(400, f"malformed JSON: body is not UTF-8 ({e.reason} at byte {e.start})", code="invalid_json") from None
+        raise APIError(
+            400, f"malformed JSON: body is not UTF-8 ({e.reason} at byte {e.start})", code="invalid_json"
+        ) from None
     except RecursionError:
         raise APIError(400, "malformed JSON: nested too deeply", code="invalid_json") from None
 
@@ -209,8 +239,12 @@ async def complete(run: Run, completion: Completion, ticket: Ticket, request: Re
 
 def check_model(name: str, session: ModelSession) -> None:
     if name != session.name:
-        raise APIError(404, f"model {name!r} not found; this server serves {session.name!r}", code="model_not_found",
-                       param="model")
+        raise APIError(
+            404,
+            f"model {name!r} not found; this server serves {session.name!r}",
+            code="model_not_found",
+            param="model",
+        )
 
 
 def reserve(slots: Slots) -> Ticket:
@@ -221,8 +255,9 @@ def reserve(slots: Slots) -> Ticket:
         raise APIError(429, str(e), code="queue_full", type_="rate_limit_error") from None
 
 
-def create_app(session: ModelSession, limits: Limits, api_key: str | None = None,
-               allowed_hosts=LOOPBACK_NAMES) -> FastAPI:
+def create_app(
+    session: ModelSession, limits: Limits, api_key: str | None = None, allowed_hosts=LOOPBACK_NAMES
+) -> FastAPI:
     """``allowed_hosts``: names the ``Host`` header may carry (``*``: any)."""
     app = FastAPI(title="dnallm", docs_url=None, redoc_url=None, openapi_url=None)
     slots = Slots(limits.max_queue)
@@ -236,7 +271,9 @@ def create_app(session: ModelSession, limits: Limits, api_key: str | None = None
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code))
+        return error_response(
+            APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code)
+        )
 
     @app.get("/health")
     async def health():
@@ -268,7 +305,8 @@ def create_app(session: ModelSession, limits: Limits, api_key: str | None = None
             return await complete(run, completion, ticket, request)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
-            stream_events(run, completion, ticket, include_usage), media_type="text/event-stream",
+            stream_events(run, completion, ticket, include_usage),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             background=BackgroundTask(ticket.release),  # if the stream never started
         )
@@ -285,9 +323,16 @@ def create_app(session: ModelSession, limits: Limits, api_key: str | None = None
         ticket = reserve(slots)
         try:
             await ticket.acquire()  # the model runs one request at a time, generation or attribution
-            explanation = await anyio.to_thread.run_sync(lambda: session.explain(
-                dna, req.question, label=req.label, method=req.method, region=req.region,
-                max_new_tokens=limits.max_new_tokens))
+            explanation = await anyio.to_thread.run_sync(
+                lambda: session.explain(
+                    dna,
+                    req.question,
+                    label=req.label,
+                    method=req.method,
+                    region=req.region,
+                    max_new_tokens=limits.max_new_tokens,
+                )
+            )
         except (RecordError, InputError) as e:
             raise APIError(422, str(e), code="cannot_explain") from None
         finally:
@@ -304,8 +349,12 @@ def create_app(session: ModelSession, limits: Limits, api_key: str | None = None
             raise APIError(404, f"no static file {name!r}", code="not_found")
         return Response(static_text(name), media_type=f"{STATIC[name]}; charset=utf-8")
 
-    app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
-                       allowed_hosts=frozenset(h.lower() for h in allowed_hosts))
+    app.add_middleware(
+        Guard,
+        api_key=api_key,
+        max_body_bytes=limits.max_body_bytes,
+        allowed_hosts=frozenset(h.lower() for h in allowed_hosts),
+    )
     return app
 
 
@@ -320,8 +369,11 @@ def server_config(app: FastAPI, limits: Limits, log_level: str = "info"):
     import uvicorn
 
     return uvicorn.Config(
-        app, log_level=log_level, http=guarded_h11(limits.header_timeout_s, limits.max_idle_connections),
-        limit_concurrency=limits.max_queue + limits.max_idle_connections + 64, timeout_keep_alive=5,
+        app,
+        log_level=log_level,
+        http=guarded_h11(limits.header_timeout_s, limits.max_idle_connections),
+        limit_concurrency=limits.max_queue + limits.max_idle_connections + 64,
+        timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
     )
 

@@ -91,7 +91,9 @@ class ModelSession:
         self._dna_cache: dict[DNAPair, dict] = {}  # pair -> the model's DNA keyword arguments
 
     @classmethod
-    def load(cls, checkpoint: str | Path, *, device: str | None = None, overrides=(), name: str | None = None) -> "ModelSession":
+    def load(
+        cls, checkpoint: str | Path, *, device: str | None = None, overrides=(), name: str | None = None
+    ) -> "ModelSession":
         loaded = DNAFusionLM.from_pretrained(checkpoint, device, overrides)
         return cls(loaded.recipe, loaded.dna_source, loaded.model, loaded.processor, loaded.device, name)
 
@@ -128,17 +130,44 @@ class ModelSession:
         )
         return list(ids)
 
-    def explain(self, dna: DNAPair, question: str, *, label: str | None = None, method: str | None = None,
-                region: int | str | None = None, batch_size: int = 64, max_new_tokens: int = 256,
-                progress: bool = False) -> Explanation:
+    def explain(
+        self,
+        dna: DNAPair,
+        question: str,
+        *,
+        label: str | None = None,
+        method: str | None = None,
+        region: int | str | None = None,
+        batch_size: int = 64,
+        max_new_tokens: int = 256,
+        progress: bool = False,
+    ) -> Explanation:
         """Which bases of ``dna``'s windows move the answer's label (``dnallm.eval.explain``);
         ``label=None``: the model's own greedy answer."""
-        example = {"question": question, "answer": label or "", "ref_window": dna.reference, "var_window": dna.variant,
-                   "where": "input"}
-        explainer = Explainer(self.model, self.encoder, self.processor, device=self.device,
-                              encoder_batch_size=self.recipe.encoder.batch_size)
-        return explain_examples(explainer, [example], labels=[label], region=region, method=method,
-                                batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)[0]
+        example = {
+            "question": question,
+            "answer": label or "",
+            "ref_window": dna.reference,
+            "var_window": dna.variant,
+            "where": "input",
+        }
+        explainer = Explainer(
+            self.model,
+            self.encoder,
+            self.processor,
+            device=self.device,
+            encoder_batch_size=self.recipe.encoder.batch_size,
+        )
+        return explain_examples(
+            explainer,
+            [example],
+            labels=[label],
+            region=region,
+            method=method,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+        )[0]
 
     def _dna_features(self, dna: DNAPair | None):
         if dna is None:
@@ -147,7 +176,9 @@ class ModelSession:
             # A conversation re-sends the same pair every turn: keep the last few encodings.
             if len(self._dna_cache) >= 4:
                 self._dna_cache.pop(next(iter(self._dna_cache)))
-            self._dna_cache[dna] = dna_inputs(self.encoder, [dna.reference, dna.variant], self.recipe.encoder.batch_size)
+            self._dna_cache[dna] = dna_inputs(
+                self.encoder, [dna.reference, dna.variant], self.recipe.encoder.batch_size
+            )
         return self._dna_cache[dna]  # the model's DNA keyword arguments
 
     def start(self, conv: Conversation, sampling: Sampling, streamer) -> Generation:
@@ -155,8 +186,17 @@ class ModelSession:
         rows = [{"input_ids": self.prompt_ids(conv), "dna": []}]  # the DNA comes encoded (_dna_features)
 
         def run(stop_event: threading.Event) -> Replies:
-            return generate(self.model, self.processor, self.encoder, rows, sampling, device=self.device,
-                            dna=self._dna_features(conv.dna), streamer=streamer, stop=stop_event)
+            return generate(
+                self.model,
+                self.processor,
+                self.encoder,
+                rows,
+                sampling,
+                device=self.device,
+                dna=self._dna_features(conv.dna),
+                streamer=streamer,
+                stop=stop_event,
+            )
 
         return Generation(run, streamer)
 

@@ -27,7 +27,9 @@ class Slots:
 
     def reserve(self) -> "Ticket":
         if self.waiting + self.active >= 1 + self.max_queue:
-            raise QueueFull(f"server busy: {self.active} generating and {self.waiting} waiting (max_queue={self.max_queue})")
+            raise QueueFull(
+                f"server busy: {self.active} generating and {self.waiting} waiting (max_queue={self.max_queue})"
+            )
         self.waiting += 1
         return Ticket(self)
 
@@ -43,8 +45,12 @@ class Slots:
 
     def stats(self) -> dict:
         return {
-            "active": self.active, "waiting": self.waiting, "completed": self.completed, "cancelled": self.cancelled,
-            "failed": self.failed, "generated_tokens": self.generated_tokens,
+            "active": self.active,
+            "waiting": self.waiting,
+            "completed": self.completed,
+            "cancelled": self.cancelled,
+            "failed": self.failed,
+            "generated_tokens": self.generated_tokens,
         }
 
 

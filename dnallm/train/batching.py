@@ -52,8 +52,10 @@ def balance(batches: list[list[int]], lengths: list[int], world: int) -> list[li
     while len(batches) % world:
         splittable = [b for b in batches if len(b) > 1]
         if not splittable:
-            raise ValueError(f"{len(batches)} samples cannot be dealt out evenly to {world} ranks, one micro-batch "
-                             "each; use fewer ranks or more data")
+            raise ValueError(
+                f"{len(batches)} samples cannot be dealt out evenly to {world} ranks, one micro-batch "
+                "each; use fewer ranks or more data"
+            )
         largest = max(splittable, key=lambda b: sum(lengths[i] for i in b))
         at = batches.index(largest)
         half = len(largest) // 2

@@ -25,8 +25,9 @@ def build_encoder(recipe: Recipe, device: str, live: bool = False) -> DNAEncoder
     """The recipe's DNA source: cached embeddings when ``encoder.cache_dir`` is set (the
     encoder's weights are then never loaded), else the live frozen encoder."""
     enc = recipe.encoder
-    return pretrained.dna_source(DNAFusionConfig.from_recipe(recipe), device, cache_dir=enc.cache_dir,
-                                 cache_dtype=enc.cache_dtype, live=live)
+    return pretrained.dna_source(
+        DNAFusionConfig.from_recipe(recipe), device, cache_dir=enc.cache_dir, cache_dtype=enc.cache_dtype, live=live
+    )
 
 
 def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder | None, llm=None, place: bool = True):
@@ -38,14 +39,27 @@ def build_model(recipe: Recipe, device: str, encoder: DNAEncoder | CachedEncoder
     without weights on disk).
     """
     model, tokenizer = pretrained.build(
-        DNAFusionConfig.from_recipe(recipe), device, encoder, packing=recipe.train.packing or recipe.train.max_tokens > 0,
-        gradient_checkpointing=recipe.llm.gradient_checkpointing, liger=recipe.llm.liger, llm=llm, place=False)
+        DNAFusionConfig.from_recipe(recipe),
+        device,
+        encoder,
+        packing=recipe.train.packing or recipe.train.max_tokens > 0,
+        gradient_checkpointing=recipe.llm.gradient_checkpointing,
+        liger=recipe.llm.liger,
+        llm=llm,
+        place=False,
+    )
     if recipe.train.compile:
         compile_layers(model.llm)
     return (model.to(device) if place else model), tokenizer
 
 
-def build_processor(recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncoder | DNATokenizer | None) -> DNAChatProcessor:
+def build_processor(
+    recipe: Recipe, tokenizer, encoder: DNAEncoder | CachedEncoder | DNATokenizer | None
+) -> DNAChatProcessor:
     dna_tokenizer = encoder.tokenizer if isinstance(encoder, (DNAEncoder, CachedEncoder)) else encoder
-    return DNAChatProcessor.from_config(DNAFusionConfig.from_recipe(recipe), tokenizer, dna_tokenizer,
-                                        packing=recipe.train.packing or recipe.train.max_tokens > 0)
+    return DNAChatProcessor.from_config(
+        DNAFusionConfig.from_recipe(recipe),
+        tokenizer,
+        dna_tokenizer,
+        packing=recipe.train.packing or recipe.train.max_tokens > 0,
+    )

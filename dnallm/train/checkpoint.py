@@ -160,7 +160,7 @@ def restore_rng(checkpoint: Path, rank: int) -> bool:
         if meta is None:
             return False
         prefix = f"rank{rank}."
-        tensors = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+        tensors = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
     scalars = json.loads(meta)
     torch.set_rng_state(tensors["torch"])
     cuda = sorted((int(k[4:]), v) for k, v in tensors.items() if k.startswith("cuda"))
@@ -176,8 +176,17 @@ def restore_rng(checkpoint: Path, rank: int) -> bool:
 # ---- save / load ------------------------------------------------------------------------------
 
 
-def save_checkpoint(run_dir: str | Path, step: int, engine, objective, recipe_yaml: str, state: dict, *,
-                    keep_last: int = 0, run_id: str = "") -> Path | None:
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    engine,
+    objective,
+    recipe_yaml: str,
+    state: dict,
+    *,
+    keep_last: int = 0,
+    run_id: str = "",
+) -> Path | None:
     """Gather the objective's tensors, optimizer state and RNG state on every rank (collectives);
     rank 0 writes, then prunes this run's older checkpoints. Returns the path on rank 0."""
     model = engine.module
@@ -219,4 +228,3 @@ def load_moments(model, checkpoint: str | Path) -> dict:
         name, moment = key.rsplit("::", 1)
         out.setdefault(params[name], {})[moment] = value
     return out
-

@@ -37,12 +37,20 @@ from dnallm.train.coverage_data import build_datasets, open_sources
 from dnallm.train.coverage_validation import validate
 from dnallm.train.trainer import fit
 
+
 def adafactor(recipe: CoverageRecipe) -> tuple[str, object]:
     """transformers' Adafactor with a fixed, scheduled learning rate (no relative steps): (name, builder)."""
     t = recipe.train
 
     def build(param_groups):
-        return Adafactor(param_groups, lr=t.lr, weight_decay=t.weight_decay, scale_parameter=False, relative_step=False, warmup_init=False)
+        return Adafactor(
+            param_groups,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+        )
 
     return "Adafactor", build
 
@@ -50,8 +58,12 @@ def adafactor(recipe: CoverageRecipe) -> tuple[str, object]:
 def build_model(recipe: CoverageRecipe, n_tracks: int) -> CoverageModel:
     h, enc = recipe.head, recipe.encoder
     model = CoverageModel.from_pretrained(
-        enc.name_or_path, n_tracks, trust_remote_code=enc.trust_remote_code,
-        channels=tuple(h.channels), kernel_size=h.kernel_size, dropout=h.dropout,
+        enc.name_or_path,
+        n_tracks,
+        trust_remote_code=enc.trust_remote_code,
+        channels=tuple(h.channels),
+        kernel_size=h.kernel_size,
+        dropout=h.dropout,
     )
     if enc.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -65,8 +77,15 @@ def param_groups(model, recipe: CoverageRecipe) -> list[dict]:
 
 def build_engine(recipe: CoverageRecipe, model, total_steps: int, grad_accum: int, device: str):
     """The shared engine with this objective's optimizer (Adafactor)."""
-    return engines.build_engine(recipe, model, param_groups(model, recipe), total_steps=total_steps, grad_accum=grad_accum,
-                                device=device, optimizer=adafactor(recipe))
+    return engines.build_engine(
+        recipe,
+        model,
+        param_groups(model, recipe),
+        total_steps=total_steps,
+        grad_accum=grad_accum,
+        device=device,
+        optimizer=adafactor(recipe),
+    )
 
 
 class Coverage:
@@ -86,8 +105,15 @@ class Coverage:
         self.tokenizer = load_tokenizer(recipe.encoder.name_or_path, recipe.encoder.trust_remote_code)
         self.transform = target_transform(recipe, self.tracks)
         self.train_ds, self.val_ds, self.data_report = build_datasets(
-            recipe, genome, reader, self.tracks, base_token_ids(self.tokenizer), pad_token_id(self.tokenizer), self.transform,
-            rank=rank, world=world,
+            recipe,
+            genome,
+            reader,
+            self.tracks,
+            base_token_ids(self.tokenizer),
+            pad_token_id(self.tokenizer),
+            self.transform,
+            rank=rank,
+            world=world,
         )
         return build_model(recipe, len(self.tracks))
 
@@ -100,15 +126,24 @@ class Coverage:
     def batches(self, epoch: int, skip: int):
         self.train_ds.set_epoch(epoch, skip)
         # Its own generator: starting an epoch leaves the global RNG (dropout) untouched.
-        return DataLoader(self.train_ds, batch_size=None, num_workers=self.recipe.data.num_workers, persistent_workers=False,
-                          generator=torch.Generator().manual_seed(self.recipe.seed + epoch))
+        return DataLoader(
+            self.train_ds,
+            batch_size=None,
+            num_workers=self.recipe.data.num_workers,
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.recipe.seed + epoch),
+        )
 
     def train_step(self, engine, batch: dict):
         out = engine(
-            input_ids=batch["input_ids"].to(engine.device), attention_mask=batch["attention_mask"].to(engine.device),
+            input_ids=batch["input_ids"].to(engine.device),
+            attention_mask=batch["attention_mask"].to(engine.device),
             targets=batch["targets"].to(engine.device),
         )
-        return out.loss, {"missing": float(batch["n_missing"].sum()), "values": int(batch["attention_mask"].sum()) * len(self.tracks)}
+        return out.loss, {
+            "missing": float(batch["n_missing"].sum()),
+            "values": int(batch["attention_mask"].sum()) * len(self.tracks),
+        }
 
     def train_metrics(self, counts: dict, seconds: float) -> dict:
         return {"data/missing_fraction": counts["missing"] / max(1, counts["values"])}
@@ -116,11 +151,16 @@ class Coverage:
     def validate(self, engine):
         if self.val_ds is None:
             return None
-        loader = DataLoader(self.val_ds, batch_size=None, num_workers=self.recipe.data.num_workers, generator=torch.Generator())
+        loader = DataLoader(
+            self.val_ds, batch_size=None, num_workers=self.recipe.data.num_workers, generator=torch.Generator()
+        )
         val = validate(engine, loader, self.transform, len(self.tracks), self.device)
         pearson = dict(zip([tr.name for tr in self.tracks], val["pearson_log1p"]))
         entry = {"val_loss": val["loss"], "val_pearson_log1p": pearson}
-        return entry, {"val/loss": val["loss"], **{f"val/pearson_log1p/{k}": v for k, v in pearson.items() if v is not None}}
+        return entry, {
+            "val/loss": val["loss"],
+            **{f"val/pearson_log1p/{k}": v for k, v in pearson.items() if v is not None},
+        }
 
     def run_report(self) -> dict:
         return {"data": self.data_report}

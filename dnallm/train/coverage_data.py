@@ -51,8 +51,14 @@ def split(recipe: CoverageRecipe, genome: Genome, show_progress: bool = True) ->
     d = recipe.data
     step = stride(recipe)
     splits = split_windows(
-        genome.sizes, chroms=d.chroms, window=d.window, stride=step, val_chroms=d.val_chroms, test_chroms=d.test_chroms,
-        val_regions=held_out_regions(recipe, genome, "val"), test_regions=held_out_regions(recipe, genome, "test"),
+        genome.sizes,
+        chroms=d.chroms,
+        window=d.window,
+        stride=step,
+        val_chroms=d.val_chroms,
+        test_chroms=d.test_chroms,
+        val_regions=held_out_regions(recipe, genome, "val"),
+        test_regions=held_out_regions(recipe, genome, "test"),
     )
     report = {"windows": {}, "skipped_mostly_n": {}}
     for name, windows in splits.items():
@@ -61,26 +67,48 @@ def split(recipe: CoverageRecipe, genome: Genome, show_progress: bool = True) ->
         report["windows"][name] = len(splits[name])
         report["skipped_mostly_n"][name] = int((frac > d.max_n_fraction).sum())
     if not splits["train"]:
-        raise TrackDataError(f"no training windows left (chroms {d.chroms}, minus held-out ones and windows over {d.max_n_fraction:.0%} N)")
+        raise TrackDataError(
+            f"no training windows left (chroms {d.chroms}, minus held-out ones and windows over {d.max_n_fraction:.0%} N)"
+        )
     return splits, report
 
 
 def build_datasets(
-    recipe: CoverageRecipe, genome: Genome, reader: CoverageReader, tracks: list[Track], lookup: np.ndarray, pad_id: int,
-    transform: TargetTransform, *, rank: int = 0, world: int = 1,
+    recipe: CoverageRecipe,
+    genome: Genome,
+    reader: CoverageReader,
+    tracks: list[Track],
+    lookup: np.ndarray,
+    pad_id: int,
+    transform: TargetTransform,
+    *,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[CoverageWindows, CoverageWindows | None, dict]:
     d = recipe.data
     splits, report = split(recipe, genome, show_progress=rank == 0)
     common = dict(lookup=lookup, transform=transform, pad_id=pad_id, rank=rank, world_size=world)
     train = CoverageWindows(
-        genome, reader, splits["train"], batch_size=recipe.train.micro_batch_size, shuffle=True, seed=recipe.seed,
-        rc_augment=d.rc_augment, partners=strand_partners(tracks) if d.rc_augment else None, drop_last=True, **common,
+        genome,
+        reader,
+        splits["train"],
+        batch_size=recipe.train.micro_batch_size,
+        shuffle=True,
+        seed=recipe.seed,
+        rc_augment=d.rc_augment,
+        partners=strand_partners(tracks) if d.rc_augment else None,
+        drop_last=True,
+        **common,
     )
     val_windows = splits["val"]
     if len(val_windows) > recipe.eval.max_val_windows:  # evenly spaced, so every held-out chromosome is seen
         keep = np.linspace(0, len(val_windows) - 1, recipe.eval.max_val_windows).round().astype(int)
         val_windows = [val_windows[i] for i in keep]
     # Every rank must run the same number of forwards (ZeRO-3 gathers weights in each).
-    val = CoverageWindows(genome, reader, val_windows, batch_size=recipe.eval.batch_size, drop_last=world > 1, **common) if val_windows else None
+    val = (
+        CoverageWindows(genome, reader, val_windows, batch_size=recipe.eval.batch_size, drop_last=world > 1, **common)
+        if val_windows
+        else None
+    )
     report["val_windows_scored"] = len(val_windows)
     return train, val, report

@@ -17,7 +17,9 @@ def validate(engine, loader, transform: TargetTransform, n_tracks: int, device: 
     for batch in loader:
         mask = batch["attention_mask"].to(device)
         out = engine(input_ids=batch["input_ids"].to(device), attention_mask=mask, targets=batch["targets"].to(device))
-        loss_sum += torch.tensor([out.loss.item() * mask.sum().item(), mask.sum().item()], dtype=torch.float64, device=device)
+        loss_sum += torch.tensor(
+            [out.loss.item() * mask.sum().item(), mask.sum().item()], dtype=torch.float64, device=device
+        )
         keep = mask.cpu()
         pred = transform.inverse(out.pred.float().cpu()[keep])  # (N, T), raw units
         obs = transform.inverse(batch["targets"][keep])
@@ -26,4 +28,7 @@ def validate(engine, loader, transform: TargetTransform, n_tracks: int, device: 
         torch.distributed.all_reduce(loss_sum)
     pearson.all_reduce(device)
     engine.module.train()
-    return {"loss": float(loss_sum[0] / loss_sum[1].clamp(min=1)), "pearson_log1p": [None if np.isnan(r) else float(r) for r in pearson.value()]}
+    return {
+        "loss": float(loss_sum[0] / loss_sum[1].clamp(min=1)),
+        "pearson_log1p": [None if np.isnan(r) else float(r) for r in pearson.value()],
+    }

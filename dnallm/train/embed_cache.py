@@ -24,7 +24,11 @@ def cache_embeddings(recipe: Recipe, extra_data: list[str] = (), rebuild: bool =
     with exclusive_output(recipe.encoder.cache_dir, "encoder.cache_dir"):
         encoder = build_encoder(recipe, device, live=True)
         stats = build_cache(
-            encoder, windows, recipe.encoder.cache_dir, cache_identity(recipe, device),
-            batch_size=recipe.encoder.batch_size, rebuild=rebuild,
+            encoder,
+            windows,
+            recipe.encoder.cache_dir,
+            cache_identity(recipe, device),
+            batch_size=recipe.encoder.batch_size,
+            rebuild=rebuild,
         )
     return {"cache_dir": recipe.encoder.cache_dir, "files": files, **stats}

@@ -27,7 +27,9 @@ def fast_forward(scheduler, steps: int) -> None:
     """Bring a fresh schedule to ``steps`` on resume (no optimizer step in between, on purpose)."""
     with warnings.catch_warnings():
         # torch warns that the schedule moved before the optimizer: here that is the point.
-        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
+        warnings.filterwarnings(
+            "ignore", message=re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+        )
         for _ in range(steps):
             scheduler.step()
 
@@ -39,9 +41,11 @@ def grad_accum_steps(recipe, world: int) -> int:
     if t.global_batch_size <= 0:
         return t.grad_accum
     if getattr(t, "max_tokens", 0):
-        raise ValueError(f"train.global_batch_size={t.global_batch_size} counts samples, which a token budget "
-                         f"(train.max_tokens={t.max_tokens}) does not fix: set train.grad_accum instead "
-                         "(global_batch_size=0)")
+        raise ValueError(
+            f"train.global_batch_size={t.global_batch_size} counts samples, which a token budget "
+            f"(train.max_tokens={t.max_tokens}) does not fix: set train.grad_accum instead "
+            "(global_batch_size=0)"
+        )
     per_step = t.micro_batch_size * world
     if t.global_batch_size % per_step:
         raise ValueError(
@@ -57,8 +61,16 @@ def fused_adamw(param_groups: list[dict]) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups, fused=True)
 
 
-def build_engine(recipe, model: nn.Module, param_groups: list[dict], *, total_steps: int, grad_accum: int, device: str,
-                 optimizer: tuple[str, object] | None = None):
+def build_engine(
+    recipe,
+    model: nn.Module,
+    param_groups: list[dict],
+    *,
+    total_steps: int,
+    grad_accum: int,
+    device: str,
+    optimizer: tuple[str, object] | None = None,
+):
     """Cosine schedule with linear warm-up, then DeepSpeed (``recipe.deepspeed``) or plain PyTorch.
 
     ``optimizer``: (name, builder from param groups); None is AdamW, or the optimizer a
@@ -76,19 +88,36 @@ def build_engine(recipe, model: nn.Module, param_groups: list[dict], *, total_st
     optimizer_fn = optimizer[1] if optimizer else fused_adamw
     if recipe.deepspeed:
         config = resolve_deepspeed_config(
-            recipe.deepspeed, micro_batch_size=t.micro_batch_size, grad_accum=grad_accum,
-            max_grad_norm=t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay, device=device,
+            recipe.deepspeed,
+            micro_batch_size=t.micro_batch_size,
+            grad_accum=grad_accum,
+            max_grad_norm=t.max_grad_norm,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            device=device,
         )
         if optimizer and "optimizer" in config:
             raise ValueError(
                 f"{recipe.deepspeed} builds its own optimizer ({config['optimizer'].get('type')}); the {recipe.objective} recipe "
                 f"trains with {optimizer[0]}: use a DeepSpeed config without an 'optimizer' section (zero2.json, zero3.json)"
             )
-        return DeepSpeedEngine(model, param_groups, scheduler_fn, config=config, device=device, optimizer_fn=optimizer_fn)
+        return DeepSpeedEngine(
+            model, param_groups, scheduler_fn, config=config, device=device, optimizer_fn=optimizer_fn
+        )
     _, _, world = distributed_env()
     if world > 1:
-        raise RuntimeError("multi-process training needs a DeepSpeed config: add deepspeed=recipes/deepspeed/zero2.json")
-    return TorchEngine(model, param_groups, scheduler_fn, grad_accum=grad_accum, max_grad_norm=t.max_grad_norm, device=device, optimizer_fn=optimizer_fn)
+        raise RuntimeError(
+            "multi-process training needs a DeepSpeed config: add deepspeed=recipes/deepspeed/zero2.json"
+        )
+    return TorchEngine(
+        model,
+        param_groups,
+        scheduler_fn,
+        grad_accum=grad_accum,
+        max_grad_norm=t.max_grad_norm,
+        device=device,
+        optimizer_fn=optimizer_fn,
+    )
 
 
 def _close_process_group() -> None:
@@ -113,7 +142,13 @@ def partition_from_host(model: nn.Module, config: dict, device: str) -> None:
     partitioned and go to the device."""
     import deepspeed
 
-    half = torch.bfloat16 if config.get("bf16", {}).get("enabled") is True else torch.float16 if config.get("fp16", {}).get("enabled") is True else None
+    half = (
+        torch.bfloat16
+        if config.get("bf16", {}).get("enabled") is True
+        else torch.float16
+        if config.get("fp16", {}).get("enabled") is True
+        else None
+    )
     if half is not None:
         for p in model.parameters():
             if p.is_floating_point() and p.dtype != half:
@@ -135,11 +170,26 @@ def single_process_defaults() -> None:
     with socket.socket() as sock:  # a free port on this machine
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
         os.environ.setdefault(key, value)
 
 
-def resolve_deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: int, max_grad_norm: float, lr: float, weight_decay: float, device: str) -> dict:
+def resolve_deepspeed_config(
+    path: str,
+    *,
+    micro_batch_size: int,
+    grad_accum: int,
+    max_grad_norm: float,
+    lr: float,
+    weight_decay: float,
+    device: str,
+) -> dict:
     """Read a DeepSpeed JSON and fill its ``"auto"`` values from the recipe."""
     config = json.loads(Path(path).read_text())
     _, _, world = distributed_env()
@@ -170,8 +220,17 @@ def resolve_deepspeed_config(path: str, *, micro_batch_size: int, grad_accum: in
 class TorchEngine:
     """Single-process PyTorch: autocast to bf16 on CUDA, fp32 on CPU."""
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, grad_accum: int, max_grad_norm: float, device: str,
-                 optimizer_fn=fused_adamw):
+    def __init__(
+        self,
+        model: nn.Module,
+        param_groups: list[dict],
+        scheduler_fn,
+        *,
+        grad_accum: int,
+        max_grad_norm: float,
+        device: str,
+        optimizer_fn=fused_adamw,
+    ):
         self.module = model.to(device)
         self.optimizer = optimizer_fn(param_groups)
         self.scheduler = scheduler_fn(self.optimizer)
@@ -231,7 +290,16 @@ class TorchEngine:
 class DeepSpeedEngine:
     """``deepspeed.initialize`` around the fusion model (ZeRO stage from the JSON)."""
 
-    def __init__(self, model: nn.Module, param_groups: list[dict], scheduler_fn, *, config: dict, device: str, optimizer_fn=fused_adamw):
+    def __init__(
+        self,
+        model: nn.Module,
+        param_groups: list[dict],
+        scheduler_fn,
+        *,
+        config: dict,
+        device: str,
+        optimizer_fn=fused_adamw,
+    ):
         """``optimizer_fn`` builds the optimizer unless the JSON has an ``optimizer`` section
         (needed for ZeRO-Offload, whose CPU Adam DeepSpeed builds itself)."""
         import deepspeed
@@ -253,14 +321,20 @@ class DeepSpeedEngine:
             model.to(device)
         self._linked_at = None
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=param_groups if optimizer is None else None,
-            optimizer=optimizer, lr_scheduler=scheduler_fn, config=config,
+            model=model,
+            model_parameters=param_groups if optimizer is None else None,
+            optimizer=optimizer,
+            lr_scheduler=scheduler_fn,
+            config=config,
         )
         self.module = self.engine.module
         self.device = device
         # Un-partitioned moments are read and written for Adam only; other optimizers (Adafactor)
         # keep flat partitioned state, so resuming restores the step and schedule alone.
-        self.adam = any(c.__name__ in ("Adam", "AdamW", "DeepSpeedCPUAdam", "FusedAdam") for c in type(self._inner_optimizer()).__mro__)
+        self.adam = any(
+            c.__name__ in ("Adam", "AdamW", "DeepSpeedCPUAdam", "FusedAdam")
+            for c in type(self._inner_optimizer()).__mro__
+        )
         self.rank = torch.distributed.get_rank()
         self.world_size = torch.distributed.get_world_size()
 
@@ -304,16 +378,18 @@ class DeepSpeedEngine:
         inner, zero = self._inner_optimizer(), self.engine.optimizer
         if create:
             # The flat fp32 partitions Adam steps over: ZeRO-3, ZeRO-1/2, or no ZeRO.
-            flats = getattr(zero, "fp32_partitioned_groups_flat", None) or getattr(zero, "single_partition_of_fp32_groups", None)
+            flats = getattr(zero, "fp32_partitioned_groups_flat", None) or getattr(
+                zero, "single_partition_of_fp32_groups", None
+            )
             if flats is None:
                 flats = [p for group in inner.param_groups for p in group["params"]]
             for flat in flats:
                 if not inner.state[flat]:
-                        inner.state[flat] = {
-                            "step": torch.tensor(0.0),
-                            "exp_avg": torch.zeros_like(flat),
-                            "exp_avg_sq": torch.zeros_like(flat),
-                        }
+                    inner.state[flat] = {
+                        "step": torch.tensor(0.0),
+                        "exp_avg": torch.zeros_like(flat),
+                        "exp_avg_sq": torch.zeros_like(flat),
+                    }
         if hasattr(zero, "_hp_optimizer_states_linked"):
             zero._hp_optimizer_states_linked = False
             zero._lazy_init_hp_params_optimizer_state()
@@ -333,8 +409,10 @@ class DeepSpeedEngine:
                 return None
             # After a step the moments exist: a checkpoint without them would not resume exactly.
             shape = tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 keeps the whole shape aside
-            raise RuntimeError(f"cannot gather the optimizer moments of a parameter of shape {shape} at step "
-                               f"{self.engine.global_steps} ({type(e).__name__}: {e})") from e
+            raise RuntimeError(
+                f"cannot gather the optimizer moments of a parameter of shape {shape} at step "
+                f"{self.engine.global_steps} ({type(e).__name__}: {e})"
+            ) from e
         if any(v is None for v in out.values()) or self.rank != 0:
             return None  # gathered on every rank (a collective), kept on rank 0 only
         return {k: v.detach().float().cpu() for k, v in out.items()}
@@ -344,8 +422,11 @@ class DeepSpeedEngine:
 
         if not self.adam and step > 0:
             # Said, not silent: only Adam's moments are saved un-partitioned (see __init__).
-            print(f"resume: {type(self._inner_optimizer()).__name__} state is not kept under DeepSpeed; the step and "
-                  "learning-rate schedule resume, the optimizer's running statistics start afresh", file=sys.stderr)
+            print(
+                f"resume: {type(self._inner_optimizer()).__name__} state is not kept under DeepSpeed; the step and "
+                "learning-rate schedule resume, the optimizer's running statistics start afresh",
+                file=sys.stderr,
+            )
         if self.adam:
             self._link_moments(create=True)
             self._linked_at = None
@@ -405,5 +486,17 @@ def _replay_cpu_adam_powers(optimizer, step: int) -> None:
     group, empty = optimizer.param_groups[0], torch.empty(0)
     beta1, beta2 = group["betas"]
     for t in range(1, step + 1):
-        native.adam_update(optimizer.opt_id, t, group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
-                           group["bias_correction"], empty, empty, empty, empty)
+        native.adam_update(
+            optimizer.opt_id,
+            t,
+            group["lr"],
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+            group["bias_correction"],
+            empty,
+            empty,
+            empty,
+            empty,
+        )

@@ -47,12 +47,20 @@ def param_groups(model, recipe: Recipe) -> list[dict]:
 
 
 # What a training batch hands the fusion model's forward, as tensors to move to the device.
-MODEL_TENSORS = ("input_ids", "attention_mask", "labels", "position_ids", "cu_seq_lens",
-                 "reply_index", "reply_targets")
+MODEL_TENSORS = (
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "position_ids",
+    "cu_seq_lens",
+    "reply_index",
+    "reply_targets",
+)
 
 
-def training_batch(processor, rows: list[dict], cache: CachedEncoder | None = None,
-                   encoder_batch_size: int = 8) -> dict:
+def training_batch(
+    processor, rows: list[dict], cache: CachedEncoder | None = None, encoder_batch_size: int = 8
+) -> dict:
     """``processor.train_batch`` plus, found on the host, where the loss is (``reply_index``,
     ``reply_targets``) and how many tokens it counts (``n_targets``, an int): the step then
     needs no host sync to select them, and the trainer weights micro-batches by it.
@@ -76,9 +84,20 @@ def pretrain_summary(model, encoder, examples, recipe: Recipe, device: str) -> d
     labels = LabelSet(list(examples["answer"]))
     targets = torch.tensor([labels.labels.index(labels.canonical(a)) for a in examples["answer"]])
     context = model.summary.context
-    views = encode_pairs(encoder, list(examples["ref_window"]), list(examples["var_window"]), recipe.encoder.batch_size, context)
-    head, losses = train_classifier(views, targets, len(labels), kind=recipe.projector.summary, context=context, epochs=epochs,
-                                    seed=recipe.seed, device=device, desc="stage 1: the summary's pair encoder")
+    views = encode_pairs(
+        encoder, list(examples["ref_window"]), list(examples["var_window"]), recipe.encoder.batch_size, context
+    )
+    head, losses = train_classifier(
+        views,
+        targets,
+        len(labels),
+        kind=recipe.projector.summary,
+        context=context,
+        epochs=epochs,
+        seed=recipe.seed,
+        device=device,
+        desc="stage 1: the summary's pair encoder",
+    )
     with torch.no_grad():
         for target, trained in zip(model.summary.encoder.parameters(), head.encoder.parameters()):
             target.copy_(trained)
@@ -142,7 +161,9 @@ class FineTune:
         self.device, self.rank, self.world = device, rank, world
         d = recipe.data
         train_ds = load_examples(d.train, d.dna_window, need_reasoning=d.with_reasoning, need_dna=d.use_dna)
-        val_ds = load_examples(d.val, d.dna_window, need_reasoning=d.with_reasoning, need_dna=d.use_dna) if d.val else None
+        val_ds = (
+            load_examples(d.val, d.dna_window, need_reasoning=d.with_reasoning, need_dna=d.use_dna) if d.val else None
+        )
         self.encoder = build_encoder(recipe, device)
         for path in (d.train, d.val):
             if path:
@@ -151,14 +172,17 @@ class FineTune:
         self.stage1 = pretrain_summary(model, self.encoder, train_ds, recipe, device) if d.use_dna else {}
         self.processor = build_processor(recipe, tokenizer, self.encoder)
         self.train_rows = [self.processor(ex) for ex in tqdm(train_ds, desc="tokenizing train", disable=rank != 0)]
-        self.val_rows = [self.processor(ex) for ex in tqdm(val_ds, desc="tokenizing val", disable=rank != 0)] if val_ds else []
+        self.val_rows = (
+            [self.processor(ex) for ex in tqdm(val_ds, desc="tokenizing val", disable=rank != 0)] if val_ds else []
+        )
         t = recipe.train
         if t.max_tokens:
             lengths = [len(r["input_ids"]) for r in self.train_rows]
             self.plan = TokenBudgetBatches(lengths, t.max_tokens, recipe.seed, world)
         else:
-            self.sampler = DistributedSampler(self.train_rows, num_replicas=world, rank=rank, shuffle=True,
-                                              seed=recipe.seed)
+            self.sampler = DistributedSampler(
+                self.train_rows, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed
+            )
         return model
 
     def param_groups(self, model) -> list[dict]:
@@ -174,16 +198,22 @@ class FineTune:
         # embedding cache, workers read it ahead of the step (on a GPU; on the CPU the step would wait for them).
         cuda = self.device.startswith("cuda")
         host_cache = self.encoder.on_host() if isinstance(self.encoder, CachedEncoder) else None
-        collate = partial(training_batch, self.processor, cache=host_cache,
-                          encoder_batch_size=self.recipe.encoder.batch_size)
+        collate = partial(
+            training_batch, self.processor, cache=host_cache, encoder_batch_size=self.recipe.encoder.batch_size
+        )
         workers = 2 if cuda and host_cache is not None else 0
         loading = {"collate_fn": collate, "pin_memory": cuda, "num_workers": workers}
         if self.recipe.train.max_tokens:
             return DataLoader(self.train_rows, batch_sampler=self.plan.for_rank(epoch, self.rank)[skip:], **loading)
         self.sampler.set_epoch(epoch)
         # Its own generator: starting an epoch leaves the global RNG (dropout) untouched.
-        loader = DataLoader(self.train_rows, batch_size=self.recipe.train.micro_batch_size, sampler=self.sampler,
-                            generator=torch.Generator().manual_seed(self.recipe.seed + epoch), **loading)
+        loader = DataLoader(
+            self.train_rows,
+            batch_size=self.recipe.train.micro_batch_size,
+            sampler=self.sampler,
+            generator=torch.Generator().manual_seed(self.recipe.seed + epoch),
+            **loading,
+        )
         return islice(loader, skip, None)
 
     def train_step(self, engine, batch: dict):
@@ -219,7 +249,7 @@ class FineTune:
 def save_adapter(model, values: dict[str, torch.Tensor], out: Path) -> None:
     """The LoRA part alone in peft's format (for merging with peft)."""
     prefix = "llm."
-    lora = {n[len(prefix):]: v for n, v in values.items() if n.startswith(prefix) and "lora_" in n}
+    lora = {n[len(prefix) :]: v for n, v in values.items() if n.startswith(prefix) and "lora_" in n}
     # The DNA token rows are deterministic (see fusion.model.add_dna_tokens): no embeddings here.
     peft_state = get_peft_model_state_dict(model.llm, state_dict=lora, save_embedding_layers=False)
     out.mkdir()

@@ -46,7 +46,9 @@ CURVES = ("reward", "sampled_accuracy", "kl", "reply_length")
 def init_checkpoint(recipe: GRPORecipe) -> Path:
     """``grpo.init_from`` resolved, after checking it was trained with this recipe's model sections."""
     if not recipe.grpo.init_from:
-        raise RecipeError("grpo.init_from is empty: set it to the fine-tuned checkpoint (or its run directory), e.g. grpo.init_from=runs/kegg-tiny")
+        raise RecipeError(
+            "grpo.init_from is empty: set it to the fine-tuned checkpoint (or its run directory), e.g. grpo.init_from=runs/kegg-tiny"
+        )
     checkpoint = resolve_checkpoint(recipe.grpo.init_from)
     theirs = read_config(checkpoint)
     locate_models(theirs, relative_to=checkpoint)
@@ -56,8 +58,10 @@ def init_checkpoint(recipe: GRPORecipe) -> Path:
     if differences:
         theirs_text = ", ".join(f"{key}={value!r}" for key, _, value in differences)
         ours_text = ", ".join(f"{key}={value!r}" for key, value, _ in differences)
-        raise RecipeError(f"grpo.init_from: {checkpoint} was fine-tuned with {theirs_text}, this recipe has {ours_text}; "
-                          "make them equal")
+        raise RecipeError(
+            f"grpo.init_from: {checkpoint} was fine-tuned with {theirs_text}, this recipe has {ours_text}; "
+            "make them equal"
+        )
     return checkpoint
 
 
@@ -94,7 +98,9 @@ def plot_curves(log: Path, path: Path) -> None:
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
     steps = [entry["step"] for entry in lines]
     for ax, key in zip(axes, CURVES):
-        ax.plot(steps, [entry.get(f"grpo/{key}", float("nan")) for entry in lines], marker="." if len(steps) < 50 else None)
+        ax.plot(
+            steps, [entry.get(f"grpo/{key}", float("nan")) for entry in lines], marker="." if len(steps) < 50 else None
+        )
         ax.set_title(key.replace("_", " "))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -116,8 +122,10 @@ class GRPO(FineTune):
         super().__init__(recipe)
         g = recipe.grpo
         if recipe.data.val:  # rewards on held-out prompts are `dnallm eval`'s work, not a training signal
-            raise RecipeError(f"data.val={recipe.data.val!r}: GRPO does not validate; set data.val= (empty) and run "
-                              "`dnallm eval RUN_DIR --data FILE` on the result")
+            raise RecipeError(
+                f"data.val={recipe.data.val!r}: GRPO does not validate; set data.val= (empty) and run "
+                "`dnallm eval RUN_DIR --data FILE` on the result"
+            )
         self.init = init_checkpoint(recipe)  # before anything loads
         self.rewards = Rewards(g)
         self.steps_per_round = g.updates_per_batch
@@ -144,8 +152,14 @@ class GRPO(FineTune):
     def batches(self, epoch: int, skip: int):
         per_round = self.grad_accum * self.steps_per_round
         first = epoch * self.rounds_per_epoch + skip // per_round
-        prompts = prompt_batches(len(self.examples), self.recipe.train.micro_batch_size, self.recipe.seed,
-                                 first * self.grad_accum, self.rank, self.world)
+        prompts = prompt_batches(
+            len(self.examples),
+            self.recipe.train.micro_batch_size,
+            self.recipe.seed,
+            first * self.grad_accum,
+            self.rank,
+            self.world,
+        )
         for index in range(first, (epoch + 1) * self.rounds_per_epoch):
             batches = [[self.examples[i] for i in next(prompts)] for _ in range(self.grad_accum)]
             for use in range(skip % per_round if index == first else 0, per_round):
@@ -160,23 +174,37 @@ class GRPO(FineTune):
         for prompts in batches:
             with engine.whole_weights():
                 rollout = sample_replies(
-                    module, self.encoder, self.processor, prompts, group_size=g.group_size, temperature=g.temperature,
-                    top_p=g.top_p, max_new_tokens=g.max_new_tokens, encoder_batch_size=self.recipe.encoder.batch_size,
+                    module,
+                    self.encoder,
+                    self.processor,
+                    prompts,
+                    group_size=g.group_size,
+                    temperature=g.temperature,
+                    top_p=g.top_p,
+                    max_new_tokens=g.max_new_tokens,
+                    encoder_batch_size=self.recipe.encoder.batch_size,
                     device=self.device,
                 )
             n_tokens = rollout.reply_mask.sum(1).long().tolist()
-            replies = [Reply(text, n, done, prompts[i // g.group_size]["answer"], self.labels, g)
-                       for i, (text, n, done) in enumerate(zip(rollout.texts, n_tokens, rollout.finished))]
+            replies = [
+                Reply(text, n, done, prompts[i // g.group_size]["answer"], self.labels, g)
+                for i, (text, n, done) in enumerate(zip(rollout.texts, n_tokens, rollout.finished))
+            ]
             totals, rewards = self.rewards.score(replies)
             advantages = group_advantages(torch.tensor(totals, device=self.device), g.group_size, g.scale_rewards)
             ref = reference_logps(module, rollout) if g.kl_beta > 0 else None
             with torch.no_grad():
                 old = reply_logps(module, rollout) if self.steps_per_round > 1 else None
             parts.append((rollout, advantages, ref, old))
-            sums.update({"rollouts": 1, "sample/reward": float(np.mean(totals)),
-                         **{f"sample/reward/{k}": float(np.mean(v)) for k, v in rewards.items()},
-                         "sample/sampled_accuracy": float(np.mean([correct_label(r) for r in replies])),
-                         "sample/reply_length": float(np.mean(n_tokens))})
+            sums.update(
+                {
+                    "rollouts": 1,
+                    "sample/reward": float(np.mean(totals)),
+                    **{f"sample/reward/{k}": float(np.mean(v)) for k, v in rewards.items()},
+                    "sample/sampled_accuracy": float(np.mean([correct_label(r) for r in replies])),
+                    "sample/reply_length": float(np.mean(n_tokens)),
+                }
+            )
         module.train()
         return parts, sum(float(r.reply_mask.sum()) for r, *_ in parts) / len(parts), sums
 
@@ -192,8 +220,14 @@ class GRPO(FineTune):
         g = self.recipe.grpo
         logps = reply_logps(engine, rollout)
         loss, stats = policy_loss(
-            logps, logps.detach() if old is None else old, advantages, rollout.reply_mask,
-            clip_low=g.clip_eps, clip_high=g.clip_eps_high or g.clip_eps, ref_logps=ref, kl_beta=g.kl_beta,
+            logps,
+            logps.detach() if old is None else old,
+            advantages,
+            rollout.reply_mask,
+            clip_low=g.clip_eps,
+            clip_high=g.clip_eps_high or g.clip_eps,
+            ref_logps=ref,
+            kl_beta=g.kl_beta,
             n_tokens=step_tokens,  # every reply token of the step weighs the same
         )
         counts.update({f"update/{k}": v for k, v in stats.items()})

@@ -23,8 +23,15 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique", "_unique2", "unique_dim",
-            "unique_consecutive"}
+SYNC_OPS = {
+    "_local_scalar_dense",
+    "nonzero",
+    "masked_select",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+}
 MASK_INDEX_OPS = {"index", "index_put", "index_put_", "_index_put_impl_"}
 
 
@@ -50,8 +57,13 @@ class OpCounter(TorchDispatchMode):
 
     def summary(self, top: int = 12) -> dict:
         total = sum(self.ops.values())
-        return {"aten_ops": total, "non_view_ops": total - self.views, "host_syncs": sum(self.syncs.values()),
-                "syncs_by_op": dict(self.syncs), "top_ops": dict(self.ops.most_common(top))}
+        return {
+            "aten_ops": total,
+            "non_view_ops": total - self.views,
+            "host_syncs": sum(self.syncs.values()),
+            "syncs_by_op": dict(self.syncs),
+            "top_ops": dict(self.ops.most_common(top)),
+        }
 
 
 def count_step(recipe, steps_before: int = 0) -> dict:
@@ -68,8 +80,14 @@ def count_step(recipe, steps_before: int = 0) -> dict:
     device = pick_device()
     model = objective.setup(device, 0, 1)
     grad_accum = grad_accum_steps(recipe, 1)
-    engine = build_engine(recipe, model, objective.param_groups(model), total_steps=steps_before + 1,
-                          grad_accum=grad_accum, device=device)
+    engine = build_engine(
+        recipe,
+        model,
+        objective.param_groups(model),
+        total_steps=steps_before + 1,
+        grad_accum=grad_accum,
+        device=device,
+    )
     data = micro_batches(objective, 0, objective.batches_per_epoch())
     window = LossWindow(engine.device)
     engine.module.train()

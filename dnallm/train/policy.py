@@ -31,8 +31,19 @@ class Rollout:
 
 
 @torch.no_grad()
-def sample_replies(model, encoder, processor, examples: list[dict], *, group_size: int, temperature: float, top_p: float,
-                   max_new_tokens: int, encoder_batch_size: int, device: str) -> Rollout:
+def sample_replies(
+    model,
+    encoder,
+    processor,
+    examples: list[dict],
+    *,
+    group_size: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    encoder_batch_size: int,
+    device: str,
+) -> Rollout:
     """Sample ``group_size`` replies per example with the KV cache (``dnallm.fusion.generate``).
 
     The frozen encoder runs once per prompt (or its embeddings come from the cache);
@@ -40,17 +51,23 @@ def sample_replies(model, encoder, processor, examples: list[dict], *, group_siz
     """
     rows = [processor(ex, with_answer=False) for ex in examples]
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    replies = generate(model, processor, encoder, rows, sampling, device=device, encoder_batch_size=encoder_batch_size,
-                       n=group_size)  # tokens: (B*G, T)
+    replies = generate(
+        model, processor, encoder, rows, sampling, device=device, encoder_batch_size=encoder_batch_size, n=group_size
+    )  # tokens: (B*G, T)
     k = sum(len(row["dna"]) for row in rows) // len(rows)  # sequences per prompt
-    dna = {key: t.unflatten(0, (len(rows), k)).repeat_interleave(group_size, 0).flatten(0, 1) for key, t in replies.dna.items()}
+    dna = {
+        key: t.unflatten(0, (len(rows), k)).repeat_interleave(group_size, 0).flatten(0, 1)
+        for key, t in replies.dna.items()
+    }
     prompt_ids = replies.prompt_ids.repeat_interleave(group_size, 0)
     prompt_mask = replies.prompt_mask.repeat_interleave(group_size, 0)
     return Rollout(
         input_ids=torch.cat([prompt_ids, replies.tokens], 1),
         attention_mask=torch.cat([prompt_mask, replies.reply_mask.long()], 1),
         reply_mask=replies.reply_mask.float(),
-        dna=dna, texts=replies.texts, finished=replies.ended,
+        dna=dna,
+        texts=replies.texts,
+        finished=replies.ended,
     )
 
 
@@ -61,8 +78,10 @@ def reply_logps(forward, rollout: Rollout) -> torch.Tensor:
     score_mask[:, -n_reply:] = rollout.reply_mask.bool()
     # The LM head runs on the reply tokens only, in chunks: no (B*G, P+T, vocab) logits.
     logps = forward(
-        input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-        **rollout.dna, score_mask=score_mask,
+        input_ids=rollout.input_ids,
+        attention_mask=rollout.attention_mask,
+        **rollout.dna,
+        score_mask=score_mask,
     ).token_logps
     return logps[:, -n_reply:]
 
@@ -83,9 +102,18 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
     return centred.flatten()
 
 
-def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, reply_mask: torch.Tensor, *,
-                clip_low: float, clip_high: float, ref_logps: torch.Tensor | None = None, kl_beta: float = 0.0,
-                n_tokens: float | None = None) -> tuple[torch.Tensor, dict]:
+def policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    reply_mask: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    ref_logps: torch.Tensor | None = None,
+    kl_beta: float = 0.0,
+    n_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate + ``kl_beta`` * KL(policy || reference), summed over reply tokens and
     divided by ``n_tokens`` (default: this batch's reply tokens), so every token weighs the same
     whatever the length of its reply. Per-token tensors are (B*G, T); ``advantages`` (B*G,)."""
@@ -93,7 +121,12 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
     adv = advantages[:, None]
     per_token = -torch.min(ratio * adv, ratio.clamp(1 - clip_low, 1 + clip_high) * adv)
     n = reply_mask.sum().clamp(min=1) if n_tokens is None else n_tokens
-    stats = {"clip_fraction": float(((ratio - ratio.clamp(1 - clip_low, 1 + clip_high)).abs() > 0).float().mul(reply_mask).sum() / reply_mask.sum().clamp(min=1))}
+    stats = {
+        "clip_fraction": float(
+            ((ratio - ratio.clamp(1 - clip_low, 1 + clip_high)).abs() > 0).float().mul(reply_mask).sum()
+            / reply_mask.sum().clamp(min=1)
+        )
+    }
     if ref_logps is not None:
         delta = ref_logps - logps
         kl = torch.exp(delta) - delta - 1  # k3 estimator: unbiased, never negative

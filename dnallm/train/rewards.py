@@ -76,12 +76,16 @@ def resolve_reward(name: str) -> RewardFn:
     if name in REWARDS:
         return REWARDS[name]
     if ":" not in name:
-        raise RecipeError(f"grpo.rewards: unknown reward {name!r}; built in: {', '.join(sorted(REWARDS))}, or give module:function")
+        raise RecipeError(
+            f"grpo.rewards: unknown reward {name!r}; built in: {', '.join(sorted(REWARDS))}, or give module:function"
+        )
     module_name, fn_name = name.split(":", 1)
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise RecipeError(f"grpo.rewards: cannot load {name!r} ({e}); the module must be importable from where dnallm runs") from None
+        raise RecipeError(
+            f"grpo.rewards: cannot load {name!r} ({e}); the module must be importable from where dnallm runs"
+        ) from None
     if not callable(fn):
         raise RecipeError(f"grpo.rewards: {name!r} is not a function")
     return fn
@@ -93,12 +97,18 @@ class Rewards:
     def __init__(self, config: GRPOConfig):
         names = list(config.rewards)
         if not names:
-            raise RecipeError("grpo.rewards is empty: name at least one reward, e.g. grpo.rewards=[correct_label,answer_format]")
+            raise RecipeError(
+                "grpo.rewards is empty: name at least one reward, e.g. grpo.rewards=[correct_label,answer_format]"
+            )
         weights = [float(w) for w in config.reward_weights] or [1.0] * len(names)
         if len(weights) != len(names):
-            raise RecipeError(f"grpo.reward_weights has {len(weights)} values for {len(names)} rewards ({', '.join(names)})")
+            raise RecipeError(
+                f"grpo.reward_weights has {len(weights)} values for {len(names)} rewards ({', '.join(names)})"
+            )
         if "length" in names and config.length_target <= 0:
-            raise RecipeError("grpo.rewards includes length but grpo.length_target is 0: set it to a token count, e.g. grpo.length_target=256")
+            raise RecipeError(
+                "grpo.rewards includes length but grpo.length_target is 0: set it to a token count, e.g. grpo.length_target=256"
+            )
         self.config = config
         self.parts = [(name, resolve_reward(name), w) for name, w in zip(names, weights)]
 

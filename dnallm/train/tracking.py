@@ -37,7 +37,9 @@ class Tracker:
                 except ImportError:
                     raise ImportError("report_to includes tensorboard: pip install tensorboard") from None
                 writer = SummaryWriter(str(out_dir / "tensorboard"))
-                self.backends.append((lambda step, m, w=writer: [w.add_scalar(k, v, step) for k, v in m.items()], writer.close))
+                self.backends.append(
+                    (lambda step, m, w=writer: [w.add_scalar(k, v, step) for k, v in m.items()], writer.close)
+                )
             elif name == "wandb":
                 try:
                     import wandb

@@ -68,7 +68,14 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from dnallm.io import check_outputs, exclusive_output
-from dnallm.train.checkpoint import check_output_dir, load_moments, read_state, restore_rng, save_checkpoint, seed_everything
+from dnallm.train.checkpoint import (
+    check_output_dir,
+    load_moments,
+    read_state,
+    restore_rng,
+    save_checkpoint,
+    seed_everything,
+)
 from dnallm.train.engine import build_engine, distributed_env, grad_accum_steps, pick_device
 from dnallm.train.tracking import Tracker
 
@@ -213,10 +220,19 @@ def _fit(objective, stop_after: int | None) -> Path:
 
     per_epoch = objective.batches_per_epoch()
     if per_epoch < grad_accum:
-        raise ValueError(f"{per_epoch} training batches per epoch on each rank, fewer than one optimizer step ({grad_accum} micro-batches)")
+        raise ValueError(
+            f"{per_epoch} training batches per epoch on each rank, fewer than one optimizer step ({grad_accum} micro-batches)"
+        )
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * per_epoch / grad_accum)
-    engine = build_engine(recipe, model, objective.param_groups(model), total_steps=total_steps, grad_accum=grad_accum,
-                          device=device, optimizer=objective.optimizer)
+    engine = build_engine(
+        recipe,
+        model,
+        objective.param_groups(model),
+        total_steps=total_steps,
+        grad_accum=grad_accum,
+        device=device,
+        optimizer=objective.optimizer,
+    )
     if start.resume:
         engine.load_master_weights(load_file(Path(start.resume) / objective.weights_file))
         engine.load_moments(load_moments(engine.module, start.resume), start_step)
@@ -241,9 +257,16 @@ def _fit(objective, stop_after: int | None) -> Path:
     def checkpoint(step: int, micro: int, validate: bool = True) -> Path | None:
         history.append(validation(step) if validate else {"step": step})
         epoch, batches_done = divmod(micro, per_epoch)
-        run_state = {"epoch": epoch, "total_steps": total_steps, "history": history, **report,
-                     "data_order": {"seed": recipe.seed, "epoch": epoch, "batches_done": batches_done}}
-        return save_checkpoint(out_dir, step, engine, objective, recipe_yaml, run_state, keep_last=t.keep_last, run_id=start.run_id)
+        run_state = {
+            "epoch": epoch,
+            "total_steps": total_steps,
+            "history": history,
+            **report,
+            "data_order": {"seed": recipe.seed, "epoch": epoch, "batches_done": batches_done},
+        }
+        return save_checkpoint(
+            out_dir, step, engine, objective, recipe_yaml, run_state, keep_last=t.keep_last, run_id=start.run_id
+        )
 
     if objective.validate_at_start and start_step == 0:
         entry = validation(0)  # the baseline the fine-tune is measured against
@@ -261,7 +284,10 @@ def _fit(objective, stop_after: int | None) -> Path:
 
     window = LossWindow(engine.device)
     if start.resume and not restore_rng(start.resume, rank):
-        print(f"note: {start.resume} holds no random-number state for rank {rank}: dropout masks differ from an uninterrupted run", file=sys.stderr)
+        print(
+            f"note: {start.resume} holds no random-number state for rank {rank}: dropout masks differ from an uninterrupted run",
+            file=sys.stderr,
+        )
     engine.module.train()
     bar = tqdm(total=total_steps, initial=start_step, desc="training", disable=rank != 0)
     with sigterm_flag() as sigterm:

@@ -36,8 +36,18 @@ def checkpoint(tiny_models, planted_files, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     recipe = load_recipe(
         Path(__file__).resolve().parents[2] / "recipes" / "kegg" / "tiny.yaml",
-        [f"output_dir={out}", f"encoder.name_or_path={tiny_models['genos']}", f"llm.name_or_path={tiny_models['qwen3']}",
-         f"data.train={planted_files['train']}", "data.val=", "data.dna_window=32", "train.max_steps=30", "train.lr=6e-3", "train.warmup_ratio=0", "train.save_every=0"],
+        [
+            f"output_dir={out}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={planted_files['train']}",
+            "data.val=",
+            "data.dna_window=32",
+            "train.max_steps=30",
+            "train.lr=6e-3",
+            "train.warmup_ratio=0",
+            "train.save_every=0",
+        ],
     )
     return train(recipe)
 
@@ -86,7 +96,9 @@ class LiveServer:
 def limits():
     from dnallm.serve.protocol import Limits
 
-    return Limits(max_body_bytes=64 * 1024, max_dna_length=8001, max_new_tokens=3000, max_prompt_tokens=2048, max_queue=1)
+    return Limits(
+        max_body_bytes=64 * 1024, max_dna_length=8001, max_new_tokens=3000, max_prompt_tokens=2048, max_queue=1
+    )
 
 
 @pytest.fixture(scope="session")

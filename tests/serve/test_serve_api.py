@@ -15,7 +15,10 @@ from serve_helpers import health, request, tagged, wait_for
 
 def expected_reply(session, rec, max_new_tokens, turns=None):
     dna = session.prepare_dna(rec["reference_sequence"], rec["variant_sequence"], 10_000)
-    return session.reply(Conversation(turns or [{"role": "user", "content": rec["question"]}], dna), Sampling(max_new_tokens=max_new_tokens))
+    return session.reply(
+        Conversation(turns or [{"role": "user", "content": rec["question"]}], dna),
+        Sampling(max_new_tokens=max_new_tokens),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +36,22 @@ def test_models_and_health(client, server, session):
 
 def test_openai_client_with_tagged_dna(client, session, test_records):
     rec = test_records[0]
-    resp = client.chat.completions.create(model=session.name, messages=[{"role": "user", "content": tagged(rec)}], max_tokens=24)
+    resp = client.chat.completions.create(
+        model=session.name, messages=[{"role": "user", "content": tagged(rec)}], max_tokens=24
+    )
     want = expected_reply(session, rec, 24)
     assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
     assert resp.choices[0].message.role == "assistant"
     assert resp.choices[0].message.content == want
     assert resp.choices[0].finish_reason in ("stop", "length")
-    assert resp.usage.prompt_tokens == len(session.prompt_ids(Conversation(
-        [{"role": "user", "content": rec["question"]}], session.prepare_dna(rec["reference_sequence"], rec["variant_sequence"], 10_000))))
+    assert resp.usage.prompt_tokens == len(
+        session.prompt_ids(
+            Conversation(
+                [{"role": "user", "content": rec["question"]}],
+                session.prepare_dna(rec["reference_sequence"], rec["variant_sequence"], 10_000),
+            )
+        )
+    )
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
     assert resp.model_extra["prediction"] == (parse_answer(want) or None)
 
@@ -48,7 +59,10 @@ def test_openai_client_with_tagged_dna(client, session, test_records):
 def test_openai_client_streams_with_dna_field(client, session, test_records):
     rec = test_records[1]
     stream = client.chat.completions.create(
-        model=session.name, messages=[{"role": "user", "content": rec["question"]}], max_tokens=24, stream=True,
+        model=session.name,
+        messages=[{"role": "user", "content": rec["question"]}],
+        max_tokens=24,
+        stream=True,
         stream_options={"include_usage": True},
         extra_body={"dna": {"reference": rec["reference_sequence"], "variant": rec["variant_sequence"]}},
     )
@@ -71,7 +85,11 @@ def test_multi_turn_and_system_message(client, session, test_records):
         {"role": "user", "content": [{"type": "text", "text": "Are you sure?"}]},
     ]
     resp = client.chat.completions.create(model=session.name, messages=messages, max_tokens=16)
-    turns = [{"role": "user", "content": rec["question"]}, {"role": "assistant", "content": first}, {"role": "user", "content": "Are you sure?"}]
+    turns = [
+        {"role": "user", "content": rec["question"]},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "Are you sure?"},
+    ]
     assert resp.choices[0].message.content == expected_reply(session, rec, 16, turns)
 
 
@@ -79,14 +97,20 @@ def test_client_errors_are_typed_and_named(client, session, test_records):
     rec = test_records[0]
     bad = rec["variant_sequence"][:100] + "x" + rec["variant_sequence"][101:]
     with pytest.raises(openai.UnprocessableEntityError) as e:
-        client.chat.completions.create(model=session.name, messages=[{"role": "user", "content": tagged({**rec, "variant_sequence": bad})}])
-    assert e.value.body["position"] == 100 and "variant" in e.value.body["message"] and "'X'" in e.value.body["message"]
+        client.chat.completions.create(
+            model=session.name, messages=[{"role": "user", "content": tagged({**rec, "variant_sequence": bad})}]
+        )
+    assert (
+        e.value.body["position"] == 100 and "variant" in e.value.body["message"] and "'X'" in e.value.body["message"]
+    )
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=client.base_url, api_key="wrong", max_retries=0).models.list()
     with pytest.raises(openai.NotFoundError, match="not found; this server serves"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": tagged(rec)}])
     with pytest.raises(openai.BadRequestError, match="max_tokens=100000 exceeds this server's limit of 3000"):
-        client.chat.completions.create(model=session.name, messages=[{"role": "user", "content": tagged(rec)}], max_tokens=100_000)
+        client.chat.completions.create(
+            model=session.name, messages=[{"role": "user", "content": tagged(rec)}], max_tokens=100_000
+        )
     with pytest.raises(openai.UnprocessableEntityError, match="this model reads DNA"):
         client.chat.completions.create(model=session.name, messages=[{"role": "user", "content": "what disease?"}])
 
@@ -94,7 +118,12 @@ def test_client_errors_are_typed_and_named(client, session, test_records):
 def sse_stream(server, body, read_events=2):
     """Open a streaming request, read ``read_events`` SSE events, and return the open connection."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps(body),
+        headers={"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
     events = 0
@@ -111,8 +140,11 @@ def endless(session, rec) -> dict:
     unfinished UTF-8 character would be held back by the streamer until the character ends)."""
     plain = session.tokenizer.convert_tokens_to_ids("A")
     return {
-        "model": session.name, "messages": [{"role": "user", "content": tagged(rec)}], "stream": True,
-        "max_tokens": 3000, "logit_bias": {str(session.eos_id): -100, str(plain): 100},
+        "model": session.name,
+        "messages": [{"role": "user", "content": tagged(rec)}],
+        "stream": True,
+        "max_tokens": 3000,
+        "logit_bias": {str(session.eos_id): -100, str(plain): 100},
     }
 
 
@@ -130,23 +162,38 @@ def test_disconnect_during_streaming_frees_the_slot(server, session, test_record
 def test_queue_limit_then_recovery(server, session, test_records):
     running = sse_stream(server, endless(session, test_records[0]), read_events=2)
     waiting = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    waiting.request("POST", "/v1/chat/completions", body=json.dumps(endless(session, test_records[1])),
-                    headers={"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"})
+    waiting.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps(endless(session, test_records[1])),
+        headers={"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"},
+    )
     wait_for(server, lambda s: s["active"] == 1 and s["waiting"] == 1)
-    status, headers, body = request(server, "POST", "/v1/chat/completions", {**endless(session, test_records[2]), "stream": False})
+    status, headers, body = request(
+        server, "POST", "/v1/chat/completions", {**endless(session, test_records[2]), "stream": False}
+    )
     assert status == 429 and body["error"]["code"] == "queue_full" and "max_queue=1" in body["error"]["message"]
     running.close()
     waiting.close()
     wait_for(server, lambda s: s["active"] == 0 and s["waiting"] == 0)
-    status, _, body = request(server, "POST", "/v1/chat/completions", {"model": session.name, "messages": [{"role": "user", "content": tagged(test_records[2])}], "max_tokens": 8})
+    status, _, body = request(
+        server,
+        "POST",
+        "/v1/chat/completions",
+        {"model": session.name, "messages": [{"role": "user", "content": tagged(test_records[2])}], "max_tokens": 8},
+    )
     assert status == 200 and body["choices"][0]["message"]["content"] == expected_reply(session, test_records[2], 8)
 
 
 def test_disconnect_while_waiting_for_a_full_reply_frees_the_slot(server, session, test_records):
     before = health(server)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps({**endless(session, test_records[1]), "stream": False}),
-                 headers={"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps({**endless(session, test_records[1]), "stream": False}),
+        headers={"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"},
+    )
     wait_for(server, lambda s: s["active"] == 1)
     conn.close()
     state = wait_for(server, lambda s: s["active"] == 0 and s["cancelled"] == before["cancelled"] + 1, seconds=120)
@@ -156,10 +203,19 @@ def test_disconnect_while_waiting_for_a_full_reply_frees_the_slot(server, sessio
 def test_server_replies_as_eval_does_for_the_same_record(client, session, planted_files, test_records):
     # One generation path: `dnallm eval`'s greedy reply and the HTTP server's are the same text and the same cut.
     examples = load_examples(planted_files["test"], session.window).select(range(2))
-    texts, cut = generate_replies(session.model, session.encoder, session.processor, examples, batch_size=1,
-                                  max_new_tokens=24, encoder_batch_size=8, device="cpu")
+    texts, cut = generate_replies(
+        session.model,
+        session.encoder,
+        session.processor,
+        examples,
+        batch_size=1,
+        max_new_tokens=24,
+        encoder_batch_size=8,
+        device="cpu",
+    )
     for rec, want, was_cut in zip(test_records[:2], texts, cut):
-        resp = client.chat.completions.create(model=session.name, messages=[{"role": "user", "content": tagged(rec)}],
-                                              max_tokens=24)
+        resp = client.chat.completions.create(
+            model=session.name, messages=[{"role": "user", "content": tagged(rec)}], max_tokens=24
+        )
         assert resp.choices[0].message.content == want
         assert resp.choices[0].finish_reason == ("length" if was_cut else "stop")

@@ -15,11 +15,20 @@ from dnallm.serve.session import Conversation, Sampling
 from serve_helpers import health, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 MAX_TOKENS = 40
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(), reason="Debian's chromium is not installed (apt-get install chromium)"
+)
 
 COUNT_UPDATES = """() => {
   window.answerUpdates = 0;
@@ -40,7 +49,10 @@ def page(server):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         # The server wants its key: the browser answers the page's login prompt with it.
-        context = browser.new_context(http_credentials={"username": "biologist", "password": server.api_key}, viewport={"width": 1280, "height": 860})
+        context = browser.new_context(
+            http_credentials={"username": "biologist", "password": server.api_key},
+            viewport={"width": 1280, "height": 860},
+        )
         page = context.new_page()
         yield page
         browser.close()
@@ -71,7 +83,11 @@ def test_page_streams_the_answer_and_shows_the_disease(page, server, session, te
     page.fill("#question", "Why that disease?")
     page.click("#ask")
     first = {"role": "assistant", "content": want}
-    follow_up = reply(session, rec, [{"role": "user", "content": rec["question"]}, first, {"role": "user", "content": "Why that disease?"}])
+    follow_up = reply(
+        session,
+        rec,
+        [{"role": "user", "content": rec["question"]}, first, {"role": "user", "content": "Why that disease?"}],
+    )
     expect(page.locator(".turn.assistant").nth(1)).to_have_text(follow_up, timeout=60_000)
 
 
@@ -95,7 +111,9 @@ def test_page_fasta_upload_and_errors(page, server, session, test_records, tmp_p
     three = tmp_path / "three.fa"
     three.write_text(">a\nACGT\n>b\nACGT\n>c\nACGT\n")
     page.set_input_files("#fasta", str(three))
-    expect(page.locator("#error")).to_contain_text("three.fa: expected 2 FASTA records (reference, then variant), found 3")
+    expect(page.locator("#error")).to_contain_text(
+        "three.fa: expected 2 FASTA records (reference, then variant), found 3"
+    )
 
 
 def test_page_streams_a_long_reply_and_stop_frees_the_slot(page, server, session, test_records):

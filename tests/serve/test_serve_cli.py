@@ -22,16 +22,36 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
 
 def expected_reply(session, rec, max_new_tokens):
     dna = session.prepare_dna(rec["reference_sequence"], rec["variant_sequence"], 10_000)
-    return session.reply(Conversation([{"role": "user", "content": rec["question"]}], dna), Sampling(max_new_tokens=max_new_tokens))
+    return session.reply(
+        Conversation([{"role": "user", "content": rec["question"]}], dna), Sampling(max_new_tokens=max_new_tokens)
+    )
 
 
 def test_chat_command_line(checkpoint, planted_files, session, test_records):
     """`dnallm chat` as a user runs it, with questions piped in."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
     result = subprocess.run(
-        [sys.executable, "-m", "dnallm", "chat", str(checkpoint), "--jsonl", str(planted_files["test"]), "--record", "2",
-         "--max-new-tokens", "16", "--device", "cpu"],
-        input=test_records[2]["question"] + "\n/quit\n", capture_output=True, text=True, timeout=300, env=env, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "dnallm",
+            "chat",
+            str(checkpoint),
+            "--jsonl",
+            str(planted_files["test"]),
+            "--record",
+            "2",
+            "--max-new-tokens",
+            "16",
+            "--device",
+            "cpu",
+        ],
+        input=test_records[2]["question"] + "\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     expected = expected_reply(session, test_records[2], 16)
@@ -40,8 +60,23 @@ def test_chat_command_line(checkpoint, planted_files, session, test_records):
 
 def test_chat_command_line_names_bad_dna_before_loading(checkpoint, planted_files):
     result = subprocess.run(
-        [sys.executable, "-m", "dnallm", "chat", str(checkpoint), "--jsonl", str(planted_files["test"]), "--record", "99"],
-        input="", capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "dnallm",
+            "chat",
+            str(checkpoint),
+            "--jsonl",
+            str(planted_files["test"]),
+            "--record",
+            "99",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        cwd=REPO,
     )
     assert result.returncode == 2
     named = f"dnallm chat: error: {planted_files['test']}: record index 99 out of range (file has 8 records"
@@ -60,9 +95,25 @@ def test_serve_command_with_curl(checkpoint, session, test_records, tmp_path):
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dnallm", "serve", str(checkpoint), "--port", str(port), "--device", "cpu",
-         "--max-new-tokens", "16", "--model-name", "tiny"],
-        stdout=log, stderr=subprocess.STDOUT, env={**ENV, "DNALLM_API_KEY": "k1"}, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "dnallm",
+            "serve",
+            str(checkpoint),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "16",
+            "--model-name",
+            "tiny",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**ENV, "DNALLM_API_KEY": "k1"},
+        cwd=REPO,
     )
     try:
         deadline = time.monotonic() + 240
@@ -78,13 +129,29 @@ def test_serve_command_with_curl(checkpoint, session, test_records, tmp_path):
         rec = test_records[3]
         body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": tagged(rec)}]})
         out = subprocess.run(
-            ["curl", "-sS", f"http://127.0.0.1:{port}/v1/chat/completions", "-H", "Authorization: Bearer k1",
-             "-H", "Content-Type: application/json", "-d", body],
-            capture_output=True, text=True, timeout=120, check=True,
+            [
+                "curl",
+                "-sS",
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                "-H",
+                "Authorization: Bearer k1",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         ).stdout
         assert json.loads(out)["choices"][0]["message"]["content"] == expected_reply(session, rec, 16)
-        denied = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/v1/models"],
-                                capture_output=True, text=True, timeout=60).stdout
+        denied = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/v1/models"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
         assert denied == "401"  # the key came from DNALLM_API_KEY
     finally:
         proc.terminate()

@@ -6,8 +6,12 @@ from serve_helpers import request
 
 
 def _body(rec, **extra):
-    return {"dna": {"reference": rec["reference_sequence"], "variant": rec["variant_sequence"]},
-            "question": rec["question"], "label": rec["answer"], **extra}
+    return {
+        "dna": {"reference": rec["reference_sequence"], "variant": rec["variant_sequence"]},
+        "question": rec["question"],
+        "label": rec["answer"],
+        **extra,
+    }
 
 
 def test_explain_request_returns_the_importance_of_the_centre(server, session, test_records):

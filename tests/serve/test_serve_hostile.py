@@ -28,13 +28,16 @@ def chat_body(session, rec, **fields) -> dict:
     return {"model": session.name, "messages": [{"role": "user", "content": tagged(rec)}], "max_tokens": 2, **fields}
 
 
-@pytest.mark.parametrize("where, param", [
-    ("system", "messages.0.content"),
-    ("user", "messages.1.content"),
-    ("content part", "messages.1.content.0.text"),
-    ("dna", "dna.reference"),
-    ("stop", "stop.0"),
-])
+@pytest.mark.parametrize(
+    "where, param",
+    [
+        ("system", "messages.0.content"),
+        ("user", "messages.1.content"),
+        ("content part", "messages.1.content.0.text"),
+        ("dna", "dna.reference"),
+        ("stop", "stop.0"),
+    ],
+)
 def test_a_lone_surrogate_in_any_field_is_400_naming_it(where, param, open_server, session, test_records):
     rec = test_records[0]
     system = {"role": "system", "content": "Be brief." + (SURROGATE if where == "system" else "")}
@@ -42,8 +45,10 @@ def test_a_lone_surrogate_in_any_field_is_400_naming_it(where, param, open_serve
     user = {"role": "user", "content": [{"type": "text", "text": user_text}] if where == "content part" else user_text}
     body = {"model": session.name, "messages": [system, user], "max_tokens": 2}
     if where == "dna":
-        body.update(dna={"reference": rec["reference_sequence"][:-1] + SURROGATE, "variant": rec["variant_sequence"]},
-                    messages=[system, {"role": "user", "content": "Which disease?"}])
+        body.update(
+            dna={"reference": rec["reference_sequence"][:-1] + SURROGATE, "variant": rec["variant_sequence"]},
+            messages=[system, {"role": "user", "content": "Which disease?"}],
+        )
     if where == "stop":
         body["stop"] = [SURROGATE]
     # json.dumps escapes the surrogate as \ud800: valid JSON
@@ -63,11 +68,21 @@ def test_foreign_host_and_non_json_bodies_are_refused(open_server, session, test
     for host in (f"127.0.0.1:{open_server.port}", f"localhost:{open_server.port}", f"[::1]:{open_server.port}"):
         assert request(open_server, "GET", "/health", headers={"Host": host}, key=None)[0] == 200
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
-        status, _, reply = request(open_server, "POST", "/v1/chat/completions", json.dumps(body).encode(),
-                                   headers={"Content-Type": content_type})
+        status, _, reply = request(
+            open_server,
+            "POST",
+            "/v1/chat/completions",
+            json.dumps(body).encode(),
+            headers={"Content-Type": content_type},
+        )
         assert status == 415 and reply["error"]["code"] == "unsupported_media_type", reply
-    status, _, _ = request(open_server, "POST", "/v1/chat/completions", json.dumps(body).encode(),
-                           headers={"Content-Type": "application/json; charset=utf-8"})
+    status, _, _ = request(
+        open_server,
+        "POST",
+        "/v1/chat/completions",
+        json.dumps(body).encode(),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
     assert status == 200
 
 
@@ -130,8 +145,11 @@ def test_slow_and_idle_connections_are_closed_and_never_starve_requests(session,
             open_ones = [sock for sock in open_ones if not closed_by_server(sock)]
         assert not open_ones, f"{len(open_ones)} of {len(slow)} slow connections still open"
         # A body sent too slowly: 408 once the body timeout passes.
-        sock = slow_connection(live.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                          b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        sock = slow_connection(
+            live.port,
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
         sock.settimeout(10)
         started = time.monotonic()
         reply = sock.recv(4096)

@@ -6,7 +6,14 @@ from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.serve.protocol import APIError, parse_request
 from dnallm.serve.inputs import (
-    DNAInputError, clean_dna, pair_from_fasta, parse_fasta, prepare_pair, read_sequence_arg, record_from_jsonl, split_tagged,
+    DNAInputError,
+    clean_dna,
+    pair_from_fasta,
+    parse_fasta,
+    prepare_pair,
+    read_sequence_arg,
+    record_from_jsonl,
+    split_tagged,
 )
 
 
@@ -91,12 +98,15 @@ def test_sequence_argument_is_bases_or_a_fasta_file(tmp_path):
         read_sequence_arg("missing.fa")
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("max_tokens", "5", "max_tokens: Input should be a valid integer"),
-    ("max_completion_tokens", "5", "max_completion_tokens: Input should be a valid integer"),
-    ("temperature", float("nan"), "temperature: Input should be a finite number"),
-    ("top_p", float("inf"), "top_p: Input should be a finite number"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("max_tokens", "5", "max_tokens: Input should be a valid integer"),
+        ("max_completion_tokens", "5", "max_completion_tokens: Input should be a valid integer"),
+        ("temperature", float("nan"), "temperature: Input should be a finite number"),
+        ("top_p", float("inf"), "top_p: Input should be a finite number"),
+    ],
+)
 def test_request_numbers_must_be_numbers_and_finite(field, value, message):
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert parse_request({**body, "max_tokens": 5, "temperature": 0.5, "top_p": 1}).max_tokens == 5

@@ -24,8 +24,14 @@ def test_single_turn_prompt_is_the_training_prompt(session, planted_files, test_
 def test_streamed_reply_equals_evaluation_output(session, planted_files, test_records):
     examples = load_examples(planted_files["test"], session.window).select(range(3))
     expected = generate_answers(
-        session.model, session.encoder, session.processor, examples, batch_size=1, max_new_tokens=24,
-        encoder_batch_size=8, device="cpu",
+        session.model,
+        session.encoder,
+        session.processor,
+        examples,
+        batch_size=1,
+        max_new_tokens=24,
+        encoder_batch_size=8,
+        device="cpu",
     )
     for rec, want in zip(test_records[:3], expected):
         pieces = list(session.stream(conversation(session, rec), Sampling(max_new_tokens=24)))
@@ -44,7 +50,11 @@ def test_multi_turn_prompt_keeps_history_and_one_dna_pair(session, test_records)
     text = session.tokenizer.decode(ids)
     n_summary = session.processor.summary_tokens  # the variant summary's positions, after the two blocks
     n_pad = sum(session.processor.n_placeholders(s) for s in (conv.dna.reference, conv.dna.variant)) + n_summary
-    assert ids.count(session.tokenizer.convert_tokens_to_ids(DNA_PAD)) == n_pad == 2 * n_pooled(session.window, session.processor.pool) + n_summary
+    assert (
+        ids.count(session.tokenizer.convert_tokens_to_ids(DNA_PAD))
+        == n_pad
+        == 2 * n_pooled(session.window, session.processor.pool) + n_summary
+    )
     assert text.index("<|dna_start|>") < text.index("Answer: melanoma") < text.index("Why that disease?")
     assert session.reply(conv, Sampling(max_new_tokens=8)) is not None
 
@@ -52,7 +62,9 @@ def test_multi_turn_prompt_keeps_history_and_one_dna_pair(session, test_records)
 def test_logit_bias_and_length_finish(session, test_records):
     token = session.tokenizer.convert_tokens_to_ids("A")
     streamer = session.text_streamer(timeout=60)
-    generation = session.start(conversation(session, test_records[0]), Sampling(max_new_tokens=5, logit_bias={token: 100.0}), streamer)
+    generation = session.start(
+        conversation(session, test_records[0]), Sampling(max_new_tokens=5, logit_bias={token: 100.0}), streamer
+    )
     text = "".join(streamer)
     generation.join()
     assert generation.new_tokens == [token] * 5
@@ -75,10 +87,28 @@ def test_repl_commands_and_multi_turn(session, planted_files, test_records, tmp_
     rec = test_records[1]
     fasta = tmp_path / "pair.fa"
     fasta.write_text(f">ref\n{rec['reference_sequence']}\n>alt\n{rec['variant_sequence']}\n")
-    script = "\n".join([
-        "what disease?", "/help", f"/dna {fasta}", rec["question"], "and why?", "/reset",
-        f"/dna {planted_files['test']} 99", "/dna", "ACGU", "", "ACGT", "", "/bogus", "/quit", "never read",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "what disease?",
+                "/help",
+                f"/dna {fasta}",
+                rec["question"],
+                "and why?",
+                "/reset",
+                f"/dna {planted_files['test']} 99",
+                "/dna",
+                "ACGU",
+                "",
+                "ACGT",
+                "",
+                "/bogus",
+                "/quit",
+                "never read",
+            ]
+        )
+        + "\n"
+    )
     out = io.StringIO()
     repl = ChatREPL(session, Sampling(max_new_tokens=16), 10_000, stdin=io.StringIO(script), stdout=out)
     repl.run()

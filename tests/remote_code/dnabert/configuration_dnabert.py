@@ -8,9 +8,17 @@ class DNABertConfig(PretrainedConfig):
 
     model_type = "bert"
 
-    def __init__(self, vocab_size: int = 4096, hidden_size: int = 768, num_hidden_layers: int = 12,
-                 num_attention_heads: int = 12, intermediate_size: int = 3072, layer_norm_eps: float = 1e-12,
-                 alibi_starting_size: int = 512, **kwargs):
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        layer_norm_eps: float = 1e-12,
+        alibi_starting_size: int = 512,
+        **kwargs,
+    ):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers

@@ -103,8 +103,16 @@ class DNABertModel(DNABertPreTrainedModel):
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
         self.post_init()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-                output_all_encoded_layers=False, masked_tokens_mask=None, **kwargs):
+    def forward(
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        output_all_encoded_layers=False,
+        masked_tokens_mask=None,
+        **kwargs,
+    ):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         layers = self.encoder(self.embeddings(input_ids), attention_mask)
@@ -116,7 +124,9 @@ class DNABertForMaskedLM(DNABertPreTrainedModel):
     def __init__(self, config: DNABertConfig):
         super().__init__(config)
         self.bert = DNABertModel(config, add_pooling_layer=False)
-        self.head = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(), nn.LayerNorm(config.hidden_size))
+        self.head = nn.Sequential(
+            nn.Linear(config.hidden_size, config.hidden_size), nn.GELU(), nn.LayerNorm(config.hidden_size)
+        )
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 

@@ -53,7 +53,9 @@ class DNAConvModel(DNAConvPreTrainedModel):
         per_layer[-1] = x
         if return_dict is False:
             return (x, tuple(per_layer)) if output_hidden_states else (x,)
-        return BaseModelOutputWithNoAttention(last_hidden_state=x, hidden_states=tuple(per_layer) if output_hidden_states else None)
+        return BaseModelOutputWithNoAttention(
+            last_hidden_state=x, hidden_states=tuple(per_layer) if output_hidden_states else None
+        )
 
 
 class DNAConvForCausalLM(DNAConvPreTrainedModel):

@@ -51,7 +51,7 @@ class EsmSelfAttention(nn.Module):
             return proj(x).view(b, n, self.n_heads, self.head_size).transpose(1, 2)
 
         q, k, v = rotate(heads(self.query)), rotate(heads(self.key)), heads(self.value)
-        scores = q @ k.transpose(-1, -2) / self.head_size ** 0.5 + bias  # (batch, heads, length, length)
+        scores = q @ k.transpose(-1, -2) / self.head_size**0.5 + bias  # (batch, heads, length, length)
         weights = scores.softmax(-1)
         if head_mask is not None:
             weights = weights * head_mask
@@ -91,8 +91,15 @@ class EsmModel(EsmPreTrainedModel):
         for layer, heads in heads_to_prune.items():
             self.layers[layer].attention.prune_heads(heads)
 
-    def forward(self, input_ids=None, attention_mask=None, head_mask=None, output_hidden_states=None, return_dict=None,
-                **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        head_mask=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
         if self.config.is_decoder:
             raise ValueError("Nucleotide Transformer is an encoder")
         if attention_mask is None:
@@ -108,7 +115,9 @@ class EsmModel(EsmPreTrainedModel):
         per_layer[-1] = x
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         per_layer = tuple(per_layer) if output_hidden_states else None
-        return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=x, pooler_output=pooled, hidden_states=per_layer)
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=x, pooler_output=pooled, hidden_states=per_layer
+        )
 
 
 class EsmForMaskedLM(EsmPreTrainedModel):
