@@ -34,7 +34,12 @@ def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
     assert load["weights_on"] == "cpu" and load["embeddings"] == [1, 256, 64]
     assert all(c["ok"] for c in report["checks"].values())
     kegg = report["checks"]["kegg_tiny"]["report"]
-    assert set(kegg["modes"]) == {"a_live_k1_logits_reply", "c_cache_k8_logits_reply"}
+    # the same two modes before and after the throughput defaults (gpu_check's variants)
+    assert set(kegg["modes"]) == {
+        f"{variant}/{mode}"
+        for variant in ("before", "after")
+        for mode in ("a_live_k1_logits_reply", "c_cache_k8_logits_reply")
+    }
     for mode in kegg["modes"].values():
         assert (
             mode["packed"] and mode["padding_fraction"] == 0 and mode["samples_per_s"] > 0 and mode["peak_rss_gib"] > 0
@@ -42,7 +47,7 @@ def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
     assert kegg["attention"]["implementation"] == "dnallm_packed" and kegg["llm_dtype"] == "float32"
     coverage = report["checks"]["coverage_tiny"]["report"]
     assert coverage["gradient_checkpointing"] is True and coverage["train"]["windows_per_s"] > 0
-    assert table.count("\n| kegg_tiny |") == 2 and "| coverage_tiny | train" in table and "PROBLEM" not in table
+    assert table.count("\n| kegg_tiny |") == 4 and "| coverage_tiny | train" in table and "PROBLEM" not in table
     assert (
         report["problems"] == []
         and coverage["predict"]["trunk_dtype"] == coverage["train"]["trunk_dtype"] == "float32"
