@@ -151,9 +151,7 @@ class ProjectorConfig:
     # pooled | aligned | kmers | centre. "none" is the published layout (two DNA blocks only).
     summary: str = check("pooled+aligned+kmers", choices=("none", *SUMMARY_VIEWS), joined="+")
     summary_tokens: int = check(16, ge=1)  # LLM positions the summary takes (more positions, more of the attention)
-    summary_context: int = check(
-        17, ge=1
-    )  # bases the local views read around the change: flanks of context // 2 (odd)
+    summary_context: int = check(17, ge=1)  # bases read around the change: flanks of context // 2 (odd)
     # Stage 1: epochs the summary's pair encoder trains as a classifier of the training answers before the LLM
     # trains on it (0: from random weights). The DNA-only baseline head's code; seconds on cached embeddings.
     pretrain_epochs: int = check(30, ge=0)
@@ -163,9 +161,7 @@ class ProjectorConfig:
 class FusionTrainConfig(TrainConfig):
     projector_lr: float = check(0.0, ge=0)  # 0: same as lr
     packing: bool = False  # a micro-batch's samples in one row, attention within each sample: no padding
-    logits: str = check(
-        "reply", choices=("reply", "full")
-    )  # reply: LM head on the answer tokens only, in chunks | full: at every position
+    logits: str = check("reply", choices=("reply", "full"))  # reply: LM head on answer tokens, chunked | full: all
     logits_chunk: int = check(1024, ge=1)  # positions per LM-head chunk (logits="reply")
     # > 0: each micro-batch takes samples until their tokens would pass this budget (packed rows; micro_batch_size
     # is then unused): micro-batches of thousands of tokens whatever the sample lengths (dnallm/train/batching.py)
