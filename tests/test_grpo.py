@@ -26,7 +26,7 @@ from dnallm.train.policy import group_advantages, policy_loss, reference_logps, 
 from dnallm.train.rewards import Reply, Rewards
 
 REPO = Path(__file__).resolve().parent.parent
-SFT_STEPS = range(75, 111, 5)  # where the tiny fine-tuning run goes from chance to 100 %
+STOP_SFT_AFTER = 95
 LABELS = LabelSet(["parkinson's disease", "alzheimer's disease", "prion disease"])
 
 
@@ -52,22 +52,11 @@ def _paths(tiny_models, planted, out):
 
 @pytest.fixture(scope="module")
 def under_trained(tmp_path_factory, tiny_models, planted):
-    """The tiny fine-tuning recipe, stopped where it answers in format but is right on only part
-    of the test set: of its checkpoints every 5 steps from step 75 to 110 (of its 300), the one
-    nearest 50 % test accuracy (chance: 25 %; 100 % by step 110). The model learns to read the
-    DNA in that stretch; where exactly moves with the machine's arithmetic (thread count)."""
+    """The tiny fine-tuning recipe stopped after 95 of its 300 steps: it answers in format,
+    and is right on half of the test set (chance: 25 %; 100 % by step 110)."""
     out = tmp_path_factory.mktemp("sft") / "run"
-    recipe = load_recipe(
-        REPO / "recipes/kegg/tiny.yaml",
-        [*_paths(tiny_models, planted, out), "train.save_every=5", "train.keep_last=0"],
-    )
-    train(recipe, stop_after=SFT_STEPS[-1])
-    accuracy = {
-        step: evaluate(out / f"checkpoint-{step}", planted / "test.jsonl", out.parent / f"eval-{step}")["accuracy"]
-        for step in SFT_STEPS
-    }
-    step = min(accuracy, key=lambda s: abs(accuracy[s] - 0.5))
-    return out / f"checkpoint-{step}"
+    recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [*_paths(tiny_models, planted, out), "train.save_every=0"])
+    return train(recipe, stop_after=STOP_SFT_AFTER)
 
 
 def _grpo_recipe(tiny_models, planted, init, out, *extra):
