@@ -29,6 +29,7 @@ def check(default, *, ge=None, gt=None, le=None, lt=None, choices=(), joined="")
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # a base model's precision; auto: bf16 on a GPU, fp32 on CPU
 SUMMARY_VIEWS = ("pooled", "aligned", "kmers", "centre")  # the variant summary's views (dnallm/fusion/summary.py)
+DEFAULT_SUMMARY = "pooled+aligned+kmers"  # what every recipe reads of a pair unless it says otherwise
 
 
 _RANGE_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
@@ -149,7 +150,7 @@ class ProjectorConfig:
     kernel: int = check(9, ge=1)  # conv only: bases each LLM position sees (>= pool)
     # Variant summary after the two blocks (dnallm/fusion/summary.py): none, or views joined with "+" from
     # pooled | aligned | kmers | centre. "none" is the published layout (two DNA blocks only).
-    summary: str = check("pooled+aligned+kmers", choices=("none", *SUMMARY_VIEWS), joined="+")
+    summary: str = check(DEFAULT_SUMMARY, choices=("none", *SUMMARY_VIEWS), joined="+")
     summary_tokens: int = check(16, ge=1)  # LLM positions the summary takes (more positions, more of the attention)
     summary_context: int = check(17, ge=1)  # bases read around the change: flanks of context // 2 (odd)
     # Stage 1: epochs the summary's pair encoder trains as a classifier of the training answers before the LLM

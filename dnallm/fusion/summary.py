@@ -32,9 +32,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dnallm.config import SUMMARY_VIEWS
+from dnallm.config import DEFAULT_SUMMARY, SUMMARY_VIEWS
 
-DEFAULT_SUMMARY = "pooled+aligned+kmers"
 POSITION_WIDTH = 64  # each aligned position's (reference, variant, difference) projected to this width
 KMER_CHANNELS = 128  # k-mer detectors
 LENGTH_WIDTH = 16  # allele-length embedding per side
