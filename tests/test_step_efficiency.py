@@ -52,10 +52,10 @@ def test_one_training_step_launches_few_operations_and_syncs_little(tmp_path, ti
     counts = count_step(_recipe(tmp_path, tiny_models, planted))
     # What remains: the lead's DNA scatter (the placeholder count and the feature mask, forward and backward).
     assert counts["host_syncs"] <= 5, counts["syncs_by_op"]
-    assert counts["aten_ops"] <= 1550, (
+    assert counts["aten_ops"] <= 1350, (
         f"{counts['aten_ops']} aten operations (before: {BASELINE_OPS}); {counts['top_ops']}"
     )
-    assert counts["non_view_ops"] <= 980, f"{counts['non_view_ops']} not views (before: {BASELINE_NON_VIEW_OPS})"
+    assert counts["non_view_ops"] <= 900, f"{counts['non_view_ops']} not views (before: {BASELINE_NON_VIEW_OPS})"
     packed = count_step(_recipe(tmp_path, tiny_models, planted, "train.max_tokens=600"))
     assert packed["host_syncs"] <= 5, packed["syncs_by_op"]
 
@@ -337,3 +337,74 @@ def test_token_budget_trains_on_two_ranks(tmp_path, tiny_models, planted):
     steps = -(-objective.batches_per_epoch() // 2)
     logged = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in logged if "train/loss" in entry] == list(range(1, steps + 1))
+
+
+def test_lora_projection_backward_is_the_derivative_of_its_forward():
+    from dnallm.fusion.kernels import LoraLinear
+
+    g = torch.Generator().manual_seed(0)
+    rows, weight, bias = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((6, 5), (4, 5), (4,)))
+    lora_a, lora_b = (
+        torch.randn(3, 5, generator=g, dtype=torch.float64),
+        torch.randn(4, 3, generator=g, dtype=torch.float64),
+    )
+    inputs = [t.requires_grad_() for t in (rows, weight, bias, lora_a, lora_b)]
+    assert torch.autograd.gradcheck(lambda *t: LoraLinear.apply(*t, 0.5), inputs)
+    # The frozen base (no gradient for W and b) and the plain formula agree.
+    rows32, a32, b32 = (t.detach().float().requires_grad_() for t in (rows, lora_a, lora_b))
+    w32, bias32 = weight.detach().float(), bias.detach().float()
+    out = LoraLinear.apply(rows32, w32, bias32, a32, b32, 0.5)
+    grads = torch.autograd.grad(out.square().sum(), (rows32, a32, b32))
+    twins = [t.detach().clone().requires_grad_() for t in (rows32, a32, b32)]
+    ref = twins[0] @ w32.t() + bias32 + 0.5 * (twins[0] @ twins[1].t()) @ twins[2].t()
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(grads, torch.autograd.grad(ref.square().sum(), twins)):
+        torch.testing.assert_close(got, want)
+
+
+def test_lora_projection_under_autocast_gives_each_parameter_its_own_dtype():
+    from dnallm.fusion.kernels import LoraLinear
+
+    rows = torch.randn(6, 8, requires_grad=True)
+    weight, lora_a, lora_b = (
+        torch.randn(4, 8).bfloat16(),
+        torch.randn(2, 8, requires_grad=True),
+        torch.randn(4, 2, requires_grad=True),
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = LoraLinear.apply(rows, weight, None, lora_a, lora_b, 2.0)
+        ref = rows @ weight.float().t() + 2.0 * (rows @ lora_a.t()) @ lora_b.t()
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=3e-2, atol=3e-2)
+    out.float().sum().backward()
+    assert (rows.grad.dtype, lora_a.grad.dtype, lora_b.grad.dtype) == (torch.float32,) * 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_matches_transformers_eager_norm_forward_and_backward(dtype):
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+
+    from dnallm.norms import RMSNorm, fused_rms_norm
+
+    eager = Qwen3RMSNorm(16, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        eager.weight.normal_(1.0, 0.3)
+    hidden = torch.randn(3, 7, 16, dtype=dtype)
+    fused = Qwen3RMSNorm(16, eps=1e-6).to(dtype)
+    fused.load_state_dict(eager.state_dict())
+    assert fused_rms_norm(fused) == 1
+    outs, grads = [], []
+    for norm in (eager, fused):
+        x = hidden.clone().requires_grad_()
+        y = norm(x)
+        y.float().pow(2).sum().backward()
+        outs.append(y), grads.append((x.grad, norm.weight.grad))
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(outs[1], outs[0], **tol)
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, **tol)
+    x64, w64 = (
+        torch.randn(4, 16, dtype=torch.float64, requires_grad=True),
+        torch.rand(16, dtype=torch.float64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(lambda x, w: RMSNorm.apply(x, w, 1e-6), (x64, w64))

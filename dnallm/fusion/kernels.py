@@ -5,9 +5,10 @@ forward casts, reshapes and scales around two small matmuls for every projection
 transformers' eager RMSNorm is six elementwise kernels. Here, each in one place:
 
 - ``lean_lora``: each LoRA projection as ``x W^T + s (x A^T) B^T`` on 2-D rows, the scale
-  and the add folded into one ``addmm``, no per-call dtype casts (autocast, or DeepSpeed's
-  bf16 module, gives every operand the compute dtype). Anything else peft supports (merged or
-  disabled adapters, several adapters, DoRA, mixed batches) falls back to peft's forward.
+  and the add folded into one ``addmm``, its backward written out (``LoraLinear``: four matmuls,
+  no transposes or scales of autograd's own), no per-call casts of the activations. Anything
+  else peft supports (merged or disabled adapters, several adapters, DoRA, mixed batches)
+  falls back to peft's forward.
 - RMSNorm in one kernel: ``dnallm.norms`` (the encoders use it too).
 - ``apply_liger``: Liger-Kernel's Qwen3 patches (fused RMSNorm, RoPE, SwiGLU) where it is
   installed (``pip install dnallm-fusion[liger]``) and the model is on CUDA; before peft wraps
@@ -42,12 +43,54 @@ def _lean_forward(layer, peft_forward):
             return peft_forward(x, *args, **kwargs)
         base, lora_a, lora_b = layer.base_layer, layer.lora_A[name].weight, layer.lora_B[name].weight
         rows = x.reshape(-1, x.shape[-1])  # (tokens, in)
-        out = F.linear(rows, base.weight, base.bias)  # (tokens, out)
-        down = F.linear(layer.lora_dropout[name](rows), lora_a)  # (tokens, r)
-        out = torch.addmm(out, down, lora_b.t(), alpha=layer.scaling[name])  # out + s * down B^T
+        dropout = layer.lora_dropout[name]
+        if isinstance(dropout, nn.Identity):
+            out = LoraLinear.apply(rows, base.weight, base.bias, lora_a, lora_b, layer.scaling[name])
+        else:  # dropout on the adapter's input only: autograd's own backward
+            out = F.linear(rows, base.weight, base.bias)  # (tokens, out)
+            down = F.linear(dropout(rows), lora_a)  # (tokens, r)
+            out = torch.addmm(out, down, lora_b.t(), alpha=layer.scaling[name])  # out + s * down B^T
         return out.view(*x.shape[:-1], out.shape[-1])
 
     return forward
+
+
+class LoraLinear(torch.autograd.Function):
+    """``x W^T + b + s (x A^T) B^T`` on 2-D rows, with its backward written out: four matmuls,
+    where autograd's generic one adds a transpose and a scale per product and a sum per shared input.
+
+    The operands run in one dtype: under autocast the autocast dtype, given to the adapters once per
+    call (the frozen base is already in it); the gradients go back in each parameter's own dtype."""
+
+    @staticmethod
+    def forward(ctx, rows, weight, bias, lora_a, lora_b, scale: float):
+        device = rows.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            rows, weight, lora_a, lora_b = (t.to(dtype) for t in (rows, weight, lora_a, lora_b))
+            bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device, enabled=False):
+            down = rows @ lora_a.t()  # (tokens, r)
+            out = rows @ weight.t() if bias is None else torch.addmm(bias, rows, weight.t())  # (tokens, out)
+            out.addmm_(down, lora_b.t(), alpha=scale)
+        ctx.save_for_backward(rows, weight, lora_a, lora_b, down)
+        ctx.scale, ctx.has_bias = scale, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: (tokens, out)
+        rows, weight, lora_a, lora_b, down = ctx.saved_tensors
+        need_rows, need_weight, need_bias, need_a, need_b, _ = ctx.needs_input_grad
+        with torch.autocast(grad.device.type, enabled=False):
+            grad = grad.to(rows.dtype)
+            grad_down = grad @ lora_b  # (tokens, r), unscaled
+            # s * (.)^T (.) in one addmm each: beta=0 ignores the first operand, which only gives the shape
+            grad_a = torch.addmm(lora_a, grad_down.t(), rows, beta=0, alpha=ctx.scale) if need_a else None  # (r, in)
+            grad_b = torch.addmm(lora_b, grad.t(), down, beta=0, alpha=ctx.scale) if need_b else None  # (out, r)
+            grad_rows = torch.addmm(grad @ weight, grad_down, lora_a, alpha=ctx.scale) if need_rows else None
+            grad_weight = grad.t() @ rows if need_weight else None  # a trained base (LoRA's is frozen)
+            grad_bias = grad.sum(0) if ctx.has_bias and need_bias else None
+        return grad_rows, grad_weight, grad_bias, grad_a, grad_b, None
 
 
 def _plain_adapter(layer, x: torch.Tensor, args, kwargs) -> str | None:
