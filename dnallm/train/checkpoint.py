@@ -32,7 +32,8 @@ import torch
 from safetensors.torch import load_file
 
 from dnallm.config import RecipeError
-from dnallm.hub import CheckpointError, list_checkpoints, load_trainable, resolve_checkpoint  # noqa: F401 (the training side's names)
+from dnallm.hub import CheckpointError
+from dnallm.hub import list_checkpoints, load_trainable, resolve_checkpoint  # noqa: F401 (the training side's names)
 from dnallm.io import atomic_directory, save_tensors
 
 STATE = "trainer_state.json"
