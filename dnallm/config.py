@@ -68,6 +68,9 @@ class RecipeBase:
     """
 
     objective: ClassVar[str] = "run"
+    # Keys of a shared section this objective does not read: refused when set, left out of its
+    # recipe.yaml and of docs/recipe.md.
+    unused_keys: ClassVar[tuple[str, ...]] = ()
     run_name: str = ""  # name of the run in logs and trackers; default: the objective
     output_dir: str = ""  # where checkpoints and logs go; default: runs/<objective>
     seed: int = 42  # seeds Python, NumPy and torch (every rank), and the data order
@@ -78,10 +81,14 @@ class RecipeBase:
         self.output_dir = self.output_dir or f"runs/{self.objective}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        tree = asdict(self)
+        for key in self.unused_keys:
+            section, name = key.split(".")
+            del tree[section][name]
+        return tree
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(asdict(self), sort_keys=False)
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 # ---- KEGG: DNA encoder -> projector -> LoRA LLM ---------------------------------------------
@@ -109,9 +116,13 @@ class EncoderModel:
 
 @dataclass
 class EncoderConfig(EncoderModel):
+    """The ``encoder`` section of every recipe: the fusion model's frozen encoder, or the trunk the
+    coverage objective fine-tunes (each recipe names the keys it does not read: ``unused_keys``)."""
+
     batch_size: int = check(8, ge=1)  # sequences per encoder forward
     cache_dir: str = ""  # embeddings from `dnallm cache-embeddings`; empty: run the encoder every step
     cache_dtype: str = check("bfloat16", choices=DTYPES[1:])  # storage precision of cached embeddings
+    gradient_checkpointing: bool = False  # recompute the trained trunk's activations in the backward pass
 
 
 @dataclass
@@ -179,6 +190,7 @@ class EvalConfig:
 @dataclass
 class Recipe(RecipeBase):
     objective: ClassVar[str] = "kegg"
+    unused_keys: ClassVar[tuple[str, ...]] = ("encoder.gradient_checkpointing",)  # the encoder stays frozen
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -249,13 +261,6 @@ class TargetConfig:
 
 
 @dataclass
-class TrunkConfig:
-    name_or_path: str = "BGI-HangzhouAI/Genos-1.2B"  # DNA trunk to fine-tune: hub ID or local folder
-    trust_remote_code: bool = False  # run the checkpoint's own modelling code
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass
-
-
-@dataclass
 class HeadConfig:
     channels: list = field(default_factory=lambda: [256, 64])  # output channels of each conv block of the head
     kernel_size: int = check(5, ge=1)  # conv kernel width of the head, in bases
@@ -274,9 +279,13 @@ class TrackEvalConfig:
 @dataclass
 class CoverageRecipe(RecipeBase):
     objective: ClassVar[str] = "coverage"
+    # The whole trunk trains in fp32 on its last layer; no embedding cache.
+    unused_keys: ClassVar[tuple[str, ...]] = tuple(
+        f"encoder.{name}" for name in ("layer", "dtype", "batch_size", "cache_dir", "cache_dtype")
+    )
     data: TrackDataConfig = field(default_factory=TrackDataConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
-    encoder: TrunkConfig = field(default_factory=TrunkConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60.0, global_batch_size=256, grad_accum=1))
     eval: TrackEvalConfig = field(default_factory=TrackEvalConfig)
@@ -298,7 +307,7 @@ def all_keys(obj, prefix: str = "") -> list[str]:
     for f in fields(obj):
         value = getattr(obj, f.name)
         keys += all_keys(value, f"{prefix}{f.name}.") if is_dataclass(value) else [prefix + f.name]
-    return keys
+    return [key for key in keys if key not in getattr(obj, "unused_keys", ())]
 
 
 def _unknown(key: str, cls) -> RecipeError:
@@ -333,6 +342,8 @@ def _coerce(value: Any, current: Any, key: str, bool_or_int: bool = False) -> An
 
 
 def set_key(obj, dotted: str, value: Any) -> None:
+    if dotted in getattr(obj, "unused_keys", ()):
+        raise RecipeError(f"recipe key '{dotted}' is not read by {obj.objective} recipes; remove it")
     parts = dotted.split(".")
     target = obj
     for i, part in enumerate(parts):

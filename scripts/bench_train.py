@@ -1,6 +1,8 @@
 """Training throughput of the KEGG fusion recipe, printed as JSON.
 
-One process, one run, up to four modes on the same random micro-batches:
+One process, one run, up to four modes on the same random micro-batches, each mode's model
+built from its own recipe (``train.logits``, ``projector.pool``, ``train.packing``) as
+``dnallm train`` builds it:
   (a) live:  the frozen encoder runs on every step, k = 1 LLM position per DNA position
   (b) cache: embeddings read from an embedding cache on disk, k = 1
   (c) cache: the same, with the projector compressing k = 8 (or --k) positions into one
@@ -36,6 +38,7 @@ leaves the GPU once the cache is built, so the cache modes' memory is their own.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import sys
@@ -46,12 +49,11 @@ from pathlib import Path
 import psutil
 import torch
 
-from dnallm.config import load_recipe
+from dnallm.config import apply_overrides, load_recipe
 from dnallm.data.kegg import load_examples, write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.encoders import DNAEncoder
 from dnallm.encoders.cache import CacheIdentity, CachedEncoder, build_cache
-from dnallm.fusion.projector import DNAProjector
 from dnallm.hub import resolve_dtype
 from dnallm.memory import PeakRSS
 from dnallm.train.build import build_encoder, build_model, build_processor
@@ -123,7 +125,8 @@ def random_models(
     recipe, shape: str, device: str, tmp: Path, tokenizer: Path | None = None, layers: int | None = None
 ):
     """Published shapes from their configs, random init straight on ``device``; tokenizers
-    (char-level DNA, byte-level BPE with Qwen specials) saved to ``tmp`` for the loaders."""
+    (char-level DNA, byte-level BPE with Qwen specials) saved to ``tmp`` for the loaders.
+    -> (encoder, a function that builds a fresh LLM: each mode's model wraps its own)."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     from dnallm.tiny import build_dna_tokenizer, build_text_tokenizer, genos_config, qwen3_config
@@ -142,12 +145,16 @@ def random_models(
         config.layer_types = config.layer_types[:layers]
     with torch.device(device):
         enc_model = AutoModel.from_config(genos_config(enc_size), dtype=dtype)
-        llm = AutoModelForCausalLM.from_config(config, dtype=dtype)
     recipe.encoder.name_or_path, recipe.llm.name_or_path = str(tmp / "genos"), str(tmp / "qwen3")
     encoder = DNAEncoder(
         str(tmp / "genos"), layer=recipe.encoder.layer, device=device, model=enc_model.eval().requires_grad_(False)
     )
-    return encoder, llm
+
+    def new_llm():
+        with torch.device(device):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+    return encoder, new_llm
 
 
 def ensure_tiny(recipe, tmp: Path, tokenizer: Path | None = None) -> None:
@@ -251,7 +258,7 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
         "llm_tokens_per_sample": tokens / samples,
         "placeholders_per_window": processor.n_placeholders(rows[0]["ref_window"]),
         "padding_fraction": 1 - tokens / positions,
-        "logits": model.logits,
+        "logits": recipe.train.logits,
         "packed": processor.packing,
         "final_loss": loss.item(),
         "peak_rss_gib": rss.peak / 2**30,
@@ -265,7 +272,9 @@ def run_mode(name, model, dna_source, processor, rows, recipe, args, device) -> 
         n_trunk, n_head = trunk_and_head_params(llm)
         cfg = llm.config
         seq = tokens / samples
-        head_fraction = 1.0 if model.logits == "full" else targets / tokens  # reply-only: the head runs on the answer
+        head_fraction = (
+            1.0 if recipe.train.logits == "full" else targets / tokens
+        )  # reply-only: the head runs on the answer
         # Frozen base: forward 2N + input-gradient backward 2N per token (no weight gradients);
         # attention scores and values: 4 * layers * heads * head_dim * seq per token forward, x3 with backward.
         flops_per_token = (
@@ -341,15 +350,21 @@ def main(argv=None) -> dict:
     return report
 
 
+def mode_recipe(recipe, logits: str, pool: int, packing: bool):
+    """The recipe of one mode: every model is built from its own recipe, as ``dnallm train`` builds it."""
+    kernel = max(recipe.projector.kernel, pool)
+    overrides = [f"train.logits={logits}", f"train.packing={packing}", f"projector.pool={pool}"]
+    return apply_overrides(copy.deepcopy(recipe), [*overrides, f"projector.kernel={kernel}"])
+
+
 def run_variant(args, recipe, device: str) -> dict:
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="dnallm-bench-") as tmp:
         tmp = Path(tmp)
         if args.shape:
-            encoder, llm = random_models(recipe, args.shape, device, tmp, args.tokenizer, args.layers)
+            encoder, new_llm = random_models(recipe, args.shape, device, tmp, args.tokenizer, args.layers)
         else:
             ensure_tiny(recipe, tmp, args.tokenizer)
-            encoder, llm = build_encoder(recipe, device, live=True), None
+            encoder, new_llm = build_encoder(recipe, device, live=True), lambda: None
         data = args.data
         if data is None:
             data = [tmp / "planted.jsonl"]
@@ -360,9 +375,6 @@ def run_variant(args, recipe, device: str) -> dict:
             for ex in load_examples(path, recipe.data.dna_window, need_reasoning=recipe.data.with_reasoning)
         ]
         random.Random(0).shuffle(rows)  # random micro-batches, as training draws them
-        recipe.projector.pool = 1
-        recipe.train.packing = True  # packed attention: mode p packs; on padded rows it is SDPA
-        model, tokenizer = build_model(recipe, device, encoder, llm=llm)
         # One cache for (b) and (c): the frozen encoder's output does not depend on k.
         identity = CacheIdentity(
             encoder=recipe.encoder.name_or_path,
@@ -379,35 +391,32 @@ def run_variant(args, recipe, device: str) -> dict:
             build_cache(encoder, windows, tmp / "cache", identity, batch_size=recipe.encoder.batch_size)
             cached = CachedEncoder(tmp / "cache", identity, encoder.tokenizer, device)
 
-        results = {}
+        results, facts = {}, {}
 
         if cached is not None and "a" not in modes and device.startswith("cuda"):
             encoder.model.to("cpu")  # the cache modes' memory, without the live encoder's
             torch.cuda.empty_cache()
 
-        def run(mode, key, source, packing=args.packing):
+        def run(mode, key, source, pool, packing=args.packing):
             for logits in args.logits.split(","):
-                model.logits = logits
-                processor = build_processor(recipe, tokenizer, encoder)
-                processor.packing = packing
-                results[f"{key}_logits_{logits}"] = run_mode(
-                    mode, model, source, processor, rows, recipe, args, device
-                )
+                this = mode_recipe(recipe, logits, pool, packing)
+                torch.manual_seed(0)  # every mode starts from the same weights
+                model, tokenizer = build_model(this, device, encoder, llm=new_llm())
+                processor = build_processor(this, tokenizer, encoder)
+                results[f"{key}_logits_{logits}"] = run_mode(mode, model, source, processor, rows, this, args, device)
+                facts.update(model_facts(model, device))  # the last mode's
+                del model  # the next mode's memory is its own
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
 
         if "a" in modes:
-            run("a", "a_live_k1", encoder)
+            run("a", "a_live_k1", encoder, pool=1)
         if "b" in modes:
-            run("b", "b_cache_k1", cached)
-        if {"c", "p"} & set(modes):
-            proj = recipe.projector
-            proj.pool, proj.kernel = args.k, max(proj.kernel, args.k)
-            model.projector = DNAProjector(
-                encoder.hidden_size, llm_hidden(model), kind=proj.kind, pool=proj.pool, kernel=proj.kernel
-            ).to(device)
+            run("b", "b_cache_k1", cached, pool=1)
         if "c" in modes:
-            run("c", f"c_cache_k{args.k}", cached)
+            run("c", f"c_cache_k{args.k}", cached, pool=args.k)
         if "p" in modes:
-            run("p", f"p_cache_k{args.k}_packed", cached, packing=True)
+            run("p", f"p_cache_k{args.k}_packed", cached, pool=args.k, packing=True)
 
     first = args.logits.split(",")[0]
     base = results.get(f"a_live_k1_logits_{first}")
@@ -418,12 +427,7 @@ def run_variant(args, recipe, device: str) -> dict:
         "dna_window": recipe.data.dna_window,
         "micro_batch": args.batch or recipe.train.micro_batch_size,
         "encoder_params": n_params(encoder.model),
-        "llm_params": n_params(model.llm),
-        "trainable_params": n_params(model, True),
-        "llm_dtype": str(model.llm.get_base_model().dtype).removeprefix("torch."),
-        "attention": attention_kernel(model, device),
-        "llm_layers": model.llm.get_base_model().config.num_hidden_layers,
-        "vocab": model.llm.get_output_embeddings().weight.shape[0],
+        **facts,
         "steps": args.steps,
         "warmup": args.warmup,
         "modes": results,
@@ -447,6 +451,17 @@ def run_variant(args, recipe, device: str) -> dict:
             k: v["samples_per_s"] / base["samples_per_s"] for k, v in results.items()
         }
     return report
+
+
+def model_facts(model, device: str) -> dict:
+    return {
+        "llm_params": n_params(model.llm),
+        "trainable_params": n_params(model, True),
+        "llm_dtype": str(model.llm.get_base_model().dtype).removeprefix("torch."),
+        "attention": attention_kernel(model, device),
+        "llm_layers": model.llm.get_base_model().config.num_hidden_layers,
+        "vocab": model.llm.get_output_embeddings().weight.shape[0],
+    }
 
 
 def attention_kernel(model, device: str) -> dict:
@@ -473,10 +488,6 @@ def attention_kernel(model, device: str) -> dict:
         except RuntimeError as err:
             out["sdpa_flash"] = f"no: {str(err).splitlines()[0]}"
     return out
-
-
-def llm_hidden(model) -> int:
-    return model.llm.get_input_embeddings().weight.shape[1]
 
 
 def device_name(device: str) -> str:

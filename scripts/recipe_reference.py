@@ -84,14 +84,18 @@ def checks_of(f) -> str:
     return ", ".join(parts)
 
 
-def rows(recipe, prefix: str = "") -> list[tuple[str, str, str, str, str]]:
+def rows(recipe, prefix: str = "", unused: tuple = ()) -> list[tuple[str, str, str, str, str]]:
     """(key, type, default, checks, meaning) for every key of ``recipe`` (a default instance:
-    its values are the defaults, a section's own where the recipe gives it some), in order."""
+    its values are the defaults, a section's own where the recipe gives it some), in order;
+    not the keys of a shared section the recipe does not read (``unused_keys``)."""
+    unused = unused or getattr(recipe, "unused_keys", ())
     out = []
     for f in fields(recipe):
         value = getattr(recipe, f.name)
+        if prefix + f.name in unused:
+            continue
         if is_dataclass(value):
-            out += rows(value, f"{prefix}{f.name}.")
+            out += rows(value, f"{prefix}{f.name}.", unused)
             continue
         kind = f.type if isinstance(f.type, str) else f.type.__name__
         out.append((prefix + f.name, kind, repr(value), checks_of(f), field_comment(type(recipe), f.name)))

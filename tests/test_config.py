@@ -82,3 +82,34 @@ def test_coverage_recipe_checks_ranges_too():
 
     with pytest.raises(RecipeError, match=r"recipe key 'train.global_batch_size' must be >= 0, got -8"):
         load_coverage_recipe(None, ["train.global_batch_size=-8"])
+
+
+def test_one_encoder_section_and_each_recipe_refuses_the_keys_it_does_not_read(tmp_path):
+    from dnallm.config import CoverageRecipe, Recipe, load_coverage_recipe
+
+    assert type(CoverageRecipe().encoder) is type(Recipe().encoder)
+    coverage = load_coverage_recipe(None, ["encoder.gradient_checkpointing=true"])
+    assert coverage.encoder.gradient_checkpointing is True
+    # A saved coverage recipe reads back as it was, without the keys coverage does not read.
+    saved = yaml.safe_load(coverage.to_yaml())
+    assert saved["encoder"] == {
+        "name_or_path": "BGI-HangzhouAI/Genos-1.2B",
+        "trust_remote_code": False,
+        "gradient_checkpointing": True,
+    }
+    assert recipe_from_dict(saved, cls=CoverageRecipe) == coverage
+    with pytest.raises(RecipeError, match=r"recipe key 'encoder.cache_dir' is not read by coverage recipes"):
+        load_coverage_recipe(None, ["encoder.cache_dir=cache"])
+    path = tmp_path / "r.yaml"
+    path.write_text("encoder:\n  gradient_checkpointing: true\n")
+    with pytest.raises(RecipeError, match=r"recipe key 'encoder.gradient_checkpointing' is not read by kegg recipes"):
+        load_recipe(path)
+    assert "gradient_checkpointing" not in Recipe().to_dict()["encoder"]
+
+
+def test_the_baselines_train_the_kegg_recipe_they_were_given(tmp_path):
+    from dnallm.eval.baselines import BaselinesRecipe, kegg_recipe
+
+    recipe = recipe_from_dict({"encoder": {"layer": 3, "cache_dir": "cache"}, "lora": {"r": 4}}, cls=BaselinesRecipe)
+    plain = kegg_recipe(recipe, tmp_path / "dna_text", use_dna=True)
+    assert plain.encoder == recipe.encoder and plain.lora.r == 4 and plain.output_dir == str(tmp_path / "dna_text")

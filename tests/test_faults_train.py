@@ -132,14 +132,13 @@ def test_a_fresh_run_refuses_another_runs_output_dir(tmp_path, tiny_models, plan
     assert [e["step"] for e in _logged(run)] == [1, 2]
 
 
-def test_pruning_leaves_other_runs_checkpoints_alone(tmp_path, tiny_models, planted):
-    """A run prunes only what it wrote, even when another run's checkpoint sits beside its own."""
+def _checkpoint_writer(run: Path, tiny_models, planted):
+    """save(step, **kwargs): ``save_checkpoint`` of an untrained tiny model into ``run``."""
     from dnallm.train.build import build_encoder, build_model
     from dnallm.train.checkpoint import save_checkpoint
     from dnallm.train.engine import TorchEngine
     from dnallm.train.finetune import FineTune
 
-    run = tmp_path / "run"
     recipe = load_recipe(TINY, _args(run, tiny_models, planted))
     model, _ = build_model(recipe, "cpu", build_encoder(recipe, "cpu"))
     engine = TorchEngine(
@@ -151,11 +150,15 @@ def test_pruning_leaves_other_runs_checkpoints_alone(tmp_path, tiny_models, plan
         device="cpu",
     )
     objective = FineTune(recipe)
-    other = save_checkpoint(run, 200, engine, objective, recipe.to_yaml(), {}, run_id="another")
-    mine = [
-        save_checkpoint(run, step, engine, objective, recipe.to_yaml(), {}, keep_last=1, run_id="this")
-        for step in (2, 4)
-    ]
+    return lambda step, **kwargs: save_checkpoint(run, step, engine, objective, recipe.to_yaml(), {}, **kwargs)
+
+
+def test_pruning_leaves_other_runs_checkpoints_alone(tmp_path, tiny_models, planted):
+    """A run prunes only what it wrote, even when another run's checkpoint sits beside its own."""
+    run = tmp_path / "run"
+    save = _checkpoint_writer(run, tiny_models, planted)
+    other = save(200, run_id="another")
+    mine = [save(step, keep_last=1, run_id="this") for step in (2, 4)]
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-200", "checkpoint-4"]
     assert other.is_dir() and mine[-1].is_dir()
     # Resuming this run with another run's checkpoint beside it is refused too: the two would mix.
@@ -165,6 +168,20 @@ def test_pruning_leaves_other_runs_checkpoints_alone(tmp_path, tiny_models, plan
                 TINY, _args(run, tiny_models, planted, "train.max_steps=6", f"train.resume_from_checkpoint={mine[-1]}")
             )
         )
+
+
+def test_a_checkpoint_of_a_layout_without_run_ids_is_named_not_resumed(tmp_path, tiny_models, planted):
+    """Run ids and random-number state are in every readable checkpoint (README, Checkpoints)."""
+    from dnallm.hub import CheckpointError
+
+    run = tmp_path / "run"
+    old = _checkpoint_writer(run, tiny_models, planted)(2, run_id="old")
+    state = read_state(old)
+    del state["run_id"]
+    (old / "trainer_state.json").write_text(json.dumps(state))
+    resume = load_recipe(TINY, _args(run, tiny_models, planted, f"train.resume_from_checkpoint={old}"))
+    with pytest.raises(CheckpointError, match=f"{old}: trainer_state.json names no run.*move this one out of {run}"):
+        train(resume)
 
 
 # ---- recipe values ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnallm.config import Recipe, RecipeError, recipe_from_dict
@@ -45,7 +45,7 @@ class BaselinesRecipe(Recipe):
 
 def kegg_recipe(recipe: BaselinesRecipe, run_dir: Path, use_dna: bool) -> Recipe:
     """The plain KEGG recipe that ``dnallm train`` runs for one of the LLM models."""
-    tree = {k: v for k, v in asdict(recipe).items() if k not in ("test", "models", "dna_head")}
+    tree = {k: v for k, v in recipe.to_dict().items() if k not in ("test", "models", "dna_head")}
     plain = recipe_from_dict(tree)
     plain.output_dir = str(run_dir)
     plain.run_name = f"{recipe.run_name}-{run_dir.name}"

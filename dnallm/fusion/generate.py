@@ -2,7 +2,9 @@
 of each chosen token and whether each reply was cut at ``max_new_tokens`` out.
 
 Evaluation, annotation, the Python API, the terminal chat, the HTTP server and GRPO's
-sampling all call ``generate``; a faster engine would plug in here. Prompts are the
+sampling all call ``generate``; a faster engine would plug in here. ``ReplyStream`` runs it
+for one prompt in a worker thread, its text streamed as it comes and cancellable: the chat,
+the API's ``stream=True`` and the server read replies through it. Prompts are the
 processor's rows (``processor(example, with_answer=False)``, or token ids a chat template
 made, with their DNA sequences); the frozen encoder runs once per batch (or the DNA
 inputs come ready, as a conversation's cached pair does). Replies end at the end of the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Iterator
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -165,3 +168,88 @@ def generate(
         cut=[not e and tokens.shape[1] >= sampling.max_new_tokens for e in ended],
         dna=dna,
     )
+
+
+class ReplyStream:
+    """One ``generate`` call in a worker thread, its text arriving through ``streamer`` as it is
+    generated: transformers' ``TextIteratorStreamer``, or ``AsyncTextIteratorStreamer`` for an
+    event loop.
+
+    ``run(stop)`` is the call (``generate(..., streamer=streamer, stop=stop)``, one prompt).
+    Read the text with ``pieces()`` (blocking) or ``apieces()`` (async). Leaving either early,
+    or ``cancel()``, ends generation after the current token; both wait for the worker before
+    they end, and raise what it raised.
+    """
+
+    def __init__(self, run: Callable[[threading.Event], Replies], streamer):
+        self.stop = threading.Event()
+        self.new_tokens: list[int] = []
+        self.cut = False  # stopped at max_new_tokens before ending the turn
+        self.error: BaseException | None = None
+        self.streamer = streamer
+        self._thread = threading.Thread(target=self._work, args=(run,), name="dnallm-generate", daemon=True)
+        self._thread.start()
+
+    def _work(self, run) -> None:
+        try:
+            replies = run(self.stop)
+            self.new_tokens, self.cut = replies.tokens[0].tolist(), replies.cut[0]
+        except BaseException as e:  # handed to the reader; the thread must not die silently
+            self.error = e
+            self.streamer.end()  # wake the reader: generate() did not get to end the stream
+
+    def pieces(self) -> Iterator[str]:
+        """The text as it is generated; closing the iterator early cancels."""
+        finished = False
+        try:
+            for piece in self.streamer:
+                if piece:
+                    yield piece
+            finished = True
+        finally:
+            self._finish(finished)
+        self.raise_error()
+
+    async def apieces(self) -> AsyncIterator[str]:
+        """``pieces`` for an event loop (``AsyncTextIteratorStreamer``): waiting for the worker
+        to stop is shielded from cancellation, so whoever holds the model holds it until then."""
+        import anyio
+
+        finished = False
+        try:
+            async for piece in self.streamer:
+                if piece:
+                    yield piece
+            finished = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._finish, finished)
+        self.raise_error()
+
+    def _finish(self, finished: bool) -> None:
+        if not finished:
+            self.cancel()
+        self.join()
+
+    def cancel(self) -> None:
+        self.stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop.is_set()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"generation failed: {self.error}") from self.error
+
+    @property
+    def finish_reason(self) -> str:
+        """OpenAI's vocabulary: 'length' when cut at max_new_tokens, else 'stop'."""
+        return "length" if self.cut else "stop"

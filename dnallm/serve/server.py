@@ -176,20 +176,12 @@ class Run:
     async def pieces(self):
         streamer = AsyncTextIteratorStreamer(self.session.tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.generation = self.session.start(self.conv, self.sampling, streamer)
-        finished = False
         try:
-            async for piece in streamer:
-                if piece:
+            async with aclosing(self.generation.apieces()) as pieces:
+                async for piece in pieces:
                     yield piece
-            finished = True
         finally:
-            if not finished:
-                self.generation.cancel()
-            # Hold the slot until the worker has really stopped, even while being cancelled.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.generation.join)
-            self.slots.count(self.generation)
-        self.generation.raise_error()
+            self.slots.count(self.generation)  # the worker has stopped: apieces waits for it
 
     @property
     def finish_reason(self) -> str:

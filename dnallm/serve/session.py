@@ -2,13 +2,12 @@
 
 The terminal chat and the HTTP server share this: they build a ``Conversation`` (turns,
 an optional DNA pair and the turn that carries it), and ``ModelSession.start`` runs the
-one generation path (``dnallm.fusion.generate``) in a worker thread that feeds a
-transformers text streamer.
+one generation path (``dnallm.fusion.generate``) as a ``ReplyStream``: in a worker thread
+that feeds a transformers text streamer, cancellable.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,11 +17,11 @@ from transformers import TextIteratorStreamer
 from dnallm.data import chat
 from dnallm.eval.explain import Explainer, Explanation, explain_examples
 from dnallm.fusion import DNAFusionLM
-from dnallm.fusion.generate import Replies, Sampling, generate
+from dnallm.fusion.generate import ReplyStream, Sampling, generate
 from dnallm.fusion.processor import dna_inputs
 from dnallm.serve.inputs import DNAPair, prepare_pair
 
-__all__ = ["Conversation", "Generation", "ModelSession", "Sampling"]
+__all__ = ["Conversation", "ModelSession", "ReplyStream", "Sampling"]
 
 
 @dataclass
@@ -33,50 +32,6 @@ class Conversation:
     dna: DNAPair | None = None
     dna_turn: int = 0  # index into ``turns`` of the user turn that carries the DNA blocks
     system_prompt: str | None = None  # None: the prompt the checkpoint was trained with
-
-
-class Generation:
-    """One ``generate`` call running in a worker thread; its text arrives through the streamer."""
-
-    def __init__(self, run, streamer):
-        self.stop_event = threading.Event()
-        self.new_tokens: list[int] = []
-        self.cut = False  # stopped at max_new_tokens before ending the turn
-        self.error: BaseException | None = None
-        self._streamer = streamer
-        self._thread = threading.Thread(target=self._work, args=(run,), name="dnallm-generate", daemon=True)
-        self._thread.start()
-
-    def _work(self, run) -> None:
-        try:
-            replies = run(self.stop_event)
-            self.new_tokens, self.cut = replies.tokens[0].tolist(), replies.cut[0]
-        except BaseException as e:  # handed to the reader in join(); the thread must not die silently
-            self.error = e
-            self._streamer.end()  # wake the reader; generate() did not get to end the stream
-
-    def cancel(self) -> None:
-        self.stop_event.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    @property
-    def cancelled(self) -> bool:
-        return self.stop_event.is_set()
-
-    def raise_error(self) -> None:
-        if self.error is not None:
-            raise RuntimeError(f"generation failed: {self.error}") from self.error
-
-    @property
-    def finish_reason(self) -> str:
-        """OpenAI's vocabulary: 'length' when cut at max_new_tokens, else 'stop'."""
-        return "length" if self.cut else "stop"
 
 
 class ModelSession:
@@ -181,11 +136,11 @@ class ModelSession:
             )
         return self._dna_cache[dna]  # the model's DNA keyword arguments
 
-    def start(self, conv: Conversation, sampling: Sampling, streamer) -> Generation:
+    def start(self, conv: Conversation, sampling: Sampling, streamer) -> ReplyStream:
         """Start generating in a worker thread; ``streamer`` (sync or async) receives the text."""
         rows = [{"input_ids": self.prompt_ids(conv), "dna": []}]  # the DNA comes encoded (_dna_features)
 
-        def run(stop_event: threading.Event) -> Replies:
+        def run(stop):  # in the worker: encoding the DNA too stays off the caller's thread
             return generate(
                 self.model,
                 self.processor,
@@ -195,29 +150,18 @@ class ModelSession:
                 device=self.device,
                 dna=self._dna_features(conv.dna),
                 streamer=streamer,
-                stop=stop_event,
+                stop=stop,
             )
 
-        return Generation(run, streamer)
+        return ReplyStream(run, streamer)
 
     def text_streamer(self, timeout: float | None = None) -> TextIteratorStreamer:
         return TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
 
     def stream(self, conv: Conversation, sampling: Sampling) -> Iterator[str]:
-        """Text pieces as they are generated (blocking). Closing the iterator cancels."""
-        streamer = self.text_streamer()
-        generation = self.start(conv, sampling, streamer)
-        finished = False
-        try:
-            for piece in streamer:
-                if piece:
-                    yield piece
-            finished = True
-        finally:
-            if not finished:
-                generation.cancel()
-            generation.join()
-        generation.raise_error()
+        """Text pieces as they are generated (blocking); generation starts at the first read.
+        Closing the iterator cancels."""
+        yield from self.start(conv, sampling, self.text_streamer()).pieces()
 
     def reply(self, conv: Conversation, sampling: Sampling) -> str:
         return "".join(self.stream(conv, sampling))

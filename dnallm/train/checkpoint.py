@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from dnallm.config import RecipeError
+from dnallm.hub import CheckpointError
 from dnallm.hub import list_checkpoints, load_trainable, resolve_checkpoint  # noqa: F401 (the training side's names)
 from dnallm.io import atomic_directory, save_tensors
 
@@ -56,11 +57,14 @@ def read_state(checkpoint: str | Path) -> dict:
 
 
 def run_id_of(checkpoint: Path) -> str:
-    """The run a checkpoint belongs to; '' for checkpoints written before runs had ids."""
-    try:
-        return read_state(checkpoint).get("run_id", "")
-    except (OSError, ValueError):
-        return ""
+    """The run a checkpoint belongs to: every readable checkpoint names it (README, "Checkpoints")."""
+    run_id = read_state(checkpoint).get("run_id")
+    if run_id is None:
+        raise CheckpointError(
+            f"{checkpoint}: {STATE} names no run, a layout older than those a run reads (README, Checkpoints): "
+            f"resume from a newer checkpoint, or move this one out of {checkpoint.parent}"
+        )
+    return run_id
 
 
 # ---- output directory ------------------------------------------------------------------------
@@ -147,15 +151,12 @@ def _save_rng(states: list[tuple[dict, dict]], path: Path) -> None:
 def restore_rng(checkpoint: Path, rank: int) -> bool:
     """Put this rank's generators where they were when ``checkpoint`` was saved.
 
-    False (generators left as seeded) when the checkpoint has no state for this rank:
-    written before RNG state was kept, or by a run with fewer ranks.
+    False (generators left as seeded) when the checkpoint has no state for this rank: written
+    by a run with fewer ranks.
     """
     from safetensors import safe_open
 
-    path = checkpoint / RNG
-    if not path.is_file():
-        return False
-    with safe_open(str(path), "pt") as f:
+    with safe_open(str(checkpoint / RNG), "pt") as f:
         meta = (f.metadata() or {}).get(f"rank{rank}")
         if meta is None:
             return False

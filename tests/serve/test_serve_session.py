@@ -2,6 +2,8 @@
 
 import io
 
+import pytest
+
 from dnallm.data.chat import DNA_PAD, parse_answer
 from dnallm.data.kegg import load_examples
 from dnallm.eval.kegg import generate_answers
@@ -81,6 +83,24 @@ def test_closing_the_stream_cancels_generation(session, test_records):
     generation.join(timeout=30)
     assert generation.done and generation.cancelled
     assert 0 < len(generation.new_tokens) < 3000
+
+
+def test_leaving_the_stream_early_cancels_and_waits_for_the_worker(session, test_records):
+    no_stop = Sampling(max_new_tokens=3000, logit_bias={session.eos_id: -100.0})
+    reply = session.start(conversation(session, test_records[0]), no_stop, session.text_streamer(timeout=60))
+    pieces = reply.pieces()
+    assert all(next(pieces) for _ in range(3))
+    pieces.close()
+    assert reply.done and reply.cancelled  # close() returned only once the worker had stopped
+    assert 0 < len(reply.new_tokens) < 3000
+
+
+def test_a_failed_generation_reaches_the_reader(session, test_records):
+    out_of_vocabulary = Sampling(max_new_tokens=4, logit_bias={10**9: 1.0})
+    reply = session.start(conversation(session, test_records[0]), out_of_vocabulary, session.text_streamer(60))
+    with pytest.raises(RuntimeError, match="generation failed: .*out of bounds"):
+        list(reply.pieces())
+    assert reply.done and not reply.cancelled
 
 
 def test_repl_commands_and_multi_turn(session, planted_files, test_records, tmp_path):
