@@ -172,6 +172,9 @@ class ProjectorConfig:
 @dataclass
 class FusionTrainConfig(TrainConfig):
     projector_lr: float = check(0.0, ge=0)  # 0: same as lr
+    # The summary's pair encoder, trained in stage 1, then learns at this fraction of the projector's rate: the
+    # LLM's first gradients are noise to it and would undo stage 1 (docs/eval.md). 1: no difference.
+    summary_lr_scale: float = check(0.1, gt=0, le=1)
     packing: bool = False  # a micro-batch's samples in one row, attention within each sample: no padding
     logits: str = check("reply", choices=("reply", "full"))  # reply: LM head on answer tokens, chunked | full: all
     logits_chunk: int = check(1024, ge=1)  # positions per LM-head chunk (logits="reply")
