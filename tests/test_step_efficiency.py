@@ -408,3 +408,34 @@ def test_rms_norm_matches_transformers_eager_norm_forward_and_backward(dtype):
         torch.rand(16, dtype=torch.float64, requires_grad=True),
     )
     assert torch.autograd.gradcheck(lambda x, w: RMSNorm.apply(x, w, 1e-6), (x64, w64))
+
+
+def _adam_engine(seed: int) -> TorchEngine:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.GELU(), torch.nn.Linear(5, 3))
+    return TorchEngine(
+        model,
+        [{"params": list(model.parameters()), "weight_decay": 0.1}],
+        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0),
+        grad_accum=1,
+        max_grad_norm=1.0,
+        device="cpu",
+    )
+
+
+def test_adam_state_made_with_the_engine_trains_as_the_lazy_state_did():
+    eager, lazy = _adam_engine(0), _adam_engine(0)
+    params = list(eager.module.parameters())
+    assert all(torch.count_nonzero(eager.optimizer.state[p]["exp_avg_sq"]) == 0 for p in params)
+    assert all(eager.optimizer.state[p]["step"].device == p.device for p in params)  # fused: on the device
+    lazy.optimizer.state.clear()  # what torch makes in the first step instead
+    inputs = torch.randn(3, 8, 6, generator=torch.Generator().manual_seed(1))
+    for x in inputs:
+        for engine in (eager, lazy):
+            engine.backward(engine(input=x).pow(2).mean())
+            engine.step()
+    for a, b in zip(eager.module.parameters(), lazy.module.parameters()):
+        assert not torch.equal(a, torch.zeros_like(a)) and torch.equal(a, b)
+    for p, q in zip(params, lazy.module.parameters()):
+        for key, value in eager.optimizer.state[p].items():
+            assert torch.equal(value, lazy.optimizer.state[q][key]), key
