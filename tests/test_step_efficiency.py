@@ -9,7 +9,7 @@ from dnallm.config import RecipeError, load_recipe
 from dnallm.data.kegg import load_examples, write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.fusion.kernels import apply_liger, compile_layers
-from dnallm.fusion.processor import dna_inputs
+from dnallm.fusion.processor import dna_inputs, pair_inputs
 from dnallm.train.batching import TokenBudgetBatches
 from dnallm.train.build import build_encoder, build_model, build_processor
 from dnallm.train.engine import TorchEngine
@@ -439,3 +439,53 @@ def test_adam_state_made_with_the_engine_trains_as_the_lazy_state_did():
     for p, q in zip(params, lazy.module.parameters()):
         for key, value in eager.optimizer.state[p].items():
             assert torch.equal(value, lazy.optimizer.state[q][key]), key
+
+
+def _indel_examples(planted, dna_window: int) -> list[dict]:
+    """Four planted examples, the second's variant an insertion and the third's a deletion, uncentred
+    (windows of unequal length: padded encodings, spans wider than one base)."""
+    examples = [dict(ex) for ex in load_examples(planted / "train.jsonl", dna_window).select(range(4))]
+    left, right = "ACGTTGCAAGCTTCGA", "TTGACCGGTAACCTG"
+    for ex, allele in zip(examples[1:3], ("AGGCATT", "")):
+        ex["ref_window"], ex["var_window"] = left + "A" + right, left + allele + right
+    return examples
+
+
+@pytest.mark.parametrize("summary", ["pooled+aligned+kmers", "pooled+centre"])
+def test_summary_layout_made_when_collating_gives_the_same_summary_loss_and_gradients(
+    summary, tmp_path, tiny_models, planted
+):
+    """The step with ``dna_layout`` from the collator (host integers, one gather on the device) computes
+    what it computed when the summary found its indices from the mask and spans on the device."""
+    recipe = _recipe(tmp_path, tiny_models, planted, f"projector.summary={summary}")
+    encoder = build_encoder(recipe, "cpu")
+    torch.manual_seed(0)
+    model, tokenizer = build_model(recipe, "cpu", encoder)
+    processor = build_processor(recipe, tokenizer, encoder)
+    batch = training_batch(processor, [processor(ex) for ex in _indel_examples(planted, recipe.data.dna_window)])
+    dna = dna_inputs(encoder, batch["dna"], 8)
+    assert not dna["dna_mask"].all()  # the indels' windows are padded
+    # Spans from the tokenizer's counts on the host, as from the mask the encoder returns (what ISM reads).
+    assert torch.equal(dna["dna_spans"], pair_inputs(batch["dna"], dna["dna_embeds"], dna["dna_mask"])["dna_spans"])
+    assert dna["dna_spans"][2:6].tolist() == [[17, 17], [17, 23], [16, 17], [16, 16]]  # GGCATT inserted; A deleted
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+        assert torch.equal(model.summary(**dna, dna_layout=batch["dna_layout"]), model.summary(**dna))
+    model.train()
+    numbers = []
+    for with_layout in (True, False):
+        model.zero_grad(set_to_none=True)
+        engine = TorchEngine(
+            model, param_groups(model, recipe), lambda o: None, grad_accum=1, max_grad_norm=0, device="cpu"
+        )
+        step = batch if with_layout else {k: v for k, v in batch.items() if k != "dna_layout"}
+        loss = step_batch(engine, encoder, step, "cpu", 8).loss
+        loss.backward()
+        numbers.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss, grads), (ref_loss, ref_grads) = numbers
+    assert torch.equal(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys() and any("summary" in n for n in grads)
+    for name in grads:
+        assert torch.equal(grads[name], ref_grads[name]), name
