@@ -8,6 +8,7 @@ of features the projector produces for it.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from dnallm.data import chat
 from dnallm.data.dna import change_span
@@ -117,13 +118,17 @@ class DNAChatProcessor:
 def pair_spans(sequences: list[str]) -> torch.Tensor:
     """Where each window's changed bases lie, from aligning each (reference, variant) pair
     (``dnallm.data.dna.change_span``). -> (n_seq, 3) long: start, end, window length in bases."""
+    return torch.tensor(_base_spans(sequences), dtype=torch.long)
+
+
+def _base_spans(sequences: list[str]) -> list[tuple[int, int, int]]:
     if len(sequences) % 2:
         raise ValueError(f"DNA inputs come as (reference, variant) pairs, got {len(sequences)} sequences")
     rows = []
     for ref, var in zip(sequences[0::2], sequences[1::2]):
         ref_span, var_span = change_span(ref, var)
         rows += [(*ref_span, len(ref)), (*var_span, len(var))]
-    return torch.tensor(rows, dtype=torch.long)
+    return rows
 
 
 def dna_inputs(encoder, sequences: list[str], batch_size: int) -> dict[str, torch.Tensor]:
@@ -148,9 +153,11 @@ def dna_inputs(encoder, sequences: list[str], batch_size: int) -> dict[str, torc
 def stack_padded(embeds: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunks of encodings, each (n, positions_i, hidden) and (n, positions_i), as one batch padded
     to the longest. -> (n_seq, positions, hidden), (n_seq, positions)"""
+    if len(embeds) == 1:  # one chunk (a micro-batch within the encoder's batch size): nothing to copy
+        return embeds[0], masks[0]
     longest = max(e.shape[1] for e in embeds)
-    embeds = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, longest - e.shape[1])) for e in embeds])
-    mask = torch.cat([torch.nn.functional.pad(m, (0, longest - m.shape[1])) for m in masks])
+    embeds = torch.cat([e if e.shape[1] == longest else F.pad(e, (0, 0, 0, longest - e.shape[1])) for e in embeds])
+    mask = torch.cat([m if m.shape[1] == longest else F.pad(m, (0, longest - m.shape[1])) for m in masks])
     return embeds, mask
 
 
@@ -171,7 +178,7 @@ def position_spans(sequences: list[str], positions: list[int]) -> torch.Tensor:
     window's valid positions: bases scaled by positions per base (exact for one token per base),
     a changed base keeping its token. Integers on the host. -> (n_seq, 2) long: start, end"""
     rows = []
-    for (start, end, length), n in zip(pair_spans(sequences).tolist(), positions):
+    for (start, end, length), n in zip(_base_spans(sequences), positions):
         length = max(length, 1)
         first = start * n // length
         rows.append((first, (end * n + length - 1) // length if end > start else first))
