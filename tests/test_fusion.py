@@ -83,6 +83,13 @@ def test_features_land_in_placeholder_slots_in_batch_order(fusion):
     text = ~(slots | starts | ends)
     torch.testing.assert_close(embeds[text], model.llm.get_input_embeddings()(ids)[text])
     assert torch.equal(embeds[starts], model.dna_boundary[0].expand(int(starts.sum()), -1))
+    assert torch.equal(embeds[ends], model.dna_boundary[1].expand(int(ends.sum()), -1))
+    # Each boundary row's gradient: the sum of the gradients at its token's positions.
+    upstream = torch.randn(embeds.shape)
+    model.zero_grad(set_to_none=True)
+    (model.embed(batch["input_ids"], dna_embeds, dna_mask) * upstream).sum().backward()
+    torch.testing.assert_close(model.dna_boundary.grad, torch.stack([upstream[starts].sum(0), upstream[ends].sum(0)]))
+    model.zero_grad(set_to_none=True)
 
 
 def test_padding_positions_do_not_change_features():

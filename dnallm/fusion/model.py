@@ -162,11 +162,13 @@ class DNAFusionLM(nn.Module):
         dna_embeds: torch.Tensor | None = None,
         dna_mask: torch.Tensor | None = None,
         dna_spans: torch.Tensor | None = None,
+        dna_layout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Text embeddings with DNA features in the placeholder slots. (batch, tokens, hidden)
 
         ``dna_spans`` (n_seq, 2): where each window's change lies (``processor.dna_inputs``);
-        without it the summary reads the middle of each window."""
+        without it the summary reads the middle of each window. ``dna_layout``: where the summary
+        reads, found when the batch was collated (``DNAChatProcessor.dna_layout``)."""
         inputs_embeds = self.llm.get_input_embeddings()(input_ids)
         slots = input_ids == self.dna_pad_id  # (batch, tokens)
         n_slots = int(slots.sum())
@@ -178,7 +180,7 @@ class DNAFusionLM(nn.Module):
                 dna_mask = torch.ones(dna_embeds.shape[:2], dtype=torch.bool, device=dna_embeds.device)
             features, feature_mask = self.projector(dna_embeds, dna_mask)  # (n_seq, n_out, hidden), (n_seq, n_out)
             if self.summary is not None:  # per sample: reference block, variant block, summary
-                summary = self.summary(dna_embeds, dna_mask, dna_spans)  # (n_pairs, n_summary, hidden)
+                summary = self.summary(dna_embeds, dna_mask, dna_spans, dna_layout)  # (n_pairs, n_summary, hidden)
                 n_pairs = summary.shape[0]
                 features = torch.cat(
                     [features.reshape(n_pairs, -1, features.shape[-1]), summary.to(features.dtype)], 1
@@ -192,10 +194,12 @@ class DNAFusionLM(nn.Module):
                     f"DNA placeholder tokens and DNA features do not match: tokens: {n_slots}, features: {features.shape[0]}"
                 )
             inputs_embeds = inputs_embeds.masked_scatter(slots[..., None], features.to(inputs_embeds.dtype))
-        for row, token_id in enumerate((self.dna_start_id, self.dna_end_id)):
-            here = (input_ids == token_id)[..., None]
-            inputs_embeds = torch.where(here, self.dna_boundary[row].to(inputs_embeds.dtype), inputs_embeds)
-        return inputs_embeds
+        # Both boundary tokens in one select: each position's row of dna_boundary (0: start, 1: end),
+        # kept where a boundary token sits; its backward sums each row's gradient in one kernel.
+        is_end = input_ids == self.dna_end_id  # (batch, tokens)
+        here = (input_ids == self.dna_start_id) | is_end
+        boundary = torch.nn.functional.embedding(is_end.long(), self.dna_boundary.to(inputs_embeds.dtype))
+        return torch.where(here[..., None], boundary, inputs_embeds)
 
     def forward(
         self,
@@ -211,6 +215,7 @@ class DNAFusionLM(nn.Module):
         reply_index=None,
         reply_targets=None,
         max_length=None,
+        dna_layout=None,
     ):
         """With ``labels``: the mean next-token loss over labelled tokens, from logits on those
         tokens only (``logits="reply"``, chunked; see ``dnallm.fusion.packing``) or over every
@@ -220,14 +225,22 @@ class DNAFusionLM(nn.Module):
         (``packing.reply_targets``; without them the mask over ``labels`` is applied here,
         which waits for the device). With ``score_mask``: ``.token_logps``
         as ``token_logps`` gives them (through the forward, so that training engines wrap it).
-        Without either: ``.logits`` at every position. -> ``DNAFusionOutput``"""
+        Without either: ``.logits`` at every position. ``dna_layout``: see ``embed``. -> ``DNAFusionOutput``"""
         if score_mask is not None:
             return DNAFusionOutput(
                 token_logps=self.token_logps(input_ids, attention_mask, score_mask, dna_embeds, dna_mask, dna_spans)
             )
         if labels is not None and self.logits == "reply":
             hidden = self.hidden_states(
-                input_ids, attention_mask, dna_embeds, dna_mask, position_ids, cu_seq_lens, dna_spans, max_length
+                input_ids,
+                attention_mask,
+                dna_embeds,
+                dna_mask,
+                position_ids,
+                cu_seq_lens,
+                dna_spans,
+                max_length,
+                dna_layout,
             )
             if reply_index is None:
                 keep, reply_targets = shifted_targets(labels)
@@ -235,8 +248,9 @@ class DNAFusionLM(nn.Module):
             else:
                 chosen = hidden.flatten(0, 1).index_select(0, reply_index)  # (n, hidden)
             logps = chunked_token_logps(chosen, reply_targets, self.llm.get_output_embeddings(), self.logits_chunk)
-            return DNAFusionOutput(loss=-logps.sum() / max(reply_targets.numel(), 1))
-        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
+            # The sign in the divisor, not a negation of its own (one kernel fewer each way): the same number.
+            return DNAFusionOutput(loss=logps.sum() / -max(reply_targets.numel(), 1))
+        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans, dna_layout)
         out = self.llm(
             inputs_embeds=inputs_embeds,
             labels=labels,
@@ -256,9 +270,10 @@ class DNAFusionLM(nn.Module):
         cu_seq_lens=None,
         dna_spans=None,
         max_length=None,
+        dna_layout=None,
     ):
         """The decoder's last hidden states, before the LM head. (batch, tokens, hidden)"""
-        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans)
+        inputs_embeds = self.embed(input_ids, dna_embeds, dna_mask, dna_spans, dna_layout)
         decoder = self.llm.get_base_model().get_decoder()
         out = decoder(
             inputs_embeds=inputs_embeds,

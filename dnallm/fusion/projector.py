@@ -47,11 +47,14 @@ class DNAProjector(nn.Module):
 
     def forward(self, dna_embeds: torch.Tensor, dna_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # dna_embeds: (n_seq, length, dna_hidden); dna_mask: (n_seq, length)
-        x = self.norm(dna_embeds.to(self.norm.weight.dtype)) * dna_mask[..., None].to(self.norm.weight.dtype)
+        weights = dna_mask.to(self.norm.weight.dtype)  # (n_seq, length): one cast, read twice
+        x = self.norm(dna_embeds.to(weights.dtype)) * weights[..., None]
         n_seq, length, _ = x.shape
         n_out = n_pooled(length, self.pool)
         pad = n_out * self.pool - length
-        group_count = F.pad(dna_mask.to(x.dtype), (0, pad)).view(n_seq, n_out, self.pool).sum(2)  # (n_seq, n_out)
+        if pad:
+            weights = F.pad(weights, (0, pad))
+        group_count = weights.view(n_seq, n_out, self.pool).sum(2)  # (n_seq, n_out)
         if self.kind == "conv":
             extra = self.kernel - self.pool  # context beyond each stride, split around it
             x = F.pad(x.transpose(1, 2), (extra // 2, pad + extra - extra // 2))  # (n_seq, dna_hidden, padded)

@@ -87,18 +87,62 @@ def centre_positions(embeds: torch.Tensor, mask: torch.Tensor, width: int = 1) -
     valid positions is ``count // 2``: base ``window // 2`` for one token per base, the token
     covering it for k-mer tokens, and the token nearest it for BPE.
     """
-    count = mask.sum(1, keepdim=True)  # (n_seq, 1)
-    index = count // 2 + torch.arange(width, device=embeds.device) - width // 2  # (n_seq, width)
-    return _gather(embeds, index, (index >= 0) & (index < count))
+    index, valid = _centre_index(mask.sum(1, keepdim=True), width)
+    return _gather(embeds, index.clamp(0, embeds.shape[1] - 1), valid)
+
+
+def _centre_index(count: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_seq, 1) valid positions -> (n_seq, width) positions around the middle, and which are valid."""
+    index = count // 2 + torch.arange(width, device=count.device) - width // 2  # (n_seq, width)
+    return index, (index >= 0) & (index < count)
 
 
 def _gather(embeds: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """embeds (n, positions, hidden) at index (n, k) -> (n, k, hidden), zeros where not ``valid``."""
-    picked = embeds.gather(1, index.clamp(0, embeds.shape[1] - 1)[..., None].expand(-1, -1, embeds.shape[-1]))
+    """embeds (n, positions, hidden) at index (n, k), within positions -> (n, k, hidden), zeros where not ``valid``."""
+    picked = embeds.gather(1, index[..., None].expand(-1, -1, embeds.shape[-1]))
     return picked * valid[..., None].to(picked.dtype)
 
 
-def pair_views(dna_embeds: torch.Tensor, dna_mask: torch.Tensor, dna_spans: torch.Tensor | None, context: int) -> dict:
+def view_layout(spans: torch.Tensor, count: torch.Tensor, width: int, context: int) -> torch.Tensor:
+    """Where ``pair_views`` reads each window, from integers alone: made on the host when a batch
+    is collated (``DNAChatProcessor.dna_layout``), so that the step only gathers; or on the
+    embeddings' device from their mask (``pair_views`` without one).
+
+    spans (n_seq, 2): each window's change (``dna_spans``), count (n_seq, 1): its valid positions,
+    width: the positions its embeddings are padded to -> (n_seq, 2 * slots + 1) long: for the
+    ``slots`` (the local stretch, its aligned layout, the centre; ``layout_slots``) the position
+    to read (within ``width``), then whether it holds a position of the window (0 / 1), then the
+    changed positions (the allele's length).
+    """
+    flank, allele = context_sizes(context)
+    start, end = spans[:, :1], spans[:, 1:]  # (n_seq, 1) each
+    slot = torch.arange(2 * flank + allele, device=spans.device)  # (slots,)
+    local = start - flank + slot  # (n_seq, slots)
+    local_mask = (local >= 0) & (local < count) & (local < end + flank)
+    in_allele = (slot >= flank) & (slot < flank + allele)
+    aligned = torch.where(
+        slot < flank + allele, local, end + slot - flank - allele
+    )  # right flank from the change's end
+    aligned_mask = (aligned >= 0) & (aligned < count) & torch.where(in_allele, aligned < end, True)
+    centre, centre_mask = _centre_index(count, context)
+    index = torch.cat([local, aligned, centre], 1).clamp(0, width - 1)
+    valid = torch.cat([local_mask, aligned_mask, centre_mask], 1)
+    return torch.cat([index, valid.long(), end - start], 1)
+
+
+def layout_slots(context: int) -> tuple[int, int, int]:
+    """The slots of ``view_layout``'s three reads: (local stretch, aligned layout, centre)."""
+    flank, allele = context_sizes(context)
+    return 2 * flank + allele, 2 * flank + allele, context
+
+
+def pair_views(
+    dna_embeds: torch.Tensor,
+    dna_mask: torch.Tensor,
+    dna_spans: torch.Tensor | None,
+    context: int,
+    layout: torch.Tensor | None = None,
+) -> dict:
     """What ``PairFeatures`` reads of each window, gathered from the frozen embeddings (no
     parameters: the DNA-only head computes these once and trains on them).
 
@@ -109,27 +153,24 @@ def pair_views(dna_embeds: torch.Tensor, dna_mask: torch.Tensor, dna_spans: torc
     line up (slots [0, flank) the left flank, then ``allele`` slots for the changed positions,
     fewer of them valid for a shorter change, then the right flank); ``allele_len`` (n_seq,):
     the changed positions; ``centre`` (n_seq, context, hidden).
+    ``layout``: ``view_layout`` made ahead (then ``dna_spans`` is not read); None: made here.
     """
-    flank, allele = context_sizes(context)
-    spans = centre_spans(dna_mask) if dna_spans is None else dna_spans.to(dna_mask.device)
-    start, end = spans[:, :1], spans[:, 1:]  # (n_seq, 1) each
-    count = dna_mask.sum(1, keepdim=True)  # (n_seq, 1)
-    slot = torch.arange(2 * flank + allele, device=dna_mask.device)  # (slots,)
-    local = start - flank + slot  # (n_seq, slots)
-    local_mask = (local >= 0) & (local < count) & (local < end + flank)
-    in_allele = (slot >= flank) & (slot < flank + allele)
-    aligned = torch.where(
-        slot < flank + allele, local, end + slot - flank - allele
-    )  # right flank from the change's end
-    aligned_mask = (aligned >= 0) & (aligned < count) & torch.where(in_allele, aligned < end, True)
+    if layout is None:
+        spans = centre_spans(dna_mask) if dna_spans is None else dna_spans.to(dna_mask.device)
+        layout = view_layout(spans, dna_mask.sum(1, keepdim=True), dna_embeds.shape[1], context)
+    n_local, n_aligned, n_centre = layout_slots(context)
+    slots = n_local + n_aligned + n_centre
+    valid = layout[:, slots : 2 * slots].bool()  # (n_seq, slots)
+    # One gather for the three reads: (n_seq, slots, hidden), zeros where a slot holds no position.
+    picked = _gather(dna_embeds, layout[:, :slots], valid)
     return {
         "pooled": masked_mean(dna_embeds, dna_mask),
-        "local": _gather(dna_embeds, local, local_mask),
-        "local_mask": local_mask,
-        "aligned": _gather(dna_embeds, aligned, aligned_mask),
-        "aligned_mask": aligned_mask,
-        "allele_len": (end - start).squeeze(1),
-        "centre": centre_positions(dna_embeds, dna_mask, context),
+        "local": picked[:, :n_local],
+        "local_mask": valid[:, :n_local],
+        "aligned": picked[:, n_local : n_local + n_aligned],
+        "aligned_mask": valid[:, n_local : n_local + n_aligned],
+        "allele_len": layout[:, 2 * slots],
+        "centre": picked[:, n_local + n_aligned :],
     }
 
 
@@ -235,9 +276,14 @@ class VariantSummary(nn.Module):
         self.out = nn.Linear(SUMMARY_WIDTH, n_tokens * llm_hidden)
 
     def forward(
-        self, dna_embeds: torch.Tensor, dna_mask: torch.Tensor, dna_spans: torch.Tensor | None = None
+        self,
+        dna_embeds: torch.Tensor,
+        dna_mask: torch.Tensor,
+        dna_spans: torch.Tensor | None = None,
+        dna_layout: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        views = pair_views(dna_embeds, dna_mask, dna_spans, self.context)
+        """``dna_layout``: ``view_layout`` made when the batch was collated (else from ``dna_spans``)."""
+        views = pair_views(dna_embeds, dna_mask, dna_spans, self.context, dna_layout)
         return self.out(self.encoder(views)).view(
             -1, self.n_tokens, self.llm_hidden
         )  # (n_pairs, n_tokens, llm_hidden)

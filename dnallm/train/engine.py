@@ -61,6 +61,34 @@ def fused_adamw(param_groups: list[dict]) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups, fused=True)
 
 
+def make_adam_state(optimizer: torch.optim.Optimizer) -> None:
+    """Adam's state for every parameter now, as ``Adam._init_group`` would make it lazily in the
+    first step (step count, moments at zero): the memory is taken up front, as DeepSpeed's ZeRO
+    optimizers take it at initialisation, and the first step launches what every later one does
+    (no ``zeros_like`` twice and ``zeros`` per trained tensor). Other optimizers keep their own,
+    lazy, state."""
+    if not isinstance(optimizer, torch.optim.Adam):
+        return
+    for group in optimizer.param_groups:
+        # fused / capturable keep the step on the parameter's device in fp32; otherwise torch keeps it
+        # on the host, in fp64 under a fp64 default dtype.
+        on_device = group["fused"] or group["capturable"]
+        step_dtype = (
+            torch.float64 if not group["fused"] and torch.get_default_dtype() == torch.float64 else torch.float32
+        )
+        for p in group["params"]:
+            if optimizer.state[p]:
+                continue
+            state = {
+                "step": torch.zeros((), dtype=step_dtype, device=p.device if on_device else "cpu"),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            optimizer.state[p] = state
+
+
 def build_engine(
     recipe,
     model: nn.Module,
@@ -233,6 +261,7 @@ class TorchEngine:
     ):
         self.module = model.to(device)
         self.optimizer = optimizer_fn(param_groups)
+        make_adam_state(self.optimizer)
         self.scheduler = scheduler_fn(self.optimizer)
         self.grad_accum = grad_accum
         self.max_grad_norm = max_grad_norm

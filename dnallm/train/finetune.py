@@ -69,6 +69,7 @@ MODEL_TENSORS = (
     "cu_seq_lens",
     "reply_index",
     "reply_targets",
+    "dna_layout",
 )
 
 
