@@ -51,8 +51,8 @@ def main(argv=None) -> dict:
     )
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="dnallm-zero3-") as tmp:
-        encoder, llm = random_models(recipe, args.shape, "cpu", Path(tmp), layers=args.layers)  # in host memory
-        model, tokenizer = build_model(recipe, device, encoder, llm=llm, place=False)
+        encoder, new_llm = random_models(recipe, args.shape, "cpu", Path(tmp), layers=args.layers)  # in host memory
+        model, tokenizer = build_model(recipe, device, encoder, llm=new_llm(), place=False)
         model_bytes = sum(t.numel() * 2 for t in model.parameters())  # in bf16
         processor = build_processor(recipe, tokenizer, encoder)
         write_jsonl(Path(tmp) / "planted.jsonl", planted_records(2, n_classes=4, seed=0))

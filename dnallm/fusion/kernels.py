@@ -73,7 +73,7 @@ class LoraLinear(torch.autograd.Function):
             down = rows @ lora_a.t()  # (tokens, r)
             out = rows @ weight.t() if bias is None else torch.addmm(bias, rows, weight.t())  # (tokens, out)
             out.addmm_(down, lora_b.t(), alpha=scale)
-        ctx.save_for_backward(rows, weight, lora_a, lora_b, down)
+        ctx.save_for_backward(rows, *(_as_gathered(t) for t in (weight, lora_a, lora_b)), down)
         ctx.scale, ctx.has_bias = scale, bias is not None
         return out
 
@@ -91,6 +91,13 @@ class LoraLinear(torch.autograd.Function):
             grad_weight = grad.t() @ rows if need_weight else None  # a trained base (LoRA's is frozen)
             grad_bias = grad.sum(0) if ctx.has_bias and need_bias else None
         return grad_rows, grad_weight, grad_bias, grad_a, grad_b, None
+
+
+def _as_gathered(param: torch.Tensor) -> torch.Tensor:
+    """What the backward reads of a parameter: the parameter itself, or, for one that DeepSpeed ZeRO-3
+    partitions again after the forward (its data swapped for an empty tensor), an alias of the data
+    gathered for the forward, kept for the backward as autograd's own saved tensors keep it."""
+    return param.detach() if hasattr(param, "ds_id") else param
 
 
 def _plain_adapter(layer, x: torch.Tensor, args, kwargs) -> str | None:
