@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -15,7 +16,12 @@ def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+        # the script's `python` is this interpreter (its environment), activated or not
+        env={
+            **os.environ,
+            "DS_ACCELERATOR": "cpu",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report_text, table = proc.stdout.split("\n\n| check |")

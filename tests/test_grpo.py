@@ -26,7 +26,7 @@ from dnallm.train.policy import group_advantages, policy_loss, reference_logps, 
 from dnallm.train.rewards import Reply, Rewards
 
 REPO = Path(__file__).resolve().parent.parent
-STOP_SFT_AFTER = 95
+STOP_SFT_AFTER = 75
 LABELS = LabelSet(["parkinson's disease", "alzheimer's disease", "prion disease"])
 
 
@@ -52,8 +52,9 @@ def _paths(tiny_models, planted, out):
 
 @pytest.fixture(scope="module")
 def under_trained(tmp_path_factory, tiny_models, planted):
-    """The tiny fine-tuning recipe stopped after 95 of its 300 steps: it answers in format,
-    and is right on half of the test set (chance: 25 %; 100 % by step 110)."""
+    """The tiny fine-tuning recipe stopped after 75 of its 300 steps: it answers in format,
+    and is right on half of the test set (measured with two threads: 0 % at step 70, 52 % at 75,
+    72 % at 80, 100 % by step 95; chance: 25 %)."""
     out = tmp_path_factory.mktemp("sft") / "run"
     recipe = load_recipe(REPO / "recipes/kegg/tiny.yaml", [*_paths(tiny_models, planted, out), "train.save_every=0"])
     return train(recipe, stop_after=STOP_SFT_AFTER)
@@ -238,9 +239,9 @@ def test_sampled_groups_and_their_log_probabilities(tiny_models, planted, under_
 
 
 @pytest.mark.xfail(
-    reason="from the 95-step checkpoint GRPO gained 28 points on one thread (50.0 -> 78.3 %), but with two threads "
-    "that checkpoint already starts at 78.3 %: where the tiny run leaves its plateau moves with the arithmetic "
-    "(docs/grpo.md)",
+    reason="the recipe's 20 GRPO steps have not yet been seen to raise the tiny checkpoint that is right on half "
+    "the test set: from the 75-step checkpoint (51.7 %, two threads) they leave it at 51.7 %; from the earlier "
+    "summary's 95-step one (50.0 %, one thread) they reached 78.3 % (docs/grpo.md)",
     strict=False,
 )
 def test_grpo_raises_planted_test_accuracy(tiny_models, planted, under_trained, tmp_path):

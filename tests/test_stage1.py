@@ -1,18 +1,13 @@
 """Stage 1: the variant summary's pair encoder learns the answers first, the summary starts centred
 over the training pairs, and the pair encoder then learns slower than the parts trained from scratch."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from dnallm.config import load_recipe
 from dnallm.data.kegg import load_examples, write_jsonl
 from dnallm.data.synthetic import planted_signal_records
 from dnallm.fusion.processor import dna_inputs
 from dnallm.train.finetune import FineTune, param_groups
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -22,22 +17,8 @@ def kmer_task(tmp_path_factory):
     return out / "train.jsonl"
 
 
-def _recipe(tmp_path, tiny_models, train, *extra):
-    return load_recipe(
-        REPO / "recipes/kegg/tiny.yaml",
-        [
-            f"output_dir={tmp_path / 'run'}",
-            f"encoder.name_or_path={tiny_models['genos']}",
-            f"llm.name_or_path={tiny_models['qwen3']}",
-            f"data.train={train}",
-            "data.val=",
-            *extra,
-        ],
-    )
-
-
-def test_stage_one_leaves_a_centred_summary_that_tells_the_answers_apart(tmp_path, tiny_models, kmer_task):
-    recipe = _recipe(tmp_path, tiny_models, kmer_task)
+def test_stage_one_leaves_a_centred_summary_that_tells_the_answers_apart(tmp_path, tiny_kegg_recipe, kmer_task):
+    recipe = tiny_kegg_recipe(tmp_path / "run", kmer_task)
     objective = FineTune(recipe)
     model = objective.setup("cpu", 0, 1)
     assert objective.stage1["stage1_train_accuracy"] >= 0.9, objective.stage1
@@ -54,8 +35,8 @@ def test_stage_one_leaves_a_centred_summary_that_tells_the_answers_apart(tmp_pat
     assert between / summary.pow(2).sum() > 0.5
 
 
-def test_the_stage_one_encoder_learns_at_its_own_rate(tmp_path, tiny_models, kmer_task):
-    recipe = _recipe(tmp_path, tiny_models, kmer_task, "train.lr=2e-3", "train.projector_lr=1e-3")
+def test_the_stage_one_encoder_learns_at_its_own_rate(tmp_path, tiny_kegg_recipe, kmer_task):
+    recipe = tiny_kegg_recipe(tmp_path / "run", kmer_task, "train.lr=2e-3", "train.projector_lr=1e-3")
     model = FineTune(recipe).setup("cpu", 0, 1)
     groups = param_groups(model, recipe)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -70,5 +51,5 @@ def test_the_stage_one_encoder_learns_at_its_own_rate(tmp_path, tiny_models, kme
             assert lr == pytest.approx(1e-4), name  # 0.1 x the projector's
         else:
             assert lr == 1e-3, name
-    scratch = _recipe(tmp_path, tiny_models, kmer_task, "projector.pretrain_epochs=0")
+    scratch = tiny_kegg_recipe(tmp_path / "run", kmer_task, "projector.pretrain_epochs=0")
     assert len(param_groups(FineTune(scratch).setup("cpu", 0, 1), scratch)) == 2  # no stage 1: one fusion rate
