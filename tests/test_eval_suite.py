@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from tiny_recipes import tiny_kegg_recipe
 from dnallm.cli import main
 from dnallm.config import load_recipe
 from dnallm.data.dna import RecordError
@@ -241,18 +242,7 @@ def test_records_without_dna_need_a_text_only_model(tmp_path):
 def tiny_checkpoint(tmp_path_factory, tiny_models):
     out = tmp_path_factory.mktemp("suite")
     write_jsonl(out / "train.jsonl", planted_records(64, n_classes=4, seed=3))
-    recipe = load_recipe(
-        REPO / "recipes/kegg/tiny.yaml",
-        [
-            f"output_dir={out / 'run'}",
-            f"encoder.name_or_path={tiny_models['genos']}",
-            f"llm.name_or_path={tiny_models['qwen3']}",
-            f"data.train={out / 'train.jsonl'}",
-            "data.val=",
-            "train.max_steps=4",
-            "train.save_every=0",
-        ],
-    )
+    recipe = tiny_kegg_recipe(tiny_models, out / "run", out / "train.jsonl", "train.max_steps=4", "train.save_every=0")
     return train(recipe)
 
 

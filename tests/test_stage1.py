@@ -8,6 +8,7 @@ from dnallm.data.kegg import load_examples, write_jsonl
 from dnallm.data.synthetic import planted_signal_records
 from dnallm.fusion.processor import dna_inputs
 from dnallm.train.finetune import FineTune, param_groups
+from tiny_recipes import tiny_kegg_recipe
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,8 @@ def kmer_task(tmp_path_factory):
     return out / "train.jsonl"
 
 
-def test_stage_one_leaves_a_centred_summary_that_tells_the_answers_apart(tmp_path, tiny_kegg_recipe, kmer_task):
-    recipe = tiny_kegg_recipe(tmp_path / "run", kmer_task)
+def test_stage_one_leaves_a_centred_summary_that_tells_the_answers_apart(tmp_path, tiny_models, kmer_task):
+    recipe = tiny_kegg_recipe(tiny_models, tmp_path / "run", kmer_task)
     objective = FineTune(recipe)
     model = objective.setup("cpu", 0, 1)
     assert objective.stage1["stage1_train_accuracy"] >= 0.9, objective.stage1
@@ -35,8 +36,8 @@ def test_stage_one_leaves_a_centred_summary_that_tells_the_answers_apart(tmp_pat
     assert between / summary.pow(2).sum() > 0.5
 
 
-def test_the_stage_one_encoder_learns_at_its_own_rate(tmp_path, tiny_kegg_recipe, kmer_task):
-    recipe = tiny_kegg_recipe(tmp_path / "run", kmer_task, "train.lr=2e-3", "train.projector_lr=1e-3")
+def test_the_stage_one_encoder_learns_at_its_own_rate(tmp_path, tiny_models, kmer_task):
+    recipe = tiny_kegg_recipe(tiny_models, tmp_path / "run", kmer_task, "train.lr=2e-3", "train.projector_lr=1e-3")
     model = FineTune(recipe).setup("cpu", 0, 1)
     groups = param_groups(model, recipe)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -51,5 +52,5 @@ def test_the_stage_one_encoder_learns_at_its_own_rate(tmp_path, tiny_kegg_recipe
             assert lr == pytest.approx(1e-4), name  # 0.1 x the projector's
         else:
             assert lr == 1e-3, name
-    scratch = tiny_kegg_recipe(tmp_path / "run", kmer_task, "projector.pretrain_epochs=0")
+    scratch = tiny_kegg_recipe(tiny_models, tmp_path / "run", kmer_task, "projector.pretrain_epochs=0")
     assert len(param_groups(FineTune(scratch).setup("cpu", 0, 1), scratch)) == 2  # no stage 1: one fusion rate

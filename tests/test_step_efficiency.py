@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_recipes import tiny_kegg_recipe
 from dnallm.config import RecipeError, load_recipe
 from dnallm.data.kegg import load_examples, write_jsonl
 from dnallm.data.synthetic import planted_records
@@ -34,18 +35,7 @@ def planted(tmp_path_factory):
 
 
 def _recipe(tmp_path, tiny_models, planted, *extra):
-    return load_recipe(
-        REPO / "recipes/kegg/tiny.yaml",
-        [
-            f"output_dir={tmp_path / 'run'}",
-            f"encoder.name_or_path={tiny_models['genos']}",
-            f"llm.name_or_path={tiny_models['qwen3']}",
-            f"data.train={planted / 'train.jsonl'}",
-            "data.val=",
-            "train.micro_batch_size=4",
-            *extra,
-        ],
-    )
+    return tiny_kegg_recipe(tiny_models, tmp_path / "run", planted / "train.jsonl", "train.micro_batch_size=4", *extra)
 
 
 def test_one_training_step_launches_few_operations_and_syncs_little(tmp_path, tiny_models, planted):

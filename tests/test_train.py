@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dnallm.config import load_recipe
+from tiny_recipes import tiny_kegg_recipe
 from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.eval.kegg import evaluate
@@ -35,18 +35,7 @@ def planted(tmp_path_factory):
 
 
 def _recipe(tmp_path, tiny_models, planted, *extra):
-    return load_recipe(
-        REPO / "recipes/kegg/tiny.yaml",
-        [
-            f"output_dir={tmp_path / 'run'}",
-            f"encoder.name_or_path={tiny_models['genos']}",
-            f"llm.name_or_path={tiny_models['qwen3']}",
-            f"data.train={planted / 'train.jsonl'}",
-            "data.val=",
-            "train.log_every=10",
-            *extra,
-        ],
-    )
+    return tiny_kegg_recipe(tiny_models, tmp_path / "run", planted / "train.jsonl", "train.log_every=10", *extra)
 
 
 def _losses(run_dir):

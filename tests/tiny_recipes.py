@@ -1,0 +1,24 @@
+"""The tiny KEGG recipe pointed at the tests' tiny models and a planted training file: what many
+tests train or load, built in one place."""
+
+from pathlib import Path
+
+from dnallm.config import load_recipe
+
+TINY_KEGG = Path(__file__).resolve().parent.parent / "recipes/kegg/tiny.yaml"
+
+
+def tiny_kegg_recipe(tiny_models: dict, out_dir: Path, train: Path, *overrides: str):
+    """recipes/kegg/tiny.yaml with its models, training file and output folder replaced, no
+    validation file, then ``overrides``."""
+    return load_recipe(
+        TINY_KEGG,
+        [
+            f"output_dir={out_dir}",
+            f"encoder.name_or_path={tiny_models['genos']}",
+            f"llm.name_or_path={tiny_models['qwen3']}",
+            f"data.train={train}",
+            "data.val=",
+            *overrides,
+        ],
+    )
