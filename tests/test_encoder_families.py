@@ -142,6 +142,22 @@ def test_bpe_bases_per_token_is_the_mean_on_mixed_sequence(families):
     assert round(480 / tokenizer.n_positions("T" * 480)) != tokenizer.bases_per_token
 
 
+def test_token_counts_kept_between_steps_are_the_tokenizers_own(families, monkeypatch):
+    """Counts are kept per window (asked for several times a step): each one is what the tokenizer
+    gives, the first time and after, and after the store is emptied for holding too many bases."""
+    import dnallm.encoders.hf as hf
+
+    tokenizer = DNATokenizer(str(families["dnabert2"].path), trust_remote_code=True)  # BPE: counts vary
+    rng = random.Random(5)
+    windows = ["".join(rng.choice("ACGT") for _ in range(rng.randint(50, 300))) for _ in range(30)]
+    truth = [len(tokenizer.tokenizer(w, add_special_tokens=False)["input_ids"]) for w in windows]
+    assert len(set(truth)) > 5
+    monkeypatch.setattr(hf, "POSITIONS_MEMO", 2_000)  # ~10 windows: emptied twice on the way
+    for _ in range(2):
+        assert [tokenizer.n_positions(w) for w in windows] == truth
+    assert tokenizer._memo_bases <= 2_000
+
+
 def _fresh_copy(family, folder: Path) -> str:
     """The checkpoint under a new folder name: transformers imports its code as a new module."""
     shutil.copytree(family.path, folder)

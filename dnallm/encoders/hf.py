@@ -56,6 +56,7 @@ def _random_dna(n_bases: int, seed: int) -> str:
 # multiple of every k up to 6 (a k-mer tokenizer gives exactly k) and stays within a 512-token
 # model limit.
 PROBE = _random_dna(480, seed=0)
+POSITIONS_MEMO = 64 << 20  # bases of the windows whose token counts DNATokenizer keeps (64 MiB of strings at most)
 
 # Task classes whose base model is the trunk, for checkpoints whose own code has no AutoModel.
 _TASK_CLASSES = ("AutoModelForMaskedLM", "AutoModelForCausalLM")
@@ -251,9 +252,21 @@ class DNATokenizer:
                 "it is not a tokenizer of raw DNA sequence"
             )
         self.bases_per_token = max(1, round(len(PROBE) / len(probe)))
+        # Each window's count is asked for several times a step (the prompt's placeholders, the summary's
+        # layout, the spans), every epoch: counted once, while the windows kept total POSITIONS_MEMO bases.
+        self._positions: dict[str, int] = {}
+        self._memo_bases = 0
 
     def n_positions(self, seq: str) -> int:
-        return len(self.tokenizer(seq, add_special_tokens=False)["input_ids"])
+        n = self._positions.get(seq)
+        if n is None:
+            n = len(self.tokenizer(seq, add_special_tokens=False)["input_ids"])
+            if self._memo_bases + len(seq) > POSITIONS_MEMO:
+                self._positions.clear()
+                self._memo_bases = 0
+            self._positions[seq] = n
+            self._memo_bases += len(seq)
+        return n
 
     def to_tokens(self, n_bases: int) -> int:
         """``n_bases`` as a count of encoder positions (at least 1).
