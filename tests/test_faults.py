@@ -328,7 +328,11 @@ def test_model_paths_resolve_against_the_checkpoint_and_hub_ids_stay_ids(project
 
 
 def test_train_with_a_missing_model_names_the_key_before_any_work(project, tmp_path, elsewhere, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    # Offline (the hub library reads the variable once, at import): no minute of retries to a hub it cannot reach.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     data = [f"data.train={project['data'] / 'train.jsonl'}", "data.val=", f"output_dir={tmp_path / 'run'}"]
     code, err = run(
         capsys,
