@@ -2,6 +2,7 @@
 
     bash scripts/gpu_check.sh          # one GPU, published shapes, random weights from configs
     bash scripts/gpu_check.sh --cpu    # the same checks at tiny shapes on the CPU (CI runs this)
+    bash scripts/gpu_check.sh --cpu --jobs 2   # two checks at a time, each with half the cores
 
 Each check runs in its own process (a clean peak-memory count) and the script prints one JSON
 object, then a markdown table:
@@ -24,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 
@@ -130,12 +133,12 @@ CPU_CHECKS = {
 }
 
 
-def run_check(name: str, argv: list[str], timeout: int) -> dict:
+def run_check(name: str, argv: list[str], timeout: int, env: dict | None = None) -> dict:
     cmd = [sys.executable, str(REPO / "scripts" / argv[0]), *argv[1:]]
     print(f"[gpu_check] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"no result within {timeout} s"}
     seconds = round(time.perf_counter() - start, 1)
@@ -297,7 +300,16 @@ def main(argv=None) -> int:
         type=Path,
         help="the LLM's tokenizer folder for the KEGG checks (e.g. Qwen3's own, as `.ci/fetch-qwen3-tokenizer` saves it)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="checks run this many at a time, with the cores shared out (CPU only: on a GPU each check has the "
+        "device to itself, for its timings and peak memory)",
+    )
     args = p.parse_args(argv)
+    if args.jobs < 1 or (args.jobs > 1 and not args.cpu):
+        p.error(f"--jobs {args.jobs}: checks run side by side only with --cpu, and at least one at a time")
     checks = CPU_CHECKS if args.cpu else GPU_CHECKS
     if args.only:
         checks = {k: v for k, v in checks.items() if k in args.only.split(",")}
@@ -310,13 +322,21 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
             return 2
-    results = {}
-    for name, check in checks.items():
+    env = None
+    if args.jobs > 1:  # each check's share of the cores: more threads than cores slow every check down
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+
+    def one(name: str, check: list[str]) -> dict:
         if args.tokenizer and check[0] == "bench_train.py":
             check = [*check, "--tokenizer", str(args.tokenizer.resolve())]
-        results[name] = run_check(name, check, args.timeout or (300 if args.cpu else 180))
+        result = run_check(name, check, args.timeout or (300 if args.cpu else 180), env)
         # each result as it comes, so a run stopped part-way still leaves what it measured
-        print(f"[gpu_check] {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
+        print(f"[gpu_check] {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
+        return result
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {name: pool.submit(one, name, check) for name, check in checks.items()}
+        results = {name: future.result() for name, future in futures.items()}  # in the checks' order
     found = problems(results, args.cpu)
     print(json.dumps({"device": "cpu" if args.cpu else "cuda", "checks": results, "problems": found}, indent=2))
     print()

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_gpu_check_cpu_mode_runs_every_check_and_prints_json_and_a_table():
     proc = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", "--cpu"],
+        ["bash", "scripts/gpu_check.sh", "--cpu", "--jobs", "2"],  # mostly start-up: two at a time
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -100,3 +100,12 @@ def test_gpu_check_flags_zero3_offload_that_put_the_whole_model_on_the_gpu():
     assert gpu_check.problems({"z": {"ok": True, "report": good}}, cpu=False) == []
     whole = gpu_check.problems({"z": {"ok": True, "report": {**good, "peak_cuda_at_start_gib": 1.7}}}, cpu=False)
     assert len(whole) == 1 and "whole" in whole[0]
+
+
+def test_checks_run_side_by_side_only_on_the_cpu():
+    """On a GPU every check needs the device to itself: --jobs without --cpu is refused before any check runs."""
+    proc = subprocess.run(
+        [sys.executable, "scripts/gpu_check.py", "--jobs", "2"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "--jobs 2: checks run side by side only with --cpu" in proc.stderr, proc.stderr
+    assert "[gpu_check]" not in proc.stderr
