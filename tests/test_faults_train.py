@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny_recipes import BRIEF_STAGE1
 from dnallm.config import RecipeError, load_recipe
 from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
@@ -41,6 +42,7 @@ def _args(out, tiny_models, planted, *extra):
         "lora.dropout=0.1",
         "train.micro_batch_size=4",
         "train.log_every=1",
+        BRIEF_STAGE1,
         *extra,
     ]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_recipes import tiny_kegg_recipe
+from tiny_recipes import BRIEF_STAGE1, tiny_kegg_recipe
 from dnallm.data.kegg import write_jsonl
 from dnallm.data.synthetic import planted_records
 from dnallm.eval.kegg import evaluate
@@ -52,23 +52,25 @@ def test_deepspeed_run_learns_planted_signal(stage, packing, tmp_path, tiny_mode
         tmp_path,
         tiny_models,
         planted,
-        "train.max_steps=300",
+        "train.max_steps=150",
         "train.save_every=0",
         f"deepspeed={REPO}/recipes/deepspeed/{stage}.json",
         f"train.packing={str(packing).lower()}",
     )
     checkpoint = train(recipe)
-    assert checkpoint.name == "checkpoint-300"
+    assert checkpoint.name == "checkpoint-150"
     losses = _losses(tmp_path / "run")
     assert losses[-1] < 0.25 * losses[0], losses
     metrics = evaluate(checkpoint, planted / "test.jsonl", tmp_path / "eval")
-    # four classes: chance is 25 %; the label is only in the DNA
+    # four classes: chance is 25 %; the label is only in the DNA (read from about step 120: 48 % at 100, 100 % at 150)
     assert metrics["accuracy"] >= 0.8, metrics
     assert (tmp_path / "eval" / "predictions.csv").is_file()
 
 
 def test_checkpoint_holds_only_what_trained(tmp_path, tiny_models, planted, single_process_env):
-    checkpoint = train(_recipe(tmp_path, tiny_models, planted, "train.max_steps=2", "train.save_every=0"))
+    checkpoint = train(
+        _recipe(tmp_path, tiny_models, planted, "train.max_steps=2", "train.save_every=0", BRIEF_STAGE1)
+    )
     values = load_file(checkpoint / "trainable.safetensors")
     assert values and all(
         k.startswith(("projector.", "summary.", "dna_boundary", "llm.")) and ("lora_" in k or not k.startswith("llm."))
@@ -151,7 +153,7 @@ def test_frozen_encoder_is_unchanged_by_training_steps(tmp_path, tiny_models, pl
 def test_resume_after_interruption_continues_from_saved_step(
     stage, tmp_path, tiny_models, planted, single_process_env
 ):
-    extra = ["train.max_steps=8", "train.save_every=4", "train.log_every=1"] + (
+    extra = ["train.max_steps=8", "train.save_every=4", "train.log_every=1", BRIEF_STAGE1] + (
         [f"deepspeed={REPO}/recipes/deepspeed/{stage}.json"] if stage else []
     )
     whole = train(_recipe(tmp_path / "a", tiny_models, planted, *extra))
@@ -203,6 +205,7 @@ def test_two_processes_under_the_deepspeed_launcher(tmp_path, tiny_models, plant
         "train.max_steps=4",
         "train.save_every=2",
         "train.log_every=1",
+        BRIEF_STAGE1,
     ]
     env = {
         k: v

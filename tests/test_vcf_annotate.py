@@ -52,7 +52,7 @@ def checkpoint(tiny_models, tmp_path_factory) -> Path:
             f"data.train={out}/train.jsonl",
             "data.val=",
             f"data.dna_window={DNA_WINDOW}",
-            "train.max_steps=300",
+            "train.max_steps=150",
             "train.micro_batch_size=8",
             "train.save_every=0",
             "eval.max_new_tokens=12",

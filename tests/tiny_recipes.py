@@ -6,6 +6,9 @@ from pathlib import Path
 from dnallm.config import load_recipe
 
 TINY_KEGG = Path(__file__).resolve().parent.parent / "recipes/kegg/tiny.yaml"
+# Stage 1 (projector.pretrain_epochs) as the recipe runs it, for 2 of its 30 epochs: for the tests of how a
+# run behaves (resume, signals, checkpoints), not of what it learns, which keep the recipe's 30.
+BRIEF_STAGE1 = "projector.pretrain_epochs=2"
 
 
 def tiny_kegg_recipe(tiny_models: dict, out_dir: Path, train: Path, *overrides: str):
