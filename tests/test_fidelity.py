@@ -61,8 +61,8 @@ def _whole_replies(result: dict) -> None:
 
 # Every signal at k = 8 (the real recipes' compression) and at k = 1, each for STEPS steps, half
 # the recipe's 600. The LLM reads the summary from step ~100 to ~200 (docs/eval.md, "What was tried").
-# `python scripts/fidelity_grid.py --designs pooled+aligned+kmers --pools 8,1 --records 700 --test 100
-# train.max_steps=300` runs the same grid and prints its table.
+# `python scripts/fidelity_grid.py --pools 8,1 --records 700 --test 100 train.max_steps=300` runs the
+# same cases for every design and writes the signal x design x k table of docs/eval.md and the README.
 SIGNALS = ("motif", "flank", "kmer", "centre", "substitution", "site", "indel", "repeat")
 STEPS = 300
 CASES = [(signal, k) for k in (8, 1) for signal in SIGNALS]
@@ -141,8 +141,14 @@ def _train_losses(run_dir):
 
 def test_baselines_outputs_and_learning_curves(tiny_models, signal_data, tmp_path):
     data, _ = signal_data("centre")
+    # What is written, and that each model learns: briefly (the scores are the tests above).
     result = _baselines(
-        tiny_models, data, tmp_path / "run", ["dna+text", "text-only", "dna-only"], "train.max_steps=60"
+        tiny_models,
+        data,
+        tmp_path / "run",
+        ["dna+text", "text-only", "dna-only"],
+        "train.max_steps=40",
+        "dna_head.epochs=20",
     )
     out = tmp_path / "run"
     for run in ("dna_text", "text_only"):
