@@ -8,6 +8,8 @@ are read back, not repeated: a stopped grid goes on where it stopped.
 
     test -d .dnallm/tiny || dnallm make-tiny
     python scripts/fidelity_grid.py --out runs/fidelity-grid
+    # the table of docs/eval.md and the README (every design, tests/test_fidelity.py's data and steps; ~25 min):
+    python scripts/fidelity_grid.py --out runs/fidelity-grid --pools 8,1 --records 700 --test 100 train.max_steps=300
     python scripts/fidelity_grid.py --signals centre,substitution --designs published,pooled+centre --pools 8
 
 Designs: ``published`` is the two-block layout of published DNA-LLMs (MLP projector, no
@@ -77,9 +79,32 @@ def run(recipe_path: Path, out_dir: Path, data: Path, models: list[str], overrid
     return {row["model"]: row["accuracy"] for row in result["rows"]}
 
 
+def pivot_table(rows: list[dict]) -> str:
+    """Signals down, designs x k across: DNA + text accuracy, ✗ where the fidelity bar is not held;
+    the DNA-only head, text-only and chance once per signal."""
+    columns = list(dict.fromkeys((r["design"], r["k"]) for r in rows))
+    by_signal: dict[str, dict] = {}
+    for r in rows:
+        by_signal.setdefault(r["signal"], {"row": r})[(r["design"], r["k"])] = r
+    header = ["signal (classes)", "DNA-only head", "text-only"] + [f"{d}, k = {k}" for d, k in columns]
+    body = []
+    for signal, cells in by_signal.items():
+        first = cells["row"]
+        line = [f"{signal} ({round(1 / first['chance'])})", f"{first['dna-only']:.3f}", f"{first['text-only']:.3f}"]
+        for column in columns:
+            r = cells.get(column)
+            line.append("" if r is None else f"{r['dna+text']:.3f}" + ("" if r["holds"] else " ✗"))
+        body.append(line)
+    return markdown_table(header, body)
+
+
 def write_tables(out: Path, rows: list[dict]) -> None:
     header = ["signal", "design", "k", "dna+text", "text-only", "dna-only", "chance", "holds"]
-    atomic_write_text(out / "grid.md", markdown_table(header, [[r[h] for h in header] for r in rows]) + "\n")
+    text = (
+        "DNA + text accuracy by signal and design (✗: not within 2 points of the DNA-only head, or below 0.95 "
+        "where the head reaches it)\n\n" + pivot_table(rows) + "\n\nEvery run\n\n"
+    )
+    atomic_write_text(out / "grid.md", text + markdown_table(header, [[r[h] for h in header] for r in rows]) + "\n")
     atomic_write_text(out / "grid.json", json.dumps(rows, indent=2) + "\n")
 
 
