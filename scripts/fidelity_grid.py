@@ -80,8 +80,8 @@ def run(recipe_path: Path, out_dir: Path, data: Path, models: list[str], overrid
 
 
 def pivot_table(rows: list[dict]) -> str:
-    """Signals down, designs x k across: DNA + text accuracy, ✗ where the fidelity bar is not held;
-    the DNA-only head, text-only and chance once per signal."""
+    """Signals down (with their class count), designs x k across: DNA + text accuracy, ✗ where the
+    fidelity bar is not held; the DNA-only head and text-only once per signal."""
     columns = list(dict.fromkeys((r["design"], r["k"]) for r in rows))
     by_signal: dict[str, dict] = {}
     for r in rows:
