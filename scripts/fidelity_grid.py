@@ -83,16 +83,16 @@ def pivot_table(rows: list[dict]) -> str:
     """Signals down (with their class count), designs x k across: DNA + text accuracy, ✗ where the
     fidelity bar is not held; the DNA-only head and text-only once per signal."""
     columns = list(dict.fromkeys((r["design"], r["k"]) for r in rows))
-    by_signal: dict[str, dict] = {}
+    cells = {(r["signal"], r["design"], r["k"]): r for r in rows}
+    first = {}  # signal -> its first run: the head, text-only and chance are the same in all of them
     for r in rows:
-        by_signal.setdefault(r["signal"], {"row": r})[(r["design"], r["k"])] = r
+        first.setdefault(r["signal"], r)
     header = ["signal (classes)", "DNA-only head", "text-only"] + [f"{d}, k = {k}" for d, k in columns]
     body = []
-    for signal, cells in by_signal.items():
-        first = cells["row"]
-        line = [f"{signal} ({round(1 / first['chance'])})", f"{first['dna-only']:.3f}", f"{first['text-only']:.3f}"]
-        for column in columns:
-            r = cells.get(column)
+    for signal, r0 in first.items():
+        line = [f"{signal} ({round(1 / r0['chance'])})", f"{r0['dna-only']:.3f}", f"{r0['text-only']:.3f}"]
+        for design, k in columns:
+            r = cells.get((signal, design, k))
             line.append("" if r is None else f"{r['dna+text']:.3f}" + ("" if r["holds"] else " ✗"))
         body.append(line)
     return markdown_table(header, body)
