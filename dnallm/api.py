@@ -218,21 +218,29 @@ class TrackModel(WrongKind):
 
 
 def load(
-    checkpoint: str | Path, *, device: str | None = None, overrides: list[str] | tuple = ()
+    checkpoint: str | Path,
+    *,
+    device: str | None = None,
+    overrides: list[str] | tuple = (),
+    trust_remote_code: bool = False,
 ) -> Model | TrackModel:
     """A run directory (its latest checkpoint) or a ``checkpoint-N`` directory, of either
     recipe: a fusion model (``Model``) or a coverage model (``TrackModel``).
 
     ``overrides`` (``key=value``) point at base models that moved since training, e.g.
-    ``["llm.name_or_path=/models/Qwen3-4B"]``.
+    ``["llm.name_or_path=/models/Qwen3-4B"]``. ``trust_remote_code``: let the base models run the
+    code the checkpoint was trained with; a checkpoint's own files never switch it on.
     """
     path = Path(checkpoint)
     if list_checkpoints(path, COVERAGE_WEIGHTS) or (path / COVERAGE_WEIGHTS).is_file():
         from dnallm.eval.coverage_predict import Predictor
 
-        return TrackModel(Predictor(path, device=device, overrides=overrides), source=path)
+        return TrackModel(
+            Predictor(path, device=device, overrides=overrides, trust_remote_code=trust_remote_code), source=path
+        )
     resolve_checkpoint(path)  # a clear error when there is none
-    return Model(ModelSession.load(path, device=device, overrides=overrides), source=path)
+    session = ModelSession.load(path, device=device, overrides=overrides, trust_remote_code=trust_remote_code)
+    return Model(session, source=path)
 
 
 @torch.no_grad()

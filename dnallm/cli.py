@@ -55,7 +55,10 @@ def _eval(args) -> None:
 
     from dnallm.eval.commands import print_eval
 
-    print_eval(evaluate(args.checkpoint, args.data, args.out, args.overrides), args.out)
+    print_eval(
+        evaluate(args.checkpoint, args.data, args.out, args.overrides, trust_remote_code=args.trust_remote_code),
+        args.out,
+    )
 
 
 def _split(args) -> None:
@@ -144,7 +147,11 @@ def _demo(args) -> None:
     run_dir = load_recipe(recipe, args.overrides).output_dir
     _eval(
         argparse.Namespace(
-            checkpoint=run_dir, data=TINY_DIR / "data/planted/test.jsonl", out=Path(run_dir) / "eval", overrides=[]
+            checkpoint=run_dir,
+            data=TINY_DIR / "data/planted/test.jsonl",
+            out=Path(run_dir) / "eval",
+            overrides=[],
+            trust_remote_code=False,
         )
     )
 
@@ -267,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_commands(sub)
     cli_vcf.add_commands(sub)
     cli_tracks.add_commands(sub)
+    for command in sub.choices.values():
+        if any(action.dest == "checkpoint" for action in command._actions):
+            command.add_argument(
+                "--trust-remote-code",
+                action="store_true",
+                help="let the checkpoint's base models run the code they were trained with (read it first); "
+                "never switched on by the checkpoint's own files",
+            )
     return parser
 
 

@@ -49,6 +49,7 @@ def _predict_tracks(args) -> None:
         stitch_mode=args.stitch,
         batch_size=args.batch_size,
         overrides=args.overrides,
+        trust_remote_code=args.trust_remote_code,
     )
     print(
         json.dumps(
@@ -78,6 +79,7 @@ def _eval_tracks(args) -> None:
         stitch_mode=args.stitch,
         batch_size=args.batch_size,
         overrides=args.overrides,
+        trust_remote_code=args.trust_remote_code,
     )
     print(json.dumps({k: result[k] for k in ("n_bases", "tracks", "plot")}, indent=2))
     print(f"wrote {args.out}/metrics.json, {args.out}/plot.png and {args.out}/predictions/")

@@ -82,6 +82,7 @@ def _annotate(args) -> None:
         edge=args.edge,
         overrides=args.overrides,
         stop_after=args.stop_after,
+        trust_remote_code=args.trust_remote_code,
     )
     print(json.dumps(summary, indent=2))
 

@@ -3,6 +3,7 @@ and reading back checkpoints; the device a process runs on."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -96,6 +97,59 @@ def check_remote_code(name_or_path: str, trust_remote_code: bool, recipe_key: st
             f"'{name_or_path}' {_own_code(config_dict)} which transformers does not include. Read that "
             f"code, then set {recipe_key}=true in the recipe (or on the command line) to run it."
         )
+
+
+def remote_code_files(name_or_path: str) -> list[str]:
+    """The Python files a model's ``auto_map`` (its config's and its tokenizer's) would import:
+    ``folder/module.py`` for a local folder, ``repo--module.py`` / ``module.py`` names otherwise;
+    [] for a model that ships no code."""
+    maps = []
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(name_or_path) / name
+        if path.is_file():
+            try:
+                maps.append(json.loads(path.read_text()).get("auto_map") or {})
+            except (ValueError, AttributeError):
+                continue
+    if not maps and not Path(name_or_path).is_dir():
+        try:
+            maps.append(PretrainedConfig.get_config_dict(name_or_path)[0].get("auto_map") or {})
+        except (OSError, ValueError):
+            return []
+    modules = set()
+    for auto_map in maps:
+        for ref in auto_map.values():
+            for item in ref if isinstance(ref, (list, tuple)) else [ref]:
+                if isinstance(item, str) and "." in item:
+                    modules.add(item.rsplit(".", 1)[0].replace("--", "/") + ".py")
+    local = Path(name_or_path).is_dir()
+    return sorted(str(Path(name_or_path) / m) if local and "/" not in m else m for m in modules)
+
+
+TRUST_KEYS = tuple(f"{section}.trust_remote_code" for section in MODEL_SECTIONS)
+TRUST_FIX = "read that code, then load with --trust-remote-code (trust_remote_code=True in Python)"
+
+
+def user_trust(recipe, checkpoint: Path, trust_remote_code: bool, overrides=(), code_at: dict | None = None) -> None:
+    """Whether a checkpoint's base models may run their own code is the user's word at load time,
+    never the checkpoint's: ``--trust-remote-code`` (``trust_remote_code=True``) lets each model run
+    the code the checkpoint was trained with, an explicit ``encoder.trust_remote_code=...`` override
+    decides for that model. Without either, a checkpoint that says its model runs its own code stops
+    here, naming the files that would run; otherwise the model loads with none. Sets the recipe's
+    (or config's) ``*.trust_remote_code`` to what may run. Call after ``locate_models``. ``code_at``:
+    {key: folder} where a model's code is, when not at its ``name_or_path`` (a saved trunk)."""
+    given = {item.split("=", 1)[0].strip() for item in overrides}
+    for key in TRUST_KEYS:
+        section = getattr(recipe, key.split(".")[0], None)
+        if section is None or key in given or not hasattr(section, "trust_remote_code"):
+            continue
+        if section.trust_remote_code and not trust_remote_code:
+            files = remote_code_files(str((code_at or {}).get(key, section.name_or_path)))
+            if files:
+                raise RemoteCodeNotAllowed(
+                    f"{checkpoint}: its recipe sets {key}, so loading it would run {', '.join(files)}; {TRUST_FIX}"
+                )
+            section.trust_remote_code = False
 
 
 def remote_code_hint(name_or_path: str, recipe_key: str) -> str:

@@ -259,7 +259,7 @@ def test_trunk_of_its_own_code_trains_and_its_checkpoint_rebuilds_it(coverage_da
     )
     checkpoint = train(recipe)
     assert (checkpoint / "trunk" / "modeling_dnaconv.py").exists()  # the code travels with the checkpoint
-    _, model, _, tracks, _ = load_coverage_checkpoint(checkpoint)
+    _, model, _, tracks, _ = load_coverage_checkpoint(checkpoint, trust_remote_code=True)
     assert type(model.trunk).__name__ == "DNAConvModel" and len(tracks) == 4
     saved = load_file(checkpoint / "model.safetensors")
     trained = {k: v for k, v in model.state_dict().items() if k.startswith("trunk.")}

@@ -352,7 +352,10 @@ def test_train_eval_cache_and_train_from_cache(families, tiny_models, data, tmp_
     recipe = str(REPO / "recipes/kegg/tiny.yaml")
     assert main(["train", recipe, *common, f"output_dir={tmp_path / 'live'}"]) == 0
     assert (
-        main(["eval", str(tmp_path / "live"), "--data", str(data / "test.jsonl"), "--out", str(tmp_path / "eval")])
+        main(
+            ["eval", str(tmp_path / "live"), "--data", str(data / "test.jsonl"), "--out", str(tmp_path / "eval")]
+            + (["--trust-remote-code"] if family.trust_remote_code else [])
+        )
         == 0
     )
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 8

@@ -18,6 +18,7 @@ from dnallm.data.tracks import Track
 from dnallm.data.transform import TargetTransform
 from dnallm.encoders.coverage import CoverageModel, load_tokenizer
 from dnallm.hub import resolve_checkpoint as resolve_any
+from dnallm.hub import user_trust
 
 WEIGHTS = "model.safetensors"
 
@@ -51,12 +52,18 @@ def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
         )
 
 
-def load_coverage_checkpoint(checkpoint: str | Path, device: str = "cpu", overrides=()):
-    """-> (recipe, model in eval mode, tokenizer, tracks, transform), from the checkpoint alone."""
+def load_coverage_checkpoint(
+    checkpoint: str | Path, device: str = "cpu", overrides=(), *, trust_remote_code: bool = False
+):
+    """-> (recipe, model in eval mode, tokenizer, tracks, transform), from the checkpoint alone.
+    ``trust_remote_code``: the saved trunk may run its own code (``hub.user_trust``)."""
     from transformers import AutoConfig
 
     checkpoint = resolve_checkpoint(checkpoint)
     recipe = read_recipe(checkpoint, overrides)
+    user_trust(
+        recipe, checkpoint, trust_remote_code, overrides, code_at={"encoder.trust_remote_code": checkpoint / "trunk"}
+    )
     tracks = read_tracks(checkpoint)
     remote = recipe.encoder.trust_remote_code
     config = AutoConfig.from_pretrained(checkpoint / "trunk", trust_remote_code=remote)

@@ -122,6 +122,7 @@ def annotate(
     edge: str = "pad",
     overrides: list[str] | tuple = (),
     stop_after: int | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Annotate every ALT allele of ``vcf``; returns a summary.
 
@@ -155,6 +156,7 @@ def annotate(
             edge=edge,
             overrides=overrides,
             stop_after=stop_after,
+            trust_remote_code=trust_remote_code,
         )
 
 
@@ -176,6 +178,7 @@ def _annotate(
     edge,
     overrides,
     stop_after,
+    trust_remote_code,
 ) -> dict:
     reference = open_fasta(fasta)
     genes = load_genes(gtf, reference, fasta)
@@ -192,7 +195,7 @@ def _annotate(
     log = ProgressLog(progress, run_fingerprint(checkpoint, vcf, fasta, gtf, options))
     done = log.load()  # a resumption with other inputs fails here, before the models load
 
-    loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides)
+    loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides, trust_remote_code=trust_remote_code)
     recipe = loaded.recipe
     max_new_tokens = max_new_tokens or max_new_tokens_for(recipe, loaded.processor.tokenizer)[0]
     predict = partial(

@@ -107,6 +107,7 @@ def _explain(args) -> None:
         plots=args.plots,
         overrides=args.overrides,
         device=args.device,
+        trust_remote_code=args.trust_remote_code,
     )
     print(json.dumps(summary, indent=2))
 

@@ -79,6 +79,7 @@ def evaluate_tracks(
     stitch_mode: str | None = None,
     batch_size: int | None = None,
     overrides=(),
+    trust_remote_code: bool = False,
 ) -> dict:
     checkpoint, out_dir = resolve_checkpoint(checkpoint), Path(out_dir)
     recipe, tracks = read_recipe(checkpoint, overrides), read_tracks(checkpoint)
@@ -91,7 +92,7 @@ def evaluate_tracks(
         inputs=[fasta, gtf, sheet, *(t.file for t in [*observed_list, *tracks])],
     )
     genes = read_genes(gtf, gtf_contigs) if gtf else []
-    predictor = Predictor(checkpoint, overrides=overrides)
+    predictor = Predictor(checkpoint, overrides=overrides, trust_remote_code=trust_remote_code)
     genome = Genome(fasta)
     todo = resolve_regions(genome, regions, chroms) if (regions or chroms) else test_regions(recipe, genome)
     reader = CoverageReader(observed_list, recipe.data.bigwig_contigs)

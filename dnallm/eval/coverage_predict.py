@@ -23,10 +23,14 @@ from dnallm.io import atomic_write_text, check_outputs
 class Predictor:
     """A loaded checkpoint that turns genome windows into raw-unit coverage."""
 
-    def __init__(self, checkpoint: str | Path, device: str | None = None, overrides=()):
+    def __init__(
+        self, checkpoint: str | Path, device: str | None = None, overrides=(), *, trust_remote_code: bool = False
+    ):
         device = device or pick_device()
         checkpoint = resolve_checkpoint(checkpoint)
-        recipe, model, tokenizer, tracks, transform = load_coverage_checkpoint(checkpoint, device, overrides)
+        recipe, model, tokenizer, tracks, transform = load_coverage_checkpoint(
+            checkpoint, device, overrides, trust_remote_code=trust_remote_code
+        )
         self._set(recipe, model, tokenizer, tracks, transform, device, checkpoint)
 
     @classmethod
@@ -128,13 +132,14 @@ def predict_tracks(
     stitch_mode: str | None = None,
     batch_size: int | None = None,
     overrides=(),
+    trust_remote_code: bool = False,
 ) -> dict:
     """Predict, stitch and write ``<out_dir>/<track>.bw`` plus ``prediction.json``."""
     checkpoint = resolve_checkpoint(checkpoint)
     tracks, fasta = read_tracks(checkpoint), fasta or read_recipe(checkpoint, overrides).data.fasta
     # The training bigWigs too: a prediction must never replace the coverage it was trained on.
     check_outputs(prediction_files(out_dir, tracks), dirs=[out_dir], inputs=[fasta, *(t.file for t in tracks)])
-    predictor = Predictor(checkpoint, overrides=overrides)
+    predictor = Predictor(checkpoint, overrides=overrides, trust_remote_code=trust_remote_code)
     recipe = predictor.recipe
     genome = Genome(fasta)
     todo = resolve_regions(genome, regions, chroms)

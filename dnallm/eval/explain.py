@@ -618,6 +618,7 @@ def explain_file(
     plots: int = 10,
     overrides=(),
     device: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """``dnallm explain``: attribution for the records of a KEGG-format JSONL (or one of them)."""
     import time
@@ -628,8 +629,7 @@ def explain_file(
     from dnallm.io import check_outputs
     from dnallm.fusion.model import DNAFusionLM
     from dnallm.fusion.pretrained import read_recipe
-    from dnallm.train.checkpoint import resolve_checkpoint
-    from dnallm.train.engine import pick_device
+    from dnallm.hub import pick_device, resolve_checkpoint
 
     records = select_records(data, record)
     if batch_size < 1:
@@ -640,7 +640,7 @@ def explain_file(
     examples = list(examples_from_records(records, window, need_dna=True, need_answer=False))
     pick_method(method, parse_region(region, window))
     device = device or pick_device()
-    loaded = DNAFusionLM.from_pretrained(checkpoint, device, overrides)
+    loaded = DNAFusionLM.from_pretrained(checkpoint, device, overrides, trust_remote_code=trust_remote_code)
     recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
     tick = time.perf_counter()
     explainer = Explainer(model, encoder, processor, device=device, encoder_batch_size=recipe.encoder.batch_size)

@@ -151,10 +151,17 @@ def write_outputs(
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 
-def evaluate(checkpoint: str | Path, data, out_dir: str | Path, overrides: list[str] | tuple = ()) -> dict:
+def evaluate(
+    checkpoint: str | Path,
+    data,
+    out_dir: str | Path,
+    overrides: list[str] | tuple = (),
+    *,
+    trust_remote_code: bool = False,
+) -> dict:
     """Generate, parse and score answers for ``data`` (one path or several, merged)."""
     check_outputs([Path(out_dir) / name for name in OUTPUT_FILES], dirs=[out_dir], inputs=as_paths(data))
-    loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides)
+    loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides, trust_remote_code=trust_remote_code)
     recipe, encoder, model, processor, device = (
         loaded.recipe,
         loaded.dna_source,

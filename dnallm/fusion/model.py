@@ -148,13 +148,13 @@ class DNAFusionLM(nn.Module):
         return (model.to(device) if place else model), tokenizer
 
     @classmethod
-    def from_pretrained(cls, checkpoint, device: str | None = None, overrides=()):
+    def from_pretrained(cls, checkpoint, device: str | None = None, overrides=(), *, trust_remote_code: bool = False):
         """A checkpoint (or a run directory: its latest) rebuilt from its ``fusion_config.json``
         on top of the base models. -> ``Pretrained`` (model, processor, DNA source, the run's
         recipe); see ``dnallm.fusion.pretrained.load_pretrained``."""
         from dnallm.fusion.pretrained import load_pretrained
 
-        return load_pretrained(checkpoint, device, overrides)
+        return load_pretrained(checkpoint, device, overrides, trust_remote_code=trust_remote_code)
 
     def embed(
         self,

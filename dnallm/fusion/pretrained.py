@@ -13,13 +13,22 @@ from pathlib import Path
 
 import yaml
 
-from dnallm.config import Recipe, apply_overrides, kegg_recipe_class, recipe_from_dict
+from dnallm.config import Recipe, apply_overrides, get_key, kegg_recipe_class, recipe_from_dict, set_key
 from dnallm.encoders import DNAEncoder, DNATokenizer
 from dnallm.encoders.cache import CachedEncoder, CacheIdentity, weights_fingerprint
 from dnallm.fusion.config import CONFIG_FILE, DNAFusionConfig
 from dnallm.fusion.model import DNAFusionLM
 from dnallm.fusion.processor import DNAChatProcessor
-from dnallm.hub import load_trainable, locate_model, locate_models, pick_device, resolve_checkpoint, resolve_dtype
+from dnallm.hub import (
+    TRUST_KEYS,
+    load_trainable,
+    locate_model,
+    locate_models,
+    pick_device,
+    resolve_checkpoint,
+    resolve_dtype,
+    user_trust,
+)
 
 
 def cache_identity(config: DNAFusionConfig, cache_dtype: str, device: str) -> CacheIdentity:
@@ -93,11 +102,15 @@ def read_config(checkpoint: Path, recipe: Recipe | None = None) -> DNAFusionConf
     return DNAFusionConfig.from_recipe(recipe if recipe is not None else read_recipe(checkpoint))
 
 
-def load_pretrained(checkpoint: str | Path, device: str | None = None, overrides=()) -> Pretrained:
+def load_pretrained(
+    checkpoint: str | Path, device: str | None = None, overrides=(), *, trust_remote_code: bool = False
+) -> Pretrained:
     """Rebuild a checkpoint (or a run directory's latest) on top of its base models.
 
     ``overrides`` (``key=value``, recipe keys) can point at moved base models, e.g.
     ``llm.name_or_path=/models/Qwen3-4B``, or change inference settings (``eval.batch_size``).
+    ``trust_remote_code``: the base models may run the code the checkpoint was trained with;
+    without it a checkpoint that needs such code stops, naming the files (``hub.user_trust``).
     """
     device = device or pick_device()
     checkpoint = resolve_checkpoint(checkpoint)
@@ -106,6 +119,9 @@ def load_pretrained(checkpoint: str | Path, device: str | None = None, overrides
         recipe, [item.split("=", 1)[0].strip() for item in overrides]
     )
     locate_models(config, relative_to=checkpoint)
+    user_trust(config, checkpoint, trust_remote_code, overrides)
+    for key in TRUST_KEYS:
+        set_key(recipe, key, get_key(config, key))
     source = dna_source(config, device, cache_dir=recipe.encoder.cache_dir, cache_dtype=recipe.encoder.cache_dtype)
     model, tokenizer = build(config, device, source)
     load_trainable(model, checkpoint)

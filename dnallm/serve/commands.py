@@ -82,7 +82,9 @@ def _chat(args) -> None:
     from dnallm.serve.session import ModelSession, Sampling
 
     start = _start_dna(args)  # before the (slow) model load, so that a typo fails fast
-    session = ModelSession.load(args.checkpoint, device=args.device, overrides=args.overrides)
+    session = ModelSession.load(
+        args.checkpoint, device=args.device, overrides=args.overrides, trust_remote_code=args.trust_remote_code
+    )
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     repl = ChatREPL(session, sampling, args.max_dna_length)
     if start:
@@ -132,7 +134,11 @@ def _serve(args) -> None:
     sock = bind(args.host, args.port)  # before the (slow) model load: a port in use fails at once
     try:
         session = ModelSession.load(
-            args.checkpoint, device=args.device, overrides=args.overrides, name=args.model_name
+            args.checkpoint,
+            device=args.device,
+            overrides=args.overrides,
+            name=args.model_name,
+            trust_remote_code=args.trust_remote_code,
         )
     except BaseException:
         sock.close()

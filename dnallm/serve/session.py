@@ -47,9 +47,15 @@ class ModelSession:
 
     @classmethod
     def load(
-        cls, checkpoint: str | Path, *, device: str | None = None, overrides=(), name: str | None = None
+        cls,
+        checkpoint: str | Path,
+        *,
+        device: str | None = None,
+        overrides=(),
+        name: str | None = None,
+        trust_remote_code: bool = False,
     ) -> "ModelSession":
-        loaded = DNAFusionLM.from_pretrained(checkpoint, device, overrides)
+        loaded = DNAFusionLM.from_pretrained(checkpoint, device, overrides, trust_remote_code=trust_remote_code)
         return cls(loaded.recipe, loaded.dna_source, loaded.model, loaded.processor, loaded.device, name)
 
     @property
