@@ -58,6 +58,36 @@ class TrainConfig:
     report_to: list = check([], choices=("tensorboard", "wandb"))  # experiment trackers
     resume_from_checkpoint: str = ""  # path, or "auto" for the latest in output_dir
     overwrite_output_dir: bool = False  # a fresh run may replace another run's checkpoints in output_dir
+    # resume even where the model or data keys (or a data file's content) differ from the checkpoint's
+    allow_recipe_change: bool = False
+
+
+# Keys a resumed run may set otherwise than the run it continues (they change neither the model nor
+# the data it trains on); a key ending in "." stands for its whole section. Any other difference stops
+# the resume (``train.checkpoint.check_resume``) unless train.allow_recipe_change is set.
+RESUMABLE_KEYS = (
+    "run_name",
+    "output_dir",
+    "deepspeed",  # ZeRO stage and GPU count: checkpoints are stored un-partitioned
+    "train.epochs",
+    "train.max_steps",
+    "train.log_every",
+    "train.save_every",
+    "train.keep_last",
+    "train.report_to",
+    "train.resume_from_checkpoint",
+    "train.overwrite_output_dir",
+    "train.allow_recipe_change",
+    "train.compile",
+    "train.logits_chunk",
+    "encoder.cache_dir",  # cached and live embeddings are the same numbers
+    "encoder.batch_size",
+    "llm.liger",
+    "llm.gradient_checkpointing",  # recomputed activations are the same numbers
+    "encoder.gradient_checkpointing",
+    "data.num_workers",
+    "eval.",
+)
 
 
 @dataclass

@@ -234,14 +234,28 @@ def _refuse_other_kind(path: Path, marker: str) -> None:
             raise CheckpointError(f"{path} is {kind}; this command needs {wanted}")
 
 
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file, or a ``CheckpointError`` naming it and what is wrong."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing from the checkpoint; restore it, or use another checkpoint") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({first_line(e)}); restore it, or use another checkpoint"
+        ) from None
+
+
 def load_trainable(model, checkpoint: str | Path, file: str = "trainable.safetensors") -> None:
     """Load trainable values into a freshly built model; every trainable tensor must be present."""
     checkpoint = Path(checkpoint)
-    values = load_file(checkpoint / file)
+    values = read_tensors(checkpoint / file)
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = expected - values.keys(), values.keys() - expected
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint}: trainable tensors do not match the model built from its recipe "
             f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
         )
@@ -249,7 +263,7 @@ def load_trainable(model, checkpoint: str | Path, file: str = "trainable.safeten
     with torch.no_grad():
         for name, value in values.items():
             if params[name].shape != value.shape:
-                raise ValueError(
+                raise CheckpointError(
                     f"{checkpoint}: '{name}' has shape {tuple(value.shape)}, model expects {tuple(params[name].shape)}"
                 )
             params[name].copy_(value.to(params[name].dtype))

@@ -120,7 +120,29 @@ def render() -> str:
         for key, kind, default, checks, meaning in rows(cls()):
             lines.append(f"| `{key}` | {kind} | `{escape(default)}` | {checks} | {escape(meaning)} |")
         lines.append("")
+    lines += resume_section()
     return "\n".join(lines)
+
+
+def resume_section() -> list[str]:
+    """The keys a resumed run may change (``config.RESUMABLE_KEYS``)."""
+    from dnallm.config import RESUMABLE_KEYS
+
+    keys = ", ".join(f"`{k}*`" if k.endswith(".") else f"`{k}`" for k in RESUMABLE_KEYS)
+    return [
+        "## Resuming",
+        "",
+        "A run resumed with `train.resume_from_checkpoint` continues the recipe it was trained with. "
+        "These keys may differ on resume; they change neither the model nor the data it trains on:",
+        "",
+        keys + ".",
+        "",
+        "Any other key that differs, and any file of the `data` section whose content changed (each run keeps "
+        "a content hash of them in `trainer_state.json`; a file over 1 GiB is hashed by its size and its first "
+        "and last 64 MiB), stops the resume with one line naming each (old -> new). A data file moved "
+        "elsewhere with the same content is the same file. `train.allow_recipe_change=true` continues anyway.",
+        "",
+    ]
 
 
 def main() -> int:

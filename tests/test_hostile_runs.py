@@ -14,6 +14,7 @@ import pytest
 import yaml
 from transformers import AutoConfig, MistralConfig, MistralModel
 from test_faults import KEGG_TINY, digest, error_line, project, run  # noqa: F401 (fixtures)
+from tiny_recipes import BRIEF_STAGE1
 
 import dnallm
 from dnallm.hub import RemoteCodeNotAllowed
@@ -96,3 +97,101 @@ def test_a_checkpoint_cannot_switch_remote_code_on(project, hostile, tmp_path, c
         capsys, "eval", ckpt, "encoder.trust_remote_code=false", "--data", test, "--out", tmp_path / "eval2"
     )
     assert code == 0 and not marker.exists(), err
+
+
+# ---- a resume continues the recipe it resumes ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resumable(project, tmp_path_factory) -> dict:
+    """A two-step run (a checkpoint at each step) on copies of the project's data."""
+    root = tmp_path_factory.mktemp("resumable")
+    data = root / "data"
+    shutil.copytree(project["data"], data)
+    args = [
+        KEGG_TINY,
+        f"output_dir={root / 'run'}",
+        f"data.train={data / 'train.jsonl'}",
+        f"data.val={data / 'val.jsonl'}",
+        f"encoder.name_or_path={project['genos']}",
+        f"llm.name_or_path={project['qwen3']}",
+        BRIEF_STAGE1,
+        "train.max_steps=2",
+        "train.save_every=1",
+    ]
+    from dnallm.cli import main
+
+    assert main(["train", *map(str, args)]) == 0
+    return {"root": root, "run": root / "run", "data": data, "args": args}
+
+
+def resume(capsys, fixture: dict, *changes: str, run_dir: Path | None = None) -> tuple[int, str]:
+    args = [a for a in fixture["args"] if not str(a).startswith("output_dir=")]
+    return run(
+        capsys, "train", *args, f"output_dir={run_dir or fixture['run']}", "train.resume_from_checkpoint=auto", *changes
+    )
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ("encoder.layer=-2", "encoder.layer -1 -> -2"),
+        ("projector.pool=4", "projector.pool 8 -> 4"),
+        ("data.dna_window=64", "data.dna_window 32 -> 64"),
+        ("train.lr=1e-3", "train.lr 0.002 -> 0.001"),
+        ("projector.kind=mlp", "projector.kind 'conv' -> 'mlp'"),
+    ],
+)
+def test_a_resume_with_another_model_or_schedule_names_each_key(resumable, capsys, change, named):
+    before = files_of(resumable["run"])
+    code, err = resume(capsys, resumable, change, "train.max_steps=3")
+    line = error_line(err)
+    assert code == 2 and named in line and "checkpoint-2" in line and "train.allow_recipe_change=true" in line
+    assert "training:" not in err and files_of(resumable["run"]) == before
+
+
+def test_a_resume_on_changed_data_names_the_file_and_a_moved_copy_resumes(resumable, tmp_path, capsys):
+    data, before = resumable["data"], files_of(resumable["run"])
+    other = tmp_path / "other.jsonl"
+    other.write_text((data / "val.jsonl").read_text())
+    code, err = resume(capsys, resumable, f"data.train={other}", "train.max_steps=3")
+    assert code == 2 and f"data.train '{data / 'train.jsonl'}' -> '{other}' (other content)" in error_line(err)
+
+    train_file = data / "train.jsonl"
+    whole = train_file.read_text()
+    try:
+        train_file.write_text("".join(whole.splitlines(keepends=True)[1:]))  # one record fewer, in place
+        code, err = resume(capsys, resumable, "train.max_steps=3")
+    finally:
+        train_file.write_text(whole)
+    line = error_line(err)
+    assert code == 2 and f"data.train {train_file} changed since the checkpoint (content hash differs)" in line
+    assert files_of(resumable["run"]) == before
+
+    # The same content elsewhere is the same data; max_steps may change on resume.
+    moved = tmp_path / "moved"
+    shutil.copytree(resumable["root"], moved)
+    fixture = {**resumable, "args": [str(a).replace(str(resumable["root"]), str(moved)) for a in resumable["args"]]}
+    code, err = resume(capsys, fixture, "train.max_steps=3", run_dir=moved / "run")
+    assert code == 0, err
+    assert (moved / "run" / "checkpoint-3").is_dir()
+
+
+def test_allowed_recipe_change_over_another_projector_is_one_line(resumable, capsys):
+    before = files_of(resumable["run"])
+    code, err = resume(capsys, resumable, "projector.kind=mlp", "train.allow_recipe_change=true", "train.max_steps=3")
+    line = error_line(err)
+    assert code == 2 and "checkpoint-2" in line and "do not match the model built from its recipe" in line
+    assert files_of(resumable["run"]) == before
+
+
+@pytest.mark.parametrize("name", ["trainable.safetensors", "optimizer.safetensors", "rng_state.safetensors"])
+def test_a_corrupt_checkpoint_file_is_named(resumable, tmp_path, capsys, name):
+    run_dir = tmp_path / "run"
+    shutil.copytree(resumable["run"], run_dir)
+    broken = run_dir / "checkpoint-2" / name
+    broken.write_bytes(b"\xff" * 64)  # its header length alone: far past the file's end
+    code, err = resume(capsys, resumable, "train.max_steps=3", run_dir=run_dir)
+    line = error_line(err)
+    assert code == 2 and f"{broken}: not a readable safetensors file" in line
+    assert not (run_dir / "checkpoint-3").exists()

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from dnallm.config import CoverageRecipe, apply_overrides, recipe_from_dict
 from dnallm.data.tracks import Track
 from dnallm.data.transform import TargetTransform
 from dnallm.encoders.coverage import CoverageModel, load_tokenizer
 from dnallm.hub import resolve_checkpoint as resolve_any
-from dnallm.hub import user_trust
+from dnallm.hub import CheckpointError, first_line, read_tensors, user_trust
 
 WEIGHTS = "model.safetensors"
 
@@ -43,10 +42,15 @@ def read_tracks(checkpoint: Path) -> list[Track]:
 
 
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    values = load_file(checkpoint / WEIGHTS)
-    missing, unexpected = model.load_state_dict(values, strict=False)
+    values = read_tensors(checkpoint / WEIGHTS)
+    try:
+        missing, unexpected = model.load_state_dict(values, strict=False)
+    except RuntimeError as e:  # shapes that differ
+        raise CheckpointError(
+            f"{checkpoint}: weights do not fit the model its recipe builds ({first_line(e)})"
+        ) from None
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint}: weights do not match the model its recipe builds "
             f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
         )

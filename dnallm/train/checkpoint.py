@@ -20,6 +20,7 @@ another run's (``check_output_dir``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -29,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+import yaml
 
-from dnallm.config import RecipeError
-from dnallm.hub import CheckpointError
-from dnallm.hub import list_checkpoints, load_trainable, resolve_checkpoint  # noqa: F401 (the training side's names)
+from dnallm.config import RESUMABLE_KEYS, RecipeError
+from dnallm.hub import CheckpointError, first_line
+from dnallm.hub import list_checkpoints, load_trainable, read_tensors, resolve_checkpoint  # noqa: F401 (the training side's names)
 from dnallm.io import atomic_directory, save_tensors
 
 STATE = "trainer_state.json"
@@ -65,6 +66,89 @@ def run_id_of(checkpoint: Path) -> str:
             f"resume from a newer checkpoint, or move this one out of {checkpoint.parent}"
         )
     return run_id
+
+
+# ---- a resume continues the same recipe -------------------------------------------------------
+
+WHOLE_FILE_BYTES = 1 << 30  # larger data files (a genome) are fingerprinted by size and their two ends
+END_BYTES = 64 << 20
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file's content (a file over 1 GiB: of its size, first and last 64 MiB)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= WHOLE_FILE_BYTES:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(str(size).encode())
+            h.update(f.read(END_BYTES))
+            f.seek(size - END_BYTES)
+            h.update(f.read(END_BYTES))
+    return h.hexdigest()
+
+
+def data_digests(recipe) -> dict[str, dict]:
+    """{recipe key: {path, sha256}} of every file the recipe's ``data`` section names: kept in
+    the training state, so a resume can tell a data file edited in place."""
+    out = {}
+    for key, value in _flat(recipe.to_dict()).items():
+        if key.startswith("data.") and isinstance(value, str) and value and Path(value).is_file():
+            out[key] = {"path": value, "sha256": file_digest(Path(value))}
+    return out
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in tree.items():
+        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return flat
+
+
+def _resumable(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+
+
+def check_resume(recipe, checkpoint: Path, digests: dict[str, dict]) -> None:
+    """A resume continues the run it resumes: the model and data keys of ``recipe`` must be the
+    checkpoint's (``config.RESUMABLE_KEYS`` may differ), and each data file hold what it held then
+    (compared by content, so a moved file is the same file). Else a ``RecipeError`` naming each
+    differing key (old -> new) and each changed file, unless ``train.allow_recipe_change``."""
+    if recipe.train.allow_recipe_change:
+        return
+    try:
+        theirs = _flat(yaml.safe_load((checkpoint / "recipe.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError) as e:
+        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: cannot be read ({first_line(e)})") from None
+    saved_digests = read_state(checkpoint).get("data_digests", {})
+    ours = _flat(recipe.to_dict())
+    changed = [
+        f"{key} {theirs[key]!r} -> {ours[key]!r}"
+        for key in ours
+        if key in theirs
+        and theirs[key] != ours[key]
+        and not _resumable(key)
+        and not (key in saved_digests and key in digests)  # files: by content, below
+    ]
+    for key, old in saved_digests.items():
+        new = digests.get(key)
+        if new is None:
+            changed.append(f"{key} {old['path']!r} -> {ours.get(key)!r}")
+        elif new["sha256"] != old["sha256"]:
+            same = new["path"] == old["path"]
+            changed.append(
+                f"{key} {new['path']} changed since the checkpoint (content hash differs)"
+                if same
+                else f"{key} {old['path']!r} -> {new['path']!r} (other content)"
+            )
+    if changed:
+        raise RecipeError(
+            f"train.resume_from_checkpoint: {checkpoint} was trained with another recipe: {'; '.join(changed)}. "
+            "Resume with the recipe it was trained with (its recipe.yaml), start afresh in another output_dir=DIR, "
+            "or continue anyway with train.allow_recipe_change=true"
+        )
 
 
 # ---- output directory ------------------------------------------------------------------------
@@ -154,15 +238,20 @@ def restore_rng(checkpoint: Path, rank: int) -> bool:
     False (generators left as seeded) when the checkpoint has no state for this rank: written
     by a run with fewer ranks.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(checkpoint / RNG), "pt") as f:
-        meta = (f.metadata() or {}).get(f"rank{rank}")
-        if meta is None:
-            return False
-        prefix = f"rank{rank}."
-        tensors = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-    scalars = json.loads(meta)
+    try:
+        with safe_open(str(checkpoint / RNG), "pt") as f:
+            meta = (f.metadata() or {}).get(f"rank{rank}")
+            if meta is None:
+                return False
+            prefix = f"rank{rank}."
+            tensors = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+        scalars = json.loads(meta)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{checkpoint / RNG}: not a readable safetensors file ({first_line(e)}); restore it, or use another checkpoint"
+        ) from None
     torch.set_rng_state(tensors["torch"])
     cuda = sorted((int(k[4:]), v) for k, v in tensors.items() if k.startswith("cuda"))
     if cuda and torch.cuda.is_available():
@@ -225,7 +314,12 @@ def load_moments(model, checkpoint: str | Path) -> dict:
         return {}
     params = dict(model.named_parameters())
     out: dict = {}
-    for key, value in load_file(path).items():
+    for key, value in read_tensors(path).items():
         name, moment = key.rsplit("::", 1)
+        if name not in params or params[name].shape != value.shape:
+            raise CheckpointError(
+                f"{path}: optimizer state for '{name}' {tuple(value.shape)} fits no parameter of the model its "
+                "recipe builds; resume with the recipe the checkpoint was trained with"
+            )
         out.setdefault(params[name], {})[moment] = value
     return out

@@ -64,12 +64,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from dnallm.hub import read_tensors
 from dnallm.io import check_outputs, exclusive_output
 from dnallm.train.checkpoint import (
     check_output_dir,
+    check_resume,
+    data_digests,
     load_moments,
     read_state,
     restore_rng,
@@ -210,6 +212,9 @@ def _fit(objective, stop_after: int | None) -> Path:
     seed_everything(recipe.seed)
     out_dir = Path(recipe.output_dir)
     start = check_output_dir(t, out_dir, objective.weights_file)  # before any model loads
+    digests = data_digests(recipe)
+    if start.resume:
+        check_resume(recipe, start.resume, digests)
     grad_accum = grad_accum_steps(recipe, world)
 
     model = objective.setup(device, rank, world)
@@ -234,7 +239,7 @@ def _fit(objective, stop_after: int | None) -> Path:
         optimizer=objective.optimizer,
     )
     if start.resume:
-        engine.load_master_weights(load_file(Path(start.resume) / objective.weights_file))
+        engine.load_master_weights(read_tensors(Path(start.resume) / objective.weights_file))
         engine.load_moments(load_moments(engine.module, start.resume), start_step)
     if rank == 0 and t.overwrite_output_dir:
         start.clear_foreign(out_dir)
@@ -263,6 +268,7 @@ def _fit(objective, stop_after: int | None) -> Path:
             "history": history,
             **report,
             "data_order": {"seed": recipe.seed, "epoch": epoch, "batches_done": batches_done},
+            "data_digests": digests,
         }
         return save_checkpoint(
             out_dir, step, engine, objective, recipe_yaml, run_state, keep_last=t.keep_last, run_id=start.run_id
