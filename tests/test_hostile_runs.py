@@ -10,11 +10,13 @@ import shutil
 import socket
 from pathlib import Path
 
+import pysam
 import pytest
 import yaml
 from transformers import AutoConfig, MistralConfig, MistralModel
 from test_faults import KEGG_TINY, digest, error_line, project, run  # noqa: F401 (fixtures)
 from tiny_recipes import BRIEF_STAGE1
+from vcf_data import cases, vcf_text
 
 import dnallm
 from dnallm.hub import RemoteCodeNotAllowed
@@ -195,3 +197,39 @@ def test_a_corrupt_checkpoint_file_is_named(resumable, tmp_path, capsys, name):
     line = error_line(err)
     assert code == 2 and f"{broken}: not a readable safetensors file" in line
     assert not (run_dir / "checkpoint-3").exists()
+
+
+# ---- VCF headers ---------------------------------------------------------------------------
+
+
+def test_an_undeclared_info_end_is_declared_and_every_output_written(project, tmp_path, capsys):
+    seqs = project["seqs"]
+    vcf = tmp_path / "sv.vcf"
+    text = vcf_text([cases(seqs)["snv"], ("chr1", 120, "v_sv", seqs["chr1"][119], ["<DEL>"])])
+    text = text.replace("\tDP=10\n", "\tDP=10;END=130\n")  # END used, never declared (SV and gVCF files)
+    vcf.write_text(text)
+    out = tmp_path / "out.vcf"
+    code, err = run(
+        capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"], "--out", out
+    )
+    assert code == 0, err
+    assert out.is_file() and out.with_suffix(".tsv").is_file() and out.with_suffix(".png").is_file()
+    with pysam.VariantFile(str(out)) as vin:
+        assert (vin.header.info["END"].type, vin.header.info["END"].number) == ("Integer", 1)
+        assert [rec.stop for rec in vin] == [130, 130]
+    assert vcf.read_text() == text
+
+
+def test_a_clashing_info_header_is_named_before_any_inference(project, tmp_path, capsys):
+    vcf = tmp_path / "clash.vcf"
+    text = vcf_text([cases(project["seqs"])["snv"]]).replace(
+        "#CHROM", '##INFO=<ID=DNALLM_PROB,Number=1,Type=String,Description="theirs">\n#CHROM'
+    )
+    vcf.write_text(text)
+    out = tmp_path / "out.vcf"
+    code, err = run(
+        capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"], "--out", out
+    )
+    line = error_line(err)
+    assert code == 2 and str(vcf) in line and "INFO DNALLM_PROB" in line
+    assert "annotating:" not in err and list(tmp_path.iterdir()) == [vcf]

@@ -106,9 +106,18 @@ def open_vcf(path: str | Path) -> pysam.VariantFile:
         )
     try:
         with quiet_htslib():
-            return pysam.VariantFile(str(path))
+            vcf = pysam.VariantFile(str(path))
     except (ValueError, OSError) as e:
         raise InputError(f"{path}: not a readable VCF or BCF file ({e})") from None
+    if "END" not in vcf.header.info:
+        # SV and gVCF files often use END without declaring it: htslib would read it as a String and
+        # fail writing it back. VCF reserves the key with this meaning, so the header is completed.
+        vcf.header.add_line(END_LINE)
+    return vcf
+
+
+# The INFO key VCF reserves for a record's end position (pysam writes it for symbolic and breakend ALTs).
+END_LINE = '##INFO=<ID=END,Number=1,Type=Integer,Description="End position of the variant described in this record">'
 
 
 def open_fasta(path: str | Path) -> pysam.FastaFile:

@@ -27,7 +27,7 @@ from dnallm.data.windows import WindowOptions, check_question_template
 from dnallm.eval.answers import Prediction, predict_batch
 from dnallm.eval.kegg import max_new_tokens_for
 from dnallm.eval.progress import ProgressLog, ProgressMismatch, file_sha256
-from dnallm.eval.vcf_out import AlleleResult, write_annotated_vcf, write_summary_plot, write_tsv
+from dnallm.eval.vcf_out import AlleleResult, check_vcf_header, write_annotated_vcf, write_summary_plot, write_tsv
 from dnallm.fusion import DNAFusionLM
 from dnallm.hub import resolve_checkpoint
 from dnallm.io import check_outputs, exclusive_output
@@ -138,6 +138,7 @@ def annotate(
     )
     if question_template is not None:
         check_question_template(question_template)
+    check_vcf_header(vcf)  # its INFO fields fit, before any model loads
     with exclusive_output(progress, "progress log", folder=False):  # one run per output
         return _annotate(
             checkpoint,
@@ -240,10 +241,18 @@ def write_outputs(results: list[AlleleResult], vcf, out: Path, tsv: Path, reader
     for result in results:
         by_record[result.allele.record][result.allele.alt_index] = result
     sorted_bgzip = out.name.endswith(".gz") and not reader.unsorted
-    write_tsv(results, tsv)
     plot = tsv.with_suffix(".png")
-    write_summary_plot(results, plot)
-    index = write_annotated_vcf(vcf, out, by_record, note=note, index=sorted_bgzip)
+    written: list[Path] = []
+    try:  # every output or none: what a failing write leaves is removed
+        index = write_annotated_vcf(vcf, out, by_record, note=note, index=sorted_bgzip)
+        written += [out, *([index] if index else [])]
+        write_tsv(results, tsv)
+        written.append(tsv)
+        write_summary_plot(results, plot)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     status = Counter(r.status for r in results)
     summary = {
         "out": str(out),

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pysam
 
-from dnallm.data.dna import ALPHABET
-from dnallm.data.vcf import Allele, open_vcf, quiet_htslib
+from dnallm.data.vcf import Allele, InputError, open_vcf, quiet_htslib
 from dnallm.eval.answers import Prediction
 from dnallm.io import atomic_open, save_figure
 
@@ -48,7 +46,6 @@ TSV_COLUMNS = (
     "reply",
     "detail",
 )
-_BASES = re.compile(f"^[{ALPHABET}]+$", re.IGNORECASE)
 _PERCENT = {c: f"%{ord(c):02X}" for c in "% ,:;=\t\r\n"}
 
 
@@ -108,21 +105,16 @@ def write_tsv(results: list[AlleleResult], path: str | Path) -> None:
             f.write(tsv_row(result))
 
 
-# pysam writes END for records with symbolic or breakend ALTs; VCF reserves the key.
-END_LINE = '##INFO=<ID=END,Number=1,Type=Integer,Description="End position of the variant described in this record">'
-
-
-def annotated_header(header: pysam.VariantHeader, note: str, *, needs_end: bool = False) -> pysam.VariantHeader:
+def annotated_header(header: pysam.VariantHeader, note: str, where: str = "the input VCF") -> pysam.VariantHeader:
+    """The input's header (END declared by ``open_vcf``) with the annotation's INFO fields."""
     header = header.copy()
-    if needs_end and "END" not in header.info:
-        header.add_line(END_LINE)
     for key, (number, kind, description) in INFO_FIELDS.items():
         if key in header.info:
             have = header.info[key]
             if (str(have.number), have.type) != (number, kind):
-                raise ValueError(
-                    f"the input VCF already defines INFO {key} as Number={have.number},Type={have.type}; "
-                    f"dnallm writes Number={number},Type={kind}"
+                raise InputError(
+                    f"{where} already defines INFO {key} as Number={have.number},Type={have.type}; "
+                    f"dnallm writes Number={number},Type={kind}: remove or rename that header line"
                 )
             continue
         header.add_line(f'##INFO=<ID={key},Number={number},Type={kind},Description="{description}">')
@@ -170,11 +162,10 @@ def write_annotated_vcf(
         with open_vcf(src) as vin:
             with quiet_htslib():
                 # Reading every record defines the contigs and tags the header leaves undeclared.
-                needs_end = False
-                for rec in vin:
-                    needs_end = needs_end or any(not _BASES.match(alt) for alt in rec.alts or ())
+                for _ in vin:
+                    pass
             vin.reset()
-            header = annotated_header(vin.header, note, needs_end=needs_end)
+            header = annotated_header(vin.header, note, str(src))
             with pysam.VariantFile(str(tmp), "wz" if out.name.endswith(".gz") else "w", header=header) as vout:
                 for number, rec in enumerate(vin, start=1):
                     rec.translate(vout.header)
@@ -192,6 +183,12 @@ def write_annotated_vcf(
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.tbi").unlink(missing_ok=True)
         raise
+
+
+def check_vcf_header(src: str | Path) -> None:
+    """Before any inference: the annotation's INFO fields fit the input's header."""
+    with open_vcf(src) as vin:
+        annotated_header(vin.header, "", str(src))
 
 
 def write_summary_plot(results: list[AlleleResult], path: str | Path, top: int = 15) -> None:
