@@ -293,14 +293,20 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["DS_ACCELERATOR"] = "cpu"
     args = build_parser().parse_args(argv)
     from dnallm.io import disk_error_message
-    from dnallm.train.trainer import PREEMPTED_EXIT, Preempted
+    from dnallm.train.trainer import Preempted
 
     try:
         args.func(args)
     except Preempted as e:
-        # A scheduler's SIGTERM: the checkpoint is saved; a status other than 0 keeps `train && eval` from going on.
+        # A scheduler's SIGTERM or a Ctrl-C: the checkpoint is saved; a status other than 0 keeps
+        # `train && eval` from going on.
         print(f"dnallm {args.command}: {e}", file=sys.stderr)
-        return PREEMPTED_EXIT
+        return e.exit_status
+    except KeyboardInterrupt:
+        if os.environ.get("DNALLM_DEBUG"):
+            raise
+        print(f"\ndnallm {args.command}: interrupted: {INTERRUPTED.get(args.command, NOTHING_MORE)}", file=sys.stderr)
+        return 130
     except _user_errors() as e:
         # Bad input is the user's to fix: one clear line, no traceback (DNALLM_DEBUG=1 shows it).
         if os.environ.get("DNALLM_DEBUG"):
@@ -315,6 +321,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dnallm {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+# What a Ctrl-C leaves, and how to go on (``train``: a first Ctrl-C in the loop saves; this is one
+# before the loop or a second one).
+_TRAINING = "the checkpoints saved before are kept; continue with train.resume_from_checkpoint=auto"
+INTERRUPTED = {
+    "train": _TRAINING,
+    "grpo": _TRAINING,
+    "train-tracks": _TRAINING,
+    "demo": _TRAINING,
+    "cache-embeddings": "the shards written so far are kept; run the same command again to go on from there",
+    "annotate": "the batches computed so far are kept in the progress log; run the same command again to go on "
+    "from there",
+    "explain": "nothing was written; run it again (--record N explains one record)",
+}
+NOTHING_MORE = "no output was written; run it again"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -6,19 +6,27 @@ status 2, no traceback) with inputs and other runs unchanged, or in the behaviou
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pysam
 import pytest
 import yaml
 from transformers import AutoConfig, MistralConfig, MistralModel
-from test_faults import KEGG_TINY, digest, error_line, project, run  # noqa: F401 (fixtures)
+from test_faults import KEGG_TINY, REPO, digest, error_line, project, run  # noqa: F401 (fixtures)
 from tiny_recipes import BRIEF_STAGE1
 from vcf_data import cases, vcf_text
 
 import dnallm
+from dnallm.data.kegg import write_jsonl
+from dnallm.data.synthetic import planted_records
 from dnallm.hub import RemoteCodeNotAllowed
 
 # The code a hostile checkpoint ships: it leaves a marker when imported, then serves transformers'
@@ -130,7 +138,12 @@ def resumable(project, tmp_path_factory) -> dict:
 def resume(capsys, fixture: dict, *changes: str, run_dir: Path | None = None) -> tuple[int, str]:
     args = [a for a in fixture["args"] if not str(a).startswith("output_dir=")]
     return run(
-        capsys, "train", *args, f"output_dir={run_dir or fixture['run']}", "train.resume_from_checkpoint=auto", *changes
+        capsys,
+        "train",
+        *args,
+        f"output_dir={run_dir or fixture['run']}",
+        "train.resume_from_checkpoint=auto",
+        *changes,
     )
 
 
@@ -209,9 +222,7 @@ def test_an_undeclared_info_end_is_declared_and_every_output_written(project, tm
     text = text.replace("\tDP=10\n", "\tDP=10;END=130\n")  # END used, never declared (SV and gVCF files)
     vcf.write_text(text)
     out = tmp_path / "out.vcf"
-    code, err = run(
-        capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"], "--out", out
-    )
+    code, err = run(capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"], "--out", out)
     assert code == 0, err
     assert out.is_file() and out.with_suffix(".tsv").is_file() and out.with_suffix(".png").is_file()
     with pysam.VariantFile(str(out)) as vin:
@@ -227,9 +238,99 @@ def test_a_clashing_info_header_is_named_before_any_inference(project, tmp_path,
     )
     vcf.write_text(text)
     out = tmp_path / "out.vcf"
-    code, err = run(
-        capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"], "--out", out
-    )
+    code, err = run(capsys, "annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"], "--out", out)
     line = error_line(err)
     assert code == 2 and str(vcf) in line and "INFO DNALLM_PROB" in line
     assert "annotating:" not in err and list(tmp_path.iterdir()) == [vcf]
+
+
+# ---- Ctrl-C ----------------------------------------------------------------------------------
+
+
+def interrupted(args: list, cwd: Path, when, tmp_path: Path) -> tuple[int, str]:
+    """Run ``dnallm ARGS`` and press Ctrl-C (SIGINT) once ``when(stderr so far)`` holds."""
+    err_file = tmp_path / f"stderr-{len(list(tmp_path.glob('stderr-*')))}.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dnallm", *map(str, args)],
+            cwd=cwd,
+            env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        deadline = time.monotonic() + 300
+        while not when(err_file.read_text()):
+            assert proc.poll() is None, err_file.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    return proc.returncode, err_file.read_text()
+
+
+def started(bar: str, err: str) -> bool:
+    """Whether the progress bar ``bar`` has counted some of its work."""
+    return re.search(rf"{bar}:\s+\d+%\|[^|]*\| [1-9]\d*/", err) is not None
+
+
+def test_ctrl_c_in_train_saves_at_the_step_and_the_run_resumes(project, tmp_path):
+    data = project["data"]
+    common = [
+        "train",
+        KEGG_TINY,
+        f"output_dir={tmp_path / 'run'}",
+        f"data.train={data / 'train.jsonl'}",
+        "data.val=",
+        f"encoder.name_or_path={project['genos']}",
+        f"llm.name_or_path={project['qwen3']}",
+        BRIEF_STAGE1,
+        "train.max_steps=400",
+        "train.save_every=0",
+        "train.micro_batch_size=2",
+    ]
+    code, err = interrupted(common, tmp_path, lambda err: "training:  " in err and "/400 [" in err, tmp_path)
+    assert code == 130 and "Traceback" not in err, err
+    last = [line for line in err.splitlines() if "dnallm train:" in line][-1]
+    saved = sorted((tmp_path / "run").glob("checkpoint-*"))
+    assert len(saved) == 1 and f"stopped by Ctrl-C after step {saved[0].name.split('-')[1]}" in last
+    assert "train.resume_from_checkpoint=auto" in last
+    from dnallm.cli import main
+
+    step = int(saved[0].name.split("-")[1])
+    assert main([*map(str, common), "train.resume_from_checkpoint=auto", f"train.max_steps={step + 2}"]) == 0
+    assert (tmp_path / "run" / f"checkpoint-{step + 2}").is_dir()
+
+
+def test_ctrl_c_in_cache_and_annotate_says_what_is_kept(project, tmp_path):
+    records = tmp_path / "many.jsonl"
+    write_jsonl(records, planted_records(2000, length=101, seed=5))
+    cache = tmp_path / "cache"
+    code, err = interrupted(
+        [
+            "cache-embeddings",
+            KEGG_TINY,
+            f"encoder.name_or_path={project['genos']}",
+            f"llm.name_or_path={project['qwen3']}",
+            f"data.train={records}",
+            "data.val=",
+            f"encoder.cache_dir={cache}",
+            "encoder.batch_size=1",
+        ],
+        tmp_path,
+        lambda err: started("caching embeddings", err),
+        tmp_path,
+    )
+    line = error_line(err.replace("interrupted:", "error: interrupted:"))
+    assert code == 130 and "shards written so far are kept" in line and "run the same command again" in line
+
+    seqs = project["seqs"]
+    rows = [("chr1", pos, f"v{pos}", seqs["chr1"][pos - 1], ["ACGT"[(pos + 1) % 4]]) for pos in range(30, 370)]
+    rows = [r for r in rows if r[3] != r[4][0]]
+    vcf = tmp_path / "many.vcf"
+    vcf.write_text(vcf_text(rows))
+    out = tmp_path / "annotated.vcf"
+    args = ["annotate", project["checkpoint"], "--vcf", vcf, "--fasta", project["fasta"], "--out", out]
+    code, err = interrupted([*args, "--batch-size", "1"], tmp_path, lambda err: started("annotating", err), tmp_path)
+    line = error_line(err.replace("interrupted:", "error: interrupted:"))
+    assert code == 130 and "progress log" in line and not out.exists()

@@ -82,31 +82,54 @@ from dnallm.train.engine import build_engine, distributed_env, grad_accum_steps,
 from dnallm.train.tracking import Tracker
 
 PREEMPTED_EXIT = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
 
 class Preempted(Exception):
-    """SIGTERM arrived; the run saved ``checkpoint`` at ``step`` and stopped."""
+    """SIGTERM or Ctrl-C arrived; the run saved ``checkpoint`` at ``step`` and stopped.
+    ``exit_status``: what a shell reports for a process ended by that signal (143, 130)."""
 
-    def __init__(self, checkpoint: Path | None, step: int):
+    def __init__(self, checkpoint: Path | None, step: int, signum: int = signal.SIGTERM):
         super().__init__(
-            f"stopped by SIGTERM after step {step}, saved in {checkpoint}: "
+            f"stopped by {SIGNAL_NAMES[signum]} after step {step}, saved in {checkpoint}: "
             f"continue with the same command and train.resume_from_checkpoint=auto"
         )
-        self.checkpoint, self.step = checkpoint, step
+        self.checkpoint, self.step, self.exit_status = checkpoint, step, 128 + signum
+
+
+class StopFlag(threading.Event):
+    """Set by SIGTERM or a first Ctrl-C; ``signum`` says which."""
+
+    signum: int = signal.SIGTERM
 
 
 @contextmanager
-def sigterm_flag():
-    """While inside, SIGTERM only raises a flag; the loop checks it at each step boundary."""
-    raised = threading.Event()
+def stop_flag():
+    """While inside, SIGTERM or a first Ctrl-C (SIGINT) only raises a flag; the loop checks it at each
+    step boundary and saves there. A second Ctrl-C stops at once (KeyboardInterrupt)."""
+    raised = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield raised
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: raised.set())
+
+    def on_signal(signum, frame):
+        if signum == signal.SIGINT and raised.is_set():
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            print(
+                "\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again stops at once, "
+                "losing the steps since the last checkpoint)",
+                file=sys.stderr,
+            )
+        raised.signum = signum
+        raised.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in SIGNAL_NAMES}
     try:
         yield raised
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def any_rank(flag: bool, engine) -> bool:
@@ -296,7 +319,7 @@ def _fit(objective, stop_after: int | None) -> Path:
         )
     engine.module.train()
     bar = tqdm(total=total_steps, initial=start_step, desc="training", disable=rank != 0)
-    with sigterm_flag() as sigterm:
+    with stop_flag() as stop:
         while step < total_steps and (stop_after is None or step - start_step < stop_after):
             group = [next(data) for _ in range(grad_accum)]  # this step's micro-batches on this rank
             optimizer_step(objective, engine, group, window)
@@ -318,8 +341,8 @@ def _fit(objective, stop_after: int | None) -> Path:
                 window.start()
             if round_end:
                 round_start = step
-            # host sync (several ranks): the SIGTERM flag is all-reduced once per round
-            if round_end and step < total_steps and any_rank(sigterm.is_set(), engine):
+            # host sync (several ranks): the stop flag is all-reduced once per round
+            if round_end and step < total_steps and any_rank(stop.is_set(), engine):
                 preempted = True
                 break
         bar.close()
@@ -332,5 +355,5 @@ def _fit(objective, stop_after: int | None) -> Path:
     if rank == 0:
         print(json.dumps({"checkpoint": str(last_saved), "step": step, **(history[-1] if history else {})}))
     if preempted:
-        raise Preempted(last_saved, step)
+        raise Preempted(last_saved, step, stop.signum)
     return last_saved
