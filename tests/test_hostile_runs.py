@@ -334,3 +334,17 @@ def test_ctrl_c_in_cache_and_annotate_says_what_is_kept(project, tmp_path):
     code, err = interrupted([*args, "--batch-size", "1"], tmp_path, lambda err: started("annotating", err), tmp_path)
     line = error_line(err.replace("interrupted:", "error: interrupted:"))
     assert code == 130 and "progress log" in line and not out.exists()
+
+
+# ---- prompts past the context ----------------------------------------------------------------
+
+
+def test_a_question_past_the_llms_context_is_named_before_any_generation(project, tmp_path, capsys):
+    records = [json.loads(line) for line in (project["data"] / "test.jsonl").read_text().splitlines()]
+    records[1]["question"] = "why " * 50_000  # more tokens than the tiny Qwen3's 40,960 positions
+    data = tmp_path / "long.jsonl"
+    write_jsonl(data, records)
+    code, err = run(capsys, "eval", project["checkpoint"], "--data", data, "--out", tmp_path / "eval")
+    line = error_line(err)
+    assert code == 2 and f"{data}:2:" in line and "passes the LLM's context of 40,960" in line
+    assert "generating:" not in err and not (tmp_path / "eval").exists()

@@ -19,7 +19,7 @@ from dnallm.eval.metrics import classification_metrics
 from dnallm.eval.plots import plot_confusion
 from dnallm.encoders.cache import require_cached
 from dnallm.fusion import DNAFusionLM
-from dnallm.fusion.generate import Sampling, generate
+from dnallm.fusion.generate import Sampling, check_context, generate
 from dnallm.io import atomic_write_text, check_outputs
 
 
@@ -34,6 +34,7 @@ def generate_replies(
     padding; the replies are put back in input order.
     """
     rows = [processor(ex, with_answer=False) for ex in examples]
+    check_context(model, rows, max_new_tokens, list(examples["where"]) if "where" in examples.column_names else None)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     texts: list[str] = [""] * len(rows)
     truncated: list[bool] = [False] * len(rows)

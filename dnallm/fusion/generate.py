@@ -21,6 +21,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from dnallm.data.chat import end_of_turn_id
+from dnallm.data.dna import RecordError
 from dnallm.fusion.processor import dna_inputs
 from dnallm.hub import autocast
 
@@ -112,6 +113,27 @@ def _generate_kwargs(sampling: Sampling, chosen: ChosenTokenLogps | None, stop: 
 
 
 @torch.no_grad()
+def context_length(model) -> int | None:
+    """The most positions the model's LLM reads (prompt and reply together); None if it says none."""
+    return getattr(model.llm.config, "max_position_embeddings", None)
+
+
+def check_context(model, rows: list[dict], max_new_tokens: int, where: list[str] | None = None) -> None:
+    """Every prompt of ``rows`` with room for ``max_new_tokens`` in the LLM's context, before any
+    generation, or a ``RecordError`` naming the first that has not (``where``: the rows' names)."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        if n + max_new_tokens > limit:
+            name = where[i] if where else f"prompt {i}"
+            raise RecordError(
+                f"{name}: the prompt is {n:,} tokens, which with {max_new_tokens:,} new tokens passes the LLM's "
+                f"context of {limit:,}: shorten the question"
+            )
+
+
 def generate(
     model,
     processor,
@@ -135,6 +157,7 @@ def generate(
     receives the text as it is generated (batch of one); setting ``stop`` ends generation
     after the current token.
     """
+    check_context(model, rows, sampling.max_new_tokens)
     tokenizer = processor.tokenizer
     end = end_of_turn_id(tokenizer)
     batch = processor.collate(rows, side="left")

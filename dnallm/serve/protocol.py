@@ -326,11 +326,20 @@ def _logit_bias(raw: dict[str, float], vocab_size: int) -> dict[int, float]:
     return bias
 
 
-def check_prompt_length(n_prompt: int, limits: Limits) -> None:
+def check_prompt_length(n_prompt: int, limits: Limits, max_new_tokens: int = 0, context: int | None = None) -> None:
+    """The prompt within the server's limit, and with room for the reply in the LLM's ``context``."""
     if n_prompt > limits.max_prompt_tokens:
         raise APIError(
             400,
             f"the prompt is {n_prompt} tokens, over this server's limit of {limits.max_prompt_tokens}",
+            code="context_length_exceeded",
+            param="messages",
+        )
+    if context is not None and n_prompt + max_new_tokens > context:
+        raise APIError(
+            400,
+            f"the prompt is {n_prompt} tokens, which with max_tokens={max_new_tokens} passes the model's "
+            f"context of {context}",
             code="context_length_exceeded",
             param="messages",
         )

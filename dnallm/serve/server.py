@@ -27,6 +27,7 @@ from transformers import AsyncTextIteratorStreamer
 from dnallm.data.chat import parse_answer
 from dnallm.data.dna import RecordError
 from dnallm.data.vcf import InputError
+from dnallm.fusion.generate import context_length
 from dnallm.serve.inputs import DNAInputError
 from dnallm.serve.protocol import (
     APIError,
@@ -290,7 +291,7 @@ def create_app(
         conv = to_conversation(req, session, limits)
         sampling = to_sampling(req, session, limits)
         n_prompt = len(session.prompt_ids(conv))
-        check_prompt_length(n_prompt, limits)
+        check_prompt_length(n_prompt, limits, sampling.max_new_tokens, context_length(session.model))
         ticket = reserve(slots)
         run, completion = Run(session, conv, sampling, n_prompt, slots), Completion(session.name)
         if not req.stream:

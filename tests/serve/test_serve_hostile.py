@@ -159,3 +159,22 @@ def test_slow_and_idle_connections_are_closed_and_never_starve_requests(session,
         assert health(live)["status"] == "ok"
     finally:
         live.stop()
+
+
+def test_a_prompt_past_the_models_context_is_400_before_any_generation(session, limits, test_records):
+    from dnallm.fusion.generate import context_length
+    from dnallm.serve.server import create_app
+
+    context = context_length(session.model)
+    roomy = dataclasses.replace(limits, max_prompt_tokens=10 * context, max_body_bytes=8 << 20)
+    live = LiveServer(create_app(session, roomy))
+    try:
+        question = "why " * context  # a token or more per word
+        content = question + tagged(test_records[0])
+        body = {"model": session.name, "messages": [{"role": "user", "content": content}], "max_tokens": 2}
+        status, _, reply = request(live, "POST", "/v1/chat/completions", body)
+        assert status == 400 and reply["error"]["code"] == "context_length_exceeded", reply
+        assert f"context of {context}" in reply["error"]["message"]
+        assert request(live, "POST", "/v1/chat/completions", chat_body(session, test_records[0]))[0] == 200
+    finally:
+        live.stop()
