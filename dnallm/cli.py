@@ -18,13 +18,18 @@ def _make_tiny(args) -> None:
     from dnallm.data.kegg import write_jsonl
     from dnallm.data.synthetic import planted_records
     from dnallm.io import check_fresh, check_outputs
-    from dnallm.tiny import make_tiny
+    from dnallm.tiny import is_tiny_genos, make_tiny_genos, make_tiny_qwen3
 
     data_dir = args.out / "data" / "planted"
     check_outputs(dirs=[args.out])
-    models = [args.out / "tiny" / "genos", args.out / "tiny" / "qwen3"]
+    genos, qwen3 = args.out / "tiny" / "genos", args.out / "tiny" / "qwen3"
+    shared = not args.overwrite and is_tiny_genos(genos, args.seed)  # the one `make-tiny-tracks` built
+    models = [qwen3, *([] if shared else [genos])]
     check_fresh([*models, *(data_dir / f"{name}.jsonl" for name in SPLITS)], overwrite=args.overwrite)
-    paths = make_tiny(args.out / "tiny", seed=args.seed)
+    paths = {
+        "genos": genos if shared else make_tiny_genos(genos, args.seed),
+        "qwen3": make_tiny_qwen3(qwen3, args.seed),
+    }
     records = planted_records(args.records, n_classes=args.classes, seed=args.seed)
     n_val = n_test = len(records) // 10
     write_jsonl(data_dir / "val.jsonl", records[:n_val])

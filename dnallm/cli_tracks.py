@@ -14,11 +14,14 @@ TINY_DIR = Path(".dnallm")
 def _make_tiny_tracks(args) -> None:
     from dnallm.data.synthetic_tracks import write_synthetic_tracks
     from dnallm.io import check_fresh, check_outputs
-    from dnallm.tiny import make_tiny_genos
+    from dnallm.tiny import is_tiny_genos, make_tiny_genos
 
     check_outputs(dirs=[args.out])
-    check_fresh([args.out / "tiny" / "genos", args.out / "tracks"], overwrite=args.overwrite)
-    genos = make_tiny_genos(args.out / "tiny" / "genos", seed=args.seed)
+    genos = args.out / "tiny" / "genos"
+    shared = not args.overwrite and is_tiny_genos(genos, args.seed)  # the one `make-tiny` (the demo) built
+    check_fresh([*([] if shared else [genos]), args.out / "tracks"], overwrite=args.overwrite)
+    if not shared:
+        make_tiny_genos(genos, seed=args.seed)
     paths = write_synthetic_tracks(args.out / "tracks", n_chroms=args.chroms, chrom_length=args.length, seed=args.seed)
     print(json.dumps({"genos": str(genos), **{k: str(v) for k, v in paths.items()}}, indent=2))
 

@@ -239,6 +239,23 @@ def make_tiny_qwen3(out: str | Path, seed: int = 0, tokenizer: str | Path | None
     return Path(out)
 
 
+def is_tiny_genos(folder: str | Path, seed: int = 0) -> bool:
+    """Whether ``folder`` holds, file for file, the tiny Genos ``make_tiny_genos(seed)`` builds: the
+    KEGG and coverage quick starts then share it rather than refuse each other's."""
+    import filecmp
+    import tempfile
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = make_tiny_genos(Path(tmp) / "genos", seed)
+        names = sorted(p.name for p in fresh.iterdir())
+        if names != sorted(p.name for p in folder.iterdir()):
+            return False
+        return all(filecmp.cmp(fresh / name, folder / name, shallow=False) for name in names)
+
+
 def make_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     out_dir = Path(out_dir)
     return {"genos": make_tiny_genos(out_dir / "genos", seed), "qwen3": make_tiny_qwen3(out_dir / "qwen3", seed)}
