@@ -20,7 +20,7 @@ import pysam
 import pytest
 import yaml
 from transformers import AutoConfig, MistralConfig, MistralModel
-from test_faults import KEGG_TINY, REPO, digest, error_line, project, run  # noqa: F401 (fixtures)
+from test_faults import KEGG_TINY, REPO, digest, error_line, in_project, project, run  # noqa: F401 (fixtures)
 from tiny_recipes import BRIEF_STAGE1
 from vcf_data import cases, vcf_text
 
@@ -348,3 +348,29 @@ def test_a_question_past_the_llms_context_is_named_before_any_generation(project
     line = error_line(err)
     assert code == 2 and f"{data}:2:" in line and "passes the LLM's context of 40,960" in line
     assert "generating:" not in err and not (tmp_path / "eval").exists()
+
+
+# ---- small things, one line each ---------------------------------------------------------------
+
+
+def test_small_mistakes_are_one_line_each(project, in_project, tmp_path, capsys):
+    records = [json.loads(line) for line in (project["data"] / "test.jsonl").read_text().splitlines()]
+    records[2]["answer"] = "Answer: " + records[2]["answer"]
+    twice = tmp_path / "twice.jsonl"
+    write_jsonl(twice, records)
+    code, err = run(capsys, "eval", project["checkpoint"], "--data", twice, "--out", tmp_path / "eval")
+    assert code == 2 and f"{twice}:3: field 'answer' holds 'Answer:'" in error_line(err)
+
+    test = project["data"] / "test.jsonl"
+    explain = ["explain", project["checkpoint"], "--data", test, "--record", "0"]
+    code, err = run(capsys, *explain, "--out", tmp_path / "x1", "--region", "10-5")
+    assert code == 2 and "region 10-5: START is past END" in error_line(err) and "5-10" in error_line(err)
+    code, err = run(capsys, *explain, "--out", tmp_path / "x2", "--label", "no such disease")
+    line = error_line(err)
+    assert (
+        code == 2 and "--label 'no such disease' is none of the" in line and "labels the model was trained on" in line
+    )
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, *explain, "--out", tmp_path / "x3", "--plots", "-1")
+    assert exit_.value.code == 2 and "argument --plots: -1 is out of range" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("eval", "x1", "x2", "x3"))

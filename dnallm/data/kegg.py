@@ -54,6 +54,11 @@ def check_record(rec: dict, *, need_dna: bool = True, need_reasoning: bool = Fal
         if not isinstance(rec[f], str) or not rec[f].strip():
             raise RecordError(f"{where}: field '{f}' must be a non-empty string")
     out["answer"] = str(rec.get("answer") or "").strip()
+    if "answer:" in out["answer"].lower():
+        raise RecordError(
+            f"{where}: field 'answer' holds 'Answer:' ({out['answer'][:60]!r}); give the label alone: "
+            "replies are written and scored as 'Answer: <label>'"
+        )
     out["reasoning"] = str(rec.get("reasoning") or "")
     if need_dna:
         for f in DNA_FIELDS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dnallm.argtypes import int_in
 from dnallm.data.kegg import read_jsonl, write_jsonl
 from dnallm.data.synthetic import (
     FIXED_CLASSES,
@@ -179,7 +180,7 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="mutated windows per forward pass (ISM)")
     p.add_argument("--label", help="the label to explain (default: the model's own answer, generated once per record)")
     p.add_argument("--fasta", type=Path, help="the reference FASTA of the VCF: also writes importance.*.bw (bigWig)")
-    p.add_argument("--plots", type=int, default=10, help="write a PNG for the first N records (default 10)")
+    p.add_argument("--plots", type=int_in(0), default=10, help="write a PNG for the first N records (default 10)")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
     p.set_defaults(func=_explain)

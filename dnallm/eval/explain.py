@@ -27,6 +27,7 @@ its own; ``scores`` keeps the signs.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,6 +107,19 @@ class Explanation:
 REGION_HELP = "region {region!r}: give a width in bp (64) or window positions START-END (1-based, e.g. 17-48)"
 
 
+def check_label(label: str, recipe) -> None:
+    """``--label``: one of the labels the checkpoint was trained on, when its training file is there."""
+    from dnallm.data.labels import LabelSet
+
+    train = Path(recipe.data.train) if recipe.data.train else None
+    if train is None or not train.is_file():
+        return
+    labels = LabelSet.from_jsonl(train)
+    if labels.canonical(label) not in labels:
+        shown = ", ".join(labels.labels[:8]) + (f" and {len(labels) - 8} more" if len(labels) > 8 else "")
+        raise InputError(f"--label {label!r} is none of the {len(labels)} labels the model was trained on ({shown})")
+
+
 def parse_region(region: int | str | None, window: int) -> tuple[int, int]:
     """``None`` (the centre 64 bp), a width centred on the variant (cut to the window), or
     ``START-END``: 1-based window positions, inclusive. -> (start, end) 0-based, end exclusive."""
@@ -117,6 +131,10 @@ def parse_region(region: int | str | None, window: int) -> tuple[int, int]:
             start, end = int(first) - 1, int(last)
         except ValueError:
             raise InputError(REGION_HELP.format(region=region)) from None
+        if end <= start:
+            raise InputError(
+                f"region {region}: START is past END; give START-END with START <= END, e.g. {last}-{first}"
+            )
         if not 0 <= start < end <= window:
             raise InputError(
                 f"region {region}: outside the {window}-bp window (positions 1-{window}); give START-END within it"
@@ -642,6 +660,8 @@ def explain_file(
     device = device or pick_device()
     loaded = DNAFusionLM.from_pretrained(checkpoint, device, overrides, trust_remote_code=trust_remote_code)
     recipe, encoder, model, processor = loaded.recipe, loaded.dna_source, loaded.model, loaded.processor
+    if label is not None:
+        check_label(label, recipe)
     tick = time.perf_counter()
     explainer = Explainer(model, encoder, processor, device=device, encoder_batch_size=recipe.encoder.batch_size)
     explanations = explain_examples(

@@ -115,6 +115,8 @@ class Guard:
                 f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes",
                 code="body_too_large",
             )
+            if int(length) <= DRAIN_BYTES:
+                await drain(receive)  # so that the client, still sending, reads the 413 (no reset)
             return await error_response(err, {"Connection": "close"})(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -129,6 +131,23 @@ class Guard:
         # The page asks the browser for the key (as the password of a login prompt); the API does not.
         challenge = "Bearer" if path.startswith("/v1/") else 'Basic realm="dnallm", charset="UTF-8"'
         return error_response(err, {"WWW-Authenticate": challenge})
+
+
+# A refused body up to this size is read and dropped before the 413 goes out: a client closed on
+# mid-send sees a connection reset, not the answer. Larger ones are cut off.
+DRAIN_BYTES = 64 << 20
+DRAIN_SECONDS = 10.0
+
+
+async def drain(receive) -> None:
+    """Read and drop what is left of a request body (``DRAIN_BYTES``, ``DRAIN_SECONDS`` at most)."""
+    seen = 0
+    with anyio.move_on_after(DRAIN_SECONDS):
+        while seen <= DRAIN_BYTES:
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
 
 
 async def read_json(request: Request, limit: int, timeout_s: float):
@@ -148,6 +167,7 @@ async def read_json(request: Request, limit: int, timeout_s: float):
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
+                    await drain(request.receive)  # the client reads the 413 rather than a reset
                     raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
     except ClientDisconnect:
         raise APIError(400, "client disconnected while sending the body", code="client_disconnected") from None

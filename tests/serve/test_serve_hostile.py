@@ -178,3 +178,15 @@ def test_a_prompt_past_the_models_context_is_400_before_any_generation(session, 
         assert request(live, "POST", "/v1/chat/completions", chat_body(session, test_records[0]))[0] == 200
     finally:
         live.stop()
+
+
+@pytest.mark.parametrize("path", ["/v1/explain", "/v1/chat/completions"])
+def test_a_4_mb_body_is_answered_413_with_json_not_a_reset(open_server, limits, path):
+    big = b'{"x": "' + b"A" * (4 << 20) + b'"}'
+    assert len(big) > limits.max_body_bytes
+    status, _, reply = request(open_server, "POST", path, big)
+    assert status == 413 and reply["error"]["code"] == "body_too_large", reply
+    chunked = iter([big[i : i + 65_536] for i in range(0, len(big), 65_536)])  # no Content-Length
+    status, _, reply = request(open_server, "POST", path, chunked)
+    assert status == 413 and reply["error"]["code"] == "body_too_large", reply
+    assert health(open_server)["status"] == "ok"
