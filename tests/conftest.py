@@ -6,6 +6,13 @@ import pytest
 # DeepSpeed on this machine's CPU; set before anything imports deepspeed.
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (pyproject's addopts): each computes on one thread, and so do the
+    # processes its tests start, so the workers never contend for a core.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_KEGG = REPO.parent / "shared" / "datasets" / "kegg"
