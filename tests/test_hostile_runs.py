@@ -20,7 +20,7 @@ import pysam
 import pytest
 import yaml
 from transformers import AutoConfig, MistralConfig, MistralModel
-from test_faults import KEGG_TINY, REPO, digest, error_line, in_project, project, run  # noqa: F401 (fixtures)
+from test_faults import KEGG_TINY, REPO, coverage, digest, error_line, in_project, project, run  # noqa: F401 (fixtures)
 from tiny_recipes import BRIEF_STAGE1
 from vcf_data import cases, vcf_text
 
@@ -374,3 +374,25 @@ def test_small_mistakes_are_one_line_each(project, in_project, tmp_path, capsys)
         run(capsys, *explain, "--out", tmp_path / "x3", "--plots", "-1")
     assert exit_.value.code == 2 and "argument --plots: -1 is out of range" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in ("eval", "x1", "x2", "x3"))
+
+
+def test_a_coverage_checkpoint_cannot_switch_remote_code_on(coverage, tmp_path, capsys):
+    run_dir = tmp_path / "theirs"
+    shutil.copytree(coverage["run"], run_dir)
+    ckpt = next(run_dir.glob("checkpoint-*"))
+    marker = tmp_path / "MARKER"
+    trunk = ckpt / "trunk"
+    (trunk / "hostile_genos.py").write_text(HOSTILE_CODE.format(marker=str(marker)))
+    config = json.loads((trunk / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "hostile_genos.HostileConfig", "AutoModel": "hostile_genos.HostileModel"}
+    (trunk / "config.json").write_text(json.dumps(config))
+    recipe = yaml.safe_load((ckpt / "recipe.yaml").read_text())
+    recipe["encoder"]["trust_remote_code"] = True
+    (ckpt / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    before = files_of(run_dir)
+    code, err = run(capsys, "predict-tracks", run_dir, "--region", "chr1:1-600", "--out", tmp_path / "preds")
+    line = error_line(err)
+    assert code == 2 and str(trunk / "hostile_genos.py") in line and "--trust-remote-code" in line
+    with pytest.raises(RemoteCodeNotAllowed):
+        dnallm.load(run_dir)
+    assert not marker.exists() and not (tmp_path / "preds").exists() and files_of(run_dir) == before
