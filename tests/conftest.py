@@ -18,6 +18,18 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_KEGG = REPO.parent / "shared" / "datasets" / "kegg"
 
 
+@pytest.fixture(scope="module")
+def two_threads():
+    """Torch on two threads for a module whose numbers were measured so (the planted attribution
+    checkpoints, the coverage run): float sums come out in another order on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny Genos-shaped encoder and Qwen3, saved with save_pretrained."""

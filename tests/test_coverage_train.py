@@ -48,15 +48,10 @@ def tiny_recipe(tiny_models, data, out, *overrides):
     )
 
 
-@pytest.fixture(scope="session")
-def trained(tiny_models, coverage_data, tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the thresholds below were measured with two threads
-    try:
-        out = tmp_path_factory.mktemp("coverage-run")
-        return train(tiny_recipe(tiny_models, coverage_data, out, "train.max_steps=60", "train.log_every=5"))
-    finally:
-        torch.set_num_threads(threads)
+@pytest.fixture(scope="module")
+def trained(tiny_models, coverage_data, tmp_path_factory, two_threads) -> Path:
+    out = tmp_path_factory.mktemp("coverage-run")
+    return train(tiny_recipe(tiny_models, coverage_data, out, "train.max_steps=60", "train.log_every=5"))
 
 
 def test_training_learns_the_planted_signal(trained):

@@ -47,7 +47,7 @@ planted_script = _script("explain_planted")
 
 
 @pytest.fixture(scope="module")
-def planted(tiny_models, tmp_path_factory) -> dict[str, dict]:
+def planted(tiny_models, tmp_path_factory, two_threads) -> dict[str, dict]:
     """signal -> {"checkpoint", "test"}: the tiny fusion model trained on each planted signal for
     the steps the fidelity tests give it."""
     root = tmp_path_factory.mktemp("explain")

@@ -34,7 +34,7 @@ def generate_replies(
     padding; the replies are put back in input order.
     """
     rows = [processor(ex, with_answer=False) for ex in examples]
-    check_context(model, rows, max_new_tokens, list(examples["where"]) if "where" in examples.column_names else None)
+    check_context(model, rows, max_new_tokens, [ex.get("where", f"record {i}") for i, ex in enumerate(examples)])
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     texts: list[str] = [""] * len(rows)
     truncated: list[bool] = [False] * len(rows)
