@@ -161,13 +161,18 @@ async def read_json(request: Request, limit: int, timeout_s: float):
             f"Content-Type {media_type[:80] or '(none)'!r}: send the body as application/json",
             code="unsupported_media_type",
         )
-    body = bytearray()
+    body, more = bytearray(), True
     try:
         with anyio.fail_after(timeout_s):
-            async for chunk in request.stream():
-                body += chunk
+            while more:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
                 if len(body) > limit:
-                    await drain(request.receive)  # the client reads the 413 rather than a reset
+                    if more:
+                        await drain(request.receive)  # the client reads the 413 rather than a reset
                     raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
     except ClientDisconnect:
         raise APIError(400, "client disconnected while sending the body", code="client_disconnected") from None
