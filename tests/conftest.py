@@ -111,3 +111,12 @@ def pytest_collection_modifyitems(session, config, items):
         return 2 if "zero3" in item.nodeid else 1
 
     items.sort(key=rank)
+    # The workers (pyproject's addopts, --dist loadgroup) take a file at a time, so that its module
+    # fixtures are built once; the fidelity file, a third of the suite, goes a signal at a time
+    # (each signal's data and DNA-only head are made once, where its tests run).
+    for item in items:
+        group = str(item.path.relative_to(REPO))
+        signal = getattr(item, "callspec", None) and item.callspec.params.get("signal")
+        if item.path.name == "test_fidelity.py" and signal:
+            group += f"::{signal}"
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -20,6 +20,7 @@ from pathlib import Path
 import pysam
 import pytest
 import yaml
+from tiny_recipes import BRIEF_STAGE1
 from vcf_data import cases, reference_sequences, write_fasta, write_vcf
 
 from dnallm.cli import main
@@ -66,7 +67,7 @@ def project(tiny_models, tmp_path_factory) -> dict:
     fasta = write_fasta(root / "ref.fa", seqs)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        assert main(["train", str(KEGG_TINY), "train.max_steps=1", "train.save_every=0"]) == 0
+        assert main(["train", str(KEGG_TINY), "train.max_steps=1", "train.save_every=0", BRIEF_STAGE1]) == 0
     return {
         "root": root,
         "run": root / "runs" / "kegg-tiny",
