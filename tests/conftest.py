@@ -10,24 +10,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # One worker per core (pyproject's addopts): each computes on one thread, and so do the
     # processes its tests start, so the workers never contend for a core.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A fixture measured on two threads (``tiny_recipes.two_threads``) then shares the cores with the
+    # other worker: OpenMP threads that sleep while they wait, rather than spin, keep that cheap.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_KEGG = REPO.parent / "shared" / "datasets" / "kegg"
-
-
-@pytest.fixture(scope="module")
-def two_threads():
-    """Torch on two threads for a module whose numbers were measured so (the planted attribution
-    checkpoints, the coverage run): float sums come out in another order on one thread."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -111,12 +102,3 @@ def pytest_collection_modifyitems(session, config, items):
         return 2 if "zero3" in item.nodeid else 1
 
     items.sort(key=rank)
-    # The workers (pyproject's addopts, --dist loadgroup) take a file at a time, so that its module
-    # fixtures are built once; the fidelity file, a third of the suite, goes a signal at a time
-    # (each signal's data and DNA-only head are made once, where its tests run).
-    for item in items:
-        group = str(item.path.relative_to(REPO))
-        signal = getattr(item, "callspec", None) and item.callspec.params.get("signal")
-        if item.path.name == "test_fidelity.py" and signal:
-            group += f"::{signal}"
-        item.add_marker(pytest.mark.xdist_group(group))

@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny_recipes import two_threads
+
 from dnallm.cli import main
 from dnallm.io import new_file_mode
 from dnallm.data.genome import Genome, Region, TrackDataError
@@ -48,10 +50,11 @@ def tiny_recipe(tiny_models, data, out, *overrides):
     )
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_models, coverage_data, tmp_path_factory, two_threads) -> Path:
+@pytest.fixture(scope="session")
+def trained(tiny_models, coverage_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("coverage-run")
-    return train(tiny_recipe(tiny_models, coverage_data, out, "train.max_steps=60", "train.log_every=5"))
+    with two_threads():
+        return train(tiny_recipe(tiny_models, coverage_data, out, "train.max_steps=60", "train.log_every=5"))
 
 
 def test_training_learns_the_planted_signal(trained):

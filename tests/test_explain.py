@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tiny_recipes import two_threads
+
 from dnallm.data.kegg import examples_from_records, read_jsonl, write_jsonl
 from dnallm.data.synthetic import planted_signal_records
 from dnallm.eval.explain import (
@@ -47,21 +49,24 @@ planted_script = _script("explain_planted")
 
 
 @pytest.fixture(scope="module")
-def planted(tiny_models, tmp_path_factory, two_threads) -> dict[str, dict]:
+def planted(tiny_models, tmp_path_factory) -> dict[str, dict]:
     """signal -> {"checkpoint", "test"}: the tiny fusion model trained on each planted signal for
     the steps the fidelity tests give it."""
     root = tmp_path_factory.mktemp("explain")
-    return {
-        signal: planted_script.planted_checkpoint(tiny_models, root, signal, steps)
-        for signal, steps in planted_script.STEPS.items()
-    }
+    with two_threads():
+        return {
+            signal: planted_script.planted_checkpoint(tiny_models, root, signal, steps)
+            for signal, steps in planted_script.STEPS.items()
+        }
 
 
 @pytest.fixture(scope="module")
 def ism(planted) -> dict[str, list]:
-    return {
-        signal: planted_script.explain_planted(planted[signal], "ism", N_EXPLAINED) for signal in planted_script.STEPS
-    }
+    with two_threads():
+        return {
+            signal: planted_script.explain_planted(planted[signal], "ism", N_EXPLAINED)
+            for signal in planted_script.STEPS
+        }
 
 
 def test_ism_top_positions_are_the_planted_motif(ism):
