@@ -81,7 +81,6 @@ from dnallm.train.checkpoint import (
 from dnallm.train.engine import build_engine, distributed_env, grad_accum_steps, pick_device
 from dnallm.train.tracking import Tracker
 
-PREEMPTED_EXIT = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
 
