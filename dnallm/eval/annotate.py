@@ -123,12 +123,17 @@ def annotate(
     overrides: list[str] | tuple = (),
     stop_after: int | None = None,
     trust_remote_code: bool = False,
+    loaded=None,
+    on_progress=None,
 ) -> dict:
     """Annotate every ALT allele of ``vcf``; returns a summary.
 
     ``batch_size`` / ``max_new_tokens`` of 0 take the checkpoint recipe's ``eval`` values.
     ``stop_after=N`` ends the run after computing N batches, as a crash would: the
     progress log is kept and no output is written (used to test resumption).
+    ``loaded``: the checkpoint already loaded (``Pretrained``), e.g. by a server;
+    ``on_progress(done, total)``: called before each allele and once all are computed, before any
+    output is written (an exception it raises stops the run; the progress log is kept).
     """
     out, tsv, progress = output_paths(out, tsv)
     checkpoint = resolve_checkpoint(checkpoint)
@@ -158,6 +163,8 @@ def annotate(
             overrides=overrides,
             stop_after=stop_after,
             trust_remote_code=trust_remote_code,
+            loaded=loaded,
+            on_progress=on_progress,
         )
 
 
@@ -180,6 +187,8 @@ def _annotate(
     overrides,
     stop_after,
     trust_remote_code,
+    loaded,
+    on_progress,
 ) -> dict:
     reference = open_fasta(fasta)
     genes = load_genes(gtf, reference, fasta)
@@ -196,7 +205,8 @@ def _annotate(
     log = ProgressLog(progress, run_fingerprint(checkpoint, vcf, fasta, gtf, options))
     done = log.load()  # a resumption with other inputs fails here, before the models load
 
-    loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides, trust_remote_code=trust_remote_code)
+    if loaded is None:
+        loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides, trust_remote_code=trust_remote_code)
     recipe = loaded.recipe
     max_new_tokens = max_new_tokens or max_new_tokens_for(recipe, loaded.processor.tokenizer)[0]
     predict = partial(
@@ -214,7 +224,7 @@ def _annotate(
     alleles = prepared_alleles(
         reader, opts, genes=genes, question_template=question_template, require_shared_flanks=False
     )
-    results, stopped = run_batches(alleles, runner, total=count_alleles(vcf))
+    results, stopped = run_batches(alleles, runner, total=count_alleles(vcf), on_progress=on_progress)
 
     summary = {"batches_computed": runner.computed, "batches_resumed": runner.reused, "progress": str(progress)}
     if stopped:
@@ -224,16 +234,21 @@ def _annotate(
     return {**summary, **written, "progress": None}
 
 
-def run_batches(alleles, runner: BatchRunner, total: int) -> tuple[list[AlleleResult], bool]:
+def run_batches(alleles, runner: BatchRunner, total: int, on_progress=None) -> tuple[list[AlleleResult], bool]:
     """One result per allele in file order; True when the runner asked to stop early."""
     results = []
     for allele, pair, gene, question in tqdm(alleles, total=total, desc="annotating", unit="allele"):
+        if on_progress is not None:
+            on_progress(len(results), total)
         results.append(AlleleResult(allele, gene, pair.padded if pair else None))
         if pair and runner.add(
             results[-1], {"question": question, "ref_window": pair.reference, "var_window": pair.variant}
         ):
             return results, True
-    return results, runner.flush()
+    stopped = runner.flush()
+    if on_progress is not None:
+        on_progress(len(results), total)  # every allele computed (the last chance to stop before writing)
+    return results, stopped
 
 
 def write_outputs(results: list[AlleleResult], vcf, out: Path, tsv: Path, reader: VariantReader, *, note: str) -> dict:

@@ -52,6 +52,82 @@ def add_commands(subparsers) -> None:
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
 
+    add_mcp_command(subparsers)
+
+
+def add_mcp_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "mcp", help="the model as MCP tools for assistants (ask, predict_variant, annotate_vcf, explain, embed)"
+    )
+    p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
+    p.add_argument("--fasta", help="reference genome for predict_variant and annotate_vcf")
+    p.add_argument("--data-root", type=Path, help="the folder annotate_vcf may read and write (nothing outside it)")
+    p.add_argument(
+        "--tool-timeout",
+        action="append",
+        default=[],
+        metavar="[TOOL=]SECONDS",
+        help="seconds a tool call may take, every tool's (300) or one's (explain=60); may be repeated",
+    )
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
+    http = p.add_argument_group("streamable HTTP (default: stdio)")
+    http.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp instead of stdio")
+    http.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    http.add_argument("--port", type=int_in(1, 65535), default=8001)
+    http.add_argument("--allowed-hosts", default="", metavar="NAME,...", help="as for dnallm serve")
+    http.add_argument(
+        "--api-key", default=os.environ.get(API_KEY_ENV), help=f"require this key (default: ${API_KEY_ENV})"
+    )
+    http.add_argument("--max-body-bytes", type=int_in(1024), default=1 << 20)
+    p.set_defaults(func=_mcp)
+
+
+def _mcp(args) -> None:
+    try:
+        from dnallm.serve.mcp import create_mcp, parse_timeouts
+    except ModuleNotFoundError as e:
+        from dnallm.data.vcf import InputError
+
+        if e.name != "mcp" and not (e.name or "").startswith("mcp."):
+            raise
+        raise InputError("dnallm mcp needs the mcp SDK: pip install 'dnallm-fusion[mcp]'") from None
+    from dnallm.api import load
+    from dnallm.hub import resolve_checkpoint
+    from dnallm.serve.protocol import Limits
+    from dnallm.serve.server import LOOPBACK_NAMES, Guard, run_server
+
+    timeouts = parse_timeouts(args.tool_timeout)
+    if args.data_root is not None and not args.data_root.is_dir():
+        raise FileNotFoundError(f"--data-root {args.data_root}: no such folder")
+    sock = bind(args.host, args.port) if args.http else None  # a port in use fails before the model loads
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        model = load(
+            checkpoint, device=args.device, overrides=args.overrides, trust_remote_code=args.trust_remote_code
+        )
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    server = create_mcp(model, checkpoint, fasta=args.fasta, data_root=args.data_root, timeouts=timeouts)
+    if not args.http:
+        server.run("stdio")
+        return
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    hosts = [*LOOPBACK_NAMES, args.host, *(h.strip() for h in args.allowed_hosts.split(",") if h.strip())]
+    # Our guard checks Host, the key and the body size, as for dnallm serve; the SDK's own Host check
+    # would refuse the names given with --allowed-hosts.
+    app = server.streamable_http_app(
+        host=args.host,
+        max_request_body_size=args.max_body_bytes,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+    guarded = Guard(app, args.api_key, args.max_body_bytes, frozenset(hosts))
+    print(f"MCP tools of {model.recipe.run_name!r} on http://{args.host}:{args.port}/mcp", file=sys.stderr)
+    run_server(guarded, sock, Limits(max_body_bytes=args.max_body_bytes), log_level="warning")
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint-N directory or a run directory (latest checkpoint)")
