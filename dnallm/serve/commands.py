@@ -95,11 +95,13 @@ def _mcp(args) -> None:
     from dnallm.api import load
     from dnallm.hub import resolve_checkpoint
     from dnallm.serve.protocol import Limits
-    from dnallm.serve.server import LOOPBACK_NAMES, Guard, run_server
+    from dnallm.serve.server import Guard, run_server
 
     timeouts = parse_timeouts(args.tool_timeout)
     if args.data_root is not None and not args.data_root.is_dir():
         raise FileNotFoundError(f"--data-root {args.data_root}: no such folder")
+    if args.fasta and not Path(args.fasta).is_file():
+        raise FileNotFoundError(f"--fasta {args.fasta}: no such file")
     sock = bind(args.host, args.port) if args.http else None  # a port in use fails before the model loads
     try:
         checkpoint = resolve_checkpoint(args.checkpoint)
@@ -110,13 +112,15 @@ def _mcp(args) -> None:
         if sock is not None:
             sock.close()
         raise
-    server = create_mcp(model, checkpoint, fasta=args.fasta, data_root=args.data_root, timeouts=timeouts)
+    server = create_mcp(
+        model, checkpoint, fasta=args.fasta, data_root=args.data_root, timeouts=timeouts, overrides=args.overrides
+    )
     if not args.http:
         server.run("stdio")
         return
     from mcp.server.transport_security import TransportSecuritySettings
 
-    hosts = [*LOOPBACK_NAMES, args.host, *(h.strip() for h in args.allowed_hosts.split(",") if h.strip())]
+    hosts = http_hosts(args)
     # Our guard checks Host, the key and the body size, as for dnallm serve; the SDK's own Host check
     # would refuse the names given with --allowed-hosts.
     app = server.streamable_http_app(
@@ -169,23 +173,32 @@ def _start_dna(args) -> tuple[str, str] | None:
     return None
 
 
-def _serve(args) -> None:
-    from dnallm.serve.protocol import Limits
-    from dnallm.serve.server import LOOPBACK_NAMES, create_app, run_server
-    from dnallm.serve.session import ModelSession
+def http_hosts(args) -> list[str]:
+    """The Host names an HTTP server answers (``--host``, ``--allowed-hosts``, loopback), lower-cased,
+    with the warnings a server reachable from elsewhere needs."""
+    from dnallm.serve.server import LOOPBACK_NAMES
 
     if not _is_loopback(args.host) and not args.api_key:
         print(
             f"warning: serving on {args.host} without an API key: anyone who can reach it can use the model",
             file=sys.stderr,
         )
-    allowed_hosts = [*LOOPBACK_NAMES, args.host, *(h.strip() for h in args.allowed_hosts.split(",") if h.strip())]
     if args.host in ("0.0.0.0", "::") and not args.allowed_hosts:
         print(
             f"note: only requests for {', '.join(LOOPBACK_NAMES)} are answered; name the server's other names "
             "with --allowed-hosts",
             file=sys.stderr,
         )
+    named = (h.strip() for h in args.allowed_hosts.split(",") if h.strip())
+    return [h.lower() for h in (*LOOPBACK_NAMES, args.host, *named)]
+
+
+def _serve(args) -> None:
+    from dnallm.serve.protocol import Limits
+    from dnallm.serve.server import create_app, run_server
+    from dnallm.serve.session import ModelSession
+
+    allowed_hosts = http_hosts(args)
     limits = Limits(
         max_body_bytes=args.max_body_bytes,
         max_dna_length=args.max_dna_length,

@@ -26,8 +26,9 @@ import io
 import json
 import os
 import threading
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -41,7 +42,18 @@ from dnallm.hub import first_line
 
 TOOLS = ("ask", "predict_variant", "annotate_vcf", "explain", "embed")
 DEFAULT_TIMEOUT = 300.0
-TOOL_ERRORS = (ValueError, TypeError, InputError, RecordError, FileNotFoundError, PermissionError)
+
+
+def tool_error(error: BaseException) -> ToolError | None:
+    """A user's input that cannot be used, as the one line ``dnallm`` prints for it; None for a bug."""
+    from dnallm.cli import _user_errors
+    from dnallm.io import disk_error_message
+
+    if isinstance(error, (*_user_errors(), PermissionError)):
+        return ToolError(first_line(error))
+    if isinstance(error, OSError) and disk_error_message(error):
+        return ToolError(disk_error_message(error))
+    return None
 
 
 def parse_timeouts(values: list[str] | tuple = ()) -> dict[str, float]:
@@ -91,9 +103,12 @@ class StopSwitch:
 
 
 def checked(**sequences: str) -> dict[str, str]:
-    """The tool's DNA arguments upper-cased, or a tool error naming the argument and the base."""
+    """The tool's DNA arguments upper-cased (spaces and line ends dropped, as pasted text has
+    them), or a tool error naming the argument and the base."""
     try:
-        return {name: clean_sequence(seq, where="input", field=name) for name, seq in sequences.items()}
+        return {
+            name: clean_sequence("".join(seq.split()), where="input", field=name) for name, seq in sequences.items()
+        }
     except RecordError as e:
         raise ToolError(first_line(e)) from None
 
@@ -109,9 +124,11 @@ class DataRoot:
             raise PermissionError(
                 f"{what}: this server was started without --data-root, so it reads and writes no files"
             )
+        if "\x00" in path or not path.strip():
+            raise InputError(f"{what} {path!r}: not a file name")
         given = Path(path)
         full = Path(os.path.realpath(given if given.is_absolute() else self.root / given))
-        if full != self.root and self.root not in full.parents:
+        if self.root not in full.parents:  # the root itself is a folder, not a file to read or write
             raise PermissionError(
                 f"{what} {path!r} is outside the server's --data-root {self.root}; name a file inside it"
             )
@@ -144,8 +161,18 @@ def model_card(model, checkpoint: Path) -> dict:
     }
 
 
-def create_mcp(model, checkpoint: Path, *, fasta: str | None = None, data_root=None, timeouts: dict | None = None):
-    """The MCP server over a loaded ``dnallm.Model`` (its tools run one at a time)."""
+def create_mcp(
+    model,
+    checkpoint: Path,
+    *,
+    fasta: str | None = None,
+    data_root=None,
+    timeouts: dict | None = None,
+    overrides: list[str] | tuple = (),
+):
+    """The MCP server over a loaded ``dnallm.Model`` (its tools run one at a time); ``overrides``:
+    the recipe keys it was loaded with (``annotate_vcf``'s progress log records them, so that
+    ``dnallm annotate`` with the same overrides goes on from it)."""
     server = MCPServer(
         "dnallm",
         instructions=(
@@ -160,38 +187,62 @@ def create_mcp(model, checkpoint: Path, *, fasta: str | None = None, data_root=N
     genome = {"fasta": None}
 
     async def call(name: str, work, stop: StopSwitch | None = None):
-        """``work()`` in a worker thread under the model's lock and the tool's timeout (the wait for
-        the lock included); errors as tool errors."""
-        finished, box = threading.Event(), {}
+        """``work()`` in a worker thread under the model's lock, within the tool's timeout (the wait
+        for the lock included). A call given up on (timeout, or the client cancelling it) that is
+        still waiting for the lock never runs; one running stops at its next step when it has
+        steps (``stop``), unless it is already writing its outputs, which it then finishes and
+        returns. Errors come back as tool errors of one line."""
+        deadline = time.monotonic() + timeouts[name]
+        finished, abandoned, box = threading.Event(), threading.Event(), {}
 
         def locked():
             try:
-                with lock:
+                if not lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+                    raise TimeoutError()
+                try:
+                    if abandoned.is_set():
+                        raise Stopped()
                     box["result"] = work()
-                    return box["result"]
+                except BaseException as e:
+                    box["error"] = e
+                    raise
+                finally:
+                    lock.release()
+                return box["result"]
             finally:
                 finished.set()
 
+        def give_up() -> bool:
+            """True when the work stops (or never starts); False when it is writing its outputs."""
+            abandoned.set()
+            return stop is None or stop.request()
+
         try:
             try:
-                with anyio.fail_after(timeouts[name]):
+                with anyio.fail_after(max(deadline - time.monotonic(), 0)):
                     return await anyio.to_thread.run_sync(locked, abandon_on_cancel=True)
             except TimeoutError:
-                if stop is None or stop.request():
+                if give_up():
                     raise
                 await anyio.to_thread.run_sync(finished.wait)  # writing its outputs: let it finish
-                if "result" not in box:
-                    raise
+                if "error" in box:
+                    raise box["error"] from None
                 return box["result"]
+            except anyio.get_cancelled_exc_class():
+                give_up()  # the client cancelled the call: nobody reads what it would write
+                raise
         except TimeoutError:
             raise ToolError(
                 f"stopped after {timeouts[name]:g} s (the server's --tool-timeout for {name}); ask for less "
                 f"(a smaller region, fewer sequences) or start the server with --tool-timeout {name}=SECONDS"
             ) from None
         except Stopped:
-            raise ToolError("stopped") from None
-        except TOOL_ERRORS as e:
-            raise ToolError(first_line(e)) from None
+            raise ToolError(f"stopped before it finished; call {name} again") from None
+        except Exception as e:
+            error = tool_error(e)
+            if error is None:
+                raise
+            raise error from None
 
     def reference_genome():
         if not fasta:
@@ -222,16 +273,16 @@ def create_mcp(model, checkpoint: Path, *, fasta: str | None = None, data_root=N
     async def predict_variant(
         chrom: Annotated[str, Field(description="Chromosome as the server's reference FASTA names it, e.g. chr17")],
         pos: Annotated[int, Field(description="1-based position of REF's first base, as in a VCF", ge=1)],
-        ref: Annotated[str, Field(description="Reference allele, e.g. C")],
-        alt: Annotated[str, Field(description="Alternate allele, e.g. T")],
+        ref: Annotated[str, Field(description="Reference allele, e.g. C", min_length=1)],
+        alt: Annotated[str, Field(description="Alternate allele, e.g. T", min_length=1)],
         question: Annotated[str | None, Field(description="The question; default: the annotation's own")] = None,
     ) -> dict:
         """Predict a variant given as a VCF line would give it: the windows are cut from the server's
-        reference genome as `dnallm annotate` cuts them. Returns the windows' coordinates, the label,
-        its probability and the reply."""
+        reference genome as `dnallm annotate` cuts them. Returns the variant, the two windows, the
+        label, its probability and the reply."""
 
         def work():
-            from dnallm.data.vcf import Allele
+            from dnallm.data.vcf import Allele, classify_alt
             from dnallm.data.windows import WindowOptions, allele_pair, render_question, screen_pair
 
             fa = reference_genome()
@@ -241,6 +292,9 @@ def create_mcp(model, checkpoint: Path, *, fasta: str | None = None, data_root=N
             if found != ref.upper():
                 raise InputError(f"{chrom}:{pos}: REF {ref!r} does not match the reference genome there ({found!r})")
             allele = Allele(1, 1, chrom, pos, ".", ref.upper(), alt.upper(), contig=chrom)
+            skip, detail = classify_alt(allele.ref, allele.alt)
+            if skip:
+                raise InputError(f"{allele.variant_id}: ALT {alt!r} is not a sequence to read ({skip}: {detail})")
             opts = WindowOptions(crop=model.recipe.data.dna_window)
             pair = allele_pair(fa, allele, opts)
             skip, detail = screen_pair(pair, opts)
@@ -248,7 +302,13 @@ def create_mcp(model, checkpoint: Path, *, fasta: str | None = None, data_root=N
                 raise InputError(f"{allele.variant_id}: cannot be read ({detail})")
             asked = question or render_question(None, allele, "")
             record = {"question": asked, "reference_sequence": pair.reference, "variant_sequence": pair.variant}
-            return {"variant": allele.variant_id, "question": asked, **predicted(model.predict([record])[0])}
+            windows = {"reference": pair.reference, "variant": pair.variant}
+            return {
+                "variant": allele.variant_id,
+                "question": asked,
+                "windows": windows,
+                **predicted(model.predict([record])[0]),
+            }
 
         return await call("predict_variant", work)
 
@@ -259,17 +319,26 @@ def create_mcp(model, checkpoint: Path, *, fasta: str | None = None, data_root=N
         ],
         out: Annotated[str, Field(description="Annotated VCF to write under --data-root (.vcf or .vcf.gz)")],
         ctx: Context,
+        overwrite: Annotated[
+            bool, Field(description="Replace an annotated VCF, TSV or plot already at that name")
+        ] = False,
     ) -> dict:
         """Annotate every ALT allele of a VCF on the server's reference genome: label and probability
-        as INFO fields, a TSV and a plot beside the output. Reports progress; a call stopped by the
-        timeout resumes where it stopped when made again."""
+        as INFO fields, a TSV and a plot beside the output. Reports progress; a call stopped (by the
+        timeout, or cancelled) writes nothing and goes on from where it stopped when made again."""
         from dnallm.eval.annotate import annotate
         from dnallm.fusion.pretrained import Pretrained
 
+        from dnallm.eval.annotate import output_paths
+
         try:
             src, dest = root.inside(vcf, "vcf"), root.inside(out, "out")
-        except PermissionError as e:
+            written, tsv, _ = output_paths(dest, None)
+        except (PermissionError, InputError) as e:
             raise ToolError(first_line(e)) from None
+        there = [p.name for p in (written, tsv, tsv.with_suffix(".png")) if p.exists()]
+        if there and not overwrite:
+            raise ToolError(f"{', '.join(there)} already in {dest.parent}: name another out, or pass overwrite=true")
         stop = StopSwitch()
 
         def progress(done: int, total: int) -> None:
@@ -277,16 +346,23 @@ def create_mcp(model, checkpoint: Path, *, fasta: str | None = None, data_root=N
                 stop.check()
             else:
                 stop.commit()  # all computed: from here on it writes, and finishes
-            anyio.from_thread.run(ctx.report_progress, done, total)
+            try:
+                anyio.from_thread.run(ctx.report_progress, done, total)
+            except Exception:
+                if done == total:
+                    return  # a client gone while the outputs are written: they are written all the same
+                raise
 
         def work():
+            stop.check()
             s = model.session
             loaded = Pretrained(s.model, s.processor, s.encoder, s.recipe, checkpoint, s.device)
             reference_genome()  # the FASTA named, before any work
-            return annotate(checkpoint, src, fasta, dest, loaded=loaded, on_progress=progress)
+            return annotate(checkpoint, src, fasta, dest, loaded=loaded, on_progress=progress, overrides=overrides)
 
         summary = await call("annotate_vcf", work, stop)
-        return {k: summary[k] for k in ("out", "tsv", "plot", "alleles", "annotated", "skipped", "labels")}
+        keys = ("out", "tsv", "plot", "alleles", "annotated", "skipped", "labels", "batches_resumed")
+        return {k: summary[k] for k in keys}
 
     @server.tool()
     async def explain(
@@ -304,24 +380,25 @@ def create_mcp(model, checkpoint: Path, *, fasta: str | None = None, data_root=N
         dna = checked(reference=reference, variant=variant)
 
         def work():
+            import matplotlib.pyplot as plt
+
+            from dnallm.serve.protocol import explain_response
+
             e = model.explain(dna["reference"], dna["variant"], question, label=label, region=region)
             buffer = io.BytesIO()
-            e.plot().savefig(buffer, format="png")
-            numbers = {
-                "label": e.label,
-                "label_logp": e.label_logp,
-                "method": e.method,
-                "region": [e.region[0] + 1, e.region[1]],  # 1-based window positions, inclusive
-                "importance": {"reference": e.importance[0].tolist(), "variant": e.importance[1].tolist()},
-            }
-            return [json.dumps(numbers), Image(data=buffer.getvalue(), format="png")]
+            figure = e.plot()
+            try:
+                figure.savefig(buffer, format="png")
+            finally:
+                plt.close(figure)
+            return [json.dumps(explain_response(e)), Image(data=buffer.getvalue(), format="png")]
 
         return await call("explain", work)
 
     @server.tool()
     async def embed(
         sequences: Annotated[list[str], Field(description="DNA sequences", min_length=1, max_length=256)],
-        pool: Annotated[str, Field(description="mean, max or last over positions")] = "mean",
+        pool: Annotated[Literal["mean", "max", "last"], Field(description="how positions are pooled")] = "mean",
     ) -> dict:
         """Frozen-encoder embeddings of DNA sequences (the layer the model reads), one vector each."""
         from dnallm.api import embed as embed_sequences
@@ -329,17 +406,26 @@ def create_mcp(model, checkpoint: Path, *, fasta: str | None = None, data_root=N
         sequences = list(checked(**{f"sequences[{i}]": seq for i, seq in enumerate(sequences)}).values())
 
         def work():
+            from dnallm.encoders import DNAEncoder
+
             encoder = model.session.encoder
-            if encoder is None or not hasattr(encoder, "encode"):
-                raise ValueError("this model has no live DNA encoder to embed with (text-only, or cached embeddings)")
+            if not isinstance(encoder, DNAEncoder):
+                raise InputError(
+                    "this model has no live DNA encoder to embed with (text-only, or trained on cached "
+                    "embeddings): embed with `dnallm embed ENCODER` instead"
+                )
             vectors = embed_sequences(encoder, sequences, layer=encoder.layer, pool=pool)
             return {"layer": encoder.layer, "shape": list(vectors.shape), "embeddings": vectors.tolist()}
 
         return await call("embed", work)
 
+    card_text: list[str] = []
+
     @server.resource("dnallm://model-card", mime_type="application/json")
     def card() -> str:
         """The model: encoder, LLM, window, label set and metrics."""
-        return json.dumps(model_card(model, checkpoint), indent=2)
+        if not card_text:  # read once: the label set comes from the training file
+            card_text.append(json.dumps(model_card(model, checkpoint), indent=2))
+        return card_text[0]
 
     return server

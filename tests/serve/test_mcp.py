@@ -19,9 +19,10 @@ import pysam
 import pytest
 from mcp import Client, StdioServerParameters
 from serve_helpers import request
-from vcf_data import cases, reference_sequences, write_fasta, write_vcf
+from vcf_data import cases, other_base, reference_sequences, write_fasta, write_vcf
 
 import dnallm
+from dnallm.data.labels import LabelSet
 from dnallm.data.vcf import InputError
 from dnallm.eval.annotate import annotate
 from dnallm.serve.mcp import TOOLS, parse_timeouts
@@ -40,7 +41,11 @@ def genome(tmp_path_factory) -> dict:
     outside = tmp_path_factory.mktemp("outside")
     write_vcf(outside / "secret.vcf", [cases(seqs)["snv"]])
     (root / "link.vcf").symlink_to(outside / "secret.vcf")
-    return {"root": root, "fasta": fasta, "seqs": seqs, "outside": outside / "secret.vcf"}
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    c1 = seqs["chr1"]
+    many = [("chr1", pos, f"m{pos}", c1[pos - 1], [other_base(c1[pos - 1])]) for pos in range(40, 262, 4)]
+    write_vcf(root / "many.vcf", many)
+    return {"root": root, "fasta": fasta, "seqs": seqs, "outside": outside / "secret.vcf", "many": len(many)}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +115,14 @@ async def exercise(client: Client, api, genome: dict, test_records: list[dict]) 
     [want] = api.predict(
         [{"question": variant["question"], "reference_sequence": reference, "variant_sequence": alt_window}]
     )
-    assert variant["variant"] == f"{chrom}:{pos}:{ref}:{alts[0]}" and variant["label"] == want.label
+    assert variant["variant"] == f"{chrom}:{pos}:{ref}:{alts[0]}"
+    assert variant["windows"] == {"reference": reference, "variant": alt_window}
+    assert (variant["label"], variant["reply"]) == (want.label, want.reply)
+    assert variant["probability"] == pytest.approx(want.probability, abs=1e-6)
+    text = error_text(
+        await client.call_tool("predict_variant", {"chrom": chrom, "pos": pos, "ref": ref, "alt": "<DEL>"})
+    )
+    assert "ALT '<DEL>' is not a sequence to read (symbolic" in text, text
 
     # 30 steps teach the reply's form, not always a label: explain the record's own answer.
     explained = await client.call_tool("explain", {**args, "region": "9-24", "label": rec["answer"]})
@@ -122,16 +134,19 @@ async def exercise(client: Client, api, genome: dict, test_records: list[dict]) 
         rec["reference_sequence"], rec["variant_sequence"], rec["question"], label=rec["answer"], region="9-24"
     )
     assert numbers["region"] == [9, 24] and numbers["label"] == want.label
+    [ref_track, var_track] = numbers["windows"]
+    assert ref_track["bases"] == want.window_bases(0) and var_track["bases"] == want.window_bases(1)
     # float32 sums in another order (the server computes on one thread): 1e-5 of values ~1e-2
-    np.testing.assert_allclose(numbers["importance"]["reference"], want.importance[0], rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(numbers["importance"]["variant"], want.importance[1], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(ref_track["importance"], want.importance[0], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(var_track["importance"], want.importance[1], rtol=1e-3, atol=1e-5)
 
     embedded = payload(await client.call_tool("embed", {"sequences": ["ACGTACGTAA", "GGGCCCAATT"]}))
     want = dnallm.embed(api.session.encoder, ["ACGTACGTAA", "GGGCCCAATT"], layer=api.session.encoder.layer)
     np.testing.assert_allclose(np.array(embedded["embeddings"]), want.numpy(), rtol=1e-5, atol=1e-6)
 
-    card = await client.read_resource("dnallm://model-card")
-    assert json.loads(card.contents[0].text)["dna_window"] == window
+    card = json.loads((await client.read_resource("dnallm://model-card")).contents[0].text)
+    assert card["dna_window"] == window and card["encoder"] == api.recipe.encoder.name_or_path
+    assert card["labels"] == LabelSet.from_jsonl(api.recipe.data.train).labels and len(card["labels"]) == 4
     return {"ask": asked, "args": args}
 
 
@@ -162,16 +177,28 @@ def test_every_tool_over_stdio_answers_as_the_python_api(checkpoint, api, genome
                 assert p_served is None or p_served == pytest.approx(p_wanted, abs=1e-4)
             assert Path(summary["tsv"]).read_text().splitlines()[0] == Path(direct["tsv"]).read_text().splitlines()[0]
 
+            # A file already there is replaced only when asked.
+            again = {"vcf": "in.vcf", "out": "annotated.vcf"}
+            text = error_text(await client.call_tool("annotate_vcf", again))
+            assert "annotated.vcf, annotated.tsv, annotated.png already in" in text and "overwrite=true" in text, text
+            assert payload(await client.call_tool("annotate_vcf", {**again, "overwrite": True}))["alleles"] == 2
+
             # What may not be read or written: outside the root, through '..' or a link; a bad sequence.
             for vcf, out_name in [
                 (str(genome["outside"]), "a.vcf"),
                 ("../" + genome["outside"].parent.name + "/secret.vcf", "b.vcf"),
                 ("link.vcf", "c.vcf"),
                 ("in.vcf", "../escaped.vcf"),
+                ("in.vcf", str(genome["outside"].parent / "d.vcf")),
+                ("in.vcf", "linked/e.vcf"),  # a new file in a linked folder outside
+                ("in.vcf", "."),
             ]:
                 text = error_text(await client.call_tool("annotate_vcf", {"vcf": vcf, "out": out_name}))
                 assert "outside the server's --data-root" in text, text
             assert not (genome["root"].parent / "escaped.vcf").exists()
+            assert sorted(p.name for p in genome["outside"].parent.iterdir()) == ["secret.vcf"]
+            text = error_text(await client.call_tool("annotate_vcf", {"vcf": "in\x00.vcf", "out": "f.vcf"}))
+            assert "not a file name" in text, text
             bad = {"question": "Which disease?", "reference": "ACGTXACGT", "variant": "ACGTAACGT"}
             text = error_text(await client.call_tool("ask", bad))
             assert "field 'reference' has invalid character 'X' at position 4" in text, text
@@ -207,6 +234,42 @@ def test_a_tool_past_its_timeout_is_an_error_and_the_server_goes_on(checkpoint, 
     direct = annotate(checkpoint, genome["root"] / "in.vcf", genome["fasta"], tmp_path / "direct.vcf")
     assert resumed["annotated"] == direct["annotated"]
     assert [label for label, _ in annotations(out)] == [label for label, _ in annotations(tmp_path / "direct.vcf")]
+
+
+def test_a_cancelled_annotation_writes_nothing_and_the_next_call_goes_on_from_it(checkpoint, genome, tmp_path):
+    """The client cancels mid-run: the server stops at the next allele and writes nothing; the
+    same call then reuses the batches computed before and writes what `dnallm annotate` writes."""
+    out = genome["root"] / "many.annotated.vcf"
+    call = {"vcf": "many.vcf", "out": out.name}
+    one_at_a_time = ["-m", "dnallm", "mcp", str(checkpoint), "eval.batch_size=1", *server_args(checkpoint, genome)[4:]]
+    params = StdioServerParameters(command=sys.executable, args=one_at_a_time, env=ENV)
+
+    async def main():
+        async with Client(params, read_timeout_seconds=300) as client:
+            computed = anyio.Event()
+
+            async def on_progress(done, total, message):
+                if done >= 3:  # batches of one allele: two or more are in the progress log
+                    computed.set()
+
+            async def annotate_all():
+                await client.call_tool("annotate_vcf", call, progress_callback=on_progress)
+                raise AssertionError("the annotation finished before it was cancelled")
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(annotate_all)
+                await computed.wait()
+                group.cancel_scope.cancel()
+            assert not out.exists()
+            summary = payload(await client.call_tool("annotate_vcf", call))  # waits for the stopped one
+            return summary
+
+    summary = anyio.run(main)
+    assert summary["alleles"] == genome["many"] and summary["batches_resumed"] >= 2, summary
+    direct = annotate(checkpoint, genome["root"] / "many.vcf", genome["fasta"], tmp_path / "direct.vcf", batch_size=1)
+    assert summary["annotated"] == direct["annotated"]
+    served, wanted = annotations(out), annotations(tmp_path / "direct.vcf")
+    assert [label for label, _ in served] == [label for label, _ in wanted]
 
 
 def test_bad_timeouts_are_one_line(checkpoint, genome, capsys):
