@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -102,6 +103,42 @@ class StopSwitch:
             self.committed = True
 
 
+_PYDANTIC_PROBLEM = re.compile(
+    r"^\s+(?P<msg>.+?) \[type=[^,\]]+(?:, input_value=(?P<value>.*?))?(?:, input_type=\w+)?\]$"
+)
+
+
+def one_line_arguments_error(text: str) -> str:
+    """The SDK's report of arguments that fail the tool's schema (pydantic's several lines) as one
+    line naming each field: ``Error executing tool T: pos: Input should be ... (got 0)``."""
+    head, _, rest = text.partition("\n")
+    if not rest or "validation error" not in head:
+        return text if not rest else head
+    problems, field = [], None
+    for line in rest.splitlines():
+        match = _PYDANTIC_PROBLEM.match(line)
+        if match and field is not None:
+            got = f" (got {match['value'][:40]})" if match["value"] is not None else ""
+            problems.append(f"{field}: {match['msg']}{got}")
+            field = None
+        elif line and not line.startswith(" "):
+            field = line.strip()
+    prefix = head.partition(": ")[0]
+    return f"{prefix}: {'; '.join(problems) or head}; see the tool's input schema"
+
+
+class OneLineErrors:
+    """Server middleware: a tool error's text is one line (the schema check's included)."""
+
+    async def __call__(self, ctx, call_next):
+        result = await call_next(ctx)
+        if ctx.method == "tools/call" and isinstance(result, dict) and result.get("isError"):
+            for part in result.get("content") or []:
+                if part.get("type") == "text" and "\n" in part.get("text", ""):
+                    part["text"] = one_line_arguments_error(part["text"])
+        return result
+
+
 def checked(**sequences: str) -> dict[str, str]:
     """The tool's DNA arguments upper-cased (spaces and line ends dropped, as pasted text has
     them), or a tool error naming the argument and the base."""
@@ -175,6 +212,7 @@ def create_mcp(
     ``dnallm annotate`` with the same overrides goes on from it)."""
     server = MCPServer(
         "dnallm",
+        middleware=[OneLineErrors()],
         instructions=(
             f"A DNA language model ({model.recipe.run_name}): it reads a reference and a variant DNA window "
             f"({model.recipe.data.dna_window} bp, centred on the variant) and answers a question about the variant "

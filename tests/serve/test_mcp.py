@@ -123,6 +123,9 @@ async def exercise(client: Client, api, genome: dict, test_records: list[dict]) 
         await client.call_tool("predict_variant", {"chrom": chrom, "pos": pos, "ref": ref, "alt": "<DEL>"})
     )
     assert "ALT '<DEL>' is not a sequence to read (symbolic" in text, text
+    # Arguments the schema refuses: one line naming the field.
+    text = error_text(await client.call_tool("predict_variant", {"chrom": chrom, "pos": 0, "ref": ref, "alt": "T"}))
+    assert "pos: Input should be greater than or equal to 1 (got 0)" in text, text
 
     # 30 steps teach the reply's form, not always a label: explain the record's own answer.
     explained = await client.call_tool("explain", {**args, "region": "9-24", "label": rec["answer"]})
