@@ -218,6 +218,9 @@ class FusionTrainConfig(TrainConfig):
 class EvalConfig:
     batch_size: int = check(8, ge=1)  # prompts per generation batch (eval, annotate, predict)
     max_new_tokens: int = check(0, ge=0)  # 0: the longest training reply (reasoning, answer, end of turn) + 32
+    # How a reply's answer is scored: label (accuracy, macro F1, the label set from the training answers),
+    # number (the first number after 'Answer:': Pearson, Spearman, MAE), text (exact match, token F1).
+    score: str = check("label", choices=("label", "number", "text"))
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 
 from dnallm.data.dna import RecordError, centre_window, check_pair, clean_sequence, text_lines
+from dnallm.data.messages import is_chat_record, variant_fields
 from dnallm.io import atomic_write_text
 
 TEXT_FIELDS = ("question", "answer")
@@ -17,7 +18,9 @@ DNA_FIELDS = ("reference_sequence", "variant_sequence")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Parse a JSONL file (UTF-8, a byte-order mark allowed); a bad line raises an error naming file, line and column."""
+    """Parse a JSONL file (UTF-8, a byte-order mark allowed); a bad line raises an error naming file,
+    line and column. A chat record (``{"messages": [...]}``, ``dnallm.data.messages``) about a
+    variant pair is read as the KEGG record it holds."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
@@ -33,20 +36,34 @@ def read_jsonl(path: str | Path) -> list[dict]:
         if not isinstance(rec, dict):
             raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
         rec["_where"] = f"{path}:{lineno}"
-        records.append(rec)
+        records.append(kegg_fields(rec))
     if not records:
         raise RecordError(f"{path}: empty dataset (no records)")
     return records
 
 
+def kegg_fields(rec: dict) -> dict:
+    """A record in the KEGG layout: itself, or the pair, question and answer a chat record holds."""
+    if not is_chat_record(rec):
+        return rec
+    where = rec.get("_where", "record")
+    return {**variant_fields(rec, where), "_where": where, "_chat": True}
+
+
 def check_record(rec: dict, *, need_dna: bool = True, need_reasoning: bool = False, need_answer: bool = True) -> dict:
-    """Validate one raw record; returns it with upper-cased sequences.
+    """Validate one raw record (KEGG layout, or a chat record about a pair); returns it in the KEGG
+    layout with upper-cased sequences.
 
     ``need_answer=False``: a record to predict, whose answer may be absent ('' then)."""
+    rec = kegg_fields(rec)
     where = rec.get("_where", "record")
     text_fields = TEXT_FIELDS if need_answer else ("question",)
     fields = text_fields + (DNA_FIELDS if need_dna else ()) + (("reasoning",) if need_reasoning else ())
     missing = [f for f in fields if f not in rec or rec[f] is None]
+    if rec.get("_chat") and "answer" in missing:
+        raise RecordError(
+            f"{where}: no assistant turn to learn from; end the conversation with one: 'Answer: <label>'"
+        )
     if missing:
         raise RecordError(f"{where}: missing field(s) {', '.join(missing)}")
     out = dict(rec)
@@ -72,7 +89,8 @@ def load_examples(
 ) -> datasets.Dataset:
     """KEGG JSONL -> ``datasets.Dataset`` of checked examples with centred DNA windows.
 
-    Columns: ``question``, ``answer``, ``reasoning``, ``ref_window``, ``var_window``, ``where``.
+    Columns: ``question``, ``answer``, ``reasoning``, ``ref_window``, ``var_window``, ``where``,
+    ``system`` (a chat record's own system prompt; '' for the recipe's).
     """
     return examples_from_records(read_jsonl(path), dna_window, need_reasoning=need_reasoning, need_dna=need_dna)
 
@@ -94,6 +112,7 @@ def examples_from_records(
         )
         where = rec["_where"]
         row = {"question": rec["question"], "answer": rec["answer"], "reasoning": rec["reasoning"], "where": where}
+        row["system"] = str(rec.get("system") or "")  # a chat record's own system turn ('' : the recipe's)
         if need_dna:
             row["ref_window"] = centre_window(
                 rec["reference_sequence"], dna_window, where=where, field="reference_sequence"

@@ -173,6 +173,11 @@ def run_baselines(recipe: BaselinesRecipe) -> dict:
     unknown = [m for m in recipe.models if m not in MODELS]
     if unknown:
         raise RecipeError(f"unknown model(s) {', '.join(unknown)} in models; choose from {', '.join(MODELS)}")
+    if recipe.eval.score != "label":
+        raise RecipeError(
+            f"eval.score={recipe.eval.score}: baselines compares models on label tasks (eval.score=label); "
+            "score each model with `dnallm eval` instead"
+        )
     out_dir = Path(recipe.output_dir)
     files = eval_files(recipe)
     run_dirs = [out_dir / RUN_DIRS[name] for name in recipe.models]

@@ -15,8 +15,8 @@ from dnallm.data.dna import RecordError
 from dnallm.data import chat
 from dnallm.data.kegg import DNA_FIELDS, load_examples, read_jsonl
 from dnallm.data.labels import LabelSet
-from dnallm.eval.metrics import classification_metrics
-from dnallm.eval.plots import plot_confusion
+from dnallm.eval.metrics import classification_metrics, number_metrics, parse_number, text_metrics
+from dnallm.eval.plots import plot_confusion, plot_numbers
 from dnallm.encoders.cache import require_cached
 from dnallm.fusion import DNAFusionLM
 from dnallm.fusion.generate import Sampling, check_context, generate
@@ -134,7 +134,30 @@ def score(
     return truth, pred, metrics
 
 
+def score_numbers(examples, texts: list[str]) -> tuple[list[float], list[float | None], dict]:
+    """``eval.score=number``: the gold answers' numbers and the replies' (None: no number in it)."""
+    truth = []
+    for answer, where in zip(examples["answer"], examples["where"]):
+        value = parse_number(answer)
+        if value is None:
+            raise RecordError(f"{where}: answer {answer!r} holds no number (eval.score=number); give a number")
+        truth.append(value)
+    pred = [parse_number(chat.parse_answer(t)) for t in texts]
+    return truth, pred, number_metrics(truth, pred)
+
+
+def score_texts(examples, texts: list[str]) -> tuple[list[str], list[str], dict]:
+    """``eval.score=text``: the gold answers and the replies' answers, as text."""
+    truth, pred = list(examples["answer"]), [chat.parse_answer(t) for t in texts]
+    return truth, pred, text_metrics(truth, pred)
+
+
 OUTPUT_FILES = ("metrics.json", "predictions.csv", "confusion.png")
+SCORE_PLOTS = {"label": "confusion.png", "number": "scatter.png", "text": None}
+
+
+def output_files(kind: str = "label") -> tuple[str, ...]:
+    return ("metrics.json", "predictions.csv", *([SCORE_PLOTS[kind]] if SCORE_PLOTS[kind] else []))
 
 
 def write_outputs(
@@ -142,13 +165,24 @@ def write_outputs(
 ) -> None:
     """``metrics.json``, ``predictions.csv`` and ``confusion.png`` in ``out_dir``, each written whole."""
     out_dir = Path(out_dir)
+    kind = metrics.get("score", "label")
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["ground_truth", "pred_label", "generated_text", "correct"])
-    for t, p, text in zip(truth, pred, texts):
-        writer.writerow([t, p, text, int(t == p)])
+    if kind == "number":
+        writer.writerow(["ground_truth", "pred_value", "generated_text", "abs_error"])
+        for t, p, text in zip(truth, pred, texts):
+            writer.writerow([t, "" if p is None else p, text, "" if p is None else abs(t - p)])
+    else:
+        writer.writerow(
+            ["ground_truth", "pred_label" if kind == "label" else "pred_text", "generated_text", "correct"]
+        )
+        for t, p, text in zip(truth, pred, texts):
+            writer.writerow([t, p, text, int(t == p)])
     atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
-    plot_confusion(truth, pred, out_dir / "confusion.png", title=title)
+    if kind == "label":
+        plot_confusion(truth, pred, out_dir / "confusion.png", title=title)
+    elif kind == "number":
+        plot_numbers(truth, pred, metrics, out_dir / "scatter.png", title=title)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 
@@ -161,8 +195,9 @@ def evaluate(
     trust_remote_code: bool = False,
 ) -> dict:
     """Generate, parse and score answers for ``data`` (one path or several, merged)."""
-    check_outputs([Path(out_dir) / name for name in OUTPUT_FILES], dirs=[out_dir], inputs=as_paths(data))
     loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides, trust_remote_code=trust_remote_code)
+    kind = loaded.recipe.eval.score
+    check_outputs([Path(out_dir) / name for name in output_files(kind)], dirs=[out_dir], inputs=as_paths(data))
     recipe, encoder, model, processor, device = (
         loaded.recipe,
         loaded.dna_source,
@@ -184,9 +219,15 @@ def evaluate(
         encoder_batch_size=recipe.encoder.batch_size,
         device=device,
     )
-    labels, source = training_label_set(recipe, examples)
-    truth, pred, scores = score(list(examples["answer"]), texts, labels, source)
+    if kind == "number":
+        truth, pred, scores = score_numbers(examples, texts)
+    elif kind == "text":
+        truth, pred, scores = score_texts(examples, texts)
+    else:
+        labels, source = training_label_set(recipe, examples)
+        truth, pred, scores = score(list(examples["answer"]), texts, labels, source)
     metrics = {
+        "score": kind,
         "checkpoint": str(checkpoint),
         "data": [str(p) for p in as_paths(data)],
         "uses_dna": recipe.data.use_dna,

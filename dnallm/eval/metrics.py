@@ -1,6 +1,10 @@
-"""Classification metrics over parsed answers."""
+"""Metrics over parsed answers: labels (classification), numbers (correlation, error), free text."""
 
 from __future__ import annotations
+
+import re
+import string
+from collections import Counter
 
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
@@ -101,3 +105,62 @@ def confusion_counts(truth: list[str], pred: list[str]) -> tuple[list[str], list
     for t, p in zip(truth, pred):
         counts[index[t], index.get(p, len(labels))] += 1
     return labels, labels + [OTHER], counts
+
+
+# A number as a reply writes it: 3, -2.5, 1e-3, 0.25 (the first in the answer counts).
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def parse_number(answer: str) -> float | None:
+    """The first number in an answer (``parse_answer``'s text), None when it holds none."""
+    match = _NUMBER.search(answer.replace(",", ""))
+    return float(match.group()) if match else None
+
+
+def number_metrics(truth: list[float], pred: list[float | None]) -> dict:
+    """Pearson and Spearman correlation and mean absolute error over the replies that hold a
+    number (scipy, scikit-learn); ``no_number`` counts the others (each one a miss, shown)."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import mean_absolute_error
+
+    pairs = [(t, p) for t, p in zip(truth, pred) if p is not None]
+    out = {"n": len(truth), "n_scored": len(pairs), "no_number": len(truth) - len(pairs)}
+    if len(pairs) < 2:
+        return {**out, "pearson": None, "spearman": None, "mae": None}
+    t, p = np.array(pairs).T
+    constant = bool(np.ptp(t) == 0 or np.ptp(p) == 0)  # a correlation is undefined: reported as 0
+    return {
+        **out,
+        "pearson": 0.0 if constant else float(pearsonr(t, p).statistic),
+        "spearman": 0.0 if constant else float(spearmanr(t, p).statistic),
+        "mae": float(mean_absolute_error(t, p)),
+    }
+
+
+def _text_tokens(text: str) -> list[str]:
+    """SQuAD's normalisation: lower case, no punctuation or articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return [w for w in text.split() if w not in ("a", "an", "the")]
+
+
+def text_metrics(truth: list[str], pred: list[str]) -> dict:
+    """Exact match and token F1 (SQuAD's definitions), averaged over the records."""
+    exact, f1 = [], []
+    for t, p in zip(truth, pred):
+        t_tokens, p_tokens = _text_tokens(t), _text_tokens(p)
+        exact.append(float(t_tokens == p_tokens))
+        common = sum((Counter(t_tokens) & Counter(p_tokens)).values())
+        if not t_tokens or not p_tokens:
+            f1.append(float(t_tokens == p_tokens))
+        elif common == 0:
+            f1.append(0.0)
+        else:
+            precision, recall = common / len(p_tokens), common / len(t_tokens)
+            f1.append(2 * precision * recall / (precision + recall))
+    n = max(len(truth), 1)
+    return {
+        "n": len(truth),
+        "exact_match": sum(exact) / n,
+        "token_f1": sum(f1) / n,
+        "no_answer": sum(not p for p in pred),
+    }

@@ -67,3 +67,29 @@ def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> None
     ax.set_title(title or "baselines")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     save_figure(fig, path, bbox_inches="tight")
+
+
+def plot_numbers(
+    truth: list[float], pred: list[float | None], metrics: dict, path: str | Path, title: str = ""
+) -> None:
+    """Predicted against true values (``eval.score=number``), the identity line, the scores in the
+    title; replies without a number counted there."""
+    pairs = np.array([(t, p) for t, p in zip(truth, pred) if p is not None]).reshape(-1, 2)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(pairs[:, 0], pairs[:, 1], s=12, alpha=0.6)
+    if len(truth):
+        low, high = min(truth + list(pairs[:, 1])), max(truth + list(pairs[:, 1]))
+        ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="predicted = true")
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set_xlabel("true value")
+    ax.set_ylabel("predicted value")
+
+    def shown(key: str) -> str:
+        return "n/a" if metrics.get(key) is None else f"{metrics[key]:.3f}"
+
+    ax.set_title(
+        f"{title + ': ' if title else ''}Pearson {shown('pearson')}, Spearman {shown('spearman')}, "
+        f"MAE {shown('mae')}\n{metrics['n_scored']} of {metrics['n']} replies hold a number",
+        fontsize=9,
+    )
+    save_figure(fig, path, bbox_inches="tight")

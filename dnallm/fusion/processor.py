@@ -84,7 +84,8 @@ class DNAChatProcessor:
         reply = None
         if with_answer:
             reply = chat.answer_text(example["answer"], example.get("reasoning", "") if self.with_reasoning else "")
-        features = chat.encode_example(self.tokenizer, self.system_prompt, user, reply)
+        system = example.get("system") or self.system_prompt  # a chat record may bring its own
+        features = chat.encode_example(self.tokenizer, system, user, reply)
         features["dna"] = dna
         return features
 
