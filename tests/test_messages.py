@@ -5,8 +5,6 @@ own system turn in its prompt; bad records as one line naming the record and whe
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,6 @@ from dnallm.data.dna import RecordError
 from dnallm.data.kegg import examples_from_records, load_examples, read_jsonl, write_jsonl
 from dnallm.data.messages import from_variant_fields
 from dnallm.data.synthetic import planted_records
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -126,20 +122,15 @@ def test_a_bad_chat_record_is_one_line_naming_it(record, says):
     assert message.startswith("record 0: ") and says in message and "\n" not in message, message
 
 
-def test_the_cli_names_the_file_line_and_part(both, tmp_path):
+def test_the_cli_names_the_file_line_and_part(both, tmp_path, capsys):
+    from dnallm.cli import main
+
     lines = both["chat"].read_text().splitlines()
     bad = json.loads(lines[1])
     bad["messages"][0]["content"][1]["sequence"] = "ACGTXACGT"
     (tmp_path / "bad.jsonl").write_text("\n".join([lines[0], json.dumps(bad), *lines[2:]]) + "\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "dnallm", "split", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == (
+    assert main(["split", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
         f"dnallm split: error: {tmp_path / 'bad.jsonl'}:2: messages[0].content[1]: field 'sequence' has invalid "
         "character 'X' at position 4 (0-based); allowed: A, C, G, T, N (any case)"
     )

@@ -20,6 +20,8 @@ from dnallm.eval.plots import plot_confusion, plot_numbers
 from dnallm.encoders.cache import require_cached
 from dnallm.fusion import DNAFusionLM
 from dnallm.fusion.generate import Sampling, check_context, generate
+from dnallm.fusion.pretrained import read_recipe
+from dnallm.hub import resolve_checkpoint
 from dnallm.io import atomic_write_text, check_outputs
 
 
@@ -195,9 +197,9 @@ def evaluate(
     trust_remote_code: bool = False,
 ) -> dict:
     """Generate, parse and score answers for ``data`` (one path or several, merged)."""
-    loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides, trust_remote_code=trust_remote_code)
-    kind = loaded.recipe.eval.score
+    kind = read_recipe(resolve_checkpoint(checkpoint), overrides).eval.score  # before the (slow) load
     check_outputs([Path(out_dir) / name for name in output_files(kind)], dirs=[out_dir], inputs=as_paths(data))
+    loaded = DNAFusionLM.from_pretrained(checkpoint, overrides=overrides, trust_remote_code=trust_remote_code)
     recipe, encoder, model, processor, device = (
         loaded.recipe,
         loaded.dna_source,
