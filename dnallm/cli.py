@@ -198,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a KEGG JSONL file; repeat to score several together (val + test)",
     )
     p.add_argument(
-        "--out", type=Path, required=True, help="directory for metrics.json, predictions.csv, confusion.png"
+        "--out",
+        type=Path,
+        required=True,
+        help="directory for metrics.json, predictions.csv and the plot (confusion.png; scatter.png for eval.score=number)",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. llm.name_or_path=/models/Qwen3-4B")
     p.set_defaults(func=_eval)

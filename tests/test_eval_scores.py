@@ -32,7 +32,7 @@ def test_numbers_are_read_from_the_answer_and_scored():
 
 
 def test_a_gold_answer_without_a_number_names_its_record():
-    with pytest.raises(RecordError, match=r"^data.jsonl:7: answer 'several' holds no number \(eval.score=number\)"):
+    with pytest.raises(RecordError, match=r"^data.jsonl:7: answer 'several' is not a number \(eval.score=number\)"):
         score_numbers({"answer": ["2", "several"], "where": ["data.jsonl:6", "data.jsonl:7"]}, ["Answer: 2"] * 2)
 
 
@@ -89,3 +89,53 @@ def test_baselines_compare_label_tasks_only(tiny_models, tmp_path):
     )
     with pytest.raises(RecipeError, match="eval.score=number: baselines compares models on label tasks"):
         run_baselines(recipe)
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("1,000 copies", 1000.0), ("3,4", 3.0), ("\u22123", -3.0), ("-2.5e1", -25.0), (".5", 0.5), ("1e999", None)],
+)
+def test_a_replys_first_number(text, value):
+    from dnallm.eval.metrics import parse_number
+
+    assert parse_number(text) == value
+
+
+def test_a_gold_answer_is_a_number_alone():
+    for answer in ("2/3", "chr17", "3 copies"):
+        with pytest.raises(RecordError, match="is not a number"):
+            score_numbers({"answer": [answer], "where": ["r0"]}, ["Answer: 2"])
+
+
+def test_the_eval_command_prints_and_writes_each_score(counted, capsys):
+    from dnallm.cli import main
+
+    out = counted["root"] / "eval-cli"
+    assert (
+        main(["eval", str(counted["checkpoint"]), "--data", str(counted["root"] / "train.jsonl"), "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "pearson" in printed and "with a number" in printed
+    assert printed.strip().endswith(f"wrote {out}/metrics.json, predictions.csv, scatter.png")
+    # The same checkpoint scored as text: exact match agrees with the CSV's `correct` column.
+    text = counted["root"] / "eval-text"
+    metrics = evaluate(counted["checkpoint"], counted["root"] / "train.jsonl", text, ["eval.score=text"])
+    with open(text / "predictions.csv") as f:
+        correct = [int(row["correct"]) for row in csv.DictReader(f)]
+    assert metrics["score"] == "text" and metrics["exact_match"] == pytest.approx(sum(correct) / len(correct))
+    assert {p.name for p in text.iterdir()} == {"metrics.json", "predictions.csv"}
+
+
+def test_grpo_reinforces_label_tasks_only(tmp_path):
+    from dnallm.config import GRPORecipe, load_recipe
+    from dnallm.train.grpo import grpo
+
+    recipe = load_recipe(
+        Path(__file__).resolve().parent.parent / "recipes/grpo/tiny.yaml",
+        ["eval.score=number", f"output_dir={tmp_path}"],
+        cls=GRPORecipe,
+    )
+    with pytest.raises(RecipeError, match="eval.score=number: GRPO's rewards score labels"):
+        grpo(recipe)
+    assert not any(tmp_path.iterdir())

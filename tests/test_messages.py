@@ -99,7 +99,7 @@ REPLY = {"role": "assistant", "content": "Answer: Parkinson disease"}
             "messages[0].content[0]: a part of type 'image_url'",
         ),
         (_chat(USER), "no assistant turn to learn from"),
-        (_chat(REPLY, USER), "messages[0] is a assistant turn where a user turn belongs"),
+        (_chat(REPLY, USER), "messages[0] is an assistant turn where a user turn belongs"),
         (_chat(USER, REPLY, {"role": "system", "content": "late"}), "a system turn comes first or not at all"),
         (_chat({"role": "doctor", "content": "hi"}), "messages[0].role is 'doctor'"),
         (
@@ -113,6 +113,8 @@ REPLY = {"role": "assistant", "content": "Answer: Parkinson disease"}
         ),
         (_chat(USER, {"role": "assistant", "content": "Parkinson disease"}), "has no 'Answer: <label>'"),
         ({"messages": []}, "'messages' must be a non-empty list"),
+        (_chat({"role": "user", "content": [PAIR[1], PAIR[0], PAIR[2]]}, REPLY), "the variant part comes before"),
+        ({**_chat(USER), "answer": "Parkinson disease"}, "no assistant turn to learn from"),
     ],
 )
 def test_a_bad_chat_record_is_one_line_naming_it(record, says):

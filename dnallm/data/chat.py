@@ -44,6 +44,16 @@ def answer_text(answer: str, reasoning: str = "") -> str:
 ANSWER_PATTERN = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
 
 
+def split_answer(text: str) -> tuple[str, str] | None:
+    """(reasoning, label) of a reply ``[reasoning] Answer: <label>``, the label as written (its
+    first line after the last marker); None without a marker or a label."""
+    markers = list(ANSWER_PATTERN.finditer(text))
+    if not markers:
+        return None
+    label = markers[-1].group(1).strip().splitlines()[0].strip() if markers[-1].group(1).strip() else ""
+    return (text[: markers[-1].start()].strip(), label) if label else None
+
+
 def parse_answer(text: str) -> str:
     """The label after the last 'Answer:' in ``text`` (lower-cased, trimmed); '' if none."""
     matches = ANSWER_PATTERN.findall(text)

@@ -112,7 +112,7 @@ def examples_from_records(
         )
         where = rec["_where"]
         row = {"question": rec["question"], "answer": rec["answer"], "reasoning": rec["reasoning"], "where": where}
-        row["system"] = str(rec.get("system") or "")  # a chat record's own system turn ('' : the recipe's)
+        row["system"] = rec["system"] if rec.get("_chat") else ""  # a chat record's own system turn ('': the recipe's)
         if need_dna:
             row["ref_window"] = centre_window(
                 rec["reference_sequence"], dna_window, where=where, field="reference_sequence"

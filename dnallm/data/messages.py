@@ -15,15 +15,14 @@ are refused with one line until the prompt layout reads them.
 
 from __future__ import annotations
 
-import re
-
+from dnallm.data import chat
 from dnallm.data.dna import RecordError, clean_sequence
 
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "dna")
 PAIR_ROLES = ("reference", "variant")
-# The label: what follows the last "Answer:" (the marker in any case), as the scoring reads it.
-_ANSWER = re.compile(r"answer\s*:\s*", re.IGNORECASE)
+# The fields a chat record's conversation gives (a record's own keys of these names are not read).
+KEGG_FIELDS = ("question", "reference_sequence", "variant_sequence", "answer", "reasoning", "system")
 
 
 def is_chat_record(rec: dict) -> bool:
@@ -88,7 +87,8 @@ def _check_order(roles: list[str], where: str) -> None:
         if role != expected:
             at = i + (len(roles) - len(turns))
             raise RecordError(
-                f"{where}: messages[{at}] is a {role} turn where a {expected} turn belongs; "
+                f"{where}: messages[{at}] is {'an' if role == 'assistant' else 'a'} {role} turn where "
+                f"{'an' if expected == 'assistant' else 'a'} {expected} turn belongs; "
                 "after the system turn, user and assistant take turns, the user first"
             )
     if not turns:
@@ -104,6 +104,8 @@ def variant_fields(rec: dict, where: str) -> dict:
     dialogue = turns[1:] if system else turns
     users = [t for t in dialogue if t["role"] == "user"]
     dna = [p for t in users for p in t["parts"] if p["type"] == "dna"]
+    if len(users) == 1 and len(dna) == 2 and [p["pair"] for p in dna] == list(PAIR_ROLES)[::-1]:
+        raise RecordError(f"{where}: the variant part comes before the reference part; give the reference first")
     if len(users) != 1 or len(dialogue) > 2 or len(dna) != 2 or [p["pair"] for p in dna] != list(PAIR_ROLES):
         raise RecordError(
             f"{where}: a conversation of {len(users)} user turn(s) with {len(dna)} DNA part(s); chat records are "
@@ -123,7 +125,7 @@ def variant_fields(rec: dict, where: str) -> dict:
     question = "".join(p["text"] for p in parts[last_dna + 1 :]).strip()
     if not question:
         raise RecordError(f"{at} holds no question: put it as text after the pair")
-    fields = {k: v for k, v in rec.items() if k != "messages"}
+    fields = {k: v for k, v in rec.items() if k != "messages" and k not in KEGG_FIELDS}
     fields.update(
         question=question,
         reference_sequence=dna[0]["sequence"],
@@ -140,14 +142,11 @@ def _answer(parts: list[dict], at: str) -> tuple[str, str]:
     if any(p["type"] != "text" for p in parts):
         raise RecordError(f"{at}: an assistant turn holds text only")
     text = "".join(p["text"] for p in parts).strip()
-    markers = list(_ANSWER.finditer(text))
-    if not markers:
+    split = chat.split_answer(text)
+    if split is None:
         raise RecordError(f"{at}: the assistant turn has no 'Answer: <label>' ({text[:60]!r}); end it with one")
-    last = markers[-1]
-    label = text[last.end() :].strip().splitlines()[0].strip() if text[last.end() :].strip() else ""
-    if not label:
-        raise RecordError(f"{at}: nothing after 'Answer:'; name the label")
-    return label, text[: last.start()].strip()
+    reasoning, label = split
+    return label, reasoning
 
 
 def from_variant_fields(rec: dict, system_prompt: str = "") -> dict:
@@ -157,10 +156,8 @@ def from_variant_fields(rec: dict, system_prompt: str = "") -> dict:
         {"type": "dna", "sequence": rec["variant_sequence"], "pair": "variant"},
         {"type": "text", "text": rec["question"]},
     ]
-    reasoning = str(rec.get("reasoning") or "").strip()
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": user})
     if rec.get("answer"):
-        reply = f"{reasoning}\n\nAnswer: {rec['answer']}" if reasoning else f"Answer: {rec['answer']}"
-        messages.append({"role": "assistant", "content": reply})
+        messages.append({"role": "assistant", "content": chat.answer_text(rec["answer"], rec.get("reasoning") or "")})
     return {"messages": messages}

@@ -19,18 +19,22 @@ from dnallm.data.synthetic import (
 
 
 def print_eval(metrics: dict, out_dir: Path) -> None:
-    from dnallm.eval.table import metrics_summary
+    from dnallm.eval.kegg import output_files
+    from dnallm.eval.table import metrics_summary, number_summary, text_summary
 
-    print(metrics_summary(metrics))
-    unseen = metrics["labels_unseen_in_training"]
+    kind = metrics.get("score", "label")
+    print({"label": metrics_summary, "number": number_summary, "text": text_summary}[kind](metrics))
+    unseen = metrics.get("labels_unseen_in_training", [])
     if unseen:
         shown = ", ".join(unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
         print(f"{len(unseen)} ground-truth labels never seen in training (scored as their own classes): {shown}")
-    if metrics["no_answer"]:
+    if metrics.get("no_answer"):
         print(f"{metrics['no_answer']} replies had no 'Answer:' (counted wrong)")
+    if metrics.get("no_number"):
+        print(f"{metrics['no_number']} replies had no number after 'Answer:' (left out of the correlations, shown)")
     if metrics.get("truncated"):
         print(truncation_warning(metrics))
-    print(f"wrote {out_dir}/metrics.json, predictions.csv, confusion.png")
+    print(f"wrote {out_dir}/{', '.join(output_files(kind))}")
 
 
 def truncation_warning(metrics: dict) -> str:

@@ -15,7 +15,14 @@ from dnallm.data.dna import RecordError
 from dnallm.data import chat
 from dnallm.data.kegg import DNA_FIELDS, load_examples, read_jsonl
 from dnallm.data.labels import LabelSet
-from dnallm.eval.metrics import classification_metrics, number_metrics, parse_number, text_metrics
+from dnallm.eval.metrics import (
+    classification_metrics,
+    number_metrics,
+    parse_number,
+    text_match,
+    text_metrics,
+    whole_number,
+)
 from dnallm.eval.plots import plot_confusion, plot_numbers
 from dnallm.encoders.cache import require_cached
 from dnallm.fusion import DNAFusionLM
@@ -140,9 +147,9 @@ def score_numbers(examples, texts: list[str]) -> tuple[list[float], list[float |
     """``eval.score=number``: the gold answers' numbers and the replies' (None: no number in it)."""
     truth = []
     for answer, where in zip(examples["answer"], examples["where"]):
-        value = parse_number(answer)
+        value = whole_number(answer)
         if value is None:
-            raise RecordError(f"{where}: answer {answer!r} holds no number (eval.score=number); give a number")
+            raise RecordError(f"{where}: answer {answer!r} is not a number (eval.score=number); give a number alone")
         truth.append(value)
     pred = [parse_number(chat.parse_answer(t)) for t in texts]
     return truth, pred, number_metrics(truth, pred)
@@ -163,11 +170,17 @@ def output_files(kind: str = "label") -> tuple[str, ...]:
 
 
 def write_outputs(
-    out_dir: str | Path, metrics: dict, truth: list[str], pred: list[str], texts: list[str], title: str = ""
+    out_dir: str | Path,
+    metrics: dict,
+    truth: list,
+    pred: list,
+    texts: list[str],
+    title: str = "",
+    kind: str = "label",
 ) -> None:
-    """``metrics.json``, ``predictions.csv`` and ``confusion.png`` in ``out_dir``, each written whole."""
+    """``metrics.json``, ``predictions.csv`` and the score's plot (``output_files(kind)``) in
+    ``out_dir``, each written whole."""
     out_dir = Path(out_dir)
-    kind = metrics.get("score", "label")
     buf = io.StringIO()
     writer = csv.writer(buf)
     if kind == "number":
@@ -178,8 +191,9 @@ def write_outputs(
         writer.writerow(
             ["ground_truth", "pred_label" if kind == "label" else "pred_text", "generated_text", "correct"]
         )
+        same = text_match if kind == "text" else str.__eq__
         for t, p, text in zip(truth, pred, texts):
-            writer.writerow([t, p, text, int(t == p)])
+            writer.writerow([t, p, text, int(same(t, p))])
     atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
     if kind == "label":
         plot_confusion(truth, pred, out_dir / "confusion.png", title=title)
@@ -238,5 +252,5 @@ def evaluate(
         "max_new_tokens": max_new_tokens,
         "max_new_tokens_from": budget_source,
     }
-    write_outputs(out_dir, metrics, truth, pred, texts, title=recipe.run_name)
+    write_outputs(out_dir, metrics, truth, pred, texts, title=recipe.run_name, kind=kind)
     return metrics

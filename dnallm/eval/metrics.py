@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -107,34 +108,54 @@ def confusion_counts(truth: list[str], pred: list[str]) -> tuple[list[str], list
     return labels, labels + [OTHER], counts
 
 
-# A number as a reply writes it: 3, -2.5, 1e-3, 0.25 (the first in the answer counts).
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+# A number as a reply writes it: 3, -2.5, −2.5, 1e-3, .25, 1,000 (thousands separated by commas).
+_NUMBER = re.compile(
+    r"[-+\u2212]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d*)?(?:[eE][-+]?\d+)?|[-+\u2212]?\.\d+(?:[eE][-+]?\d+)?"
+)
+
+
+def _as_float(text: str) -> float | None:
+    value = float(text.replace(",", "").replace("\u2212", "-"))
+    return value if math.isfinite(value) else None
 
 
 def parse_number(answer: str) -> float | None:
-    """The first number in an answer (``parse_answer``'s text), None when it holds none."""
-    match = _NUMBER.search(answer.replace(",", ""))
-    return float(match.group()) if match else None
+    """The first number in a reply's answer (``parse_answer``'s text); None when it holds none (or
+    one too large to be finite)."""
+    match = _NUMBER.search(answer)
+    return _as_float(match.group()) if match else None
+
+
+def whole_number(answer: str) -> float | None:
+    """A gold answer that is a number and nothing else ('3', '-1.5', '1,000'); None otherwise."""
+    match = _NUMBER.fullmatch(answer.strip().rstrip("."))
+    return _as_float(match.group()) if match else None
 
 
 def number_metrics(truth: list[float], pred: list[float | None]) -> dict:
     """Pearson and Spearman correlation and mean absolute error over the replies that hold a
-    number (scipy, scikit-learn); ``no_number`` counts the others (each one a miss, shown)."""
+    number (scipy, scikit-learn); ``no_number`` counts the others (each one a miss, shown). A
+    correlation is None where it is undefined (fewer than two replies, or constant values)."""
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import mean_absolute_error
 
     pairs = [(t, p) for t, p in zip(truth, pred) if p is not None]
     out = {"n": len(truth), "n_scored": len(pairs), "no_number": len(truth) - len(pairs)}
-    if len(pairs) < 2:
+    if not pairs:
         return {**out, "pearson": None, "spearman": None, "mae": None}
     t, p = np.array(pairs).T
-    constant = bool(np.ptp(t) == 0 or np.ptp(p) == 0)  # a correlation is undefined: reported as 0
+    defined = len(pairs) >= 2 and np.ptp(t) > 0 and np.ptp(p) > 0
     return {
         **out,
-        "pearson": 0.0 if constant else float(pearsonr(t, p).statistic),
-        "spearman": 0.0 if constant else float(spearmanr(t, p).statistic),
+        "pearson": float(pearsonr(t, p).statistic) if defined else None,
+        "spearman": float(spearmanr(t, p).statistic) if defined else None,
         "mae": float(mean_absolute_error(t, p)),
     }
+
+
+def text_match(truth: str, pred: str) -> bool:
+    """Exact match after SQuAD's normalisation."""
+    return _text_tokens(truth) == _text_tokens(pred)
 
 
 def _text_tokens(text: str) -> list[str]:

@@ -27,6 +27,37 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def number_summary(metrics: dict) -> str:
+    """``eval.score=number``: the correlations and error over the replies that hold a number."""
+    return text_table(
+        ["n", "with a number", "pearson", "spearman", "MAE", "truncated"],
+        [
+            [
+                metrics["n"],
+                metrics["n_scored"],
+                *("n/a" if metrics[k] is None else metrics[k] for k in ("pearson", "spearman", "mae")),
+                metrics.get("truncated", 0),
+            ]
+        ],
+    )
+
+
+def text_summary(metrics: dict) -> str:
+    """``eval.score=text``: exact match and token F1."""
+    return text_table(
+        ["n", "exact match", "token F1", "no_answer", "truncated"],
+        [
+            [
+                metrics["n"],
+                metrics["exact_match"],
+                metrics["token_f1"],
+                metrics["no_answer"],
+                metrics.get("truncated", 0),
+            ]
+        ],
+    )
+
+
 def metrics_summary(metrics: dict, max_classes: int = 12) -> str:
     """Overall scores, both macro conventions, the positive class of a two-label task, then
     per-class rows by support (the largest ``max_classes``)."""

@@ -251,6 +251,11 @@ class GRPO(FineTune):
 
 def grpo(recipe: GRPORecipe, stop_after: int | None = None) -> Path:
     """Run GRPO (``trainer.fit``) and return the last checkpoint; rank 0 plots ``grpo_curves.png``."""
+    if recipe.eval.score != "label":
+        raise RecipeError(
+            f"eval.score={recipe.eval.score}: GRPO's rewards score labels (the label after 'Answer:'); "
+            "it reinforces label tasks (eval.score=label) only"
+        )
     last = fit(GRPO(recipe), stop_after)
     out_dir = Path(recipe.output_dir)
     if distributed_env()[0] == 0 and (out_dir / LOG).is_file():
