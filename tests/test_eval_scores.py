@@ -78,19 +78,6 @@ def test_eval_scores_numbers_and_plots_them(counted):
     assert (out / "scatter.png").stat().st_size > 5_000
 
 
-def test_baselines_compare_label_tasks_only(tiny_models, tmp_path):
-    from dnallm.config import load_recipe
-    from dnallm.eval.baselines import BaselinesRecipe, run_baselines
-
-    recipe = load_recipe(
-        Path(__file__).resolve().parent.parent / "recipes/baselines/planted_tiny.yaml",
-        ["eval.score=number", f"output_dir={tmp_path}"],
-        cls=BaselinesRecipe,
-    )
-    with pytest.raises(RecipeError, match="eval.score=number: baselines compares models on label tasks"):
-        run_baselines(recipe)
-
-
 @pytest.mark.parametrize(
     "text, value",
     [("1,000 copies", 1000.0), ("3,4", 3.0), ("\u22123", -3.0), ("-2.5e1", -25.0), (".5", 0.5), ("1e999", None)],
@@ -127,15 +114,32 @@ def test_the_eval_command_prints_and_writes_each_score(counted, capsys):
     assert {p.name for p in text.iterdir()} == {"metrics.json", "predictions.csv"}
 
 
-def test_grpo_reinforces_label_tasks_only(tmp_path):
-    from dnallm.config import GRPORecipe, load_recipe
+def _baselines(recipe):
+    from dnallm.eval.baselines import run_baselines
+
+    return run_baselines(recipe)
+
+
+def _grpo(recipe):
     from dnallm.train.grpo import grpo
 
-    recipe = load_recipe(
-        Path(__file__).resolve().parent.parent / "recipes/grpo/tiny.yaml",
-        ["eval.score=number", f"output_dir={tmp_path}"],
-        cls=GRPORecipe,
-    )
-    with pytest.raises(RecipeError, match="eval.score=number: GRPO's rewards score labels"):
-        grpo(recipe)
+    return grpo(recipe)
+
+
+@pytest.mark.parametrize(
+    "recipe_file, kind, run, says",
+    [
+        ("baselines/planted_tiny.yaml", "baselines", _baselines, "baselines compares models on label tasks"),
+        ("grpo/tiny.yaml", "grpo", _grpo, "GRPO's rewards score labels"),
+    ],
+)
+def test_baselines_and_grpo_take_label_tasks_only(recipe_file, kind, run, says, tmp_path):
+    from dnallm.config import GRPORecipe, load_recipe
+    from dnallm.eval.baselines import BaselinesRecipe
+
+    cls = {"baselines": BaselinesRecipe, "grpo": GRPORecipe}[kind]
+    path = Path(__file__).resolve().parent.parent / "recipes" / recipe_file
+    recipe = load_recipe(path, ["eval.score=number", f"output_dir={tmp_path}"], cls=cls)
+    with pytest.raises(RecipeError, match=f"eval.score=number: {says}"):
+        run(recipe)
     assert not any(tmp_path.iterdir())
