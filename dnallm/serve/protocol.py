@@ -1,8 +1,10 @@
 """The OpenAI chat-completions schema, and how a request becomes a ``Conversation``.
 
-DNA arrives in either of two ways, so that any OpenAI client can send it unchanged:
+DNA arrives in one of three ways, so that any OpenAI client can send it unchanged:
 
 - tagged blocks in one user message: ``<reference>ACGT...</reference><variant>ACGT...</variant>``;
+- content parts of one user message, as chat records hold them: ``{"type": "dna", "sequence":
+  "ACGT...", "pair": "reference"}`` then the variant's, among ``{"type": "text"}`` parts;
 - an extra top-level field: ``"dna": {"reference": "...", "variant": "..."}``
   (``extra_body={"dna": ...}`` in the ``openai`` Python client).
 
@@ -15,7 +17,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -62,13 +64,28 @@ class TextPart(BaseModel):
     text: str
 
 
+class DNAPart(BaseModel):
+    """A DNA content part, as chat records have them (``dnallm.data.messages``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["dna"]
+    sequence: str
+    pair: Literal["reference", "variant"] | None = None
+    name: str | None = None
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[Annotated[TextPart | DNAPart, Field(discriminator="type")]]
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def dna_parts(self) -> list[DNAPart]:
+        return [] if isinstance(self.content, str) else [p for p in self.content if isinstance(p, DNAPart)]
 
 
 class DNAField(BaseModel):
@@ -228,11 +245,25 @@ def to_conversation(req: ChatRequest, session: ModelSession, limits: Limits) -> 
                 )
             system.append(text)
             continue
+        parts = msg.dna_parts()
+        if parts and msg.role != "user":
+            raise APIError(
+                400, f"messages.{i}: DNA parts belong in user messages", code="invalid_value", param=f"messages.{i}"
+            )
         if msg.role == "user":
             try:
                 text, ref, var = split_tagged(text)
             except DNAInputError as e:
                 raise dna_error(e, 400) from None
+            if parts and ref is not None:
+                raise APIError(
+                    400,
+                    f"messages.{i}: DNA given both as tagged blocks and as DNA parts; use one",
+                    code="duplicate_dna",
+                    param=f"messages.{i}.content",
+                )
+            if parts:
+                ref, var = _dna_pair(parts, i)
             if ref is not None:
                 found.append((len(turns), ref, var))
         expected = "user" if len(turns) % 2 == 0 else "assistant"
@@ -249,6 +280,20 @@ def to_conversation(req: ChatRequest, session: ModelSession, limits: Limits) -> 
     conv = Conversation(turns, system_prompt="\n\n".join(system) or None)
     _attach_dna(conv, req, found, session, limits)
     return conv
+
+
+def _dna_pair(parts: list[DNAPart], i: int) -> tuple[str, str]:
+    """A user message's DNA parts as the (reference, variant) pair this server answers about."""
+    marks = [p.pair for p in parts]
+    if marks != ["reference", "variant"]:
+        raise APIError(
+            400,
+            f"messages.{i}.content: DNA parts are read as one reference/variant pair: two parts marked "
+            f'"pair": "reference" then "variant" (got {len(parts)} marked {marks})',
+            code="invalid_value",
+            param=f"messages.{i}.content",
+        )
+    return parts[0].sequence, parts[1].sequence
 
 
 def _attach_dna(conv: Conversation, req: ChatRequest, found: list, session: ModelSession, limits: Limits) -> None:

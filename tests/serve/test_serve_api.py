@@ -76,6 +76,26 @@ def test_openai_client_streams_with_dna_field(client, session, test_records):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_dna_content_parts_as_chat_records_hold_them(client, server, session, test_records):
+    rec = test_records[1]
+    parts = [
+        {"type": "dna", "sequence": rec["reference_sequence"], "pair": "reference"},
+        {"type": "dna", "sequence": rec["variant_sequence"], "pair": "variant"},
+        {"type": "text", "text": rec["question"]},
+    ]
+    resp = client.chat.completions.create(
+        model=session.name, messages=[{"role": "user", "content": parts}], max_tokens=24
+    )
+    assert resp.choices[0].message.content == expected_reply(session, rec, 24)
+    body = {"model": session.name, "max_tokens": 4, "messages": [{"role": "user", "content": parts[::-1]}]}
+    status, _, reply = request(server, "POST", "/v1/chat/completions", body)
+    assert status == 400 and reply["error"]["param"] == "messages.0.content", reply
+    assert 'two parts marked "pair": "reference" then "variant"' in reply["error"]["message"]
+    tagged_too = {**body, "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": tagged(rec)}]}]}
+    status, _, reply = request(server, "POST", "/v1/chat/completions", tagged_too)
+    assert status == 400 and reply["error"]["code"] == "duplicate_dna", reply
+
+
 def test_multi_turn_and_system_message(client, session, test_records):
     rec = test_records[2]
     first = expected_reply(session, rec, 16)
