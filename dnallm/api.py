@@ -3,6 +3,7 @@
     import dnallm
     model = dnallm.load("runs/kegg-tiny")                      # a run directory or a checkpoint
     model.ask(reference=ref, variant=alt, question="Which disease?")   # -> reply text
+    model.chat(messages)                                       # the same from chat messages (DNA parts)
     model.predict(records)                                     # -> [Prediction(label, probability, reply)]
     model.explain(reference=ref, variant=alt, question="Which disease?")  # -> .scores, .importance, .plot()
     emb = dnallm.embed(".dnallm/tiny/genos", sequences)       # -> (n, hidden) tensor
@@ -105,6 +106,32 @@ class Model(WrongKind):
             else None
         )
         conv = Conversation(turns=[{"role": "user", "content": question}], dna=dna)
+        sampling = Sampling(max_new_tokens=max_new_tokens or self.max_new_tokens, temperature=temperature, top_p=top_p)
+        return self.session.stream(conv, sampling) if stream else self.session.reply(conv, sampling)
+
+    def chat(
+        self,
+        messages: list[dict],
+        *,
+        stream: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+    ) -> str | Iterator[str]:
+        """The model's next reply in a conversation in the chat layout: ``{"role", "content"}``
+        messages, the content a string or parts, the DNA as ``{"type": "dna", "sequence", "pair":
+        "reference" | "variant"}`` parts of one user message (as chat records hold them) or as
+        ``<reference>``/``<variant>`` tags; the last message is the user's. The server reads
+        a request's messages with the same code (``serve.protocol.to_conversation``)."""
+        from dnallm.serve.protocol import APIError, Limits, parse_request, to_conversation
+
+        try:
+            request = parse_request({"model": self.session.name, "messages": messages})
+            conv = to_conversation(request, self.session, Limits(max_dna_length=self.max_dna_length))
+        except APIError as e:
+            raise ValueError(
+                f"{e.param}: {e.message}" if e.param and not e.message.startswith(e.param) else e.message
+            ) from None
         sampling = Sampling(max_new_tokens=max_new_tokens or self.max_new_tokens, temperature=temperature, top_p=top_p)
         return self.session.stream(conv, sampling) if stream else self.session.reply(conv, sampling)
 

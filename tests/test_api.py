@@ -73,6 +73,24 @@ def test_predict_names_a_bad_record_and_ask_needs_both_sequences(model):
         model.ask(reference="ACGT", question="Which disease?")
 
 
+def test_chat_with_dna_parts_replies_as_ask(model):
+    rec = planted_records(2, n_classes=4, length=201, seed=11)[1]
+    parts = [
+        {"type": "dna", "sequence": rec["reference_sequence"], "pair": "reference"},
+        {"type": "dna", "sequence": rec["variant_sequence"], "pair": "variant"},
+        {"type": "text", "text": rec["question"]},
+    ]
+    reply = model.chat([{"role": "user", "content": parts}])
+    assert reply == model.ask(
+        reference=rec["reference_sequence"], variant=rec["variant_sequence"], question=rec["question"]
+    )
+    assert "".join(model.chat([{"role": "user", "content": parts}], stream=True)) == reply
+    with pytest.raises(ValueError, match=r"messages.0.content: DNA parts are read as one reference/variant pair"):
+        model.chat([{"role": "user", "content": parts[1::-1] + parts[2:]}])
+    with pytest.raises(ValueError, match="the last message must be from the user"):
+        model.chat([{"role": "user", "content": parts}, {"role": "assistant", "content": "Answer: x"}])
+
+
 @pytest.fixture(scope="module")
 def encoder(tiny_models):
     return DNAEncoder(str(tiny_models["genos"]), device="cpu")
