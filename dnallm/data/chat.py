@@ -56,11 +56,8 @@ def split_answer(text: str) -> tuple[str, str] | None:
 
 def parse_answer(text: str) -> str:
     """The label after the last 'Answer:' in ``text`` (lower-cased, trimmed); '' if none."""
-    matches = ANSWER_PATTERN.findall(text)
-    if not matches:
-        return ""
-    label = matches[-1].strip().splitlines()[0] if matches[-1].strip() else ""
-    return label.strip().strip(".").strip().lower()
+    split = split_answer(text)
+    return split[1].strip(".").strip().lower() if split else ""
 
 
 def prompt_ids(tokenizer, system_prompt: str, user: str) -> list[int]:

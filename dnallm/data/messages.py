@@ -133,20 +133,19 @@ def variant_fields(rec: dict, where: str) -> dict:
         system="".join(p["text"] for p in system["parts"]).strip() if system else "",
     )
     if len(dialogue) == 2:
-        fields["answer"], fields["reasoning"] = _answer(dialogue[1]["parts"], f"{where}: messages[{len(turns) - 1}]")
+        fields["reasoning"], fields["answer"] = _answer(dialogue[1]["parts"], f"{where}: messages[{len(turns) - 1}]")
     return fields
 
 
 def _answer(parts: list[dict], at: str) -> tuple[str, str]:
-    """(label, reasoning) of an assistant turn ``[reasoning] Answer: <label>``."""
+    """(reasoning, label) of an assistant turn ``[reasoning] Answer: <label>`` (``chat.split_answer``)."""
     if any(p["type"] != "text" for p in parts):
         raise RecordError(f"{at}: an assistant turn holds text only")
     text = "".join(p["text"] for p in parts).strip()
     split = chat.split_answer(text)
     if split is None:
         raise RecordError(f"{at}: the assistant turn has no 'Answer: <label>' ({text[:60]!r}); end it with one")
-    reasoning, label = split
-    return label, reasoning
+    return split
 
 
 def from_variant_fields(rec: dict, system_prompt: str = "") -> dict:

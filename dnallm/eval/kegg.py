@@ -161,12 +161,15 @@ def score_texts(examples, texts: list[str]) -> tuple[list[str], list[str], dict]
     return truth, pred, text_metrics(truth, pred)
 
 
-OUTPUT_FILES = ("metrics.json", "predictions.csv", "confusion.png")
 SCORE_PLOTS = {"label": "confusion.png", "number": "scatter.png", "text": None}
 
 
 def output_files(kind: str = "label") -> tuple[str, ...]:
+    """What ``write_outputs`` writes for an ``eval.score`` kind."""
     return ("metrics.json", "predictions.csv", *([SCORE_PLOTS[kind]] if SCORE_PLOTS[kind] else []))
+
+
+OUTPUT_FILES = output_files("label")
 
 
 def write_outputs(

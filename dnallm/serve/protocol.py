@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dnallm.data.chat import parse_answer
+from dnallm.data.messages import PAIR_ROLES
 from dnallm.serve.inputs import DNAInputError, split_tagged
 from dnallm.serve.session import Conversation, ModelSession, Sampling
 
@@ -285,7 +286,7 @@ def to_conversation(req: ChatRequest, session: ModelSession, limits: Limits) -> 
 def _dna_pair(parts: list[DNAPart], i: int) -> tuple[str, str]:
     """A user message's DNA parts as the (reference, variant) pair this server answers about."""
     marks = [p.pair for p in parts]
-    if marks != ["reference", "variant"]:
+    if marks != list(PAIR_ROLES):  # the chat records' rule (dnallm.data.messages)
         raise APIError(
             400,
             f"messages.{i}.content: DNA parts are read as one reference/variant pair: two parts marked "
